@@ -1,0 +1,269 @@
+//! The compiled, immutable service table the workers read.
+//!
+//! The control plane turns Kubernetes objects into a list of
+//! [`ServiceSpec`]s (one per service port) and builds a [`ServiceTable`]
+//! from them off the packet path. A table never changes once built; a new
+//! config produces a new table that is published by an epoch swap
+//! ([`crate::worker::Shared`]). Only the schedulers' own cursors (atomics) move
+//! inside it.
+
+use std::sync::atomic::AtomicU32;
+
+use hashbrown::HashMap;
+
+use crate::types::{proto, Addr};
+
+/// The front end of a virtual service: address, port and protocol.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct VipKey {
+    /// Virtual IP.
+    pub addr: Addr,
+    /// Service port.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+impl std::fmt::Display for VipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            proto::TCP => "tcp",
+            proto::UDP => "udp",
+            proto::SCTP => "sctp",
+            _ => "?",
+        };
+        if self.addr.is_v4() {
+            write!(f, "{}:{}/{p}", self.addr, self.port)
+        } else {
+            write!(f, "[{}]:{}/{p}", self.addr, self.port)
+        }
+    }
+}
+
+/// One real server behind a virtual service.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BackendSpec {
+    /// Endpoint address.
+    pub addr: Addr,
+    /// Endpoint port (the resolved `targetPort`).
+    pub port: u16,
+    /// Relative weight; 0 means drain (no new flows).
+    pub weight: u16,
+}
+
+/// Scheduler choice for a service.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum SchedKind {
+    /// Round-robin over backends with non-zero weight.
+    #[default]
+    RoundRobin,
+}
+
+/// One virtual service as the control plane describes it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ServiceSpec {
+    /// Human name, `namespace/name:port`, used in logs and errors.
+    pub name: String,
+    /// Front end.
+    pub vip: VipKey,
+    /// Real servers, in a stable order.
+    pub backends: Vec<BackendSpec>,
+    /// Scheduler.
+    pub sched: SchedKind,
+}
+
+/// A virtual service inside a built table.
+#[derive(Debug)]
+pub struct Service {
+    /// The spec it was built from.
+    pub spec: ServiceSpec,
+    /// Round-robin cursor shared by all workers (a relaxed `fetch_add` per new
+    /// flow; no lock).
+    pub(crate) rr: AtomicU32,
+}
+
+/// Error building a table.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    /// Two services claim the same address, port and protocol.
+    #[error("services {first} and {second} both claim {vip}")]
+    DuplicateVip {
+        /// The front end claimed twice.
+        vip: VipKey,
+        /// The service that claimed it first.
+        first: String,
+        /// The service that claimed it again.
+        second: String,
+    },
+    /// A backend's address family differs from its VIP's.
+    #[error("service {service}: backend {backend} is not of the VIP's address family")]
+    FamilyMismatch {
+        /// The service.
+        service: String,
+        /// The offending backend address.
+        backend: Addr,
+    },
+}
+
+/// An immutable, versioned set of services, indexed by front end.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    version: u64,
+    services: Vec<Service>,
+    by_vip: HashMap<VipKey, u32>,
+}
+
+impl ServiceTable {
+    /// Builds a table from specs.
+    ///
+    /// # Errors
+    /// [`TableError`] when two specs share a front end or a backend's family
+    /// differs from its VIP's. Nothing is built then.
+    pub fn build(version: u64, specs: Vec<ServiceSpec>) -> Result<ServiceTable, TableError> {
+        let mut by_vip = HashMap::with_capacity(specs.len());
+        let mut services = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if let Some(b) = spec.backends.iter().find(|b| b.addr.is_v4() != spec.vip.addr.is_v4()) {
+                return Err(TableError::FamilyMismatch {
+                    service: spec.name.clone(),
+                    backend: b.addr,
+                });
+            }
+            let idx = services.len() as u32;
+            if let Some(&first) = by_vip.get(&spec.vip) {
+                let first: &Service = &services[first as usize];
+                return Err(TableError::DuplicateVip {
+                    vip: spec.vip,
+                    first: first.spec.name.clone(),
+                    second: spec.name,
+                });
+            }
+            by_vip.insert(spec.vip, idx);
+            services.push(Service {
+                spec,
+                rr: AtomicU32::new(0),
+            });
+        }
+        Ok(ServiceTable {
+            version,
+            services,
+            by_vip,
+        })
+    }
+
+    /// The version this table was built as (increases with every reload).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The service behind a front end, with its index.
+    #[inline]
+    pub fn lookup(&self, vip: &VipKey) -> Option<(u32, &Service)> {
+        let idx = *self.by_vip.get(vip)?;
+        Some((idx, &self.services[idx as usize]))
+    }
+
+    /// A service by index.
+    #[inline]
+    pub fn get(&self, idx: u32) -> Option<&Service> {
+        self.services.get(idx as usize)
+    }
+
+    /// All services.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.iter()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether there is no service.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, vip: [u8; 4], port: u16, backends: &[[u8; 4]]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip: VipKey {
+                addr: Addr::from_v4(vip),
+                port,
+                proto: proto::TCP,
+            },
+            backends: backends
+                .iter()
+                .map(|b| BackendSpec {
+                    addr: Addr::from_v4(*b),
+                    port: 8080,
+                    weight: 1,
+                })
+                .collect(),
+            sched: SchedKind::RoundRobin,
+        }
+    }
+
+    #[test]
+    fn builds_and_looks_up() {
+        let t = ServiceTable::build(
+            3,
+            vec![
+                spec("a", [198, 18, 100, 1], 80, &[[198, 18, 1, 11]]),
+                spec("b", [198, 18, 100, 1], 81, &[]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.version(), 3);
+        assert_eq!(t.len(), 2);
+        let (i, s) = t
+            .lookup(&VipKey {
+                addr: Addr::from_v4([198, 18, 100, 1]),
+                port: 81,
+                proto: proto::TCP,
+            })
+            .unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(s.spec.name, "b");
+        assert!(t
+            .lookup(&VipKey {
+                addr: Addr::from_v4([198, 18, 100, 1]),
+                port: 81,
+                proto: proto::UDP,
+            })
+            .is_none());
+    }
+
+    #[test]
+    fn duplicate_vip_refused() {
+        let e = ServiceTable::build(
+            1,
+            vec![
+                spec("a", [198, 18, 100, 1], 80, &[]),
+                spec("b", [198, 18, 100, 1], 80, &[]),
+            ],
+        )
+        .unwrap_err();
+        assert!(matches!(e, TableError::DuplicateVip { .. }));
+        assert!(e.to_string().contains("services a and b"));
+    }
+
+    #[test]
+    fn family_mismatch_refused() {
+        let mut s = spec("a", [198, 18, 100, 1], 80, &[]);
+        s.backends.push(BackendSpec {
+            addr: Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            port: 80,
+            weight: 1,
+        });
+        assert!(matches!(
+            ServiceTable::build(1, vec![s]),
+            Err(TableError::FamilyMismatch { .. })
+        ));
+    }
+}
