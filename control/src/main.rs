@@ -1,1 +1,154 @@
-fn main() {}
+//! `sluice`: the load balancer's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_control::run::{self, RunArgs, RunError};
+use sluice_dataplane::steer::AttachMode;
+use sluice_dataplane::types::Cidr;
+
+/// Sluice: a user-space AF_XDP L4 load balancer with Kubernetes Service and
+/// IPVS semantics.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load-balance the services of a config file on the given interfaces.
+    Run(RunCmd),
+    /// Validate a config file and print the virtual services it defines.
+    Check {
+        /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunCmd {
+    /// Kubernetes YAML (Service, Endpoints, EndpointSlice). SIGHUP reloads it.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Interface to serve (repeat for several, e.g. a client side and a
+    /// backend side).
+    #[arg(long = "iface", short = 'i', required = true)]
+    ifaces: Vec<String>,
+    /// Worker threads, one per core, each owning its share of every
+    /// interface's queues. Default: min(cores, queues).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pod/cluster prefix: clients outside it are masqueraded (SNAT to the
+    /// LB's address) so replies return through the LB. Repeatable.
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<Cidr>,
+    /// Masquerade every client (kube-proxy --masquerade-all).
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Capacity of the connection table, in flows.
+    #[arg(long, default_value_t = 1 << 20)]
+    flow_capacity: usize,
+    /// Seconds between counter log lines (0: never).
+    #[arg(long, default_value_t = 10)]
+    stats_interval: u64,
+    /// How the steering XDP program attaches.
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    xdp_mode: XdpMode,
+    /// Spin on the rings instead of sleeping when idle (a full core per
+    /// worker; lowest latency).
+    #[arg(long)]
+    busy_poll: bool,
+    /// SNAT source port range, LO-HI; keep it outside the kernel's
+    /// net.ipv4.ip_local_port_range.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
+    snat_ports: (u16, u16),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpMode {
+    /// Native (driver) mode, falling back to generic.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected LO-HI"))?;
+    let lo: u16 = a.parse().map_err(|_| format!("{a:?} is not a port"))?;
+    let hi: u16 = b.parse().map_err(|_| format!("{b:?} is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: need 1 <= LO <= HI"));
+    }
+    Ok((lo, hi))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match sluice_control::config::load_file(&config) {
+            Ok(cfg) => {
+                for s in &cfg.services {
+                    println!("{} {} -> {} backends", s.name, s.vip, s.backends.len());
+                    for b in &s.backends {
+                        println!("  {}:{} weight {}", b.addr, b.port, b.weight);
+                    }
+                }
+                println!(
+                    "{}: ok, {} virtual services",
+                    config.display(),
+                    cfg.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run(r) => {
+            let args = RunArgs {
+                config: r.config,
+                ifaces: r.ifaces,
+                workers: r.workers,
+                cluster_cidrs: r.cluster_cidrs,
+                masquerade_all: r.masquerade_all,
+                flow_capacity: r.flow_capacity,
+                stats_interval: r.stats_interval,
+                xdp_mode: match r.xdp_mode {
+                    XdpMode::Auto => AttachMode::Auto,
+                    XdpMode::Native => AttachMode::Native,
+                    XdpMode::Generic => AttachMode::Generic,
+                },
+                busy_poll: r.busy_poll,
+                snat_ports: r.snat_ports,
+            };
+            match run::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("sluice: {e}");
+                    ExitCode::from(match e {
+                        RunError::Config(_) => 2,
+                        _ => 1,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -123,7 +123,11 @@ impl ServiceTable {
         let mut by_vip = HashMap::with_capacity(specs.len());
         let mut services = Vec::with_capacity(specs.len());
         for spec in specs {
-            if let Some(b) = spec.backends.iter().find(|b| b.addr.is_v4() != spec.vip.addr.is_v4()) {
+            if let Some(b) = spec
+                .backends
+                .iter()
+                .find(|b| b.addr.is_v4() != spec.vip.addr.is_v4())
+            {
                 return Err(TableError::FamilyMismatch {
                     service: spec.name.clone(),
                     backend: b.addr,

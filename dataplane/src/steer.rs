@@ -1,1 +1,665 @@
-//! (being written)
+//! XDP steering: which frames go to the AF_XDP sockets.
+//!
+//! Sluice shares its interfaces with the kernel: ARP, ICMP, SSH and routing
+//! protocols must keep reaching the host stack while load-balancer traffic
+//! bypasses it. A small XDP program (`bpf/steer.c`, compiled by `build.rs`
+//! and embedded here) makes that choice per frame and redirects the chosen
+//! ones into the XSKMAP slot of the receive queue they arrived on, which is
+//! where each worker's AF_XDP socket is registered
+//! ([`Steering::register_socket`]). Everything else gets `XDP_PASS`.
+//!
+//! A frame is load-balancer traffic when it is TCP, UDP or SCTP over IPv4 or
+//! IPv6 and
+//! - its (destination address, destination port, protocol) is a virtual
+//!   service ([`Steering::set_vips`]), or
+//! - its (source address, source port, protocol) is an endpoint
+//!   ([`Steering::set_backends`]): a reply from a real server, or
+//! - its destination address is a SNAT address and its destination port lies
+//!   in the SNAT port range ([`Steering::set_snat`]): a reply to a
+//!   masqueraded flow.
+//!
+//! Non-first IPv4 fragments (no ports) and IPv6 packets whose first next
+//! header is not the L4 header pass to the kernel. A frame for a queue without
+//! a registered socket passes too (`bpf_redirect_map` falls back to
+//! `XDP_PASS`), so nothing is lost while the workers start.
+//!
+//! We load the program with aya rather than libxdp: the sockets are created
+//! with libxdp's program loading inhibited, the program is attached through a
+//! `bpf_link` (kernel ≥ 5.9) that is owned by [`Steering`] and goes away with
+//! it, and no bpffs mount is needed because nothing is pinned.
+//!
+//! # Map layouts (shared with `bpf/steer.c`)
+//!
+//! `vips` and `backends` keys are 20 bytes: the address as [`Addr`] (16
+//! bytes, IPv4-mapped), the port in network byte order (as on the wire), the
+//! protocol number, and one zero byte. `snat_addrs` keys are the 16 address
+//! bytes. `snat_range[0]` is `[lo, hi]` as two `u16` in host byte order;
+//! `hi == 0` disables the SNAT rule. `stats` is a per-CPU array of `u64`
+//! counters: `[0]` redirected, `[1]` passed.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::io;
+use std::os::fd::RawFd;
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::{ProgramError, Xdp, XdpFlags};
+use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
+
+use crate::service::VipKey;
+use crate::types::Addr;
+
+/// The compiled steering program.
+static STEER_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer.o"));
+
+/// Name of the XDP function in `bpf/steer.c`.
+const PROG: &str = "sluice_steer";
+
+/// Capacity of the `xsks` map (receive queues that can hold a socket).
+pub const MAX_QUEUES: u32 = 256;
+/// Capacity of the `vips` map.
+pub const MAX_VIPS: usize = 65536;
+/// Capacity of the `backends` map.
+pub const MAX_BACKENDS: usize = 65536;
+/// Capacity of the `snat_addrs` map.
+pub const MAX_SNAT_ADDRS: usize = 256;
+
+/// Length of a `vips` / `backends` key.
+const L4_KEY_LEN: usize = 20;
+/// A `vips` / `backends` key as the BPF program sees it.
+type L4Key = [u8; L4_KEY_LEN];
+
+/// Index of the redirected counter in `stats`.
+const STAT_REDIRECTED: u32 = 0;
+/// Index of the passed counter in `stats`.
+const STAT_PASSED: u32 = 1;
+
+/// How the XDP program is attached to the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`): fastest; needs driver support
+    /// (veth has it).
+    Native,
+    /// In the generic network stack (`XDP_FLAGS_SKB_MODE`): works on every
+    /// interface, after an skb is allocated.
+    Generic,
+    /// Native if the driver supports it, else generic. [`Steering::mode`]
+    /// reports which one was used.
+    Auto,
+}
+
+/// Error loading, attaching or updating the steering program.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    /// The kernel refused a BPF operation with `EPERM`.
+    #[error("{ifname}: {op} was refused (EPERM): needs root / CAP_NET_ADMIN + CAP_BPF")]
+    PermissionDenied {
+        /// The interface.
+        ifname: String,
+        /// What was attempted.
+        op: &'static str,
+    },
+    /// The interface does not exist.
+    #[error("{ifname}: no such interface")]
+    NoSuchInterface {
+        /// The interface.
+        ifname: String,
+    },
+    /// Another XDP program is already attached to the interface.
+    #[error("{ifname}: another XDP program is already attached (detach it: ip link set dev {ifname} xdp off)")]
+    Busy {
+        /// The interface.
+        ifname: String,
+    },
+    /// Loading the object or the program (verifier) failed.
+    #[error("{ifname}: cannot load the XDP steering program: {source}")]
+    Load {
+        /// The interface.
+        ifname: String,
+        /// The cause (for a verifier rejection, with the verifier log).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Attaching the program failed.
+    #[error("{ifname}: cannot attach the XDP steering program in {mode:?} mode: {source}")]
+    Attach {
+        /// The interface.
+        ifname: String,
+        /// The mode that was tried last.
+        mode: AttachMode,
+        /// The cause.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map operation failed.
+    #[error("{ifname}: map `{map}`: {op} failed: {source}")]
+    Map {
+        /// The interface.
+        ifname: String,
+        /// The map's name in `bpf/steer.c`.
+        map: &'static str,
+        /// What was attempted (`open`, `insert`, `delete`, `read`).
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// More entries than a map holds.
+    #[error("{ifname}: map `{map}`: {wanted} entries requested, it holds at most {max}")]
+    Capacity {
+        /// The interface.
+        ifname: String,
+        /// The map's name.
+        map: &'static str,
+        /// Entries requested.
+        wanted: usize,
+        /// The map's capacity.
+        max: usize,
+    },
+    /// The receive queue is beyond the `xsks` map.
+    #[error("{ifname}: queue {queue} is out of range (at most {MAX_QUEUES} queues)")]
+    QueueOutOfRange {
+        /// The interface.
+        ifname: String,
+        /// The queue asked for.
+        queue: u32,
+    },
+    /// A SNAT port range whose low end is above its high end.
+    #[error("{ifname}: SNAT port range {lo}-{hi} is empty")]
+    InvalidPortRange {
+        /// The interface.
+        ifname: String,
+        /// Low end.
+        lo: u16,
+        /// High end.
+        hi: u16,
+    },
+}
+
+/// Counters of the steering program, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerStats {
+    /// Frames redirected to an AF_XDP socket.
+    pub redirected: u64,
+    /// Frames passed to the kernel (not load-balancer traffic, or no socket
+    /// on the queue).
+    pub passed: u64,
+}
+
+/// The steering program attached to one interface.
+///
+/// Dropping it detaches the program (the `bpf_link` is closed) and frees its
+/// maps.
+pub struct Steering {
+    ifname: String,
+    mode: AttachMode,
+    xsks: XskMap<MapData>,
+    vips: HashMap<MapData, L4Key, u8>,
+    backends: HashMap<MapData, L4Key, u8>,
+    snat_addrs: HashMap<MapData, [u8; 16], u8>,
+    snat_range: Array<MapData, [u16; 2]>,
+    stats: PerCpuArray<MapData, u64>,
+    link: Option<aya::programs::xdp::XdpLinkId>,
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering")
+            .field("ifname", &self.ifname)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Steering {
+    /// Loads the steering program and attaches it to `ifname`.
+    ///
+    /// The maps start empty: every frame passes until sockets and services
+    /// are registered.
+    ///
+    /// # Errors
+    /// [`SteerError::PermissionDenied`] without root / `CAP_NET_ADMIN` +
+    /// `CAP_BPF`; [`SteerError::NoSuchInterface`]; [`SteerError::Busy`] when
+    /// another XDP program holds the interface; [`SteerError::Load`] when the
+    /// object or the verifier fails; [`SteerError::Attach`] when the mode is
+    /// not supported.
+    pub fn attach(ifname: &str, mode: AttachMode) -> Result<Steering, SteerError> {
+        let name = ifname.to_string();
+        if ifname.is_empty() || ifname.contains('\0') || if_index(ifname) == 0 {
+            return Err(SteerError::NoSuchInterface { ifname: name });
+        }
+        raise_memlock();
+
+        let mut ebpf = EbpfLoader::new().load(STEER_OBJ).map_err(|e| {
+            if is_eperm(&e) {
+                SteerError::PermissionDenied {
+                    ifname: name.clone(),
+                    op: "creating BPF maps",
+                }
+            } else {
+                SteerError::Load {
+                    ifname: name.clone(),
+                    source: Box::new(e),
+                }
+            }
+        })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG)
+            .ok_or_else(|| SteerError::Load {
+                ifname: name.clone(),
+                source: format!("program `{PROG}` missing from the object").into(),
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| SteerError::Load {
+                ifname: name.clone(),
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| {
+            if is_eperm(&e) {
+                SteerError::PermissionDenied {
+                    ifname: name.clone(),
+                    op: "loading the XDP program",
+                }
+            } else {
+                SteerError::Load {
+                    ifname: name.clone(),
+                    source: Box::new(e),
+                }
+            }
+        })?;
+
+        let tries: &[AttachMode] = match mode {
+            AttachMode::Native => &[AttachMode::Native],
+            AttachMode::Generic => &[AttachMode::Generic],
+            AttachMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+        };
+        let mut attached = None;
+        for (i, &m) in tries.iter().enumerate() {
+            let flags = match m {
+                AttachMode::Generic => XdpFlags::SKB_MODE,
+                _ => XdpFlags::DRV_MODE,
+            };
+            match prog.attach(ifname, flags) {
+                Ok(id) => {
+                    attached = Some((id, m));
+                    break;
+                }
+                Err(e) => {
+                    let errno = os_error(&e);
+                    if errno == Some(libc::EPERM) {
+                        return Err(SteerError::PermissionDenied {
+                            ifname: name,
+                            op: "attaching the XDP program",
+                        });
+                    }
+                    if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
+                        return Err(SteerError::Busy { ifname: name });
+                    }
+                    if let ProgramError::UnknownInterface { .. } = e {
+                        return Err(SteerError::NoSuchInterface { ifname: name });
+                    }
+                    if i + 1 == tries.len() {
+                        return Err(SteerError::Attach {
+                            ifname: name,
+                            mode: m,
+                            source: Box::new(e),
+                        });
+                    }
+                    tracing::debug!(ifname, mode = ?m, error = %e, "XDP attach failed, trying the next mode");
+                }
+            }
+        }
+        let Some((link, mode)) = attached else {
+            unreachable!("every attach mode list is non-empty and the last failure returns")
+        };
+        tracing::info!(ifname, ?mode, "XDP steering program attached");
+
+        // From here on, an early return drops `ebpf`, which detaches the link.
+        let xsks = open_map(&mut ebpf, &name, "xsks", XskMap::try_from)?;
+        let vips = open_map(&mut ebpf, &name, "vips", HashMap::try_from)?;
+        let backends = open_map(&mut ebpf, &name, "backends", HashMap::try_from)?;
+        let snat_addrs = open_map(&mut ebpf, &name, "snat_addrs", HashMap::try_from)?;
+        let snat_range = open_map(&mut ebpf, &name, "snat_range", Array::try_from)?;
+        let stats = open_map(&mut ebpf, &name, "stats", PerCpuArray::try_from)?;
+
+        Ok(Steering {
+            ifname: name,
+            mode,
+            xsks,
+            vips,
+            backends,
+            snat_addrs,
+            snat_range,
+            stats,
+            link: Some(link),
+            ebpf,
+        })
+    }
+
+    /// The interface the program is attached to.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The mode actually used ([`AttachMode::Native`] or
+    /// [`AttachMode::Generic`], never [`AttachMode::Auto`]).
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Registers the AF_XDP socket bound to receive queue `queue`: frames
+    /// steered on that queue go to it from now on.
+    ///
+    /// # Errors
+    /// [`SteerError::QueueOutOfRange`] beyond [`MAX_QUEUES`];
+    /// [`SteerError::Map`] when the kernel refuses the socket (not an XDP
+    /// socket, or not bound).
+    pub fn register_socket(&mut self, queue: u32, xsk_fd: RawFd) -> Result<(), SteerError> {
+        if queue >= MAX_QUEUES {
+            return Err(SteerError::QueueOutOfRange {
+                ifname: self.ifname.clone(),
+                queue,
+            });
+        }
+        self.xsks
+            .set(queue, xsk_fd, 0)
+            .map_err(|e| map_err(&self.ifname, "xsks", "insert", e))
+    }
+
+    /// Makes `vips` the whole set of virtual services: inserts the new ones
+    /// and deletes those no longer present. Entries in both sets are not
+    /// touched, so their traffic is never passed to the kernel meanwhile.
+    ///
+    /// # Errors
+    /// [`SteerError::Capacity`] beyond [`MAX_VIPS`] (nothing is changed
+    /// then); [`SteerError::Map`] when a map operation fails (the set may be
+    /// partly applied; calling again converges).
+    pub fn set_vips(&mut self, vips: &[VipKey]) -> Result<(), SteerError> {
+        let want: HashSet<L4Key> = vips
+            .iter()
+            .map(|v| l4_key(v.addr, v.port, v.proto))
+            .collect();
+        replace_set(&self.ifname, "vips", &mut self.vips, &want, MAX_VIPS)
+    }
+
+    /// Makes `backends` — `(address, port, protocol)` of every endpoint —
+    /// the whole set whose replies are steered to the load balancer.
+    ///
+    /// # Errors
+    /// As [`Steering::set_vips`], with [`MAX_BACKENDS`].
+    pub fn set_backends(&mut self, backends: &[(Addr, u16, u8)]) -> Result<(), SteerError> {
+        let want: HashSet<L4Key> = backends
+            .iter()
+            .map(|&(a, p, pr)| l4_key(a, p, pr))
+            .collect();
+        replace_set(
+            &self.ifname,
+            "backends",
+            &mut self.backends,
+            &want,
+            MAX_BACKENDS,
+        )
+    }
+
+    /// Sets the SNAT (masquerade) addresses and the source-port range the
+    /// data path allocates from, inclusive: replies to those addresses with
+    /// a destination port in the range are steered. An empty `addrs` or
+    /// `ports.1 == 0` turns the rule off.
+    ///
+    /// # Errors
+    /// [`SteerError::InvalidPortRange`] when `ports.0 > ports.1`;
+    /// [`SteerError::Capacity`] beyond [`MAX_SNAT_ADDRS`];
+    /// [`SteerError::Map`] when a map operation fails.
+    pub fn set_snat(&mut self, addrs: &[Addr], ports: (u16, u16)) -> Result<(), SteerError> {
+        let (lo, hi) = ports;
+        if lo > hi {
+            return Err(SteerError::InvalidPortRange {
+                ifname: self.ifname.clone(),
+                lo,
+                hi,
+            });
+        }
+        let want: HashSet<[u8; 16]> = addrs.iter().map(|a| a.0).collect();
+        replace_set(
+            &self.ifname,
+            "snat_addrs",
+            &mut self.snat_addrs,
+            &want,
+            MAX_SNAT_ADDRS,
+        )?;
+        self.snat_range
+            .set(0, [lo, hi], 0)
+            .map_err(|e| map_err(&self.ifname, "snat_range", "insert", e))
+    }
+
+    /// The program's counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`] when the counters cannot be read.
+    pub fn stats(&self) -> Result<SteerStats, SteerError> {
+        let sum = |idx: u32| -> Result<u64, SteerError> {
+            let v = self
+                .stats
+                .get(&idx, 0)
+                .map_err(|e| map_err(&self.ifname, "stats", "read", e))?;
+            Ok(v.iter().fold(0u64, |a, &c| a.wrapping_add(c)))
+        };
+        Ok(SteerStats {
+            redirected: sum(STAT_REDIRECTED)?,
+            passed: sum(STAT_PASSED)?,
+        })
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let res = match self.ebpf.program_mut(PROG) {
+            Some(p) => <&mut Xdp>::try_from(p).and_then(|x| x.detach(link)),
+            None => Ok(()),
+        };
+        match res {
+            Ok(()) => tracing::info!(ifname = %self.ifname, "XDP steering program detached"),
+            // The link is closed with `ebpf` anyway; only report it.
+            Err(e) => {
+                tracing::warn!(ifname = %self.ifname, error = %e, "detaching XDP steering program")
+            }
+        }
+    }
+}
+
+/// Encodes a `vips` / `backends` key (layout in the module doc).
+fn l4_key(addr: Addr, port: u16, proto: u8) -> L4Key {
+    let mut k = [0u8; L4_KEY_LEN];
+    k[..16].copy_from_slice(&addr.0);
+    k[16..18].copy_from_slice(&port.to_be_bytes());
+    k[18] = proto;
+    k
+}
+
+/// Replaces the key set of a hash map with `want`: deletes stale keys first
+/// (so a full map can be swapped for another full one), then inserts the
+/// missing ones.
+fn replace_set<K: Pod + Eq + Hash>(
+    ifname: &str,
+    name: &'static str,
+    map: &mut HashMap<MapData, K, u8>,
+    want: &HashSet<K>,
+    max: usize,
+) -> Result<(), SteerError> {
+    if want.len() > max {
+        return Err(SteerError::Capacity {
+            ifname: ifname.to_string(),
+            map: name,
+            wanted: want.len(),
+            max,
+        });
+    }
+    let have = map
+        .keys()
+        .collect::<Result<HashSet<K>, MapError>>()
+        .map_err(|e| map_err(ifname, name, "read", e))?;
+    for k in have.difference(want) {
+        match map.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(ifname, name, "delete", e)),
+        }
+    }
+    for k in want.difference(&have) {
+        map.insert(k, 1u8, 0)
+            .map_err(|e| map_err(ifname, name, "insert", e))?;
+    }
+    Ok(())
+}
+
+/// Takes a map out of the object as its typed view.
+fn open_map<T>(
+    ebpf: &mut Ebpf,
+    ifname: &str,
+    name: &'static str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, SteerError> {
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        map_err(
+            ifname,
+            name,
+            "open",
+            MapError::InvalidName {
+                name: name.to_string(),
+            },
+        )
+    })?;
+    conv(map).map_err(|e| map_err(ifname, name, "open", e))
+}
+
+fn map_err(ifname: &str, map: &'static str, op: &'static str, source: MapError) -> SteerError {
+    if os_error(&source) == Some(libc::EPERM) {
+        return SteerError::PermissionDenied {
+            ifname: ifname.to_string(),
+            op: "updating a BPF map",
+        };
+    }
+    SteerError::Map {
+        ifname: ifname.to_string(),
+        map,
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// The OS error code somewhere in an error's source chain.
+///
+/// aya's `#[error(transparent)]` variants forward `source()` past the
+/// wrapped error, so an `io::Error` held directly by `MapError::IoError` is
+/// not in the chain; those are matched by hand.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let io = err
+            .downcast_ref::<io::Error>()
+            .or_else(|| match err.downcast_ref::<MapError>() {
+                Some(MapError::IoError(io)) => Some(io),
+                _ => None,
+            })
+            .or_else(|| match err.downcast_ref::<ProgramError>() {
+                Some(ProgramError::MapError(MapError::IoError(io))) => Some(io),
+                Some(ProgramError::IOError(io)) => Some(io),
+                _ => None,
+            });
+        if let Some(code) = io.and_then(io::Error::raw_os_error) {
+            return Some(code);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    os_error(e) == Some(libc::EPERM)
+}
+
+/// The interface index of `name`, 0 when there is none.
+fn if_index(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
+    // if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Lifts RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps to
+/// it; newer kernels use memory cgroups and ignore it. Best effort.
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `lim` is a valid, initialised rlimit that setrlimit only reads.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::proto;
+
+    #[test]
+    fn l4_key_v4_layout() {
+        let k = l4_key(Addr::from_v4([198, 18, 0, 10]), 8080, proto::TCP);
+        assert_eq!(
+            k,
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 10, // addr
+                0x1f, 0x90, // port 8080, network order
+                6, 0, // proto, pad
+            ]
+        );
+    }
+
+    #[test]
+    fn l4_key_v6_layout() {
+        let ip: std::net::IpAddr = "2001:db8::53".parse().unwrap();
+        let k = l4_key(Addr::from(ip), 53, proto::UDP);
+        assert_eq!(&k[..16], &Addr::from(ip).0);
+        assert_eq!(&k[16..], &[0, 53, 17, 0]);
+    }
+
+    #[test]
+    fn l4_key_distinguishes_fields() {
+        let a = Addr::from_v4([198, 18, 0, 1]);
+        let base = l4_key(a, 80, proto::TCP);
+        assert_ne!(base, l4_key(a, 80, proto::UDP));
+        assert_ne!(base, l4_key(a, 81, proto::TCP));
+        assert_ne!(base, l4_key(Addr::from_v4([198, 18, 0, 2]), 80, proto::TCP));
+    }
+
+    #[test]
+    fn embedded_object_is_bpf_elf() {
+        assert_eq!(&STEER_OBJ[..4], b"\x7fELF");
+        // e_machine == EM_BPF (247), little-endian.
+        assert_eq!(u16::from_le_bytes([STEER_OBJ[18], STEER_OBJ[19]]), 247);
+    }
+
+    #[test]
+    fn os_error_walks_the_chain() {
+        let e = MapError::IoError(io::Error::from_raw_os_error(libc::EPERM));
+        assert!(is_eperm(&e));
+        let e = ProgramError::MapError(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: io::Error::from_raw_os_error(libc::EBUSY),
+        }));
+        assert_eq!(os_error(&e), Some(libc::EBUSY));
+        assert_eq!(os_error(&MapError::KeyNotFound), None);
+    }
+
+    #[test]
+    fn attach_to_missing_interface_fails_cleanly() {
+        let e = Steering::attach("nonexistent0", AttachMode::Auto).unwrap_err();
+        assert!(matches!(e, SteerError::NoSuchInterface { .. }), "{e}");
+    }
+}

@@ -18,7 +18,9 @@ impl Addr {
     /// An IPv4 address as its IPv4-mapped form.
     #[inline]
     pub const fn from_v4(o: [u8; 4]) -> Addr {
-        Addr([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]])
+        Addr([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+        ])
     }
 
     /// An IPv6 address as it is.
@@ -127,7 +129,11 @@ impl fmt::Display for FlowKey {
             proto::SCTP => "sctp",
             _ => "ip",
         };
-        write!(f, "{p} {}:{} -> {}:{}", self.src, self.sport, self.dst, self.dport)
+        write!(
+            f,
+            "{p} {}:{} -> {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
     }
 }
 
@@ -144,6 +150,84 @@ pub struct L2Hop {
     pub mac: Mac,
 }
 
+/// An address prefix (`198.18.0.0/15`, `2001:db8::/32`).
+///
+/// Stored over the 16-byte [`Addr`]; an IPv4 prefix length `n` is held as
+/// `96 + n` so that one comparison routine serves both families.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Cidr {
+    addr: Addr,
+    /// Prefix length over the 128-bit form.
+    len128: u8,
+}
+
+impl Cidr {
+    /// A prefix from an address and its family's prefix length.
+    ///
+    /// Returns `None` when the length is too long for the family.
+    pub fn new(addr: Addr, prefix_len: u8) -> Option<Cidr> {
+        let len128 = if addr.is_v4() {
+            if prefix_len > 32 {
+                return None;
+            }
+            96 + prefix_len
+        } else {
+            if prefix_len > 128 {
+                return None;
+            }
+            prefix_len
+        };
+        Some(Cidr { addr, len128 })
+    }
+
+    /// Whether `a` lies inside this prefix (never across families).
+    #[inline]
+    pub fn contains(&self, a: &Addr) -> bool {
+        if a.is_v4() != self.addr.is_v4() {
+            return false;
+        }
+        let full = (self.len128 / 8) as usize;
+        if self.addr.0[..full] != a.0[..full] {
+            return false;
+        }
+        let rem = self.len128 % 8;
+        if rem == 0 {
+            return true;
+        }
+        let mask = 0xffu8 << (8 - rem);
+        (self.addr.0[full] & mask) == (a.0[full] & mask)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a prefix: expected ADDRESS/LENGTH"))?;
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} in {s:?} is not an IP address"))?;
+        let len: u8 = l
+            .parse()
+            .map_err(|_| format!("{l:?} in {s:?} is not a prefix length"))?;
+        Cidr::new(Addr::from(ip), len)
+            .ok_or_else(|| format!("prefix length {len} is too long for {ip}"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = if self.addr.is_v4() {
+            self.len128 - 96
+        } else {
+            self.len128
+        };
+        write!(f, "{}/{len}", self.addr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +241,22 @@ mod tests {
         let b = Addr::from("2001:db8::1".parse::<IpAddr>().unwrap());
         assert!(!b.is_v4());
         assert_eq!(b.to_string(), "2001:db8::1");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c: Cidr = "198.18.0.128/25".parse().unwrap();
+        assert!(c.contains(&Addr::from_v4([198, 18, 0, 130])));
+        assert!(!c.contains(&Addr::from_v4([198, 18, 0, 2])));
+        assert!(!c.contains(&Addr::from("2001:db8::1".parse::<IpAddr>().unwrap())));
+        let z: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(z.contains(&Addr::from_v4([1, 2, 3, 4])));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(&Addr::from("2001:db8:1::5".parse::<IpAddr>().unwrap())));
+        assert!(!v6.contains(&Addr::from_v4([198, 18, 0, 1])));
+        assert!("198.18.0.0/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+        assert_eq!(c.to_string(), "198.18.0.128/25");
     }
 
     #[test]

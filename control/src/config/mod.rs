@@ -1,1 +1,410 @@
-//! (being written)
+//! The config file: Kubernetes objects in, [`ServiceSpec`]s out.
+//!
+//! Sluice reads the objects kube-proxy watches, in their real shape, so the
+//! output of `kubectl get svc,endpointslices -A -o yaml` (a `kind: List`) or
+//! a hand-written multi-document file (`---`) loads as it is:
+//!
+//! * `Service` (v1), `spec.type: ClusterIP` (or absent), with `spec.clusterIP`
+//!   / `spec.clusterIPs` (dual stack) and `spec.ports`. `clusterIP: None`
+//!   (headless) is accepted and forwards nothing. Other types are refused
+//!   for now.
+//! * `EndpointSlice` (discovery.k8s.io/v1), tied to its Service by the
+//!   `kubernetes.io/service-name` label. As in kube-proxy, when a Service has
+//!   slices they win over its `Endpoints`, and several slices merge.
+//! * `Endpoints` (v1), same name and namespace as its Service.
+//!
+//! Unknown fields (`metadata.uid`, `managedFields`, `status`, …) are
+//! ignored; wrong YAML types, out-of-range values, unsupported kinds and
+//! types, duplicates and Endpoints without a Service are errors
+//! ([`ConfigError`]), each naming the line, object and field.
+//!
+//! # Why compile like kube-proxy
+//!
+//! Each Service port is its own virtual service, once per cluster IP. A
+//! named `targetPort` is *not* resolved here: the Endpoints/EndpointSlice
+//! controller has already written, for every endpoint group, the number the
+//! name resolves to on those Pods, under the Service port's name. So the
+//! backends of service port `http`/TCP are the ready endpoint addresses of
+//! the VIP's family paired with the endpoint port named `http`/TCP of their
+//! group; two groups may use different numbers for the same name. Of an
+//! EndpointSlice endpoint's `addresses` only the first is used (the API
+//! says they are fungible; kube-proxy does the same). Backends are sorted
+//! and deduplicated so the same objects always give the same table.
+//!
+//! # Line numbers
+//!
+//! The loader splits the input into documents itself (on `---` / `...`
+//! markers at column 0, which YAML forbids anywhere else), parses each on
+//! its own, and shifts serde_yaml's locations by the document's first line.
+//! Type errors thus point at the exact line and column; semantic errors
+//! point at the line where the object's document starts.
+
+mod compile;
+mod error;
+mod k8s;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_yaml::Value;
+use sluice_dataplane::service::ServiceSpec;
+
+pub use error::ConfigError;
+
+/// A loaded and checked config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// One virtual service per (cluster IP × Service port), in file order.
+    pub services: Vec<ServiceSpec>,
+    /// What the file held, for logs.
+    pub objects: ObjectsSummary,
+}
+
+/// Counts of the objects a config held (for a log line on load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectsSummary {
+    /// Service objects, headless ones included.
+    pub services: usize,
+    /// Of those, headless ones (`clusterIP: None`), which forward nothing.
+    pub headless: usize,
+    /// Endpoints objects.
+    pub endpoints: usize,
+    /// EndpointSlice objects.
+    pub endpoint_slices: usize,
+}
+
+impl fmt::Display for ObjectsSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} services ({} headless), {} endpoints, {} endpointslices",
+            self.services, self.headless, self.endpoints, self.endpoint_slices
+        )
+    }
+}
+
+/// Loads a config file.
+///
+/// # Errors
+/// [`ConfigError::Io`] when the file cannot be read, otherwise as
+/// [`load_str`] with the path as origin.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string())
+}
+
+/// Loads a config from text; `origin` names it in errors (a path, `-`, …).
+///
+/// # Errors
+/// [`ConfigError::Yaml`] for YAML syntax or type errors,
+/// [`ConfigError::Invalid`] for objects Sluice refuses,
+/// [`ConfigError::Table`] when compiled services claim the same front end.
+/// Never panics, whatever the input.
+pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let origin: Arc<str> = Arc::from(origin);
+    let mut loader = compile::Loader::new(origin.clone());
+    for doc in split_documents(text) {
+        load_document(&mut loader, &origin, &doc)?;
+    }
+    loader.finish()
+}
+
+/// One YAML document of the input.
+#[derive(Debug, PartialEq, Eq)]
+struct Document<'a> {
+    /// 1-based line of the document's `---` (or first content line).
+    line: usize,
+    /// 1-based line where `text` starts (before `line` when directives precede
+    /// the `---`).
+    text_line: usize,
+    /// The document's text, markers included.
+    text: &'a str,
+}
+
+/// Whether `line` is the marker `marker` (`---` or `...`): at column 0 and
+/// followed by a blank or the end of the line (YAML 1.2 § 9.1.2).
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Splits a YAML stream into documents, dropping those with no content (only
+/// blanks and comments).
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    struct Open {
+        start: usize,
+        text_line: usize,
+        line: usize,
+        content: bool,
+        marker: bool,
+        directive: bool,
+    }
+    let fresh = |start, line| Open {
+        start,
+        text_line: line,
+        line,
+        content: false,
+        marker: false,
+        directive: false,
+    };
+    let mut docs = Vec::new();
+    let mut open = fresh(0, 1);
+    fn close<'t>(text: &'t str, open: &Open, end: usize, docs: &mut Vec<Document<'t>>) {
+        if open.content {
+            docs.push(Document {
+                line: open.line,
+                text_line: open.text_line,
+                text: &text[open.start..end],
+            });
+        }
+    }
+    let mut offset = 0;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let lineno = i + 1;
+        if is_marker(raw, "---") {
+            if open.content || open.marker {
+                close(text, &open, offset, &mut docs);
+                open = fresh(offset, lineno);
+            } else if !open.directive {
+                // Only blanks and comments so far: start the text here.
+                open = fresh(offset, lineno);
+            }
+            open.line = lineno;
+            open.marker = true;
+            // Content on the marker line itself (`--- {a: 1}`, `--- |`).
+            let rest = raw[3..].trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                open.content = true;
+            }
+        } else if is_marker(raw, "...") {
+            close(text, &open, offset + raw.len(), &mut docs);
+            open = fresh(offset + raw.len(), lineno + 1);
+        } else {
+            let t = raw.trim();
+            let blank = t.is_empty() || t.starts_with('#');
+            if !blank && raw.starts_with('%') && !open.marker && !open.content {
+                open.directive = true;
+            } else if !blank {
+                if !open.content && !open.marker && !open.directive {
+                    // A bare document (no `---`): it starts here.
+                    open = fresh(offset, lineno);
+                }
+                open.content = true;
+            }
+        }
+        offset += raw.len();
+    }
+    close(text, &open, text.len(), &mut docs);
+    docs
+}
+
+/// The kinds this loader understands.
+const KINDS: [&str; 4] = ["Service", "Endpoints", "EndpointSlice", "List"];
+
+/// Parses and checks one document, handing its objects to the loader.
+fn load_document(
+    loader: &mut compile::Loader,
+    origin: &Arc<str>,
+    doc: &Document<'_>,
+) -> Result<(), ConfigError> {
+    // Pass 1, untyped: find out what the document is, so an unsupported kind
+    // is reported as such instead of as a type error in a field we would
+    // have read with the wrong shape.
+    let value: Value =
+        serde_yaml::from_str(doc.text).map_err(|e| yaml_error(origin, doc, &e, ""))?;
+    if value.is_null() {
+        return Ok(());
+    }
+    let top = describe(&value);
+    check_kind(origin, doc.line, &value, "", &top)?;
+    let mut items = Vec::new();
+    if top.kind == "List" {
+        if let Some(Value::Sequence(seq)) = value.get("items") {
+            for (i, item) in seq.iter().enumerate() {
+                let what = describe(item);
+                let prefix = format!("items[{i}].");
+                check_kind(origin, doc.line, item, &prefix, &what)?;
+                if what.kind == "List" {
+                    return Err(invalid(
+                        origin,
+                        doc.line,
+                        &what,
+                        &prefix,
+                        "kind",
+                        "a List inside a List is not supported".into(),
+                    ));
+                }
+                items.push(what);
+            }
+        }
+    }
+
+    // Pass 2, typed: serde_yaml reports wrong types with their location.
+    let object: k8s::Object = serde_yaml::from_str(doc.text).map_err(|e| {
+        // Name the object the error is in: the document's, or the List item's.
+        let context = item_index(&e.to_string())
+            .and_then(|i| items.get(i))
+            .unwrap_or(&top);
+        let context = if context.kind == "List" {
+            String::new()
+        } else {
+            format!("{} {}: ", context.kind, context.object)
+        };
+        yaml_error(origin, doc, &e, &context)
+    })?;
+    if top.kind == "List" {
+        for (i, item) in object.items.unwrap_or_default().into_iter().enumerate() {
+            loader.add(item, doc.line, &format!("items[{i}]."))?;
+        }
+        Ok(())
+    } else {
+        loader.add(object, doc.line, "")
+    }
+}
+
+/// Kind and `namespace/name` of an untyped object, for error messages.
+struct Described {
+    kind: String,
+    object: String,
+}
+
+fn describe(v: &Value) -> Described {
+    let kind = match v.get("kind") {
+        Some(Value::String(k)) => k.clone(),
+        _ => "object".to_owned(),
+    };
+    let meta = v.get("metadata");
+    let ns = match meta.and_then(|m| m.get("namespace")) {
+        Some(Value::String(ns)) if !ns.is_empty() => ns.as_str(),
+        _ => "default",
+    };
+    let object = match meta.and_then(|m| m.get("name")) {
+        Some(Value::String(n)) => format!("{ns}/{n}"),
+        _ => format!("{ns}/(unnamed)"),
+    };
+    Described { kind, object }
+}
+
+fn check_kind(
+    origin: &Arc<str>,
+    line: usize,
+    v: &Value,
+    prefix: &str,
+    what: &Described,
+) -> Result<(), ConfigError> {
+    let reason = match v {
+        Value::Mapping(_) => match v.get("kind") {
+            Some(Value::String(k)) if KINDS.contains(&k.as_str()) => return Ok(()),
+            Some(Value::String(k)) => format!(
+                "unsupported kind {k:?} (Sluice reads Service, Endpoints, EndpointSlice and List)"
+            ),
+            Some(Value::Null) | None => {
+                "required (Service, Endpoints, EndpointSlice or List)".to_owned()
+            }
+            Some(_) => "must be a string".to_owned(),
+        },
+        _ => format!(
+            "a document must be a Kubernetes object (a mapping with apiVersion and kind), got {}",
+            value_type(v)
+        ),
+    };
+    Err(invalid(origin, line, what, prefix, "kind", reason))
+}
+
+fn value_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a sequence",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn invalid(
+    origin: &Arc<str>,
+    line: usize,
+    what: &Described,
+    prefix: &str,
+    field: &str,
+    reason: String,
+) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.clone(),
+        line,
+        kind: what.kind.clone(),
+        object: what.object.clone(),
+        field: format!("{prefix}{field}"),
+        reason,
+    }
+}
+
+/// The N of a serde_yaml message starting with the path `items[N]`.
+fn item_index(message: &str) -> Option<usize> {
+    let rest = message.strip_prefix("items[")?;
+    let end = rest.find(']')?;
+    rest[..end].parse().ok()
+}
+
+/// A serde_yaml error on a document, with its location moved to the whole
+/// input and the location suffix dropped from the message.
+fn yaml_error(
+    origin: &Arc<str>,
+    doc: &Document<'_>,
+    e: &serde_yaml::Error,
+    context: &str,
+) -> ConfigError {
+    let shift = doc.text_line - 1;
+    let (line, column) = match e.location() {
+        Some(l) => (l.line() + shift, l.column()),
+        None => (doc.line, 1),
+    };
+    ConfigError::Yaml {
+        origin: origin.clone(),
+        line,
+        column,
+        message: format!("{context}{}", relocate_message(&e.to_string(), shift)),
+    }
+}
+
+/// Drops the first ` at line L column C` (the error's own location, reported
+/// separately) and shifts the line of any other (libyaml's context mark).
+fn relocate_message(msg: &str, shift: usize) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    let mut first = true;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + AT.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(n) = after[..digits].parse::<usize>() else {
+            out.push_str(AT);
+            rest = after;
+            continue;
+        };
+        let tail = &after[digits..];
+        let col = tail
+            .strip_prefix(" column ")
+            .map(|t| t.bytes().take_while(u8::is_ascii_digit).count() + " column ".len())
+            .unwrap_or(0);
+        if !first {
+            out.push_str(AT);
+            out.push_str(&(n + shift).to_string());
+            out.push_str(&tail[..col]);
+        }
+        first = false;
+        rest = &tail[col..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,501 @@
+//! `sluice run`: bring the load balancer up, keep it serving, take it down.
+//!
+//! The calling thread is the control thread. It validates and compiles the
+//! config, resolves next hops from the kernel, attaches the steering XDP
+//! program, binds the AF_XDP sockets, starts one pinned worker per core and
+//! then waits for signals: SIGHUP reloads (a new snapshot is built off the
+//! packet path and published atomically; a bad config is refused and the old
+//! one keeps serving), SIGINT/SIGTERM stop. Once a second it ages the flow
+//! table; every `--stats-interval` it logs the counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use sluice_dataplane::flow_table::{FlowTable, Timeouts};
+use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
+use sluice_dataplane::service::{ServiceTable, VipKey};
+use sluice_dataplane::steer::{AttachMode, SteerError, Steering};
+use sluice_dataplane::types::{Addr, Cidr, L2Hop};
+use sluice_dataplane::worker::{Counters, Shared, Worker, WorkerOpts};
+use sluice_dataplane::xsk::{QueueSpec, XskConfig, XskError, XskPort};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ConfigError};
+use crate::netlink::{self, Link, NetlinkError};
+
+/// What `sluice run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    /// Config file (reloaded on SIGHUP).
+    pub config: PathBuf,
+    /// Interfaces served, in port-index order.
+    pub ifaces: Vec<String>,
+    /// Worker count (default: min(cores, queues)).
+    pub workers: Option<usize>,
+    /// Clients inside these prefixes are not masqueraded.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Masquerade every client.
+    pub masquerade_all: bool,
+    /// Flow table capacity.
+    pub flow_capacity: usize,
+    /// Seconds between counter logs (0: never).
+    pub stats_interval: u64,
+    /// XDP attach mode.
+    pub xdp_mode: AttachMode,
+    /// Spin instead of sleeping when idle.
+    pub busy_poll: bool,
+    /// SNAT source port range.
+    pub snat_ports: (u16, u16),
+}
+
+/// Why `sluice run` could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Not running with the privileges AF_XDP and XDP need.
+    #[error("sluice run needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_ADMIN): run it with sudo")]
+    NotRoot,
+    /// An interface is missing or unreadable.
+    #[error("interface {name}: {source}")]
+    Interface {
+        /// The interface.
+        name: String,
+        /// Cause.
+        source: NetlinkError,
+    },
+    /// The same interface was given twice.
+    #[error("interface {0} is given twice")]
+    DuplicateInterface(String),
+    /// More workers than queues.
+    #[error("--workers {workers}: the interfaces have at most {queues} queue(s); raise them with `ethtool -L IF combined N` or use fewer workers")]
+    TooManyWorkers {
+        /// Workers asked for.
+        workers: usize,
+        /// Largest queue count of the interfaces.
+        queues: u32,
+    },
+    /// Steering program failure.
+    #[error("{0}")]
+    Steer(#[from] SteerError),
+    /// AF_XDP socket failure.
+    #[error("worker {worker}: {source}")]
+    Xsk {
+        /// Worker index.
+        worker: usize,
+        /// Cause.
+        source: XskError,
+    },
+    /// Signal handler installation failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// A worker thread could not be started.
+    #[error("starting worker {worker}: {source}")]
+    Spawn {
+        /// Worker index.
+        worker: usize,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Sets of addresses the steering program must send to the sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SteerSets {
+    /// Service front ends.
+    pub vips: Vec<VipKey>,
+    /// Backends (address, port, protocol) whose replies come back.
+    pub backends: Vec<(Addr, u16, u8)>,
+    /// The LB's own addresses used as SNAT sources.
+    pub snat: Vec<Addr>,
+}
+
+/// The compiled state for one config version.
+pub struct Compiled {
+    /// What the workers read.
+    pub snapshot: Snapshot,
+    /// What the XDP programs match.
+    pub steer: SteerSets,
+    /// Backends whose next hop could not be resolved (retried later).
+    pub unresolved: Vec<Addr>,
+}
+
+/// Compiles `cfg` into a snapshot: service table, next hops from the kernel
+/// (route + neighbour), SNAT sources and the steering sets.
+///
+/// # Errors
+/// A [`ConfigError`] when the table cannot be built (duplicate front ends).
+pub fn compile(
+    version: u64,
+    cfg: &Config,
+    links: &[Link],
+    masq: &MasqPolicy,
+    resolve_timeout: Duration,
+) -> Result<Compiled, ConfigError> {
+    let services = ServiceTable::build(version, cfg.services.clone()).map_err(ConfigError::from)?;
+    let mut nexthops = HashMap::new();
+    let mut unresolved = Vec::new();
+    let mut steer = SteerSets::default();
+    let mut snat = BTreeSet::new();
+    let mut backends = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    for s in services.services() {
+        steer.vips.push(s.spec.vip);
+        for b in &s.spec.backends {
+            backends.insert((b.addr, b.port, s.spec.vip.proto));
+            addrs.insert(b.addr);
+        }
+    }
+    for addr in addrs {
+        match resolve_backend(addr, links, resolve_timeout) {
+            Ok(nh) => {
+                snat.insert(nh.snat);
+                nexthops.insert(addr, nh);
+            }
+            Err(e) => {
+                warn!("backend {addr}: next hop not resolved yet ({e}); new flows to it are dropped until it is");
+                unresolved.push(addr);
+            }
+        }
+    }
+    steer.backends = backends.into_iter().collect();
+    steer.snat = snat.into_iter().collect();
+    let snapshot = Snapshot {
+        services,
+        ports: links.iter().map(|l| PortInfo { mac: l.mac }).collect(),
+        nexthops,
+        masq: masq.clone(),
+    };
+    Ok(Compiled {
+        snapshot,
+        steer,
+        unresolved,
+    })
+}
+
+/// Where `addr` is reached: the route's interface (which must be one that
+/// sluice serves), the next hop's MAC and the route's preferred source.
+fn resolve_backend(addr: Addr, links: &[Link], timeout: Duration) -> Result<NextHop, String> {
+    let ip = addr.to_ip();
+    let nh = netlink::resolve(ip, timeout).map_err(|e| e.to_string())?;
+    let Some(port) = links.iter().position(|l| l.index == nh.ifindex) else {
+        return Err(format!(
+            "the kernel routes it via interface index {} which sluice does not serve",
+            nh.ifindex
+        ));
+    };
+    let src = match nh.src {
+        Some(s) => s,
+        None => first_address(links[port].index, ip.is_ipv4()).ok_or_else(|| {
+            format!(
+                "{} has no address of {ip}'s family to masquerade with",
+                links[port].name
+            )
+        })?,
+    };
+    Ok(NextHop {
+        hop: L2Hop {
+            port: port as u8,
+            mac: nh.mac,
+        },
+        snat: Addr::from(src),
+    })
+}
+
+fn first_address(ifindex: u32, v4: bool) -> Option<IpAddr> {
+    netlink::addresses(ifindex)
+        .ok()?
+        .into_iter()
+        .map(|(a, _)| a)
+        .find(|a| a.is_ipv4() == v4)
+}
+
+fn apply_steer(
+    steering: &mut [Steering],
+    sets: &SteerSets,
+    ports: (u16, u16),
+) -> Result<(), SteerError> {
+    for s in steering.iter_mut() {
+        s.set_vips(&sets.vips)?;
+        s.set_backends(&sets.backends)?;
+        s.set_snat(&sets.snat, ports)?;
+    }
+    Ok(())
+}
+
+/// Sums the workers' counters by name.
+fn totals(counters: &[Arc<Counters>]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for c in counters {
+        for (k, v) in c.snapshot() {
+            *m.entry(k).or_insert(0) += v;
+        }
+    }
+    m
+}
+
+/// Runs the load balancer until SIGINT or SIGTERM.
+///
+/// # Errors
+/// [`RunError`] when it cannot start (bad config, no privileges, missing
+/// interface, XDP or AF_XDP failure).
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    let cfg = config::load_file(&args.config)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(RunError::NotRoot);
+    }
+    let mut links = Vec::new();
+    for (i, name) in args.ifaces.iter().enumerate() {
+        if args.ifaces[..i].contains(name) {
+            return Err(RunError::DuplicateInterface(name.clone()));
+        }
+        let l = netlink::link(name).map_err(|source| RunError::Interface {
+            name: name.clone(),
+            source,
+        })?;
+        links.push(l);
+    }
+    let max_queues = links.iter().map(|l| l.rx_queues.max(1)).max().unwrap_or(1);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| cores.len().max(1).min(max_queues as usize))
+        .max(1);
+    if workers > max_queues as usize {
+        return Err(RunError::TooManyWorkers {
+            workers,
+            queues: max_queues,
+        });
+    }
+
+    let masq = MasqPolicy {
+        all: args.masquerade_all,
+        cluster_cidrs: args.cluster_cidrs.clone(),
+        ports: args.snat_ports,
+    };
+    let mut version = 1;
+    let compiled = compile(version, &cfg, &links, &masq, Duration::from_secs(2))?;
+
+    let mut steering = Vec::new();
+    for l in &links {
+        let s = Steering::attach(&l.name, args.xdp_mode)?;
+        info!(
+            "steering program attached to {} ({:?} mode)",
+            l.name,
+            s.mode()
+        );
+        steering.push(s);
+    }
+    apply_steer(&mut steering, &compiled.steer, args.snat_ports)?;
+
+    // Worker w owns queue q of every interface where q % workers == w.
+    let mut ports = Vec::new();
+    for w in 0..workers {
+        let mut queues = Vec::new();
+        for (p, l) in links.iter().enumerate() {
+            for q in (0..l.rx_queues.max(1)).filter(|q| *q as usize % workers == w) {
+                queues.push(QueueSpec {
+                    port: p as u8,
+                    ifname: l.name.clone(),
+                    queue: q,
+                });
+            }
+        }
+        let port = XskPort::open(&queues, &XskConfig::default())
+            .map_err(|source| RunError::Xsk { worker: w, source })?;
+        for (p, q, fd) in port.sockets() {
+            steering[p as usize].register_socket(q, fd)?;
+        }
+        info!(
+            "worker {w}: {}",
+            queues
+                .iter()
+                .map(|q| format!("{}/{}", q.ifname, q.queue))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        ports.push(port);
+    }
+
+    let flows = FlowTable::new(args.flow_capacity, Timeouts::default());
+    let shared = Arc::new(Shared::new(compiled.snapshot, flows));
+    let mut unresolved = compiled.unresolved;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(RunError::Signals)?;
+
+    let counters: Vec<Arc<Counters>> = (0..workers)
+        .map(|_| Arc::new(Counters::default()))
+        .collect();
+    let mut handles = Vec::new();
+    for (w, port) in ports.into_iter().enumerate() {
+        let shared = shared.clone();
+        let c = counters[w].clone();
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[w % cores.len()])
+        };
+        let opts = WorkerOpts {
+            burst: 64,
+            busy_poll: args.busy_poll,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("sluice-w{w}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let mut worker = Worker::new(port, opts);
+                worker.run(&shared, &c);
+                worker
+            })
+            .map_err(|source| RunError::Spawn { worker: w, source })?;
+        handles.push(h);
+    }
+    info!(
+        "sluice ready: {} virtual services, {} workers on {}",
+        shared.snapshot.load().services.len(),
+        workers,
+        args.ifaces.join(",")
+    );
+
+    let mut last_expire = Instant::now();
+    let mut last_stats = Instant::now();
+    let mut last_retry = Instant::now();
+    let mut current_steer = compiled.steer;
+    'main: loop {
+        for sig in signals.pending() {
+            match sig {
+                SIGHUP => {
+                    let result = config::load_file(&args.config).and_then(|cfg| {
+                        compile(version + 1, &cfg, &links, &masq, Duration::from_secs(2))
+                    });
+                    match result {
+                        Ok(c) => {
+                            // Steer the union while the swap happens, so no
+                            // packet of an old or new service reaches the
+                            // kernel stack in between; then the new sets.
+                            let union = union_sets(&current_steer, &c.steer);
+                            let applied = apply_steer(&mut steering, &union, args.snat_ports)
+                                .and_then(|_| {
+                                    let n = c.snapshot.services.len();
+                                    shared.publish(c.snapshot);
+                                    apply_steer(&mut steering, &c.steer, args.snat_ports).map(|_| n)
+                                });
+                            match applied {
+                                Ok(n) => {
+                                    version += 1;
+                                    current_steer = c.steer;
+                                    unresolved = c.unresolved;
+                                    info!("reload applied version={version} services={n}");
+                                }
+                                Err(e) => {
+                                    error!("reload failed while updating the steering maps: {e}")
+                                }
+                            }
+                        }
+                        Err(e) => error!("reload rejected: {e}; still serving version={version}"),
+                    }
+                }
+                SIGINT | SIGTERM => break 'main,
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if last_expire.elapsed() >= Duration::from_secs(1) {
+            last_expire = Instant::now();
+            let cap = shared.flows.capacity();
+            shared.flows.expire(shared.now(), (cap / 8).max(4096));
+        }
+        if !unresolved.is_empty() && last_retry.elapsed() >= Duration::from_secs(5) {
+            last_retry = Instant::now();
+            if let Ok(cfg) = config::load_file(&args.config) {
+                if let Ok(c) = compile(version, &cfg, &links, &masq, Duration::from_millis(500)) {
+                    if c.unresolved.len() < unresolved.len()
+                        && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
+                    {
+                        info!(
+                            "next hops resolved for {} more backend(s)",
+                            unresolved.len() - c.unresolved.len()
+                        );
+                        shared.publish(c.snapshot);
+                        current_steer = c.steer;
+                        unresolved = c.unresolved;
+                    }
+                }
+            }
+        }
+        if args.stats_interval > 0
+            && last_stats.elapsed() >= Duration::from_secs(args.stats_interval)
+        {
+            last_stats = Instant::now();
+            let t = totals(&counters);
+            let drops: u64 = t
+                .iter()
+                .filter(|(k, _)| k.starts_with("drop_"))
+                .map(|(_, v)| v)
+                .sum();
+            info!(
+                "stats rx={} tx={} new_flows={} drops={} flows={}",
+                t["rx"],
+                t["tx"],
+                t["new_flows"],
+                drops,
+                shared.flows.len()
+            );
+        }
+    }
+
+    info!("stopping");
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut workers_back = Vec::new();
+    for h in handles {
+        if let Ok(w) = h.join() {
+            workers_back.push(w);
+        }
+    }
+    // Sockets close before the program detaches.
+    drop(workers_back);
+    let steer_stats: Vec<_> = steering.iter().map(|s| s.stats()).collect();
+    drop(steering);
+    let t = totals(&counters);
+    for (k, v) in &t {
+        println!("counter {k} {v}");
+    }
+    println!("counter flows_live {}", shared.flows.len());
+    for (l, s) in links.iter().zip(steer_stats) {
+        if let Ok(s) = s {
+            println!("counter xdp_redirected_{} {}", l.name, s.redirected);
+            println!("counter xdp_passed_{} {}", l.name, s.passed);
+        }
+    }
+    info!("sluice stopped");
+    Ok(())
+}
+
+fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
+    let vips: BTreeSet<_> = a
+        .vips
+        .iter()
+        .chain(&b.vips)
+        .map(|v| (v.addr, v.port, v.proto))
+        .collect();
+    let backends: BTreeSet<_> = a.backends.iter().chain(&b.backends).copied().collect();
+    let snat: BTreeSet<_> = a.snat.iter().chain(&b.snat).copied().collect();
+    SteerSets {
+        vips: vips
+            .into_iter()
+            .map(|(addr, port, proto)| VipKey { addr, port, proto })
+            .collect(),
+        backends: backends.into_iter().collect(),
+        snat: snat.into_iter().collect(),
+    }
+}

@@ -1,0 +1,583 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::types::{proto, Addr, FlowKey, L2Hop};
+
+use tcp_flags::{ACK, FIN, RST, SYN};
+
+const SEED: [u64; 4] = [0x1234, 0x5678, 0x9abc, 0xdef0];
+
+fn table(cap: usize) -> FlowTable {
+    FlowTable::with_seed(cap, Timeouts::default(), SEED)
+}
+
+/// Flow `n` of protocol `p`: client 10.x → VIP:80, backend → SNAT address.
+fn entry_p(n: u32, p: u8) -> FlowEntry {
+    let b = n.to_be_bytes();
+    let original = FlowKey {
+        src: Addr::from_v4([10, b[1], b[2], b[3]]),
+        dst: Addr::from_v4([198, 18, 0, 1]),
+        sport: 1024 + (n % 50_000) as u16,
+        dport: 80,
+        proto: p,
+    };
+    let reply = FlowKey {
+        src: Addr::from_v6([
+            0x20,
+            1,
+            0xd,
+            0xb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            (n % 4) as u8,
+        ]),
+        dst: Addr::from_v4([198, 18, 1, 1]),
+        sport: 8080,
+        dport: n as u16,
+        proto: p,
+    };
+    FlowEntry {
+        original,
+        reply,
+        orig_hop: L2Hop {
+            port: (n % 3) as u8,
+            mac: [2, 0, b[0], b[1], b[2], b[3]],
+        },
+        reply_hop: L2Hop {
+            port: 7,
+            mac: [0xfe, 0xff, b[3], b[2], b[1], b[0]],
+        },
+        service: n / 7,
+        backend: n % 4,
+    }
+}
+
+fn entry(n: u32) -> FlowEntry {
+    entry_p(n, proto::TCP)
+}
+
+/// Another flow whose reply key collides with flow `n`'s (a SNAT port clash).
+fn clashing(n: u32) -> FlowEntry {
+    let mut e = entry(n);
+    e.original.sport = e.original.sport.wrapping_add(1);
+    e.original.src = Addr::from_v4([172, 16, 0, 1]);
+    e
+}
+
+#[test]
+fn layout_and_bytes_per_flow() {
+    assert_eq!(std::mem::size_of::<Record>(), 104);
+    assert_eq!(std::mem::size_of::<Bucket>(), 64);
+    assert_eq!(FREE_QUEUE_SLOT_BYTES, 16);
+    assert_eq!(FlowTable::BYTES_PER_FLOW, 152);
+    for cap in [1usize, 2, 3, 1000, 4097] {
+        let t = table(cap);
+        let real = t.records.len() * std::mem::size_of::<Record>()
+            + t.buckets.len() * std::mem::size_of::<Bucket>()
+            + t.free.capacity() * FREE_QUEUE_SLOT_BYTES;
+        // Buckets round up to whole cache lines: at most one extra line.
+        assert!(real <= cap * FlowTable::BYTES_PER_FLOW + 64, "cap {cap}");
+        assert!(real >= cap * FlowTable::BYTES_PER_FLOW, "cap {cap}");
+    }
+}
+
+#[test]
+fn send_sync() {
+    fn ok<T: Send + Sync>() {}
+    ok::<FlowTable>();
+}
+
+#[test]
+fn pack_round_trip() {
+    for n in [0, 1, 77, 65_535, 1 << 20, u32::MAX] {
+        let e = entry(n);
+        assert_eq!(unpack_entry(&pack_entry(&e)), e);
+    }
+}
+
+#[test]
+fn insert_and_lookup_both_directions() {
+    let t = table(64);
+    let e = entry(5);
+    let id = t.insert(&e, 100).unwrap();
+    assert_eq!(t.len(), 1);
+    let h = t.lookup(&e.original, 100).unwrap();
+    assert_eq!(
+        (h.id, h.dir, h.entry, h.state),
+        (id, Direction::Original, e, FlowState::SynSent)
+    );
+    let h = t.lookup(&e.reply, 100).unwrap();
+    assert_eq!((h.id, h.dir, h.entry), (id, Direction::Reply, e));
+    assert!(t.lookup(&e.original.reversed(), 100).is_none());
+    assert!(t.lookup(&entry(6).original, 100).is_none());
+}
+
+#[test]
+fn exists_on_either_key() {
+    let t = table(64);
+    let e = entry(1);
+    let id = t.insert(&e, 0).unwrap();
+    assert_eq!(t.insert(&e, 1), Err(InsertError::Exists));
+    assert_eq!(t.insert(&clashing(1), 1), Err(InsertError::Exists));
+    // A flow whose original key is another flow's reply key.
+    let mut cross = entry(2);
+    cross.original = e.reply;
+    assert_eq!(t.insert(&cross, 1), Err(InsertError::Exists));
+    assert_eq!(t.len(), 1);
+    assert!(t.remove(id));
+    assert!(!t.remove(id));
+    assert_eq!(t.len(), 0);
+    let id2 = t.insert(&clashing(1), 2).unwrap();
+    assert_eq!(t.lookup(&e.reply, 2).unwrap().id, id2);
+    assert!(t.lookup(&e.original, 2).is_none());
+}
+
+#[test]
+fn tcp_transitions() {
+    let t = table(8);
+    let e = entry(1);
+    let id = t.insert(&e, 0).unwrap();
+    use Direction::{Original as O, Reply as R};
+    assert_eq!(t.touch(id, O, SYN, 0), FlowState::SynSent);
+    assert_eq!(t.touch(id, O, SYN, 0), FlowState::SynSent); // retransmit
+    assert_eq!(t.touch(id, R, SYN | ACK, 1), FlowState::SynRecv);
+    assert_eq!(t.touch(id, O, ACK, 1), FlowState::Established);
+    assert_eq!(t.touch(id, R, ACK, 2), FlowState::Established);
+    assert_eq!(t.touch(id, O, SYN, 2), FlowState::Established);
+    assert_eq!(t.touch(id, R, FIN | ACK, 3), FlowState::FinWait);
+    assert_eq!(t.touch(id, O, ACK, 3), FlowState::FinWait);
+    assert_eq!(t.touch(id, O, RST, 4), FlowState::Close);
+    assert_eq!(t.touch(id, O, FIN, 4), FlowState::Close);
+    assert_eq!(t.touch(id, O, ACK, 4), FlowState::Close);
+    assert_eq!(t.touch(id, O, SYN, 5), FlowState::SynSent); // tuple reuse
+    assert_eq!(t.lookup(&e.reply, 5).unwrap().state, FlowState::SynSent);
+
+    // Mid-stream pickup and DR (no replies seen): ACK after SYN.
+    let id = t.insert(&entry(2), 0).unwrap();
+    assert_eq!(t.touch(id, O, ACK, 0), FlowState::Established);
+    // SYN+ACK in the original direction is not a handshake reply.
+    let id = t.insert(&entry(3), 0).unwrap();
+    assert_eq!(t.touch(id, O, SYN | ACK, 0), FlowState::SynSent);
+
+    // Non-TCP flows ignore flags.
+    let id = t.insert(&entry_p(4, proto::UDP), 0).unwrap();
+    assert_eq!(t.touch(id, O, SYN | RST | FIN, 0), FlowState::Udp);
+    let id = t.insert(&entry_p(5, proto::ICMP), 0).unwrap();
+    assert_eq!(t.touch(id, R, RST, 0), FlowState::Udp);
+    assert_eq!(FlowState::Established.as_str(), "ESTABLISHED");
+}
+
+/// Brings a fresh flow to `target` at time `now`.
+fn drive(t: &FlowTable, id: FlowId, target: FlowState, now: u32) {
+    use Direction::{Original as O, Reply as R};
+    let steps: &[(Direction, u8)] = match target {
+        FlowState::Udp | FlowState::SynSent => &[(O, SYN)],
+        FlowState::SynRecv => &[(O, SYN), (R, SYN | ACK)],
+        FlowState::Established => &[(O, SYN), (R, SYN | ACK), (O, ACK)],
+        FlowState::FinWait => &[(O, ACK), (O, FIN)],
+        FlowState::Close => &[(O, RST)],
+    };
+    for &(d, f) in steps {
+        t.touch(id, d, f, now);
+    }
+    assert_eq!(t.touch(id, O, 0, now), target);
+}
+
+#[test]
+fn expiry_per_state_on_a_virtual_clock() {
+    let to = Timeouts::default();
+    let cases = [
+        (FlowState::SynSent, proto::TCP, to.tcp_syn_sent),
+        (FlowState::SynRecv, proto::TCP, to.tcp_syn_recv),
+        (FlowState::Established, proto::TCP, to.tcp_established),
+        (FlowState::FinWait, proto::TCP, to.tcp_fin_wait),
+        (FlowState::Close, proto::TCP, to.tcp_close),
+        (FlowState::Udp, proto::UDP, to.udp),
+        (FlowState::Udp, proto::SCTP, to.other),
+    ];
+    for (i, (state, p, timeout)) in cases.into_iter().enumerate() {
+        let t = table(16);
+        let e = entry_p(i as u32, p);
+        let id = t.insert(&e, 1000).unwrap();
+        drive(&t, id, state, 1000);
+        let deadline = 1000 + timeout;
+        assert!(t.lookup(&e.original, deadline).is_some(), "{state:?}");
+        let mut seen = Vec::new();
+        t.for_each_at(deadline - 5, |_, s, left| seen.push((s, left)));
+        assert_eq!(seen, vec![(state, 5)]);
+        assert!(t.lookup(&e.reply, deadline + 1).is_none(), "{state:?}");
+        assert_eq!(
+            t.touch(id, Direction::Original, 0, deadline + 1),
+            FlowState::Close
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.expire(deadline, 16), 0);
+        assert_eq!(t.expire(deadline + 1, 16), 1);
+        assert_eq!(t.len(), 0);
+        assert!(t.lookup(&e.original, 0).is_none());
+    }
+}
+
+#[test]
+fn touch_refreshes_and_insert_reclaims_expired() {
+    let t = table(16);
+    let e = entry(9);
+    let id = t.insert(&e, 0).unwrap();
+    t.touch(id, Direction::Original, ACK, 0); // Established, 900 s
+    t.touch(id, Direction::Reply, ACK, 800);
+    assert!(t.lookup(&e.original, 1700).is_some());
+    assert!(t.lookup(&e.original, 1701).is_none());
+    // The expired flow's keys are free again; insert reclaims its record.
+    let id2 = t.insert(&clashing(9), 1701).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.lookup(&e.reply, 1701).unwrap().id, id2);
+    assert_eq!(t.clock(), 1701);
+}
+
+#[test]
+fn eviction_when_full() {
+    let t = table(4);
+    let ids: Vec<_> = (0..4).map(|n| t.insert(&entry(n), n).unwrap()).collect();
+    for &id in &ids {
+        t.touch(id, Direction::Original, ACK, 10);
+    }
+    // All established and fresh: nothing to evict.
+    assert_eq!(t.insert(&entry(10), 10), Err(InsertError::Full));
+    // Two half-open flows: the older one goes.
+    t.touch(ids[1], Direction::Original, RST, 11);
+    t.touch(ids[2], Direction::Original, RST, 12);
+    let id = t.insert(&entry(10), 13).unwrap();
+    assert_eq!(id, ids[1]);
+    assert!(t.lookup(&entry(1).original, 13).is_none());
+    assert!(t.lookup(&entry(2).original, 13).is_some());
+    // An expired established flow goes before a fresh closing one.
+    let id = t.insert(&entry(11), 2000).unwrap();
+    assert!(id == ids[0] || id == ids[3], "{id:?}");
+    assert_eq!(t.len(), 4);
+}
+
+#[test]
+fn remove_where_flushes_a_backend() {
+    let t = table(64);
+    for n in 0..40 {
+        t.insert(&entry(n), 0).unwrap();
+    }
+    assert_eq!(t.remove_where(|e| e.backend == 2), 10);
+    assert_eq!(t.len(), 30);
+    for n in 0..40 {
+        assert_eq!(t.lookup(&entry(n).reply, 0).is_some(), n % 4 != 2);
+    }
+    let mut listed = 0;
+    t.for_each(|e, s, left| {
+        assert_ne!(e.backend, 2);
+        assert_eq!((s, left), (FlowState::SynSent, 120));
+        listed += 1;
+    });
+    assert_eq!(listed, 30);
+}
+
+#[test]
+fn stale_id_touch_is_harmless() {
+    let t = table(2);
+    let id = t.insert(&entry(1), 0).unwrap();
+    assert!(t.remove(id));
+    assert_eq!(t.touch(id, Direction::Original, ACK, 1), FlowState::Close);
+    assert_eq!(
+        t.touch(FlowId(99), Direction::Original, ACK, 1),
+        FlowState::Close
+    );
+}
+
+#[test]
+fn concurrent_duplicate_inserts_commit_at_most_once() {
+    let t = Arc::new(table(256));
+    for round in 0..50u32 {
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (t, barrier) = (t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // Half the threads insert a flow clashing on the reply key.
+                    let e = if i % 2 == 0 {
+                        entry(round)
+                    } else {
+                        clashing(round)
+                    };
+                    barrier.wait();
+                    t.insert(&e, 0).is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&w| w)
+            .count();
+        assert!(wins <= 1, "round {round}: {wins} winners");
+        let mut owners = 0;
+        t.for_each_at(0, |e, _, _| {
+            owners += usize::from(e.reply == entry(round).reply)
+        });
+        assert_eq!(owners, wins);
+    }
+}
+
+// ---- model test ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u32, bool),
+    Lookup(u32, bool),
+    Touch(u32, bool, u8),
+    Remove(u32),
+    Advance(u32),
+    Expire,
+    RemoveBackend(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..12u32, any::<bool>()).prop_map(|(n, c)| Op::Insert(n, c)),
+        4 => (0..12u32, any::<bool>()).prop_map(|(n, r)| Op::Lookup(n, r)),
+        4 => (0..12u32, any::<bool>(), prop::sample::select(vec![0, SYN, SYN | ACK, ACK, FIN | ACK, RST]))
+            .prop_map(|(n, r, f)| Op::Touch(n, r, f)),
+        1 => (0..12u32).prop_map(Op::Remove),
+        2 => prop::sample::select(vec![1, 9, 11, 59, 61, 130, 400, 1000]).prop_map(Op::Advance),
+        1 => Just(Op::Expire),
+        1 => (0..4u32).prop_map(Op::RemoveBackend),
+    ]
+}
+
+fn model_entry(n: u32, clash: bool) -> FlowEntry {
+    let p = [proto::TCP, proto::TCP, proto::UDP, proto::ICMP][(n % 4) as usize];
+    let mut e = entry_p(n, p);
+    if clash {
+        e.original.src = Addr::from_v4([172, 16, 0, 1]);
+    }
+    e
+}
+
+#[derive(Clone, Copy)]
+struct M {
+    id: FlowId,
+    e: FlowEntry,
+    st: u8,
+    seen: u32,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #[test]
+    fn matches_a_hashmap_model(ops in prop::collection::vec(op(), 1..120)) {
+        let t = table(64);
+        // Keyed by (flow number, clash variant); holds unreclaimed flows.
+        let mut model: HashMap<(u32, bool), M> = HashMap::new();
+        let mut now = 0u32;
+        let expired = |m: &M, now: u32| u64::from(m.seen) + u64::from(t.timeout_of(m.st)) < u64::from(now);
+        for op in ops {
+            match op {
+                Op::Insert(n, c) => {
+                    let e = model_entry(n, c);
+                    let keys = [e.original, e.reply];
+                    let clashes: Vec<_> = model.iter()
+                        .filter(|(_, m)| keys.contains(&m.e.original) || keys.contains(&m.e.reply))
+                        .map(|(k, m)| (*k, expired(m, now)))
+                        .collect();
+                    for (k, exp) in &clashes {
+                        if *exp { model.remove(k); }
+                    }
+                    let got = t.insert(&e, now);
+                    if clashes.iter().any(|(_, exp)| !exp) {
+                        prop_assert_eq!(got, Err(InsertError::Exists));
+                    } else {
+                        let id = got.unwrap();
+                        let st = match e.original.proto { proto::TCP => ST_SYN_SENT, proto::UDP => ST_UDP, _ => ST_OTHER };
+                        model.insert((n, c), M { id, e, st, seen: now });
+                    }
+                }
+                Op::Lookup(n, r) => {
+                    let e = model_entry(n, false);
+                    let key = if r { e.reply } else { e.original };
+                    let want = model.values()
+                        .find(|m| !expired(m, now) && (m.e.original == key || m.e.reply == key));
+                    let got = t.lookup(&key, now);
+                    match (want, got) {
+                        (None, None) => {}
+                        (Some(m), Some(h)) => {
+                            prop_assert_eq!(h.id, m.id);
+                            prop_assert_eq!(h.entry, m.e);
+                            prop_assert_eq!(h.state, public_state(m.st));
+                            let d = if m.e.original == key { Direction::Original } else { Direction::Reply };
+                            prop_assert_eq!(h.dir, d);
+                        }
+                        (w, g) => prop_assert!(false, "model {:?} table {:?}", w.map(|m| m.e), g),
+                    }
+                }
+                Op::Touch(n, r, f) => {
+                    let keyed = model.iter_mut().find(|((k, _), _)| *k == n);
+                    if let Some((_, m)) = keyed {
+                        let dir = if r { Direction::Reply } else { Direction::Original };
+                        let got = t.touch(m.id, dir, f, now);
+                        if expired(m, now) {
+                            prop_assert_eq!(got, FlowState::Close);
+                        } else {
+                            if m.st != ST_UDP && m.st != ST_OTHER {
+                                m.st = tcp_next(m.st, dir, f);
+                            }
+                            m.seen = m.seen.max(now);
+                            prop_assert_eq!(got, public_state(m.st));
+                        }
+                    }
+                }
+                Op::Remove(n) => {
+                    let k = model.keys().find(|(k, _)| *k == n).copied();
+                    if let Some(k) = k {
+                        let m = model.remove(&k).unwrap();
+                        prop_assert!(t.remove(m.id));
+                        prop_assert!(!t.remove(m.id));
+                    }
+                }
+                Op::Advance(d) => now += d,
+                Op::Expire => {
+                    let dead: Vec<_> = model.iter().filter(|(_, m)| expired(m, now)).map(|(k, _)| *k).collect();
+                    for k in &dead { model.remove(k); }
+                    prop_assert_eq!(t.expire(now, t.capacity()), dead.len());
+                }
+                Op::RemoveBackend(b) => {
+                    let before = model.len();
+                    model.retain(|_, m| m.e.backend != b);
+                    prop_assert_eq!(t.remove_where(|e| e.backend == b), before - model.len());
+                }
+            }
+            prop_assert_eq!(t.len(), model.len());
+            let mut listed = HashSet::new();
+            t.for_each_at(now, |e, _, _| { listed.insert(e.original); });
+            let live: HashSet<_> = model.values().filter(|m| !expired(m, now)).map(|m| m.e.original).collect();
+            prop_assert_eq!(listed, live);
+        }
+    }
+}
+
+// ---- stress ----
+
+fn stress_proto(n: u32) -> u8 {
+    [proto::UDP, proto::TCP, proto::TCP][(n % 3) as usize]
+}
+
+#[test]
+fn stress_four_threads_no_torn_reads() {
+    const FLOWS: u32 = 600;
+    const OPS: u32 = 10_000;
+    // Smaller than the key space, so eviction and Full happen too.
+    let t = Arc::new(FlowTable::new(256, Timeouts::default()));
+    let clock = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..4u32)
+        .map(|tid| {
+            let (t, clock, stop) = (t.clone(), clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x9E37_79B9u32.wrapping_mul(tid + 1) | 1;
+                let mut rnd = move || {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x
+                };
+                let mut hits = 0u32;
+                for i in 0..OPS {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let now = if tid == 0 && i % 64 == 0 {
+                        clock.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        clock.load(Ordering::Relaxed)
+                    };
+                    let n = rnd() % FLOWS;
+                    let e = entry_p(n, stress_proto(n));
+                    let reply = rnd() % 2 == 0;
+                    let key = if reply { e.reply } else { e.original };
+                    match rnd() % 16 {
+                        0..=6 => {
+                            if let Some(h) = t.lookup(&key, now) {
+                                hits += 1;
+                                assert_eq!(h.entry, e, "torn or wrong entry for {key}");
+                                let d = if reply {
+                                    Direction::Reply
+                                } else {
+                                    Direction::Original
+                                };
+                                assert_eq!(h.dir, d);
+                                let f = [SYN, SYN | ACK, ACK, FIN, RST][(rnd() % 5) as usize];
+                                t.touch(h.id, h.dir, f, now);
+                                if rnd() % 32 == 0 {
+                                    t.remove(h.id);
+                                }
+                            }
+                        }
+                        7..=12 => {
+                            if let Ok(id) = t.insert(&e, now) {
+                                t.touch(id, Direction::Original, SYN, now);
+                            }
+                        }
+                        13 => {
+                            t.expire(now, 16);
+                        }
+                        14 if i % 512 == 0 => {
+                            t.remove_where(|x| x.service == n / 7);
+                        }
+                        _ => t.for_each_at(now, |x, _, _| {
+                            // Every listed entry is exactly one that was inserted.
+                            let k = u32::from(x.reply.dport);
+                            assert_eq!(*x, entry_p(k, stress_proto(k)), "torn listing");
+                        }),
+                    }
+                }
+                hits
+            })
+        })
+        .collect();
+    let hits: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    stop.store(true, Ordering::Relaxed);
+    assert!(hits > 0);
+
+    // Quiescent: the counters, the records and the index agree.
+    let n = t.len();
+    let mut keys = HashSet::new();
+    let mut records = 0;
+    t.for_each_at(0, |e, _, _| {
+        records += 1;
+        assert!(keys.insert(e.original), "duplicate {}", e.original);
+        assert!(keys.insert(e.reply), "duplicate {}", e.reply);
+    });
+    assert_eq!(records, n);
+    assert_eq!(n + t.free.len(), t.capacity());
+    let slots = t
+        .buckets
+        .iter()
+        .flat_map(|b| b.0.iter())
+        .filter(|s| s.load(Ordering::Relaxed) != 0)
+        .count();
+    assert_eq!(slots, 2 * n);
+    assert_eq!(t.remove_where(|_| true), n);
+    assert_eq!(t.len(), 0);
+    assert_eq!(t.free.len(), t.capacity());
+    assert!(t
+        .buckets
+        .iter()
+        .flat_map(|b| b.0.iter())
+        .all(|s| s.load(Ordering::Relaxed) == 0));
+}

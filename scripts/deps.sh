@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package Sluice's build, demo and tests need.
+# Idempotent: packages already present are left alone. Needs root.
+set -euo pipefail
+
+PKGS=(
+  # build: xsk-rs builds libbpf and libxdp from source; the steering XDP
+  # program is C compiled by clang for the bpf target.
+  build-essential m4 pkg-config libelf-dev zlib1g-dev clang llvm libbpf-dev linux-libc-dev
+  # test network and peers
+  iproute2 iputils-ping ethtool curl iperf3 tcpdump bpftool dnsutils procps
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps.sh: needs root to install packages (run it with sudo)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "deps.sh: all packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps.sh: cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+echo "deps.sh: ok"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: dependencies, formatting, lints, unit and property
+# tests, and the integration tests that run the real sluice binary on veth
+# pairs in network namespaces (these need root and CAP_NET_ADMIN).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: the integration tests need root and CAP_NET_ADMIN: run scripts/test.sh as root (sudo)" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build (release binary used by the integration tests)"
+cargo build --release --bins
+export SLUICE_BIN="$PWD/target/release/sluice"
+echo "== tests"
+# Integration tests each build their own uniquely named namespaces; two at a
+# time keeps the 2-core CI machine responsive.
+cargo test --workspace --release -- --test-threads=2

@@ -1,0 +1,330 @@
+//! The real `sluice` binary, run in the LB namespace of a [`Topology`].
+//!
+//! The contract the tests hold the binary to:
+//! `sluice run --config FILE --iface front --iface back [ARGS]`; a stderr line
+//! containing `sluice ready` once it forwards; SIGHUP re-reads the config and
+//! logs `reload applied` or `reload rejected: <error>`; SIGTERM exits 0 and
+//! prints `counter <name> <value>` lines on stdout; a bad config exits
+//! non-zero with the field named on stderr.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::netns::{BgProcess, CmdOutput, Pipe};
+use crate::topology::{Role, Topology};
+
+/// How long `start` waits for `sluice ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `reload` waits for its outcome line.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits for exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Locates the `sluice` binary: `SLUICE_BIN`, else the newer of
+/// `<workspace>/target/{release,debug}/sluice` (also under `CARGO_TARGET_DIR`).
+///
+/// # Panics
+/// If no binary is found, with the command that builds it.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "SLUICE_BIN={} does not exist", p.display());
+        return p;
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives in the workspace")
+        .to_path_buf();
+    let mut dirs = vec![ws.join("target")];
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t));
+    }
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    for d in &dirs {
+        let rel = d.join("release/sluice");
+        let dbg = d.join("debug/sluice");
+        match (rel.exists(), dbg.exists()) {
+            (true, true) if mtime(&rel) >= mtime(&dbg) => return rel,
+            (_, true) => return dbg,
+            (true, false) => return rel,
+            (false, false) => {}
+        }
+    }
+    panic!(
+        "sluice binary not found in {dirs:?} (nor SLUICE_BIN): build it first: cargo build --bins"
+    );
+}
+
+/// What a SIGHUP reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// `reload applied`, with the `version=N` from the log line if present.
+    Applied(Option<u64>),
+    /// `reload rejected: <error>`, with the error text.
+    Rejected(String),
+}
+
+/// What `stop` collected.
+#[derive(Debug)]
+pub struct StopReport {
+    /// Exit status (`None` if it had to be killed after SIGTERM).
+    pub status: Option<ExitStatus>,
+    /// `counter <name> <value>` lines from stdout.
+    pub counters: BTreeMap<String, u64>,
+    /// All of stdout.
+    pub stdout: String,
+    /// All of stderr (the log).
+    pub logs: String,
+}
+
+impl StopReport {
+    /// A counter's value, 0 if it was not printed.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// A running sluice; killed (by PID) on drop unless stopped. Its config file
+/// is removed on drop.
+pub struct Sluice {
+    proc: Option<BgProcess>,
+    config: PathBuf,
+}
+
+fn temp_config_path(topo: &Topology) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "{}-sluice-{}-{}.yaml",
+        topo.prefix(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Replaces the file atomically (write + rename), so sluice never reads half
+/// a config.
+fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename {}: {e}", path.display()));
+}
+
+fn argv<'a>(bin: &'a str, config: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        bin, "run", "--config", config, "--iface", "front", "--iface", "back",
+    ];
+    v.extend_from_slice(args);
+    v
+}
+
+impl Sluice {
+    /// Writes `config_yaml` to a temp file, starts sluice in the LB namespace
+    /// with `args` appended, and waits up to 20 s for `sluice ready`.
+    ///
+    /// # Panics
+    /// If the binary is missing, exits, or is not ready in time (with its log).
+    pub fn start(topo: &Topology, config_yaml: &str, args: &[&str]) -> Self {
+        let bin = sluice_bin();
+        let config = temp_config_path(topo);
+        write_atomic(&config, config_yaml);
+        let (b, c) = (bin.to_string_lossy(), config.to_string_lossy());
+        let mut cmd = topo.command(Role::Lb, &argv(&b, &c, args));
+        // Plain log lines: the harness matches on their text.
+        cmd.env("NO_COLOR", "1");
+        let proc = BgProcess::spawn(cmd);
+        let mut me = Sluice {
+            proc: Some(proc),
+            config,
+        };
+        let p = me.proc.as_mut().expect("just set");
+        if !p.wait_for(Pipe::Stderr, 0, "sluice ready", READY_TIMEOUT) {
+            let running = p.is_running();
+            let what = if running {
+                format!("not ready after {READY_TIMEOUT:?}")
+            } else {
+                "exited before ready".to_string()
+            };
+            let (cmd, out, err) = (
+                p.cmdline().to_string(),
+                p.output(Pipe::Stdout),
+                p.output(Pipe::Stderr),
+            );
+            panic!("sluice {what}: `{cmd}`\n--- stdout\n{out}\n--- stderr\n{err}");
+        }
+        me
+    }
+
+    /// Runs sluice with `config_yaml` expecting it to exit by itself (a bad
+    /// config); it is killed after `timeout` if it does not.
+    pub fn run_to_exit(
+        topo: &Topology,
+        config_yaml: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> CmdOutput {
+        let bin = sluice_bin();
+        let config = temp_config_path(topo);
+        write_atomic(&config, config_yaml);
+        let (b, c) = (bin.to_string_lossy(), config.to_string_lossy());
+        let mut cmd = topo.command(Role::Lb, &argv(&b, &c, args));
+        cmd.env("NO_COLOR", "1");
+        let out = crate::netns::exec_timeout(cmd, timeout);
+        let _ = std::fs::remove_file(&config);
+        out
+    }
+
+    fn proc(&self) -> &BgProcess {
+        self.proc.as_ref().expect("sluice already stopped")
+    }
+
+    /// The PID of the sluice process.
+    pub fn pid(&self) -> u32 {
+        self.proc().pid()
+    }
+
+    /// The log (stderr) so far.
+    pub fn logs(&self) -> String {
+        self.proc().output(Pipe::Stderr)
+    }
+
+    /// Path of the config file sluice was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Replaces the config file (atomically); takes effect on [`Sluice::reload`].
+    pub fn rewrite_config(&self, config_yaml: &str) {
+        write_atomic(&self.config, config_yaml);
+    }
+
+    /// Sends SIGHUP and waits (≤ 10 s) for `reload applied` or
+    /// `reload rejected` logged after the signal.
+    ///
+    /// # Panics
+    /// If neither line appears in time, with the log.
+    pub fn reload(&mut self) -> ReloadOutcome {
+        let p = self.proc.as_mut().expect("sluice already stopped");
+        let from = p.offset(Pipe::Stderr);
+        p.signal(libc::SIGHUP);
+        let outcome = p.wait_for_with(Pipe::Stderr, from, RELOAD_TIMEOUT, |log| {
+            strip_ansi(log).lines().find_map(|l| {
+                if let Some(i) = l.find("reload rejected") {
+                    let rest = l[i + "reload rejected".len()..].trim_start_matches([':', ' ']);
+                    Some(ReloadOutcome::Rejected(rest.to_string()))
+                } else if l.contains("reload applied") {
+                    let v = l
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("version="))
+                        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok());
+                    Some(ReloadOutcome::Applied(v))
+                } else {
+                    None
+                }
+            })
+        });
+        outcome.unwrap_or_else(|| {
+            panic!(
+                "no `reload applied`/`reload rejected` within {RELOAD_TIMEOUT:?}; log:\n{}",
+                p.output(Pipe::Stderr)
+            )
+        })
+    }
+
+    /// Sends SIGTERM, waits (≤ 10 s, then SIGKILL) and collects the exit
+    /// status, the `counter` lines and the logs.
+    pub fn stop(mut self) -> StopReport {
+        let mut p = self.proc.take().expect("sluice already stopped");
+        p.signal(libc::SIGTERM);
+        let out = p.wait(STOP_TIMEOUT);
+        let counters = out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match (w.next(), w.next(), w.next()) {
+                    (Some("counter"), Some(name), Some(v)) => {
+                        Some((name.to_string(), v.parse().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        StopReport {
+            status: out.status,
+            counters,
+            stdout: out.stdout,
+            logs: out.stderr,
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            // Not stopped by the test (it panicked): end it by PID, and show
+            // its log, which is what one needs to read the failure.
+            p.signal(libc::SIGKILL);
+            let out = p.wait(Duration::from_secs(5));
+            if std::thread::panicking() {
+                eprintln!("--- sluice log (pid killed on drop)\n{}", out.stderr);
+            }
+        }
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(self.config.with_extension("yaml.tmp"));
+    }
+}
+
+/// Removes ANSI escape sequences (colour codes) from a log.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC '[' parameters... final byte in '@'..='~'.
+            if chars.next() == Some('[') {
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until `f` returns `Some`, polling every 100 ms, up to `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn strips_colour_codes() {
+        assert_eq!(
+            strip_ansi("\x1b[32m INFO\x1b[0m reload applied \x1b[3mversion\x1b[0m\x1b[2m=\x1b[0m2"),
+            " INFO reload applied version=2"
+        );
+    }
+}

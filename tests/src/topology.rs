@@ -1,0 +1,443 @@
+//! The test network: client, load balancer, a switch and N backends, each in
+//! its own network namespace, joined by veth pairs. Mirrors
+//! `scripts/topology.sh` (same names, addresses and offload settings).
+//!
+//! Every veth is created directly inside its namespaces
+//! (`ip link add NAME netns A type veth peer name NAME2 netns B`), so nothing
+//! ever appears in the root namespace and link names can be fixed (`eth0`,
+//! `front`, `back`) while the namespace names carry the random prefix.
+//! Deleting the namespaces deletes the veths; [`Topology`]'s `Drop` kills the
+//! processes it started first, so no namespace outlives the test.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::netns::{exec_timeout, BgProcess, CmdOutput, Pipe};
+use crate::{BULK_PORT, HTTP_PORT, UDP_PORT};
+
+/// Time limit for one setup command (`ip`, `ethtool`, `sysctl`).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A namespace of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `<p>-client`: `eth0` 198.18.0.2/24 and 198.18.0.130/24.
+    Client,
+    /// `<p>-lb`: `front` 198.18.0.1/24, `back` 198.18.1.1/24; runs sluice.
+    Lb,
+    /// `<p>-sw`: bridge `br0` over `p0` (to lb) and `p1..pN` (to backends).
+    Sw,
+    /// `<p>-bN` (1-based): `eth0` 198.18.1.(10+N)/24.
+    Backend(usize),
+}
+
+/// Options for [`Topology::new`].
+#[derive(Debug, Clone)]
+pub struct TopologyOpts {
+    /// Number of backend namespaces (`b1..bN`), 1..=50. Default 3.
+    pub backends: usize,
+    /// Start `sluice-testsrv serve` in every backend. Default true.
+    pub servers: bool,
+    /// Keep IPv6 enabled. Default false: IPv6 off keeps router solicitations
+    /// and MLD reports out of the counters of tests that do not need it.
+    pub ipv6: bool,
+    /// Path of the `sluice-testsrv` binary (set by the [`topology!`](crate::topology)
+    /// macro); if `None`, `SLUICE_TESTSRV` or the binary next to the test
+    /// executable's directory is used.
+    pub testsrv: Option<PathBuf>,
+}
+
+impl Default for TopologyOpts {
+    fn default() -> Self {
+        Self {
+            backends: 3,
+            servers: true,
+            ipv6: false,
+            testsrv: None,
+        }
+    }
+}
+
+impl TopologyOpts {
+    /// Sets the number of backends.
+    pub fn backends(mut self, n: usize) -> Self {
+        self.backends = n;
+        self
+    }
+    /// Sets whether backend servers are started.
+    pub fn servers(mut self, on: bool) -> Self {
+        self.servers = on;
+        self
+    }
+    /// Sets whether IPv6 stays enabled.
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
+    }
+    /// Sets the `sluice-testsrv` path.
+    pub fn testsrv(mut self, path: impl Into<PathBuf>) -> Self {
+        self.testsrv = Some(path.into());
+        self
+    }
+}
+
+/// A built topology; everything is torn down when it drops.
+pub struct Topology {
+    prefix: String,
+    backends: usize,
+    testsrv: PathBuf,
+    /// Namespaces created so far, in creation order (deleted in reverse).
+    created: Vec<String>,
+    /// Backend servers, killed before the namespaces go.
+    servers: Vec<BgProcess>,
+}
+
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        // Fall back to pid and time: unique enough within one machine.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = (t ^ std::process::id().rotate_left(16)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn find_testsrv(opt: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = opt {
+        return p;
+    }
+    if let Some(p) = std::env::var_os("SLUICE_TESTSRV") {
+        return p.into();
+    }
+    // Integration tests run from target/<profile>/deps/; the binary is in
+    // target/<profile>/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("sluice-testsrv")))
+        .filter(|p| p.exists())
+        .expect("sluice-testsrv not found: use the topology! macro or set SLUICE_TESTSRV")
+}
+
+impl Topology {
+    /// Builds the topology with a random prefix (`sl` + 8 hex digits).
+    ///
+    /// # Panics
+    /// If any setup step fails; whatever was built is removed first.
+    pub fn new(opts: TopologyOpts) -> Self {
+        assert!(
+            (1..=50).contains(&opts.backends),
+            "backends must be 1..=50, got {}",
+            opts.backends
+        );
+        let mut topo = Topology {
+            prefix: format!("sl{}", random_hex()),
+            backends: opts.backends,
+            testsrv: find_testsrv(opts.testsrv.clone()),
+            created: Vec::new(),
+            servers: Vec::new(),
+        };
+        eprintln!(
+            "topology {}: building (if a run is interrupted: scripts/topology.sh down {})",
+            topo.prefix, topo.prefix
+        );
+        // On error `topo` drops here and removes what was built.
+        if let Err(e) = topo.build(&opts) {
+            panic!("topology {}: setup failed: {e}", topo.prefix);
+        }
+        topo
+    }
+
+    fn build(&mut self, opts: &TopologyOpts) -> Result<(), String> {
+        let mut roles = vec![Role::Client, Role::Lb, Role::Sw];
+        roles.extend((1..=self.backends).map(Role::Backend));
+        for &r in &roles {
+            let ns = self.ns(r);
+            ip(&["netns", "add", &ns])?;
+            self.created.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            if !opts.ipv6 {
+                self.sysctl(
+                    r,
+                    &[
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1",
+                    ],
+                )?;
+            }
+        }
+        // Sluice forwards, not the kernel: keep it off explicitly.
+        self.sysctl(Role::Lb, &["net.ipv4.ip_forward=0"])?;
+
+        let (client, lb, sw) = (self.ns(Role::Client), self.ns(Role::Lb), self.ns(Role::Sw));
+        veth(&client, "eth0", &lb, "front", 2)?;
+        veth(&lb, "back", &sw, "p0", 2)?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        ip(&["-n", &sw, "link", "set", "p0", "master", "br0"])?;
+        for i in 1..=self.backends {
+            let b = self.ns(Role::Backend(i));
+            let port = format!("p{i}");
+            veth(&b, "eth0", &sw, &port, 1)?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+        }
+
+        // Offloads off on every veth end: veth TX checksum offload leaves
+        // CHECKSUM_PARTIAL packets whose checksum is wrong once NAT rewrites
+        // them outside the kernel (GUIDE "This machine").
+        let mut ends: Vec<(Role, String, bool)> = vec![
+            (Role::Client, "eth0".into(), true),
+            (Role::Lb, "front".into(), true),
+            (Role::Lb, "back".into(), true),
+            (Role::Sw, "p0".into(), true),
+        ];
+        for i in 1..=self.backends {
+            ends.push((Role::Backend(i), "eth0".into(), false));
+            ends.push((Role::Sw, format!("p{i}"), false));
+        }
+        for (r, ifname, two_queues) in &ends {
+            self.ns_ok(
+                *r,
+                &[
+                    "ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+            if *two_queues {
+                // Two queues on the LB's links so that two workers get traffic.
+                self.ns_ok(*r, &["ethtool", "-L", ifname, "rx", "2", "tx", "2"])?;
+            }
+            ip(&["-n", &self.ns(*r), "link", "set", ifname, "up"])?;
+        }
+
+        ip(&["-n", &client, "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &client,
+            "addr",
+            "add",
+            "198.18.0.130/24",
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &lb, "addr", "add", "198.18.0.1/24", "dev", "front"])?;
+        ip(&["-n", &lb, "addr", "add", "198.18.1.1/24", "dev", "back"])?;
+        ip(&[
+            "-n",
+            &client,
+            "route",
+            "add",
+            "198.18.100.0/24",
+            "via",
+            "198.18.0.1",
+        ])?;
+        for i in 1..=self.backends {
+            let b = self.ns(Role::Backend(i));
+            let addr = format!("{}/24", Self::backend_ip(i));
+            ip(&["-n", &b, "addr", "add", &addr, "dev", "eth0"])?;
+            ip(&["-n", &b, "route", "add", "default", "via", "198.18.1.1"])?;
+        }
+
+        if opts.servers {
+            for i in 1..=self.backends {
+                self.start_server(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_server(&mut self, i: usize) -> Result<(), String> {
+        let name = Self::backend_name(i);
+        let (http, udp, bulk) = (
+            HTTP_PORT.to_string(),
+            UDP_PORT.to_string(),
+            BULK_PORT.to_string(),
+        );
+        let srv = self.testsrv.to_string_lossy().into_owned();
+        let p = BgProcess::spawn(self.command(
+            Role::Backend(i),
+            &[
+                &srv, "serve", "--name", &name, "--http", &http, "--udp", &udp, "--bulk", &bulk,
+            ],
+        ));
+        let ready = p.wait_for(Pipe::Stdout, 0, "ready", Duration::from_secs(10));
+        let err = p.output(Pipe::Stderr);
+        self.servers.push(p);
+        if ready {
+            Ok(())
+        } else {
+            Err(format!("server in {name} did not become ready: {err}"))
+        }
+    }
+
+    /// The random prefix, e.g. `sl1a2b3c4d`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Number of backends.
+    pub fn backend_count(&self) -> usize {
+        self.backends
+    }
+
+    /// Names of the namespaces created (all of them once `new` returned).
+    pub fn namespaces(&self) -> &[String] {
+        &self.created
+    }
+
+    /// The name of backend `i` (1-based): `b1`, `b2`, ...
+    pub fn backend_name(i: usize) -> String {
+        format!("b{i}")
+    }
+
+    /// The address of backend `i` (1-based): 198.18.1.(10+i).
+    pub fn backend_ip(i: usize) -> String {
+        format!("198.18.1.{}", 10 + i)
+    }
+
+    /// The namespace name of `role`.
+    pub fn ns(&self, role: Role) -> String {
+        let p = &self.prefix;
+        match role {
+            Role::Client => format!("{p}-client"),
+            Role::Lb => format!("{p}-lb"),
+            Role::Sw => format!("{p}-sw"),
+            Role::Backend(i) => format!("{p}-b{i}"),
+        }
+    }
+
+    /// Path of the `sluice-testsrv` binary the topology uses.
+    pub fn testsrv_path(&self) -> &std::path::Path {
+        &self.testsrv
+    }
+
+    /// A `Command` that runs `argv` inside `role`'s namespace.
+    pub fn command(&self, role: Role, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(role)]).args(argv);
+        c
+    }
+
+    /// Runs `argv` in `role`'s namespace, killed after `timeout`.
+    pub fn exec(&self, role: Role, argv: &[&str], timeout: Duration) -> CmdOutput {
+        exec_timeout(self.command(role, argv), timeout)
+    }
+
+    /// Starts `argv` in `role`'s namespace in the background; it is killed
+    /// when the returned guard drops.
+    pub fn spawn(&self, role: Role, argv: &[&str]) -> BgProcess {
+        BgProcess::spawn(self.command(role, argv))
+    }
+
+    /// Runs `sluice-testsrv ARGS` in `role`'s namespace, killed after `timeout`.
+    pub fn testsrv(&self, role: Role, args: &[&str], timeout: Duration) -> CmdOutput {
+        let srv = self.testsrv.to_string_lossy().into_owned();
+        let mut argv = vec![srv.as_str()];
+        argv.extend_from_slice(args);
+        self.exec(role, &argv, timeout)
+    }
+
+    /// Starts `sluice-testsrv ARGS` in `role`'s namespace in the background.
+    pub fn spawn_testsrv(&self, role: Role, args: &[&str]) -> BgProcess {
+        let srv = self.testsrv.to_string_lossy().into_owned();
+        let mut argv = vec![srv.as_str()];
+        argv.extend_from_slice(args);
+        self.spawn(role, &argv)
+    }
+
+    /// One HTTP GET with curl from the client namespace (a new connection,
+    /// `--max-time 5`), optionally from source address `from`.
+    pub fn curl(&self, url: &str, from: Option<&str>) -> CmdOutput {
+        let mut argv = vec!["curl", "-sS", "--max-time", "5", "--connect-timeout", "3"];
+        if let Some(f) = from {
+            argv.extend_from_slice(&["--interface", f]);
+        }
+        argv.push(url);
+        self.exec(Role::Client, &argv, Duration::from_secs(10))
+    }
+
+    /// Sets kernel IPv4 forwarding in the LB namespace (only the topology
+    /// self-test turns it on).
+    pub fn set_lb_forwarding(&self, on: bool) {
+        let v = format!("net.ipv4.ip_forward={}", u8::from(on));
+        self.sysctl(Role::Lb, &[&v]).expect("sysctl ip_forward");
+    }
+
+    fn sysctl(&self, role: Role, kv: &[&str]) -> Result<(), String> {
+        let mut argv = vec!["sysctl", "-q", "-w"];
+        argv.extend_from_slice(kv);
+        self.ns_ok(role, &argv)
+    }
+
+    fn ns_ok(&self, role: Role, argv: &[&str]) -> Result<(), String> {
+        let out = self.exec(role, argv, SETUP_TIMEOUT);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let mut c = Command::new("ip");
+    c.args(args);
+    let out = exec_timeout(c, SETUP_TIMEOUT);
+    if out.success() {
+        Ok(())
+    } else {
+        Err(out.to_string())
+    }
+}
+
+/// A veth pair with one end in each namespace, created there directly.
+fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str, queues: u8) -> Result<(), String> {
+    let q = queues.to_string();
+    ip(&[
+        "link",
+        "add",
+        a,
+        "netns",
+        ns_a,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ])
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Processes first: a namespace with a process in it outlives its name.
+        self.servers.clear();
+        let mut failed = Vec::new();
+        for ns in self.created.iter().rev() {
+            if ip(&["netns", "del", ns]).is_err() {
+                failed.push(ns.clone());
+            }
+        }
+        if !failed.is_empty() {
+            eprintln!(
+                "topology {}: could not delete {failed:?}; run scripts/topology.sh down {}",
+                self.prefix, self.prefix
+            );
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Bad configs are refused with the field named: at start sluice exits
+//! non-zero; on reload it logs `reload rejected` and keeps serving the config
+//! it had.
+
+use std::time::Duration;
+
+use sluice_tests::{parse_backend_reply, require_root, topology, ReloadOutcome, Sluice};
+
+fn config(port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.100.10
+  ports:
+  - name: http
+    protocol: TCP
+    port: {port}
+    targetPort: 8080
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+endpoints:
+  - addresses: ["198.18.1.11"]
+    conditions:
+      ready: true
+  - addresses: ["198.18.1.12"]
+    conditions:
+      ready: true
+"#
+    )
+}
+
+#[test]
+fn port_zero_is_refused_at_start() {
+    require_root();
+    let topo = topology!(sluice_tests::TopologyOpts::default().servers(false));
+    let out = Sluice::run_to_exit(&topo, &config(0), &[], Duration::from_secs(15));
+    assert!(!out.timed_out(), "sluice started with port 0: {out}");
+    assert!(!out.success(), "sluice accepted port 0: {out}");
+    assert!(
+        out.stderr.contains("spec.ports[0].port"),
+        "error does not name the field: {out}"
+    );
+}
+
+#[test]
+fn bad_reload_is_rejected_and_old_config_keeps_serving() {
+    require_root();
+    let topo = topology!();
+    let mut sluice = Sluice::start(&topo, &config(80), &[]);
+    let out = topo.curl("http://198.18.100.10/", None);
+    assert!(
+        out.success(),
+        "before reload: {out}\nlog:\n{}",
+        sluice.logs()
+    );
+
+    sluice.rewrite_config(&config(0));
+    match sluice.reload() {
+        ReloadOutcome::Rejected(e) => {
+            assert!(
+                e.contains("spec.ports[0].port"),
+                "rejection does not name the field: {e}"
+            )
+        }
+        other => panic!(
+            "bad config was not rejected: {other:?}\nlog:\n{}",
+            sluice.logs()
+        ),
+    }
+
+    for i in 0..4 {
+        let out = topo.curl("http://198.18.100.10/", None);
+        assert!(out.success(), "connection {i} after rejected reload: {out}");
+        assert!(parse_backend_reply(&out.stdout).is_some(), "{out}");
+    }
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}

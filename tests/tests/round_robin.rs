@@ -1,0 +1,97 @@
+//! Round robin over a ClusterIP: new TCP connections spread evenly.
+//!
+//! With one worker the scheduler sees every new flow in order, so 30
+//! connections over 3 ready endpoints land exactly 10 on each (kube-proxy's
+//! IPVS default `rr`). With two workers each has its own cursor, so only
+//! "every connection succeeds and every backend is used" is promised.
+
+use std::collections::BTreeMap;
+
+use sluice_tests::{parse_backend_reply, require_root, topology, Sluice, Topology};
+
+fn config(backends: &[usize]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|&i| {
+            format!(
+                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
+                Topology::backend_ip(i)
+            )
+        })
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.100.10
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+endpoints:
+{endpoints}"#
+    )
+}
+
+/// `n` sequential curls to the VIP; returns hits per backend name.
+fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
+    let mut hits = BTreeMap::new();
+    for i in 0..n {
+        let out = topo.curl("http://198.18.100.10/", None);
+        assert!(out.success(), "connection {i} failed: {out}");
+        let (name, _, _) = parse_backend_reply(&out.stdout)
+            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
+        *hits.entry(name).or_insert(0) += 1;
+    }
+    hits
+}
+
+#[test]
+fn one_worker_splits_exactly_evenly() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start(&topo, &config(&[1, 2, 3]), &["--workers", "1"]);
+    let hits = spread(&topo, 30);
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    let expected: BTreeMap<String, usize> = [("b1", 10), ("b2", 10), ("b3", 10)]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+    assert_eq!(hits, expected, "logs:\n{}", report.logs);
+    assert!(report.counter("new_flows") >= 30, "{:?}", report.counters);
+}
+
+#[test]
+fn two_workers_use_every_backend() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start(&topo, &config(&[1, 2, 3]), &["--workers", "2"]);
+    let hits = spread(&topo, 30);
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    assert_eq!(hits.values().sum::<usize>(), 30);
+    for b in ["b1", "b2", "b3"] {
+        assert!(
+            hits.get(b).copied().unwrap_or(0) >= 1,
+            "{b} got nothing: {hits:?}"
+        );
+    }
+}
