@@ -113,6 +113,8 @@ pub enum DropReason {
     FlowTableFull,
     /// No SNAT port was free for this backend.
     SnatExhausted,
+    /// The new flow's reply tuple is already owned by another flow.
+    FlowExists,
     /// The rewrite failed (family or protocol mismatch, short frame).
     Rewrite,
     /// The egress port index is not one of this LB's interfaces.
@@ -121,7 +123,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -132,6 +134,7 @@ impl DropReason {
         DropReason::NoNextHop,
         DropReason::FlowTableFull,
         DropReason::SnatExhausted,
+        DropReason::FlowExists,
         DropReason::Rewrite,
         DropReason::BadEgress,
     ];
@@ -153,6 +156,7 @@ impl DropReason {
             DropReason::NoNextHop => "no_nexthop",
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::SnatExhausted => "snat_exhausted",
+            DropReason::FlowExists => "flow_exists",
             DropReason::Rewrite => "rewrite",
             DropReason::BadEgress => "bad_egress",
         }
@@ -287,24 +291,24 @@ pub fn process(
     } else {
         flows.insert(&entry, now).map_err(|e| match e {
             InsertError::Full => DropReason::FlowTableFull,
-            // The reply tuple is taken: the client talks to this backend
-            // directly with the same ports. Nothing sane to do but drop.
-            InsertError::Exists => DropReason::SnatExhausted,
+            InsertError::Exists => DropReason::FlowExists,
         })
     };
     let id = match inserted {
         Ok(id) => id,
-        Err(DropReason::SnatExhausted) if !masq => {
+        Err(DropReason::FlowExists) => {
             // Another worker may have inserted this very flow a moment ago
-            // (a retransmitted SYN on another queue): use its record.
-            match flows.lookup(&key, now) {
-                Some(hit) => {
+            // (a retransmitted SYN on another queue): follow its record.
+            // Otherwise the reply tuple belongs to another flow (the client
+            // also talks to the backend directly with the same ports).
+            return match flows.lookup(&key, now) {
+                Some(hit) if hit.dir == Direction::Original => {
                     flows.touch(hit.id, hit.dir, p.tcp_flags, now);
                     let to = hit.entry.reply.reversed();
-                    return emit(snap, frame, &p, &to, hit.entry.orig_hop);
+                    emit(snap, frame, &p, &to, hit.entry.orig_hop)
                 }
-                None => return Verdict::Drop(DropReason::SnatExhausted),
-            }
+                _ => Verdict::Drop(DropReason::FlowExists),
+            };
         }
         Err(r) => return Verdict::Drop(r),
     };
@@ -337,8 +341,9 @@ fn insert_with_snat_port(
             Ok(id) => return Ok(id),
             Err(InsertError::Exists) => {
                 if flows.lookup(&entry.original, now).is_some() {
-                    // Not the port: the original tuple itself exists.
-                    return Err(DropReason::SnatExhausted);
+                    // Not the port: the original tuple itself exists
+                    // (another worker won the race for this flow).
+                    return Err(DropReason::FlowExists);
                 }
                 continue;
             }
@@ -379,3 +384,7 @@ fn emit(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, to: &FlowKey, hop: 
     nat::set_macs(frame, port.mac, hop.mac);
     Verdict::Tx(hop.port)
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

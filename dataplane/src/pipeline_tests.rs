@@ -1,0 +1,609 @@
+//! Fixture tests of the packet core, Katran-style: a packet in, the verdict
+//! and the packet out, checked field by field and by full checksum
+//! recomputation; plus the same through the worker loop over the in-memory
+//! port.
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use proptest::prelude::*;
+
+use super::*;
+use crate::flow_table::{FlowState, Timeouts};
+use crate::port::MemPort;
+use crate::service::{BackendSpec, SchedKind, ServiceSpec};
+use crate::worker::{Worker, WorkerOpts};
+
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+const FRONT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+const BACK_MAC: Mac = [0x02, 0, 0, 0, 1, 0x01];
+const VIP: [u8; 4] = [198, 18, 100, 10];
+const LB_BACK: [u8; 4] = [198, 18, 1, 1];
+
+fn backend_mac(i: u8) -> Mac {
+    [0x02, 0, 0, 0, 1, 0x10 + i]
+}
+
+fn backend_ip(i: u8) -> [u8; 4] {
+    [198, 18, 1, 11 + i]
+}
+
+/// One TCP and one UDP service on the VIP, three backends behind each,
+/// backends reached on port 1, clients on port 0.
+fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
+    let backends: Vec<BackendSpec> = (0..nb_backends)
+        .map(|i| BackendSpec {
+            addr: Addr::from_v4(backend_ip(i)),
+            port: 8080,
+            weight: 1,
+        })
+        .collect();
+    let svc = |port, proto| ServiceSpec {
+        name: format!("default/web:{port}"),
+        vip: VipKey {
+            addr: Addr::from_v4(VIP),
+            port,
+            proto,
+        },
+        backends: backends.clone(),
+        sched: SchedKind::RoundRobin,
+    };
+    let services = ServiceTable::build(1, vec![svc(80, proto::TCP), svc(53, proto::UDP)]).unwrap();
+    let nexthops = (0..nb_backends)
+        .map(|i| {
+            (
+                Addr::from_v4(backend_ip(i)),
+                NextHop {
+                    hop: L2Hop {
+                        port: 1,
+                        mac: backend_mac(i),
+                    },
+                    snat: Addr::from_v4(LB_BACK),
+                },
+            )
+        })
+        .collect();
+    Snapshot {
+        services,
+        ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
+        nexthops,
+        masq,
+    }
+}
+
+fn outside_masq() -> MasqPolicy {
+    MasqPolicy {
+        cluster_cidrs: vec!["198.18.1.0/24".parse().unwrap()],
+        ..MasqPolicy::default()
+    }
+}
+
+fn tcp(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
+    let mut b = b.tcp(sport, dport, 1000, 65535);
+    if flags & tcp_flags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        b = b.ack(1);
+    }
+    if flags & tcp_flags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & tcp_flags::RST != 0 {
+        b = b.rst();
+    }
+    let payload = b"hello";
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"query")
+        .unwrap();
+    out
+}
+
+/// Everything a test checks about a frame that left: MACs, tuple, and
+/// whether both checksums verify against a full recomputation.
+#[derive(Debug, PartialEq, Eq)]
+struct Out {
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+fn inspect(frame: &[u8]) -> Out {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let eth = p.link.as_ref().unwrap();
+    let etherparse::LinkSlice::Ethernet2(eth) = eth else {
+        panic!("not ethernet")
+    };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    let h = ip.header();
+    // Full recomputation of the IPv4 header checksum.
+    assert_eq!(
+        h.header_checksum(),
+        h.to_header().calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let expect = t
+                .to_header()
+                .calc_checksum_ipv4(&h.to_header(), t.payload())
+                .unwrap();
+            assert_eq!(t.checksum(), expect, "TCP checksum");
+            (t.source_port(), t.destination_port())
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let expect = u
+                .to_header()
+                .calc_checksum_ipv4(&h.to_header(), u.payload())
+                .unwrap();
+            assert_eq!(u.checksum(), expect, "UDP checksum");
+            (u.source_port(), u.destination_port())
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Out {
+        src_mac: eth.source(),
+        dst_mac: eth.destination(),
+        src: h.source(),
+        dst: h.destination(),
+        sport,
+        dport,
+    }
+}
+
+fn run(snap: &Snapshot, flows: &FlowTable, frame: &mut [u8], ingress: u8, now: u32) -> Verdict {
+    let mut stats = Stats::default();
+    let v = process(snap, flows, frame, ingress, now, &mut stats);
+    stats.count(v);
+    v
+}
+
+#[test]
+fn syn_to_vip_is_dnat_to_a_backend_and_reply_is_translated_back() {
+    let snap = snapshot(MasqPolicy::default(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    let out = inspect(&f);
+    assert_eq!(
+        out,
+        Out {
+            src_mac: BACK_MAC,
+            dst_mac: backend_mac(0),
+            src: client,
+            dst: backend_ip(0),
+            sport: 40000,
+            dport: 8080,
+        }
+    );
+
+    // The backend's SYN-ACK arrives on the back port and leaves on the
+    // front port towards the MAC the client's SYN came from.
+    let mut r = tcp(
+        backend_mac(0),
+        BACK_MAC,
+        backend_ip(0),
+        client,
+        8080,
+        40000,
+        tcp_flags::SYN | tcp_flags::ACK,
+    );
+    assert_eq!(run(&snap, &flows, &mut r, 1, 1), Verdict::Tx(0));
+    assert_eq!(
+        inspect(&r),
+        Out {
+            src_mac: FRONT_MAC,
+            dst_mac: CLIENT_MAC,
+            src: VIP,
+            dst: client,
+            sport: 80,
+            dport: 40000,
+        }
+    );
+
+    // The client's ACK follows the flow (no new scheduling), and the flow
+    // is established.
+    let mut a = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::ACK,
+    );
+    assert_eq!(run(&snap, &flows, &mut a, 0, 2), Verdict::Tx(1));
+    assert_eq!(inspect(&a).dst, backend_ip(0));
+    let hit = flows
+        .lookup(
+            &FlowKey {
+                src: Addr::from_v4(client),
+                dst: Addr::from_v4(VIP),
+                sport: 40000,
+                dport: 80,
+                proto: proto::TCP,
+            },
+            2,
+        )
+        .unwrap();
+    assert_eq!(hit.state, FlowState::Established);
+    assert_eq!(flows.len(), 1);
+}
+
+#[test]
+fn outside_clients_are_masqueraded_and_replies_reach_them() {
+    let snap = snapshot(outside_masq(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::SYN,
+    );
+    let mut stats = Stats::default();
+    assert_eq!(
+        process(&snap, &flows, &mut f, 0, 1, &mut stats),
+        Verdict::Tx(1)
+    );
+    assert_eq!(stats.snat_flows, 1);
+    let out = inspect(&f);
+    assert_eq!(out.src, LB_BACK, "client masqueraded to the LB's address");
+    assert!(
+        (61000..=65535).contains(&out.sport),
+        "SNAT port {}",
+        out.sport
+    );
+    assert_eq!(out.dst, backend_ip(0));
+
+    let mut r = tcp(
+        backend_mac(0),
+        BACK_MAC,
+        backend_ip(0),
+        LB_BACK,
+        8080,
+        out.sport,
+        tcp_flags::SYN | tcp_flags::ACK,
+    );
+    assert_eq!(run(&snap, &flows, &mut r, 1, 1), Verdict::Tx(0));
+    let back = inspect(&r);
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (VIP, 80, client, 40000)
+    );
+
+    // A client inside the cluster CIDR keeps its address.
+    let inside = [198, 18, 1, 200];
+    let mut g = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        inside,
+        VIP,
+        40001,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&snap, &flows, &mut g, 0, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&g).src, inside);
+}
+
+#[test]
+fn two_clients_with_the_same_port_get_distinct_snat_ports() {
+    let snap = snapshot(
+        MasqPolicy {
+            all: true,
+            ..MasqPolicy::default()
+        },
+        1,
+    );
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let mut ports = Vec::new();
+    for c in 0..50u8 {
+        let mut f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            [198, 18, 0, c],
+            VIP,
+            40000,
+            80,
+            tcp_flags::SYN,
+        );
+        assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+        ports.push(inspect(&f).sport);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(
+        ports.len(),
+        50,
+        "every masqueraded flow has its own source port"
+    );
+}
+
+#[test]
+fn snat_range_exhaustion_is_a_counted_drop() {
+    let mut masq = MasqPolicy {
+        all: true,
+        ..MasqPolicy::default()
+    };
+    masq.ports = (61000, 61001);
+    let snap = snapshot(masq, 1);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let mut verdicts = Vec::new();
+    for c in 0..3u8 {
+        let mut f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            [198, 18, 0, c],
+            VIP,
+            40000,
+            80,
+            tcp_flags::SYN,
+        );
+        verdicts.push(run(&snap, &flows, &mut f, 0, 1));
+    }
+    assert_eq!(
+        verdicts,
+        vec![
+            Verdict::Tx(1),
+            Verdict::Tx(1),
+            Verdict::Drop(DropReason::SnatExhausted)
+        ]
+    );
+}
+
+#[test]
+fn drops_carry_their_reason() {
+    let snap = snapshot(MasqPolicy::default(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    // Not a service.
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        [198, 18, 100, 11],
+        1,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(
+        run(&snap, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::NoService)
+    );
+    // A mid-stream segment of an unknown flow is not scheduled.
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1, 80, tcp_flags::ACK);
+    assert_eq!(
+        run(&snap, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::NoFlow)
+    );
+    // Garbage.
+    let mut stats = Stats::default();
+    let mut junk = vec![0u8; 20];
+    assert_eq!(
+        process(&snap, &flows, &mut junk, 0, 1, &mut stats),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    assert_eq!(stats.parse_errors.iter().sum::<u64>(), 1);
+    // ICMP is not forwarded (yet).
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, FRONT_MAC)
+        .ipv4(client, VIP, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut icmp, b"ping")
+        .unwrap();
+    assert_eq!(
+        run(&snap, &flows, &mut icmp, 0, 1),
+        Verdict::Drop(DropReason::UnsupportedProto)
+    );
+    // No backends.
+    let empty = snapshot(MasqPolicy::default(), 0);
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2, 80, tcp_flags::SYN);
+    assert_eq!(
+        run(&empty, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::NoBackend)
+    );
+    // A backend whose next hop is unknown.
+    let mut nonh = snapshot(MasqPolicy::default(), 1);
+    nonh.nexthops.clear();
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 3, 80, tcp_flags::SYN);
+    assert_eq!(
+        run(&nonh, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::NoNextHop)
+    );
+    assert_eq!(flows.len(), 0, "no drop leaves a flow behind");
+}
+
+#[test]
+fn a_full_table_of_established_flows_refuses_new_ones() {
+    let snap = snapshot(MasqPolicy::default(), 1);
+    let flows = FlowTable::new(4, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    for p in 0..4u16 {
+        let mut f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            client,
+            VIP,
+            1000 + p,
+            80,
+            tcp_flags::SYN,
+        );
+        assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+        let mut a = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            client,
+            VIP,
+            1000 + p,
+            80,
+            tcp_flags::ACK,
+        );
+        assert_eq!(run(&snap, &flows, &mut a, 0, 1), Verdict::Tx(1));
+    }
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2000, 80, tcp_flags::SYN);
+    assert_eq!(
+        run(&snap, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::FlowTableFull)
+    );
+}
+
+#[test]
+fn udp_flow_and_reply() {
+    let snap = snapshot(MasqPolicy::default(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
+    assert_eq!(run(&snap, &flows, &mut q, 0, 1), Verdict::Tx(1));
+    let out = inspect(&q);
+    assert_eq!((out.dst, out.dport), (backend_ip(0), 8080));
+    let mut r = udp(backend_mac(0), BACK_MAC, backend_ip(0), client, 8080, 5000);
+    assert_eq!(run(&snap, &flows, &mut r, 1, 1), Verdict::Tx(0));
+    let back = inspect(&r);
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (VIP, 53, client, 5000)
+    );
+    // UDP flows expire after the UDP timeout (300 s) of idleness.
+    let key = FlowKey {
+        src: Addr::from_v4(client),
+        dst: Addr::from_v4(VIP),
+        sport: 5000,
+        dport: 53,
+        proto: proto::UDP,
+    };
+    assert!(flows.lookup(&key, 301).is_some());
+    assert!(flows.lookup(&key, 302).is_none());
+}
+
+#[test]
+fn worker_over_mem_port_round_robins_thirty_flows_and_leaks_no_frame() {
+    let snap = snapshot(MasqPolicy::default(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let mut w = Worker::new(MemPort::new(2, 128), WorkerOpts::default());
+    let total = w.port().free_frames();
+    for p in 0..30u16 {
+        let f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            [198, 18, 0, 2],
+            VIP,
+            30000 + p,
+            80,
+            tcp_flags::SYN,
+        );
+        assert!(w.port().inject(0, &f));
+    }
+    // One junk frame too: dropped, and its buffer comes back.
+    assert!(w.port().inject(0, &[0u8; 10]));
+    assert_eq!(w.poll_once(&snap, &flows, 1), 31);
+    let mut per_backend = [0usize; 3];
+    for (port, bytes) in w.port().sent() {
+        assert_eq!(port, 1);
+        let out = inspect(bytes);
+        let i = backend_ip(0)[3];
+        per_backend[(out.dst[3] - i) as usize] += 1;
+    }
+    assert_eq!(per_backend, [10, 10, 10]);
+    let stats = w.take_stats();
+    assert_eq!((stats.rx, stats.tx, stats.new_flows), (31, 30, 30));
+    assert_eq!(stats.drops[DropReason::Malformed.index()], 1);
+    w.port().clear_sent();
+    assert_eq!(w.port().free_frames(), total);
+}
+
+#[test]
+fn flows_survive_a_new_snapshot() {
+    // A reload publishes a new table; flows created under the old one keep
+    // their backend even if the new table no longer lists it.
+    let old = snapshot(MasqPolicy::default(), 3);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&old, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    let mut new = snapshot(MasqPolicy::default(), 3);
+    new.services = ServiceTable::build(2, vec![]).unwrap();
+    let mut a = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::ACK,
+    );
+    assert_eq!(run(&new, &flows, &mut a, 0, 2), Verdict::Tx(1));
+    assert_eq!(inspect(&a).dst, backend_ip(0));
+}
+
+proptest! {
+    /// Any client tuple: forward then reply gives the client back exactly
+    /// the tuple it sent to, reversed, with valid checksums, masqueraded or
+    /// not.
+    #[test]
+    fn forward_then_reply_round_trips(
+        c in any::<[u8; 2]>(), sport in 1u16.., masq_all in any::<bool>(), udp_flow in any::<bool>()
+    ) {
+        let snap = snapshot(MasqPolicy { all: masq_all, ..MasqPolicy::default() }, 3);
+        let flows = FlowTable::new(64, Timeouts::default());
+        let client = [198, 19, c[0], c[1]];
+        let (mut f, dport) = if udp_flow {
+            (udp(CLIENT_MAC, FRONT_MAC, client, VIP, sport, 53), 53)
+        } else {
+            (tcp(CLIENT_MAC, FRONT_MAC, client, VIP, sport, 80, tcp_flags::SYN), 80)
+        };
+        prop_assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+        let out = inspect(&f);
+        let b = out.dst;
+        let mut r = if udp_flow {
+            udp(backend_mac(0), BACK_MAC, b, out.src, 8080, out.sport)
+        } else {
+            tcp(backend_mac(0), BACK_MAC, b, out.src, 8080, out.sport, tcp_flags::SYN | tcp_flags::ACK)
+        };
+        prop_assert_eq!(run(&snap, &flows, &mut r, 1, 1), Verdict::Tx(0));
+        let back = inspect(&r);
+        prop_assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, dport, client, sport));
+        prop_assert_eq!(back.dst_mac, CLIENT_MAC);
+    }
+}
