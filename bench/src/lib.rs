@@ -29,6 +29,7 @@ pub fn snapshot(services: u16, masq: MasqPolicy) -> Snapshot {
             addr: Addr::from_v4(backend_ip(i)),
             port: BACKEND_PORT,
             weight: 1,
+            ..Default::default()
         })
         .collect();
     let specs = (0..services)
@@ -41,6 +42,7 @@ pub fn snapshot(services: u16, masq: MasqPolicy) -> Snapshot {
             },
             backends: backends.clone(),
             sched: SchedKind::RoundRobin,
+            ..Default::default()
         })
         .collect();
     Snapshot {

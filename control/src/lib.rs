@@ -3,5 +3,8 @@
 //! (netlink) and the `sluice run` driver.
 
 pub mod config;
+pub mod dns;
+pub mod health;
+pub mod model;
 pub mod netlink;
 pub mod run;

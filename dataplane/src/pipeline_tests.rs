@@ -34,6 +34,7 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
             addr: Addr::from_v4(backend_ip(i)),
             port: 8080,
             weight: 1,
+            ..Default::default()
         })
         .collect();
     let svc = |port, proto| ServiceSpec {
@@ -45,6 +46,7 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
         },
         backends: backends.clone(),
         sched: SchedKind::RoundRobin,
+        ..Default::default()
     };
     let services = ServiceTable::build(1, vec![svc(80, proto::TCP), svc(53, proto::UDP)]).unwrap();
     let nexthops = (0..nb_backends)

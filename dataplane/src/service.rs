@@ -14,7 +14,7 @@ use hashbrown::HashMap;
 use crate::types::{proto, Addr};
 
 /// The front end of a virtual service: address, port and protocol.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct VipKey {
     /// Virtual IP.
     pub addr: Addr,
@@ -41,14 +41,22 @@ impl std::fmt::Display for VipKey {
 }
 
 /// One real server behind a virtual service.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct BackendSpec {
     /// Endpoint address.
     pub addr: Addr,
     /// Endpoint port (the resolved `targetPort`).
     pub port: u16,
-    /// Relative weight; 0 means drain (no new flows).
+    /// Relative weight; 0 means drain (no new flows). A ready endpoint has
+    /// weight ≥ 1; a serving-but-terminating one is listed with weight 0 and
+    /// `terminating` set.
     pub weight: u16,
+    /// The endpoint is terminating but still serving: used for new flows
+    /// only when the service has no ready endpoint (Kubernetes
+    /// ProxyTerminatingEndpoints).
+    pub terminating: bool,
+    /// The endpoint runs on this node (`nodeName == --node-name`).
+    pub local: bool,
 }
 
 /// Scheduler choice for a service.
@@ -59,17 +67,68 @@ pub enum SchedKind {
     RoundRobin,
 }
 
+/// Which kind of front end a virtual service is (decides the traffic
+/// policy that applies and whether clients are masqueraded).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum VipKind {
+    /// A ClusterIP (internal traffic: `internalTrafficPolicy`).
+    #[default]
+    ClusterIp,
+    /// A nodePort on a node address (external: `externalTrafficPolicy`).
+    NodePort,
+    /// An `externalIPs` address owned by this host (external).
+    ExternalIp,
+    /// A LoadBalancer ingress IP (external; `loadBalancerSourceRanges`).
+    LoadBalancer,
+}
+
+/// Whose source address is rewritten to the LB's (kube-proxy's
+/// KUBE-MARK-MASQ rules).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum MasqMode {
+    /// Clients outside the cluster CIDR (ClusterIP traffic).
+    #[default]
+    OffCluster,
+    /// Every client (external traffic with `externalTrafficPolicy: Cluster`).
+    Always,
+    /// No client (`externalTrafficPolicy: Local`: the client IP is kept).
+    Never,
+}
+
+/// What a new flow gets when the service has no usable endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum WhenEmpty {
+    /// Answer at once: TCP RST, or ICMP port unreachable for UDP (as
+    /// kube-proxy's REJECT rule for a service without endpoints).
+    #[default]
+    Reject,
+    /// Drop silently (a `Local` policy front end without local endpoints).
+    Drop,
+}
+
 /// One virtual service as the control plane describes it.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ServiceSpec {
     /// Human name, `namespace/name:port`, used in logs and errors.
     pub name: String,
     /// Front end.
     pub vip: VipKey,
-    /// Real servers, in a stable order.
+    /// Real servers, in a stable order. For a front end with a `Local`
+    /// traffic policy the compiler lists only the local endpoints.
     pub backends: Vec<BackendSpec>,
     /// Scheduler.
     pub sched: SchedKind,
+    /// Kind of front end.
+    pub kind: VipKind,
+    /// Masquerading of clients.
+    pub masq: MasqMode,
+    /// `sessionAffinity: ClientIP` idle timeout in seconds (None: no
+    /// affinity).
+    pub affinity_timeout: Option<u32>,
+    /// Allowed client prefixes (`loadBalancerSourceRanges`); empty = all.
+    pub source_ranges: Vec<crate::types::Cidr>,
+    /// Behaviour without usable endpoints.
+    pub when_empty: WhenEmpty,
 }
 
 /// A virtual service inside a built table.
@@ -207,9 +266,11 @@ mod tests {
                     addr: Addr::from_v4(*b),
                     port: 8080,
                     weight: 1,
+                    ..Default::default()
                 })
                 .collect(),
             sched: SchedKind::RoundRobin,
+            ..Default::default()
         }
     }
 
@@ -264,6 +325,7 @@ mod tests {
             addr: Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
             port: 80,
             weight: 1,
+            ..Default::default()
         });
         assert!(matches!(
             ServiceTable::build(1, vec![s]),

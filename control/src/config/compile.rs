@@ -612,6 +612,7 @@ impl Loader {
                                 addr,
                                 port: p.port,
                                 weight: 1,
+                                ..Default::default()
                             },
                         ));
                     }
@@ -630,6 +631,7 @@ impl Loader {
                         },
                         backends,
                         sched: SchedKind::RoundRobin,
+                        ..Default::default()
                     });
                 }
             }

@@ -24,9 +24,11 @@ fn spec(name: &str, vip: &str, port: u16, p: u8, backends: &[(&str, u16)]) -> Se
                 addr: v4(a),
                 port,
                 weight: 1,
+                ..Default::default()
             })
             .collect(),
         sched: SchedKind::RoundRobin,
+        ..Default::default()
     }
 }
 

@@ -51,9 +51,11 @@ mod tests {
                     addr: Addr::from_v4([198, 18, 1, 10 + i as u8]),
                     port: 80,
                     weight: w,
+                    ..Default::default()
                 })
                 .collect(),
             sched: SchedKind::RoundRobin,
+            ..Default::default()
         };
         ServiceTable::build(1, vec![spec]).unwrap()
     }
