@@ -7,8 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice_bench::{backend_ip, client, snapshot, tcp, BACKEND_PORT, VIP};
+use sluice_dataplane::affinity::AffinityTable;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
-use sluice_dataplane::pipeline::MasqPolicy;
+use sluice_dataplane::pipeline::{Ctx, MasqPolicy};
 use sluice_dataplane::port::MemPort;
 use sluice_dataplane::worker::{Worker, WorkerOpts};
 
@@ -32,6 +33,7 @@ fn populate(
     n: u32,
 ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut w = Worker::new(MemPort::new(2, 2 * BURST), WorkerOpts::default());
+    let aff = AffinityTable::new(64);
     let mut i = 0;
     while i < n {
         let end = (i + BURST as u32 / 2).min(n);
@@ -40,7 +42,12 @@ fn populate(
             w.port().inject(0, &tcp(ip, VIP, port, 80, true, false));
             w.port().inject(0, &tcp(ip, VIP, port, 80, false, true));
         }
-        w.poll_once(snap, flows, 1);
+        w.poll_once(&Ctx {
+            snap,
+            flows,
+            affinity: &aff,
+            now: 1,
+        });
         w.port().clear_sent();
         i = end;
     }
@@ -72,6 +79,7 @@ fn bench(c: &mut Criterion) {
         let snap = snapshot(1, MasqPolicy::default());
         let flows = FlowTable::new(n as usize * 2, Timeouts::default());
         let (hits, replies) = populate(&snap, &flows, n);
+        let aff = AffinityTable::new(64);
 
         let mut w = worker();
         let mut k = 0;
@@ -81,7 +89,12 @@ fn bench(c: &mut Criterion) {
                     w.port().inject(0, &hits[k % hits.len()]);
                     k += 1;
                 }
-                w.poll_once(&snap, &flows, 2)
+                w.poll_once(&Ctx {
+                    snap: &snap,
+                    flows: &flows,
+                    affinity: &aff,
+                    now: 2,
+                })
             })
         });
         g.bench_with_input(BenchmarkId::new("reply", n), &n, |b, _| {
@@ -90,7 +103,12 @@ fn bench(c: &mut Criterion) {
                     w.port().inject(1, &replies[k % replies.len()]);
                     k += 1;
                 }
-                w.poll_once(&snap, &flows, 2)
+                w.poll_once(&Ctx {
+                    snap: &snap,
+                    flows: &flows,
+                    affinity: &aff,
+                    now: 2,
+                })
             })
         });
         // New flows: SYNs from clients never seen. Every 64k of them, the
@@ -107,7 +125,12 @@ fn bench(c: &mut Criterion) {
                         w.port().inject(0, &tcp(ip, VIP, port, 80, true, false));
                     }
                     let t = std::time::Instant::now();
-                    w.poll_once(&snap, &flows, 2);
+                    w.poll_once(&Ctx {
+                        snap: &snap,
+                        flows: &flows,
+                        affinity: &aff,
+                        now: 2,
+                    });
                     total += t.elapsed();
                     if next % 65_536 < BURST as u32 {
                         flows.remove_where(|e| client_no(e) >= 10_000_000);

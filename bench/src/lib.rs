@@ -63,6 +63,7 @@ pub fn snapshot(services: u16, masq: MasqPolicy) -> Snapshot {
             })
             .collect(),
         masq,
+        removed: Default::default(),
     }
 }
 

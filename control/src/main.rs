@@ -66,6 +66,23 @@ struct RunCmd {
     /// net.ipv4.ip_local_port_range.
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     snat_ports: (u16, u16),
+    /// This node's name: endpoints whose nodeName equals it are local
+    /// (traffic policies Local). Default: the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Range nodePorts are allocated from and must lie in.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
+    nodeport_range: (u16, u16),
+    /// Serve the cluster DNS (<svc>.<ns>.svc.<domain>) on this address,
+    /// e.g. 198.18.0.1:53.
+    #[arg(long)]
+    dns: Option<std::net::SocketAddr>,
+    /// Cluster DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Capacity of the session-affinity table (client entries).
+    #[arg(long, default_value_t = 1 << 16)]
+    affinity_capacity: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,6 +105,14 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
         return Err(format!("{s:?}: need 1 <= LO <= HI"));
     }
     Ok((lo, hi))
+}
+
+/// The kernel's host name (kube-proxy's default node name).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -142,6 +167,11 @@ fn main() -> ExitCode {
                 },
                 busy_poll: r.busy_poll,
                 snat_ports: r.snat_ports,
+                node_name: r.node_name.or_else(host_name),
+                nodeport_range: r.nodeport_range,
+                dns: r.dns,
+                cluster_domain: r.cluster_domain,
+                affinity_capacity: r.affinity_capacity,
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,9 @@
 //! one keeps serving), SIGINT/SIGTERM stop. Once a second it ages the flow
 //! table; every `--stats-interval` it logs the counters.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use sluice_dataplane::affinity::AffinityTable;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
 use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
 use sluice_dataplane::service::{ServiceTable, VipKey};
@@ -26,7 +28,9 @@ use sluice_dataplane::worker::{Counters, Shared, Worker, WorkerOpts};
 use sluice_dataplane::xsk::{QueueSpec, XskConfig, XskError, XskPort};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, CompileCtx, Config, ConfigError};
+use crate::dns::{DnsError, DnsServer, DnsZone};
+use crate::health::HealthServer;
 use crate::netlink::{self, Link, NetlinkError};
 
 /// What `sluice run` was asked to do.
@@ -52,6 +56,16 @@ pub struct RunArgs {
     pub busy_poll: bool,
     /// SNAT source port range.
     pub snat_ports: (u16, u16),
+    /// This host's node name (endpoints with this `nodeName` are local).
+    pub node_name: Option<String>,
+    /// NodePort range.
+    pub nodeport_range: (u16, u16),
+    /// Serve the cluster DNS on this address.
+    pub dns: Option<SocketAddr>,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// Session-affinity table capacity (entries).
+    pub affinity_capacity: usize,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -93,6 +107,9 @@ pub enum RunError {
         /// Cause.
         source: XskError,
     },
+    /// The DNS server could not start.
+    #[error("cluster DNS: {0}")]
+    Dns(#[from] DnsError),
     /// Signal handler installation failed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
@@ -172,6 +189,7 @@ pub fn compile(
         ports: links.iter().map(|l| PortInfo { mac: l.mac }).collect(),
         nexthops,
         masq: masq.clone(),
+        removed: Default::default(),
     };
     Ok(Compiled {
         snapshot,
@@ -247,7 +265,9 @@ fn totals(counters: &[Arc<Counters>]) -> BTreeMap<String, u64> {
 /// [`RunError`] when it cannot start (bad config, no privileges, missing
 /// interface, XDP or AF_XDP failure).
 pub fn run(args: RunArgs) -> Result<(), RunError> {
-    let cfg = config::load_file(&args.config)?;
+    // Validate the file before anything needs privileges, so that a config
+    // mistake is reported as such everywhere.
+    config::load_file_with(&args.config, &CompileCtx::default())?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(RunError::NotRoot);
@@ -263,6 +283,23 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         })?;
         links.push(l);
     }
+    let node_addrs = node_addresses(&links);
+    let ctx = CompileCtx {
+        node_name: args.node_name.clone(),
+        node_addrs: node_addrs.clone(),
+        local_addrs: node_addrs.clone(),
+        nodeport_range: args.nodeport_range,
+    };
+    let cfg = config::load_file_with(&args.config, &ctx)?;
+    info!(
+        "node {}: addresses {}",
+        args.node_name.as_deref().unwrap_or("(no --node-name)"),
+        node_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let max_queues = links.iter().map(|l| l.rx_queues.max(1)).max().unwrap_or(1);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let workers = args
@@ -326,7 +363,20 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
 
     let flows = FlowTable::new(args.flow_capacity, Timeouts::default());
-    let shared = Arc::new(Shared::new(compiled.snapshot, flows));
+    let affinity = AffinityTable::new(args.affinity_capacity);
+    let shared = Arc::new(Shared::new(compiled.snapshot, flows, affinity));
+    let dns = match args.dns {
+        Some(addr) => {
+            let server = DnsServer::spawn(addr, DnsZone::new(&args.cluster_domain, &cfg.dns)?)?;
+            info!("cluster DNS for {} on {addr}", args.cluster_domain);
+            Some(server)
+        }
+        None => None,
+    };
+    let mut health = HealthServer::new(node_addrs.clone());
+    if let Err(e) = health.update(&cfg.health_checks) {
+        warn!("health checks: {e}");
+    }
     let mut unresolved = compiled.unresolved;
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
         .map_err(RunError::Signals)?;
@@ -375,11 +425,25 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {
-                    let result = config::load_file(&args.config).and_then(|cfg| {
+                    let result = config::load_file_with(&args.config, &ctx).and_then(|cfg| {
                         compile(version + 1, &cfg, &links, &masq, Duration::from_secs(2))
+                            .map(|c| (cfg, c))
                     });
                     match result {
-                        Ok(c) => {
+                        Ok((cfg, mut c)) => {
+                            let live = live_backends(&c.snapshot);
+                            // Endpoints that left (now or earlier, and not
+                            // back): their TCP flows are reset at their next
+                            // segment by the workers.
+                            let removed: hashbrown::HashSet<_> = {
+                                let old = shared.snapshot.load();
+                                live_backends(&old)
+                                    .into_iter()
+                                    .chain(old.removed.iter().copied())
+                                    .filter(|b| !live.contains(b))
+                                    .collect()
+                            };
+                            c.snapshot.removed = removed;
                             // Steer the union while the swap happens, so no
                             // packet of an old or new service reaches the
                             // kernel stack in between; then the new sets.
@@ -395,7 +459,32 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     version += 1;
                                     current_steer = c.steer;
                                     unresolved = c.unresolved;
-                                    info!("reload applied version={version} services={n}");
+                                    // UDP/SCTP flows to endpoints that left
+                                    // are flushed (kube-proxy's conntrack
+                                    // cleanup), so the client's next
+                                    // datagram is scheduled anew. TCP ones
+                                    // stay until their next segment, which
+                                    // resets the client.
+                                    let flushed = shared.flows.remove_where(|e| {
+                                        e.reply.proto != sluice_dataplane::types::proto::TCP
+                                            && !live.contains(&(
+                                                e.reply.src,
+                                                e.reply.sport,
+                                                e.reply.proto,
+                                            ))
+                                    });
+                                    if let Some(d) = &dns {
+                                        match DnsZone::new(&args.cluster_domain, &cfg.dns) {
+                                            Ok(z) => d.update(z),
+                                            Err(e) => error!("cluster DNS zone not updated: {e}"),
+                                        }
+                                    }
+                                    if let Err(e) = health.update(&cfg.health_checks) {
+                                        warn!("health checks: {e}");
+                                    }
+                                    info!(
+                                        "reload applied version={version} services={n} flushed_flows={flushed}"
+                                    );
                                 }
                                 Err(e) => {
                                     error!("reload failed while updating the steering maps: {e}")
@@ -417,8 +506,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         }
         if !unresolved.is_empty() && last_retry.elapsed() >= Duration::from_secs(5) {
             last_retry = Instant::now();
-            if let Ok(cfg) = config::load_file(&args.config) {
-                if let Ok(c) = compile(version, &cfg, &links, &masq, Duration::from_millis(500)) {
+            if let Ok(cfg) = config::load_file_with(&args.config, &ctx) {
+                if let Ok(mut c) = compile(version, &cfg, &links, &masq, Duration::from_millis(500))
+                {
+                    c.snapshot.removed = shared.snapshot.load().removed.clone();
                     if c.unresolved.len() < unresolved.len()
                         && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
                     {
@@ -466,6 +557,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     drop(workers_back);
     let steer_stats: Vec<_> = steering.iter().map(|s| s.stats()).collect();
     drop(steering);
+    drop(dns);
+    drop(health);
     let t = totals(&counters);
     for (k, v) in &t {
         println!("counter {k} {v}");
@@ -479,6 +572,40 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     info!("sluice stopped");
     Ok(())
+}
+
+/// Every (address, port, protocol) a flow of `snap` may be forwarded to.
+fn live_backends(snap: &Snapshot) -> HashSet<(Addr, u16, u8)> {
+    snap.services
+        .services()
+        .flat_map(|s| {
+            s.spec
+                .backends
+                .iter()
+                .map(move |b| (b.addr, b.port, s.spec.vip.proto))
+        })
+        .collect()
+}
+
+/// The addresses NodePorts answer on: every address of the served
+/// interfaces but IPv6 link-local ones.
+fn node_addresses(links: &[Link]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for l in links {
+        match netlink::addresses(l.index) {
+            Ok(addrs) => {
+                for (a, _) in addrs {
+                    let link_local =
+                        matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                    if !link_local && !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(e) => warn!("addresses of {}: {e}", l.name),
+        }
+    }
+    out
 }
 
 fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {

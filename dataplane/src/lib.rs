@@ -8,6 +8,7 @@
 //! production, the in-memory port ([`port::MemPort`]) in tests and benches.
 #![deny(missing_docs)]
 
+pub mod affinity;
 pub mod flow_table;
 pub mod forward;
 pub mod pipeline;

@@ -2,7 +2,8 @@
 //! rewrite → verdict.
 //!
 //! [`process`] takes one frame (in place), the published [`Snapshot`], the
-//! shared [`FlowTable`] and the time, and returns a [`Verdict`]. It makes no
+//! shared [`FlowTable`] and [`AffinityTable`] and the time ([`Ctx`]), and
+//! returns a [`Verdict`]. It makes no
 //! syscall, reads no clock, takes no lock and allocates nothing, so the
 //! worker loop, the in-memory port, the tests and the benches all run the
 //! very same code (quinn-proto's split between protocol core and I/O).
@@ -15,14 +16,15 @@
 //! either direction is rewritten into the reverse of the other direction's
 //! tuple, so no per-direction NAT state is needed.
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
-use crate::flow_table::{Direction, FlowEntry, FlowTable, InsertError};
+use crate::affinity::AffinityTable;
+use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError};
 use crate::forward::nat;
 use crate::sched;
-use crate::service::{ServiceTable, VipKey};
+use crate::service::{MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
-use crate::wire::{self, tcp_flags, ParseError};
+use crate::wire::{self, reply, tcp_flags, ParseError};
 
 /// Where a backend is reached and which local address masquerades towards
 /// it; resolved by the control plane from the kernel's route and neighbour
@@ -91,6 +93,10 @@ pub struct Snapshot {
     pub nexthops: HashMap<Addr, NextHop>,
     /// Masquerading policy.
     pub masq: MasqPolicy,
+    /// Backends (address, port, protocol) that configs removed and that are
+    /// not back: TCP flows still pinned to one are reset at their next
+    /// segment, other flows are scheduled anew. Usually empty.
+    pub removed: HashSet<(Addr, u16, u8)>,
 }
 
 /// Why a frame was dropped; indexes the drop counters.
@@ -103,10 +109,15 @@ pub enum DropReason {
     UnsupportedProto,
     /// No flow and no service for the destination.
     NoService,
-    /// A TCP segment without SYN for which no flow exists.
+    /// A segment without SYN for which no flow exists (a RST is answered
+    /// when possible; this counts the rest, e.g. stray RSTs).
     NoFlow,
-    /// The service has no backend that takes new flows.
+    /// The service has no backend that takes new flows and its policy says
+    /// drop (`externalTrafficPolicy: Local` without a local endpoint), or
+    /// no reject could be built.
     NoBackend,
+    /// The client is outside the service's `loadBalancerSourceRanges`.
+    SourceRange,
     /// The chosen backend's next hop is not resolved yet.
     NoNextHop,
     /// The flow table is full and nothing could be evicted.
@@ -123,7 +134,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -131,6 +142,7 @@ impl DropReason {
         DropReason::NoService,
         DropReason::NoFlow,
         DropReason::NoBackend,
+        DropReason::SourceRange,
         DropReason::NoNextHop,
         DropReason::FlowTableFull,
         DropReason::SnatExhausted,
@@ -153,6 +165,7 @@ impl DropReason {
             DropReason::NoService => "no_service",
             DropReason::NoFlow => "no_flow",
             DropReason::NoBackend => "no_backend",
+            DropReason::SourceRange => "source_range",
             DropReason::NoNextHop => "no_nexthop",
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::SnatExhausted => "snat_exhausted",
@@ -168,6 +181,13 @@ impl DropReason {
 pub enum Verdict {
     /// Send the (rewritten) frame on this port.
     Tx(u8),
+    /// The frame was rewritten into an answer to its sender (TCP RST or
+    /// ICMP unreachable) of this many bytes: send it back out the port it
+    /// came in on.
+    Reply(usize),
+    /// Send the frame, cut to this length, on this port (a translated
+    /// segment turned into a reset).
+    TxLen(u8, usize),
     /// Drop it and count why.
     Drop(DropReason),
 }
@@ -178,12 +198,18 @@ pub enum Verdict {
 pub struct Stats {
     /// Frames received.
     pub rx: u64,
-    /// Frames sent.
+    /// Frames sent (forwarded or answered).
     pub tx: u64,
     /// Flows created.
     pub new_flows: u64,
     /// Flows created with a masqueraded client.
     pub snat_flows: u64,
+    /// New flows rejected (RST / ICMP unreachable) for lack of endpoints.
+    pub rejected: u64,
+    /// Stray TCP segments of unknown flows answered with a RST.
+    pub resets: u64,
+    /// New flows that followed a session-affinity entry.
+    pub affinity_hits: u64,
     /// Drops by [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
     /// Parse failures by [`ParseError`].
@@ -195,32 +221,47 @@ impl Stats {
     #[inline]
     pub fn count(&mut self, v: Verdict) {
         match v {
-            Verdict::Tx(_) => self.tx += 1,
+            Verdict::Tx(_) | Verdict::Reply(_) | Verdict::TxLen(..) => self.tx += 1,
             Verdict::Drop(r) => self.drops[r.index()] += 1,
         }
     }
 }
 
+/// What one call of [`process`] reads: the published snapshot, the shared
+/// connection and affinity tables, and the time.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    /// The published tables.
+    pub snap: &'a Snapshot,
+    /// Connection tracking.
+    pub flows: &'a FlowTable,
+    /// Session affinity.
+    pub affinity: &'a AffinityTable,
+    /// Seconds on any monotonic clock (ageing compares differences only).
+    pub now: u32,
+}
+
 /// How many SNAT ports are tried for one new flow before giving up.
 const SNAT_PROBES: u32 = 64;
 
-/// Processes one frame received on port `ingress` at time `now` (seconds on
-/// any monotonic clock; flow ageing compares only differences).
+/// Processes one frame received on port `ingress`: `buf` is the frame's
+/// whole buffer and `len` the received length.
 ///
 /// On [`Verdict::Tx`] the frame has been rewritten in place (addresses,
-/// ports, checksums, MACs) and must be sent on the returned port. Counters
-/// `rx`, `new_flows`, `snat_flows` and `parse_errors` are updated here; the
-/// caller counts the verdict with [`Stats::count`].
+/// ports, checksums, MACs) and must be sent on the returned port; on
+/// [`Verdict::Reply`] it has been turned into an answer of the returned
+/// length for its sender. Counters other than the verdict's are updated
+/// here; the caller counts the verdict with [`Stats::count`].
 pub fn process(
-    snap: &Snapshot,
-    flows: &FlowTable,
-    frame: &mut [u8],
+    ctx: &Ctx<'_>,
+    buf: &mut [u8],
+    len: usize,
     ingress: u8,
-    now: u32,
     stats: &mut Stats,
 ) -> Verdict {
     stats.rx += 1;
-    let p = match wire::parse(frame) {
+    let len = len.min(buf.len());
+    let p = match wire::parse(&buf[..len]) {
         Ok(p) => p,
         Err(e) => {
             stats.parse_errors[e.index()] += 1;
@@ -231,16 +272,33 @@ pub fn process(
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return Verdict::Drop(DropReason::UnsupportedProto);
     }
+    let (snap, flows, now) = (ctx.snap, ctx.flows, ctx.now);
 
     if let Some(hit) = flows.lookup(&key, now) {
-        flows.touch(hit.id, hit.dir, p.tcp_flags, now);
-        let (to, hop) = match hit.dir {
-            Direction::Original => (hit.entry.reply.reversed(), hit.entry.orig_hop),
-            Direction::Reply => (hit.entry.original.reversed(), hit.entry.reply_hop),
-        };
-        return emit(snap, frame, &p, &to, hop);
+        if !snap.removed.is_empty()
+            && snap
+                .removed
+                .contains(&(hit.entry.reply.src, hit.entry.reply.sport, key.proto))
+        {
+            // The flow's endpoint was removed from the service (kube-proxy
+            // flushes its conntrack entries). TCP: reset the client, at
+            // once, whichever direction this segment goes. Other
+            // protocols: forget the flow and schedule this packet anew,
+            // so a UDP client is never black-holed.
+            flows.remove(hit.id);
+            if key.proto == proto::TCP {
+                stats.resets += 1;
+                return reset_client(snap, buf, len, &p, &hit);
+            }
+        } else {
+            flows.touch(hit.id, hit.dir, p.tcp_flags, now);
+            let (to, hop) = match hit.dir {
+                Direction::Original => (hit.entry.reply.reversed(), hit.entry.orig_hop),
+                Direction::Reply => (hit.entry.original.reversed(), hit.entry.reply_hop),
+            };
+            return emit(snap, &mut buf[..len], &p, &to, hop);
+        }
     }
-
     // A new flow: it must be addressed to a service.
     let vip = VipKey {
         addr: key.dst,
@@ -253,19 +311,42 @@ pub fn process(
     if key.proto == proto::TCP
         && (p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)) != tcp_flags::SYN
     {
-        // IPVS creates TCP connections only on SYN; a stray segment of a
-        // flow we do not know (expired, or from before a restart) must not
-        // be scheduled anew onto a backend that never saw its handshake.
+        // IPVS creates TCP connections only on SYN; a segment of a flow we
+        // do not know (expired, flushed because its endpoint left, or from
+        // before a restart) must not be scheduled onto a backend that never
+        // saw its handshake. Answer it with a RST, as the host would, so the
+        // client fails fast instead of retransmitting into a void (never a
+        // RST for a RST: RFC 793).
+        if p.tcp_flags & tcp_flags::RST == 0 {
+            if let Some(n) = reply::tcp_rst(buf, len, &p) {
+                stats.resets += 1;
+                return Verdict::Reply(n);
+            }
+        }
         return Verdict::Drop(DropReason::NoFlow);
     }
-    let Some(b_idx) = sched::pick(svc, &key) else {
-        return Verdict::Drop(DropReason::NoBackend);
+    let spec = &svc.spec;
+    if !spec.source_ranges.is_empty() && !spec.source_ranges.iter().any(|c| c.contains(&key.src)) {
+        return Verdict::Drop(DropReason::SourceRange);
+    }
+
+    let Some(b_idx) = choose_backend(ctx, svc, &key, stats) else {
+        return match spec.when_empty {
+            WhenEmpty::Drop => Verdict::Drop(DropReason::NoBackend),
+            WhenEmpty::Reject => match reject(buf, len, &p) {
+                Some(n) => {
+                    stats.rejected += 1;
+                    Verdict::Reply(n)
+                }
+                None => Verdict::Drop(DropReason::NoBackend),
+            },
+        };
     };
-    let backend = svc.spec.backends[b_idx];
+    let backend = spec.backends[b_idx];
     let Some(nh) = snap.nexthops.get(&backend.addr) else {
         return Verdict::Drop(DropReason::NoNextHop);
     };
-    let client_mac = src_mac(frame);
+    let frame = &mut buf[..len];
     let mut entry = FlowEntry {
         original: key,
         reply: FlowKey {
@@ -278,13 +359,20 @@ pub fn process(
         orig_hop: nh.hop,
         reply_hop: L2Hop {
             port: ingress,
-            mac: client_mac,
+            mac: src_mac(frame),
         },
         service: svc_idx,
         backend: b_idx as u32,
     };
 
-    let masq = snap.masq.masquerades(&key.src);
+    let masq = must_masquerade(
+        snap,
+        spec.masq,
+        &key.src,
+        &backend.addr,
+        ingress,
+        nh.hop.port,
+    );
     let inserted = if masq {
         entry.reply.dst = nh.snat;
         insert_with_snat_port(flows, &mut entry, &snap.masq, now)
@@ -319,6 +407,97 @@ pub fn process(
     }
     let to = entry.reply.reversed();
     emit(snap, frame, &p, &to, entry.orig_hop)
+}
+
+/// Resets the client of a TCP flow whose endpoint was removed: a segment
+/// from the client is answered with a RST; a segment from the endpoint is
+/// translated towards the client as usual and cut down to a RST carrying
+/// its own sequence number, which the client accepts.
+fn reset_client(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    len: usize,
+    p: &wire::Parsed,
+    hit: &Hit,
+) -> Verdict {
+    match hit.dir {
+        Direction::Original => match reply::tcp_rst(buf, len, p) {
+            Some(n) => Verdict::Reply(n),
+            None => Verdict::Drop(DropReason::NoFlow),
+        },
+        Direction::Reply => {
+            let to = hit.entry.original.reversed();
+            match emit(snap, &mut buf[..len], p, &to, hit.entry.reply_hop) {
+                Verdict::Tx(port) => match reply::tcp_rst_same_direction(buf, len, p) {
+                    Some(n) => Verdict::TxLen(port, n),
+                    None => Verdict::Drop(DropReason::NoFlow),
+                },
+                other => other,
+            }
+        }
+    }
+}
+
+/// The backend for a new flow: the client's affinity entry when the service
+/// has `sessionAffinity: ClientIP` and the remembered backend still takes
+/// new flows, else the scheduler's choice (then remembered).
+#[inline]
+fn choose_backend(ctx: &Ctx<'_>, svc: &Service, key: &FlowKey, stats: &mut Stats) -> Option<usize> {
+    let Some(timeout) = svc.spec.affinity_timeout else {
+        return sched::pick(svc, key);
+    };
+    if let Some(h) = ctx
+        .affinity
+        .lookup(&key.src, svc.affinity_id, timeout, ctx.now)
+    {
+        if let Some(i) = svc.backend_hashes.iter().position(|&x| x == h) {
+            if svc.spec.backends[i].weight > 0 {
+                stats.affinity_hits += 1;
+                return Some(i);
+            }
+        }
+    }
+    let i = sched::pick(svc, key)?;
+    ctx.affinity
+        .record(&key.src, svc.affinity_id, svc.backend_hashes[i], ctx.now);
+    Some(i)
+}
+
+/// Whether the client's address is rewritten to the LB's for this flow.
+///
+/// Besides the service's mode, two cases always masquerade, or the reply
+/// would bypass the LB: hairpin (the client is the chosen backend, as
+/// kube-proxy's KUBE-SEP masquerade rule for the endpoint's own address)
+/// and, for cluster traffic, a client that arrived on the interface the
+/// backend is reached through (it shares the backend's segment and would
+/// get the backend's answer directly).
+#[inline]
+fn must_masquerade(
+    snap: &Snapshot,
+    mode: MasqMode,
+    client: &Addr,
+    backend: &Addr,
+    ingress: u8,
+    egress: u8,
+) -> bool {
+    if client == backend {
+        return true;
+    }
+    match mode {
+        MasqMode::Always => true,
+        MasqMode::Never => false,
+        MasqMode::OffCluster => ingress == egress || snap.masq.masquerades(client),
+    }
+}
+
+/// Turns the frame into the answer a host gives when nothing listens: a
+/// RST for TCP, ICMP port unreachable for UDP (kube-proxy's REJECT).
+fn reject(buf: &mut [u8], len: usize, p: &wire::Parsed) -> Option<usize> {
+    match p.key.proto {
+        proto::TCP => reply::tcp_rst(buf, len, p),
+        proto::UDP => reply::icmp_port_unreachable(buf, len, p),
+        _ => None,
+    }
 }
 
 /// Inserts `entry` choosing a free SNAT source port: start from a hash of

@@ -7,9 +7,10 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
 use super::*;
+use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowState, Timeouts};
 use crate::port::MemPort;
-use crate::service::{BackendSpec, SchedKind, ServiceSpec};
+use crate::service::{BackendSpec, MasqMode, SchedKind, ServiceSpec, WhenEmpty};
 use crate::worker::{Worker, WorkerOpts};
 
 const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
@@ -68,6 +69,7 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
         ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
         nexthops,
         masq,
+        removed: Default::default(),
     }
 }
 
@@ -174,11 +176,47 @@ fn inspect(frame: &[u8]) -> Out {
     }
 }
 
-fn run(snap: &Snapshot, flows: &FlowTable, frame: &mut [u8], ingress: u8, now: u32) -> Verdict {
-    let mut stats = Stats::default();
-    let v = process(snap, flows, frame, ingress, now, &mut stats);
+/// Runs `frame` through the core with a frame buffer of realistic capacity;
+/// `frame` becomes what leaves (forwarded or answered).
+fn run_with(
+    snap: &Snapshot,
+    flows: &FlowTable,
+    aff: &AffinityTable,
+    frame: &mut Vec<u8>,
+    ingress: u8,
+    now: u32,
+    stats: &mut Stats,
+) -> Verdict {
+    let mut buf = [0u8; 2048];
+    buf[..frame.len()].copy_from_slice(frame);
+    let ctx = Ctx {
+        snap,
+        flows,
+        affinity: aff,
+        now,
+    };
+    let v = process(&ctx, &mut buf, frame.len(), ingress, stats);
     stats.count(v);
+    let out_len = match v {
+        Verdict::Reply(n) | Verdict::TxLen(_, n) => n,
+        _ => frame.len(),
+    };
+    frame.clear();
+    frame.extend_from_slice(&buf[..out_len]);
     v
+}
+
+fn run(snap: &Snapshot, flows: &FlowTable, frame: &mut Vec<u8>, ingress: u8, now: u32) -> Verdict {
+    let aff = AffinityTable::new(64);
+    run_with(
+        snap,
+        flows,
+        &aff,
+        frame,
+        ingress,
+        now,
+        &mut Stats::default(),
+    )
 }
 
 #[test]
@@ -278,7 +316,15 @@ fn outside_clients_are_masqueraded_and_replies_reach_them() {
     );
     let mut stats = Stats::default();
     assert_eq!(
-        process(&snap, &flows, &mut f, 0, 1, &mut stats),
+        run_with(
+            &snap,
+            &flows,
+            &AffinityTable::new(64),
+            &mut f,
+            0,
+            1,
+            &mut stats
+        ),
         Verdict::Tx(1)
     );
     assert_eq!(stats.snat_flows, 1);
@@ -406,8 +452,14 @@ fn drops_carry_their_reason() {
         run(&snap, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::NoService)
     );
-    // A mid-stream segment of an unknown flow is not scheduled.
+    // A mid-stream segment of an unknown flow is not scheduled: it is
+    // answered with a RST from the VIP, back out the port it came in on.
     let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1, 80, tcp_flags::ACK);
+    let v = run(&snap, &flows, &mut f, 0, 1);
+    assert!(matches!(v, Verdict::Reply(_)), "{v:?}");
+    assert_rst_from_vip(&f, client, 1);
+    // ... but a stray RST is not answered.
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1, 80, tcp_flags::RST);
     assert_eq!(
         run(&snap, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::NoFlow)
@@ -416,7 +468,15 @@ fn drops_carry_their_reason() {
     let mut stats = Stats::default();
     let mut junk = vec![0u8; 20];
     assert_eq!(
-        process(&snap, &flows, &mut junk, 0, 1, &mut stats),
+        run_with(
+            &snap,
+            &flows,
+            &AffinityTable::new(64),
+            &mut junk,
+            0,
+            1,
+            &mut stats
+        ),
         Verdict::Drop(DropReason::Malformed)
     );
     assert_eq!(stats.parse_errors.iter().sum::<u64>(), 1);
@@ -431,8 +491,17 @@ fn drops_carry_their_reason() {
         run(&snap, &flows, &mut icmp, 0, 1),
         Verdict::Drop(DropReason::UnsupportedProto)
     );
-    // No backends.
-    let empty = snapshot(MasqPolicy::default(), 0);
+    // No backends and a Local policy: dropped silently.
+    let mut empty = snapshot(MasqPolicy::default(), 0);
+    let specs: Vec<ServiceSpec> = empty
+        .services
+        .services()
+        .map(|s| ServiceSpec {
+            when_empty: WhenEmpty::Drop,
+            ..s.spec.clone()
+        })
+        .collect();
+    empty.services = ServiceTable::build(1, specs).unwrap();
     let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2, 80, tcp_flags::SYN);
     assert_eq!(
         run(&empty, &flows, &mut f, 0, 1),
@@ -447,6 +516,327 @@ fn drops_carry_their_reason() {
         Verdict::Drop(DropReason::NoNextHop)
     );
     assert_eq!(flows.len(), 0, "no drop leaves a flow behind");
+}
+
+fn assert_rst_from_vip(frame: &[u8], client: [u8; 4], client_port: u16) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ip.header().source(), VIP);
+    assert_eq!(ip.header().destination(), client);
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not tcp")
+    };
+    assert!(t.rst(), "RST flag");
+    assert_eq!((t.source_port(), t.destination_port()), (80, client_port));
+    let expect = t
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+        .unwrap();
+    assert_eq!(t.checksum(), expect);
+    let etherparse::LinkSlice::Ethernet2(eth) = p.link.as_ref().unwrap() else {
+        panic!()
+    };
+    assert_eq!(eth.destination(), CLIENT_MAC, "back to the sender's MAC");
+}
+
+#[test]
+fn no_endpoints_is_rejected_at_once() {
+    let snap = snapshot(MasqPolicy::default(), 0);
+    let flows = FlowTable::new(64, Timeouts::default());
+    let aff = AffinityTable::new(64);
+    let client = [198, 18, 0, 2];
+    let mut stats = Stats::default();
+    // TCP: RST|ACK answering the SYN.
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 4000, 80, tcp_flags::SYN);
+    let v = run_with(&snap, &flows, &aff, &mut f, 0, 1, &mut stats);
+    assert!(matches!(v, Verdict::Reply(_)), "{v:?}");
+    assert_rst_from_vip(&f, client, 4000);
+    // UDP: ICMP port unreachable quoting the datagram, from the VIP.
+    let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
+    let v = run_with(&snap, &flows, &aff, &mut q, 0, 1, &mut stats);
+    let Verdict::Reply(n) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(n, q.len());
+    let p = SlicedPacket::from_ethernet(&q).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!()
+    };
+    assert_eq!(
+        (ip.header().source(), ip.header().destination()),
+        (VIP, client)
+    );
+    assert_eq!(ip.header().protocol(), etherparse::IpNumber::ICMP);
+    assert_eq!(stats.rejected, 2);
+    assert_eq!(stats.tx, 2);
+    assert_eq!(flows.len(), 0);
+}
+
+fn with_specs(mut snap: Snapshot, f: impl Fn(&mut ServiceSpec)) -> Snapshot {
+    let specs: Vec<ServiceSpec> = snap
+        .services
+        .services()
+        .map(|s| {
+            let mut spec = s.spec.clone();
+            f(&mut spec);
+            spec
+        })
+        .collect();
+    snap.services = ServiceTable::build(snap.services.version() + 1, specs).unwrap();
+    snap
+}
+
+#[test]
+fn session_affinity_sticks_until_idle_timeout() {
+    let snap = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
+        s.affinity_timeout = Some(10)
+    });
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let aff = AffinityTable::new(64);
+    let client = [198, 18, 0, 2];
+    let mut stats = Stats::default();
+    let mut seen = Vec::new();
+    for (i, now) in [1u32, 2, 5, 14].iter().enumerate() {
+        let mut f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            client,
+            VIP,
+            1000 + i as u16,
+            80,
+            tcp_flags::SYN,
+        );
+        assert_eq!(
+            run_with(&snap, &flows, &aff, &mut f, 0, *now, &mut stats),
+            Verdict::Tx(1)
+        );
+        seen.push(inspect(&f).dst);
+    }
+    assert!(
+        seen.iter().all(|d| *d == seen[0]),
+        "one backend while used: {seen:?}"
+    );
+    assert_eq!(stats.affinity_hits, 3);
+    // Idle for longer than the timeout: scheduled anew (round-robin moves on).
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2000, 80, tcp_flags::SYN);
+    assert_eq!(
+        run_with(&snap, &flows, &aff, &mut f, 0, 30, &mut stats),
+        Verdict::Tx(1)
+    );
+    assert_ne!(inspect(&f).dst, seen[0]);
+    // Another client is scheduled on its own.
+    let mut g = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        [198, 18, 0, 3],
+        VIP,
+        1000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(
+        run_with(&snap, &flows, &aff, &mut g, 0, 30, &mut stats),
+        Verdict::Tx(1)
+    );
+    assert_eq!(stats.affinity_hits, 3);
+}
+
+#[test]
+fn affinity_ends_when_its_endpoint_leaves() {
+    let snap = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
+        s.affinity_timeout = Some(100)
+    });
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let aff = AffinityTable::new(64);
+    let client = [198, 18, 0, 2];
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1000, 80, tcp_flags::SYN);
+    run_with(&snap, &flows, &aff, &mut f, 0, 1, &mut Stats::default());
+    let first = inspect(&f).dst;
+    let gone = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
+        s.affinity_timeout = Some(100);
+        s.backends.retain(|b| b.addr != Addr::from_v4(first));
+    });
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1001, 80, tcp_flags::SYN);
+    assert_eq!(
+        run_with(&gone, &flows, &aff, &mut f, 0, 2, &mut Stats::default()),
+        Verdict::Tx(1)
+    );
+    assert_ne!(inspect(&f).dst, first);
+}
+
+#[test]
+fn source_ranges_filter_new_flows() {
+    let snap = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
+        s.source_ranges = vec!["198.18.0.128/25".parse().unwrap()]
+    });
+    let flows = FlowTable::new(64, Timeouts::default());
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        [198, 18, 0, 2],
+        VIP,
+        1000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(
+        run(&snap, &flows, &mut f, 0, 1),
+        Verdict::Drop(DropReason::SourceRange)
+    );
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        [198, 18, 0, 130],
+        VIP,
+        1000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+}
+
+#[test]
+fn masquerade_modes_hairpin_and_same_segment() {
+    let client = [198, 18, 0, 2];
+    let flows = FlowTable::new(64, Timeouts::default());
+    // Local policy: the client address is kept even off-cluster.
+    let never = with_specs(snapshot(outside_masq(), 1), |s| s.masq = MasqMode::Never);
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1000, 80, tcp_flags::SYN);
+    assert_eq!(run(&never, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&f).src, client);
+    // Cluster policy on an external front end: always masqueraded.
+    let always = with_specs(snapshot(MasqPolicy::default(), 1), |s| {
+        s.masq = MasqMode::Always
+    });
+    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1001, 80, tcp_flags::SYN);
+    assert_eq!(run(&always, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&f).src, LB_BACK);
+    // Hairpin: the only backend connects to its own service, even with
+    // masquerading off, and arriving on the backends' port.
+    let plain = snapshot(MasqPolicy::default(), 1);
+    let b = backend_ip(0);
+    let mut f = tcp(backend_mac(0), BACK_MAC, b, VIP, 1002, 80, tcp_flags::SYN);
+    assert_eq!(run(&plain, &flows, &mut f, 1, 1), Verdict::Tx(1));
+    let out = inspect(&f);
+    assert_eq!((out.src, out.dst), (LB_BACK, b));
+    // Another host on the backends' segment is masqueraded too, or the
+    // backend would answer it directly.
+    let neighbour = [198, 18, 1, 99];
+    let mut f = tcp(
+        CLIENT_MAC,
+        BACK_MAC,
+        neighbour,
+        VIP,
+        1003,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&plain, &flows, &mut f, 1, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&f).src, LB_BACK);
+}
+
+#[test]
+fn terminating_endpoints_take_no_new_flows_while_a_ready_one_exists() {
+    let snap = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
+        s.backends[0].weight = 0;
+        s.backends[0].terminating = true;
+    });
+    let flows = FlowTable::new(1024, Timeouts::default());
+    for p in 0..12u16 {
+        let mut f = tcp(
+            CLIENT_MAC,
+            FRONT_MAC,
+            [198, 18, 0, 2],
+            VIP,
+            3000 + p,
+            80,
+            tcp_flags::SYN,
+        );
+        assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+        assert_ne!(inspect(&f).dst, backend_ip(0));
+    }
+    // Only terminating ones left: they serve (ProxyTerminatingEndpoints).
+    let only = with_specs(snapshot(MasqPolicy::default(), 1), |s| {
+        s.backends[0].weight = 0;
+        s.backends[0].terminating = true;
+    });
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        [198, 18, 0, 2],
+        VIP,
+        4000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&only, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&f).dst, backend_ip(0));
+}
+
+#[test]
+fn flows_of_a_removed_endpoint_are_reset_or_rescheduled() {
+    let snap = snapshot(MasqPolicy::default(), 2);
+    let flows = FlowTable::new(1024, Timeouts::default());
+    let client = [198, 18, 0, 2];
+    // A TCP flow and a UDP flow, both on backend 0.
+    let mut f = tcp(
+        CLIENT_MAC,
+        FRONT_MAC,
+        client,
+        VIP,
+        40000,
+        80,
+        tcp_flags::SYN,
+    );
+    assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
+    assert_eq!(inspect(&f).dst, backend_ip(0));
+    let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
+    assert_eq!(run(&snap, &flows, &mut q, 0, 1), Verdict::Tx(1));
+    let first_udp = inspect(&q).dst;
+
+    // A reload removes that backend.
+    let mut after = with_specs(snapshot(MasqPolicy::default(), 2), |s| {
+        s.backends
+            .retain(|b| b.addr != Addr::from_v4(backend_ip(0)))
+    });
+    after
+        .removed
+        .insert((Addr::from_v4(backend_ip(0)), 8080, proto::TCP));
+    after
+        .removed
+        .insert((Addr::from_v4(first_udp), 8080, proto::UDP));
+
+    // The removed backend still sends data: it reaches the client as a RST
+    // carrying the data's sequence number, from the VIP.
+    let mut data = tcp(
+        backend_mac(0),
+        BACK_MAC,
+        backend_ip(0),
+        client,
+        8080,
+        40000,
+        tcp_flags::ACK,
+    );
+    let v = run(&after, &flows, &mut data, 1, 2);
+    assert!(matches!(v, Verdict::TxLen(0, _)), "{v:?}");
+    assert_eq!(data.len(), 54);
+    let p = SlicedPacket::from_ethernet(&data).unwrap();
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!()
+    };
+    assert!(t.rst());
+    assert_eq!(
+        (t.source_port(), t.destination_port(), t.sequence_number()),
+        (80, 40000, 1000)
+    );
+    assert_eq!(flows.len(), 1, "the TCP flow is gone, the UDP one not yet");
+
+    // The UDP client's next datagram goes to a live backend.
+    let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
+    assert_eq!(run(&after, &flows, &mut q, 0, 2), Verdict::Tx(1));
+    assert_ne!(inspect(&q).dst, first_udp);
 }
 
 #[test]
@@ -531,7 +921,14 @@ fn worker_over_mem_port_round_robins_thirty_flows_and_leaks_no_frame() {
     }
     // One junk frame too: dropped, and its buffer comes back.
     assert!(w.port().inject(0, &[0u8; 10]));
-    assert_eq!(w.poll_once(&snap, &flows, 1), 31);
+    let aff = AffinityTable::new(64);
+    let ctx = Ctx {
+        snap: &snap,
+        flows: &flows,
+        affinity: &aff,
+        now: 1,
+    };
+    assert_eq!(w.poll_once(&ctx), 31);
     let mut per_backend = [0usize; 3];
     for (port, bytes) in w.port().sent() {
         assert_eq!(port, 1);

@@ -31,8 +31,14 @@ pub trait Port {
     /// allocated) and returns how many.
     fn recv(&mut self, out: &mut Vec<RxFrame<Self::Frame>>, max: usize) -> usize;
 
-    /// Runs `f` over the bytes of `frame` (its current contents).
-    fn with_frame<R>(&mut self, frame: &mut Self::Frame, f: impl FnOnce(&mut [u8]) -> R) -> R;
+    /// Runs `f` over the buffer of `frame` (its whole capacity) and its
+    /// current length; the length `f` leaves is the frame's new length
+    /// (clamped to the capacity).
+    fn with_frame<R>(
+        &mut self,
+        frame: &mut Self::Frame,
+        f: impl FnOnce(&mut [u8], &mut usize) -> R,
+    ) -> R;
 
     /// Queues `frame` for transmission on interface `port`. A frame that
     /// cannot be queued is released and counted by the port.
@@ -139,10 +145,12 @@ impl Port for MemPort {
         n
     }
 
-    fn with_frame<R>(&mut self, frame: &mut u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    fn with_frame<R>(&mut self, frame: &mut u32, f: impl FnOnce(&mut [u8], &mut usize) -> R) -> R {
         let i = *frame as usize;
-        let len = self.lens[i];
-        f(&mut self.bufs[i][..len])
+        let mut len = self.lens[i];
+        let r = f(&mut self.bufs[i][..], &mut len);
+        self.lens[i] = len.min(MEM_FRAME_SIZE);
+        r
     }
 
     fn send(&mut self, port: u8, frame: u32) {

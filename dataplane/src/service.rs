@@ -139,6 +139,11 @@ pub struct Service {
     /// Round-robin cursor shared by all workers (a relaxed `fetch_add` per new
     /// flow; no lock).
     pub(crate) rr: AtomicU32,
+    /// Identity for session affinity: a hash of the service port's name, so
+    /// that every front end of one service port shares it, across reloads.
+    pub affinity_id: u64,
+    /// [`crate::affinity::backend_hash`] of each backend, in order.
+    pub backend_hashes: Vec<u32>,
 }
 
 /// Error building a table.
@@ -202,9 +207,17 @@ impl ServiceTable {
                 });
             }
             by_vip.insert(spec.vip, idx);
+            let affinity_id = crate::affinity::fnv64(spec.name.as_bytes());
+            let backend_hashes = spec
+                .backends
+                .iter()
+                .map(|b| crate::affinity::backend_hash(&b.addr, b.port))
+                .collect();
             services.push(Service {
                 spec,
                 rr: AtomicU32::new(0),
+                affinity_id,
+                backend_hashes,
             });
         }
         Ok(ServiceTable {

@@ -18,8 +18,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::affinity::AffinityTable;
 use crate::flow_table::FlowTable;
-use crate::pipeline::{self, DropReason, Snapshot, Stats, Verdict};
+use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
 use crate::port::{Port, RxFrame};
 use crate::wire::ParseError;
 
@@ -30,6 +31,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Connection tracking, shared by all workers.
     pub flows: FlowTable,
+    /// Session affinity, shared by all workers.
+    pub affinity: AffinityTable,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// Origin of the coarse clock the workers hand to the pipeline.
@@ -37,11 +40,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state around a first snapshot and a flow table.
-    pub fn new(snapshot: Snapshot, flows: FlowTable) -> Shared {
+    /// Shared state around a first snapshot, a flow table and an affinity
+    /// table.
+    pub fn new(snapshot: Snapshot, flows: FlowTable, affinity: AffinityTable) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             flows,
+            affinity,
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
         }
@@ -66,6 +71,12 @@ pub struct Counters {
     pub rx: AtomicU64,
     /// Frames sent.
     pub tx: AtomicU64,
+    /// New flows answered with a TCP RST or ICMP unreachable (no endpoint).
+    pub rejected: AtomicU64,
+    /// Stray TCP segments of unknown flows answered with a RST.
+    pub resets: AtomicU64,
+    /// New flows that followed a session-affinity entry.
+    pub affinity_hits: AtomicU64,
     /// Flows created.
     pub new_flows: AtomicU64,
     /// Flows created with SNAT.
@@ -89,6 +100,9 @@ impl Counters {
         }
         bump(&self.rx, s.rx);
         bump(&self.tx, s.tx);
+        bump(&self.rejected, s.rejected);
+        bump(&self.resets, s.resets);
+        bump(&self.affinity_hits, s.affinity_hits);
         bump(&self.new_flows, s.new_flows);
         bump(&self.snat_flows, s.snat_flows);
         for (a, v) in self.drops.iter().zip(s.drops.iter()) {
@@ -105,6 +119,9 @@ impl Counters {
         let mut v = vec![
             ("rx".to_string(), l(&self.rx)),
             ("tx".to_string(), l(&self.tx)),
+            ("rejected".to_string(), l(&self.rejected)),
+            ("resets".to_string(), l(&self.resets)),
+            ("affinity_hits".to_string(), l(&self.affinity_hits)),
             ("new_flows".to_string(), l(&self.new_flows)),
             ("snat_flows".to_string(), l(&self.snat_flows)),
             ("tx_ring_full".to_string(), l(&self.tx_ring_full)),
@@ -170,25 +187,25 @@ impl<P: Port> Worker<P> {
         std::mem::take(&mut self.stats)
     }
 
-    /// Processes one burst at time `now`; returns the number of frames
-    /// received.
-    pub fn poll_once(
-        &mut self,
-        snap: &Snapshot,
-        flows: &crate::flow_table::FlowTable,
-        now: u32,
-    ) -> usize {
+    /// Processes one burst; returns the number of frames received.
+    pub fn poll_once(&mut self, ctx: &Ctx<'_>) -> usize {
         self.batch.clear();
         let n = self.port.recv(&mut self.batch, self.opts.burst);
         for i in 0..n {
             let RxFrame { mut frame, port } = self.batch[i];
             let stats = &mut self.stats;
-            let v = self.port.with_frame(&mut frame, |buf| {
-                pipeline::process(snap, flows, buf, port, now, stats)
+            let v = self.port.with_frame(&mut frame, |buf, len| {
+                let v = pipeline::process(ctx, buf, *len, port, stats);
+                if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
+                    *len = n;
+                }
+                v
             });
             self.stats.count(v);
             match v {
                 Verdict::Tx(out) => self.port.send(out, frame),
+                Verdict::Reply(_) => self.port.send(port, frame),
+                Verdict::TxLen(out, _) => self.port.send(out, frame),
                 Verdict::Drop(_) => self.port.release(frame),
             }
         }
@@ -203,7 +220,13 @@ impl<P: Port> Worker<P> {
         let mut last_tx_dropped = 0;
         while !shared.stop.load(Ordering::Relaxed) {
             let snap = shared.snapshot.load();
-            let n = self.poll_once(&snap, &shared.flows, shared.now());
+            let ctx = Ctx {
+                snap: &snap,
+                flows: &shared.flows,
+                affinity: &shared.affinity,
+                now: shared.now(),
+            };
+            let n = self.poll_once(&ctx);
             if n > 0 {
                 idle = 0;
                 let s = self.take_stats();

@@ -15,10 +15,17 @@
 //!                                                p1..pN ───────────── eth0 198.18.1.1N/24
 //! ```
 //!
+//! Variants ([`TopologyOpts`]): `ipv6(true)` adds 2001:db8::/64 in front and
+//! 2001:db8:1::/64 behind; `lb_nodes(2)` adds a second LB node `<p>-lb2`
+//! (front 198.18.0.3, back 198.18.1.2) on shared front and back bridges, and
+//! [`Sluice::start_in`] runs sluice in either node. [`k8s`] builds the
+//! EndpointSlices of test configs.
+//!
 //! Rules the harness keeps (GUIDE "The test network"): addresses only from
 //! 198.18.0.0/15; every command bounded in time; processes ended by PID, only
 //! the ones the harness started.
 
+pub mod k8s;
 mod netns;
 mod sluice;
 mod topology;
@@ -35,6 +42,18 @@ pub const HTTP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 /// Bulk (paced deterministic stream) port on the backends.
 pub const BULK_PORT: u16 = 9000;
+
+/// Parses the number of a JSON field `"key": N` out of a body
+/// (the health-check responses), e.g. `json_number(body, "localEndpoints")`.
+pub fn json_number(body: &str, key: &str) -> Option<u64> {
+    let quoted = format!("\"{key}\"");
+    let rest = &body[body.find(&quoted)? + quoted.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
 
 /// Panics unless the process is root with `CAP_NET_ADMIN`.
 ///
@@ -103,5 +122,20 @@ mod tests {
             Some(("b2".into(), "198.18.1.1".into(), 40000))
         );
         assert_eq!(parse_backend_reply("garbage"), None);
+        assert_eq!(
+            parse_backend_reply("backend=b1 peer=[2001:db8:1::1]:40000"),
+            Some(("b1".into(), "2001:db8:1::1".into(), 40000))
+        );
+    }
+
+    #[test]
+    fn parses_json_numbers() {
+        let body = r#"{"service": {"namespace": "default", "name": "web"}, "localEndpoints": 1}"#;
+        assert_eq!(json_number(body, "localEndpoints"), Some(1));
+        assert_eq!(
+            json_number(r#"{"localEndpoints":12,"x":1}"#, "localEndpoints"),
+            Some(12)
+        );
+        assert_eq!(json_number("{}", "localEndpoints"), None);
     }
 }

@@ -131,11 +131,24 @@ impl Sluice {
     /// # Panics
     /// If the binary is missing, exits, or is not ready in time (with its log).
     pub fn start(topo: &Topology, config_yaml: &str, args: &[&str]) -> Self {
+        Self::start_in(topo, Role::Lb, config_yaml, args)
+    }
+
+    /// Like [`Sluice::start`], in the namespace of LB node `lb` ([`Role::Lb`]
+    /// or [`Role::Lb2`]), serving that node's `front` and `back` links.
+    ///
+    /// # Panics
+    /// As [`Sluice::start`].
+    pub fn start_in(topo: &Topology, lb: Role, config_yaml: &str, args: &[&str]) -> Self {
+        assert!(
+            matches!(lb, Role::Lb | Role::Lb2),
+            "sluice runs in an LB namespace, not {lb:?}"
+        );
         let bin = sluice_bin();
         let config = temp_config_path(topo);
         write_atomic(&config, config_yaml);
         let (b, c) = (bin.to_string_lossy(), config.to_string_lossy());
-        let mut cmd = topo.command(Role::Lb, &argv(&b, &c, args));
+        let mut cmd = topo.command(lb, &argv(&b, &c, args));
         // Plain log lines: the harness matches on their text.
         cmd.env("NO_COLOR", "1");
         let proc = BgProcess::spawn(cmd);

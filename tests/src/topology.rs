@@ -2,6 +2,22 @@
 //! its own network namespace, joined by veth pairs. Mirrors
 //! `scripts/topology.sh` (same names, addresses and offload settings).
 //!
+//! Two variants on top of the default one:
+//!
+//! * [`TopologyOpts::ipv6`]: every link also gets an IPv6 address
+//!   (2001:db8::/64 in front, 2001:db8:1::/64 behind), with duplicate address
+//!   detection off so that the addresses are usable at once.
+//! * [`TopologyOpts::lb_nodes`]`(2)`: two LB nodes. The client and the two
+//!   LBs' `front` links meet on a second bridge (`brf` in `<p>-sw`, ports
+//!   `f0` client, `f1` lb, `f2` lb2); both LBs' `back` links join the
+//!   backends' bridge (`p0` lb, `q0` lb2).
+//!
+//! ```text
+//!  two nodes:  client eth0 198.18.0.2 ─ f0 ┐          ┌ p0 ─ back 198.18.1.1  lb  front 198.18.0.1 ─ f1 ┐
+//!                                         brf (sw)  br0 ─ q0 ─ back 198.18.1.2  lb2 front 198.18.0.3 ─ f2 ┘
+//!                                                     └ pN ─ eth0 198.18.1.(10+N)  bN
+//! ```
+//!
 //! Every veth is created directly inside its namespaces
 //! (`ip link add NAME netns A type veth peer name NAME2 netns B`), so nothing
 //! ever appears in the root namespace and link names can be fixed (`eth0`,
@@ -25,7 +41,11 @@ pub enum Role {
     /// `<p>-client`: `eth0` 198.18.0.2/24 and 198.18.0.130/24.
     Client,
     /// `<p>-lb`: `front` 198.18.0.1/24, `back` 198.18.1.1/24; runs sluice.
+    /// The first LB node (`node1`) of a two-node topology.
     Lb,
+    /// `<p>-lb2`, only with [`TopologyOpts::lb_nodes`]`(2)`: `front`
+    /// 198.18.0.3/24, `back` 198.18.1.2/24; the second LB node (`node2`).
+    Lb2,
     /// `<p>-sw`: bridge `br0` over `p0` (to lb) and `p1..pN` (to backends).
     Sw,
     /// `<p>-bN` (1-based): `eth0` 198.18.1.(10+N)/24.
@@ -39,9 +59,16 @@ pub struct TopologyOpts {
     pub backends: usize,
     /// Start `sluice-testsrv serve` in every backend. Default true.
     pub servers: bool,
-    /// Keep IPv6 enabled. Default false: IPv6 off keeps router solicitations
-    /// and MLD reports out of the counters of tests that do not need it.
+    /// IPv6 on every link: client `eth0` 2001:db8::2/64, lb `front`
+    /// 2001:db8::1/64 (lb2 ::3), lb `back` 2001:db8:1::1/64 (lb2 ::2),
+    /// backend N 2001:db8:1::(10+N)/64 (written in decimal digits: `::11`);
+    /// client route 2001:db8:100::/64 via 2001:db8::1, backends' default
+    /// route via 2001:db8:1::1. DAD is off. Default false: IPv6 off keeps
+    /// router solicitations and MLD reports out of the counters of tests
+    /// that do not need it.
     pub ipv6: bool,
+    /// LB nodes: 1 (default) or 2 (see the module doc).
+    pub lb_nodes: usize,
     /// Path of the `sluice-testsrv` binary (set by the [`topology!`](crate::topology)
     /// macro); if `None`, `SLUICE_TESTSRV` or the binary next to the test
     /// executable's directory is used.
@@ -54,6 +81,7 @@ impl Default for TopologyOpts {
             backends: 3,
             servers: true,
             ipv6: false,
+            lb_nodes: 1,
             testsrv: None,
         }
     }
@@ -70,9 +98,14 @@ impl TopologyOpts {
         self.servers = on;
         self
     }
-    /// Sets whether IPv6 stays enabled.
+    /// Sets whether the links get IPv6 addresses (and IPv6 stays enabled).
     pub fn ipv6(mut self, on: bool) -> Self {
         self.ipv6 = on;
+        self
+    }
+    /// Sets the number of LB nodes (1 or 2).
+    pub fn lb_nodes(mut self, n: usize) -> Self {
+        self.lb_nodes = n;
         self
     }
     /// Sets the `sluice-testsrv` path.
@@ -86,6 +119,8 @@ impl TopologyOpts {
 pub struct Topology {
     prefix: String,
     backends: usize,
+    lb_nodes: usize,
+    ipv6: bool,
     testsrv: PathBuf,
     /// Namespaces created so far, in creation order (deleted in reverse).
     created: Vec<String>,
@@ -137,9 +172,16 @@ impl Topology {
             "backends must be 1..=50, got {}",
             opts.backends
         );
+        assert!(
+            (1..=2).contains(&opts.lb_nodes),
+            "lb_nodes must be 1 or 2, got {}",
+            opts.lb_nodes
+        );
         let mut topo = Topology {
             prefix: format!("sl{}", random_hex()),
             backends: opts.backends,
+            lb_nodes: opts.lb_nodes,
+            ipv6: opts.ipv6,
             testsrv: find_testsrv(opts.testsrv.clone()),
             created: Vec::new(),
             servers: Vec::new(),
@@ -156,14 +198,29 @@ impl Topology {
     }
 
     fn build(&mut self, opts: &TopologyOpts) -> Result<(), String> {
-        let mut roles = vec![Role::Client, Role::Lb, Role::Sw];
+        let two = self.lb_nodes == 2;
+        let mut roles = vec![Role::Client, Role::Lb];
+        if two {
+            roles.push(Role::Lb2);
+        }
+        roles.push(Role::Sw);
         roles.extend((1..=self.backends).map(Role::Backend));
         for &r in &roles {
             let ns = self.ns(r);
             ip(&["netns", "add", &ns])?;
             self.created.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            if !opts.ipv6 {
+            if opts.ipv6 {
+                // Before any link exists, so that every link inherits it:
+                // addresses are usable at once, no test waits for DAD.
+                self.sysctl(
+                    r,
+                    &[
+                        "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0",
+                    ],
+                )?;
+            } else {
                 self.sysctl(
                     r,
                     &[
@@ -173,35 +230,71 @@ impl Topology {
                 )?;
             }
         }
-        // Sluice forwards, not the kernel: keep it off explicitly.
-        self.sysctl(Role::Lb, &["net.ipv4.ip_forward=0"])?;
+        let lbs: &[Role] = if two {
+            &[Role::Lb, Role::Lb2]
+        } else {
+            &[Role::Lb]
+        };
+        for &lb in lbs {
+            // Sluice forwards, not the kernel: keep it off explicitly.
+            self.sysctl(lb, &["net.ipv4.ip_forward=0"])?;
+            if opts.ipv6 {
+                self.sysctl(lb, &["net.ipv6.conf.all.forwarding=0"])?;
+            }
+        }
 
         let (client, lb, sw) = (self.ns(Role::Client), self.ns(Role::Lb), self.ns(Role::Sw));
-        veth(&client, "eth0", &lb, "front", 2)?;
-        veth(&lb, "back", &sw, "p0", 2)?;
+        // (role, link, two queues): every veth end, for the offload settings.
+        let mut ends: Vec<(Role, String, bool)> = Vec::new();
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        veth(&lb, "back", &sw, "p0", 2)?;
         ip(&["-n", &sw, "link", "set", "p0", "master", "br0"])?;
+        ends.extend([
+            (Role::Lb, "back".into(), true),
+            (Role::Sw, "p0".into(), true),
+        ]);
+        if two {
+            let lb2 = self.ns(Role::Lb2);
+            ip(&["-n", &sw, "link", "add", "brf", "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", "brf", "up"])?;
+            veth(&client, "eth0", &sw, "f0", 2)?;
+            veth(&lb, "front", &sw, "f1", 2)?;
+            veth(&lb2, "front", &sw, "f2", 2)?;
+            veth(&lb2, "back", &sw, "q0", 2)?;
+            for port in ["f0", "f1", "f2"] {
+                ip(&["-n", &sw, "link", "set", port, "master", "brf"])?;
+            }
+            ip(&["-n", &sw, "link", "set", "q0", "master", "br0"])?;
+            ends.extend([
+                (Role::Client, "eth0".into(), true),
+                (Role::Lb, "front".into(), true),
+                (Role::Lb2, "front".into(), true),
+                (Role::Lb2, "back".into(), true),
+                (Role::Sw, "f0".into(), true),
+                (Role::Sw, "f1".into(), true),
+                (Role::Sw, "f2".into(), true),
+                (Role::Sw, "q0".into(), true),
+            ]);
+        } else {
+            veth(&client, "eth0", &lb, "front", 2)?;
+            ends.extend([
+                (Role::Client, "eth0".into(), true),
+                (Role::Lb, "front".into(), true),
+            ]);
+        }
         for i in 1..=self.backends {
             let b = self.ns(Role::Backend(i));
             let port = format!("p{i}");
             veth(&b, "eth0", &sw, &port, 1)?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+            ends.push((Role::Backend(i), "eth0".into(), false));
+            ends.push((Role::Sw, port, false));
         }
 
         // Offloads off on every veth end: veth TX checksum offload leaves
         // CHECKSUM_PARTIAL packets whose checksum is wrong once NAT rewrites
         // them outside the kernel (GUIDE "This machine").
-        let mut ends: Vec<(Role, String, bool)> = vec![
-            (Role::Client, "eth0".into(), true),
-            (Role::Lb, "front".into(), true),
-            (Role::Lb, "back".into(), true),
-            (Role::Sw, "p0".into(), true),
-        ];
-        for i in 1..=self.backends {
-            ends.push((Role::Backend(i), "eth0".into(), false));
-            ends.push((Role::Sw, format!("p{i}"), false));
-        }
         for (r, ifname, two_queues) in &ends {
             self.ns_ok(
                 *r,
@@ -216,18 +309,28 @@ impl Topology {
             ip(&["-n", &self.ns(*r), "link", "set", ifname, "up"])?;
         }
 
-        ip(&["-n", &client, "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
-        ip(&[
-            "-n",
-            &client,
-            "addr",
-            "add",
-            "198.18.0.130/24",
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &lb, "addr", "add", "198.18.0.1/24", "dev", "front"])?;
-        ip(&["-n", &lb, "addr", "add", "198.18.1.1/24", "dev", "back"])?;
+        let mut addrs: Vec<(Role, &str, &str)> = vec![
+            (Role::Client, "198.18.0.2/24", "eth0"),
+            (Role::Client, "198.18.0.130/24", "eth0"),
+            (Role::Lb, "198.18.0.1/24", "front"),
+            (Role::Lb, "198.18.1.1/24", "back"),
+        ];
+        if two {
+            addrs.push((Role::Lb2, "198.18.0.3/24", "front"));
+            addrs.push((Role::Lb2, "198.18.1.2/24", "back"));
+        }
+        if opts.ipv6 {
+            addrs.push((Role::Client, "2001:db8::2/64", "eth0"));
+            addrs.push((Role::Lb, "2001:db8::1/64", "front"));
+            addrs.push((Role::Lb, "2001:db8:1::1/64", "back"));
+            if two {
+                addrs.push((Role::Lb2, "2001:db8::3/64", "front"));
+                addrs.push((Role::Lb2, "2001:db8:1::2/64", "back"));
+            }
+        }
+        for (r, a, dev) in addrs {
+            self.add_addr(r, a, dev)?;
+        }
         ip(&[
             "-n",
             &client,
@@ -237,11 +340,37 @@ impl Topology {
             "via",
             "198.18.0.1",
         ])?;
+        if opts.ipv6 {
+            ip(&[
+                "-n",
+                &client,
+                "-6",
+                "route",
+                "add",
+                "2001:db8:100::/64",
+                "via",
+                "2001:db8::1",
+            ])?;
+        }
         for i in 1..=self.backends {
             let b = self.ns(Role::Backend(i));
             let addr = format!("{}/24", Self::backend_ip(i));
             ip(&["-n", &b, "addr", "add", &addr, "dev", "eth0"])?;
             ip(&["-n", &b, "route", "add", "default", "via", "198.18.1.1"])?;
+            if opts.ipv6 {
+                let addr6 = format!("{}/64", Self::backend_ip6(i));
+                self.add_addr(Role::Backend(i), &addr6, "eth0")?;
+                ip(&[
+                    "-n",
+                    &b,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "2001:db8:1::1",
+                ])?;
+            }
         }
 
         if opts.servers {
@@ -250,6 +379,16 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// `ip addr add` (with `nodad` for IPv6 addresses).
+    fn add_addr(&self, role: Role, cidr: &str, dev: &str) -> Result<(), String> {
+        let ns = self.ns(role);
+        let mut args = vec!["-n", &ns, "addr", "add", cidr, "dev", dev];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args)
     }
 
     fn start_server(&mut self, i: usize) -> Result<(), String> {
@@ -286,6 +425,16 @@ impl Topology {
         self.backends
     }
 
+    /// Number of LB nodes (1 or 2).
+    pub fn lb_nodes(&self) -> usize {
+        self.lb_nodes
+    }
+
+    /// Whether the links have IPv6 addresses.
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6
+    }
+
     /// Names of the namespaces created (all of them once `new` returned).
     pub fn namespaces(&self) -> &[String] {
         &self.created
@@ -301,12 +450,19 @@ impl Topology {
         format!("198.18.1.{}", 10 + i)
     }
 
+    /// The IPv6 address of backend `i` (1-based): 2001:db8:1::(10+i), the
+    /// number written in decimal digits (`2001:db8:1::11` for b1).
+    pub fn backend_ip6(i: usize) -> String {
+        format!("2001:db8:1::{}", 10 + i)
+    }
+
     /// The namespace name of `role`.
     pub fn ns(&self, role: Role) -> String {
         let p = &self.prefix;
         match role {
             Role::Client => format!("{p}-client"),
             Role::Lb => format!("{p}-lb"),
+            Role::Lb2 => format!("{p}-lb2"),
             Role::Sw => format!("{p}-sw"),
             Role::Backend(i) => format!("{p}-b{i}"),
         }
@@ -349,6 +505,48 @@ impl Topology {
         let mut argv = vec![srv.as_str()];
         argv.extend_from_slice(args);
         self.spawn(role, &argv)
+    }
+
+    /// Runs `ip ARGS` in `role`'s namespace (e.g. `["route", "replace",
+    /// "default", "via", "198.18.1.2"]`).
+    ///
+    /// # Panics
+    /// If the command fails, with its output.
+    pub fn ip(&self, role: Role, args: &[&str]) {
+        let mut argv = vec!["ip"];
+        argv.extend_from_slice(args);
+        let out = self.exec(role, &argv, SETUP_TIMEOUT);
+        assert!(out.success(), "{out}");
+    }
+
+    /// Adds an address to a link of `role` (`nodad` for IPv6), e.g. an
+    /// external IP the LB owns: `add_address(Role::Lb, "198.18.0.50/32", "front")`.
+    ///
+    /// # Panics
+    /// If `ip addr add` fails.
+    pub fn add_address(&self, role: Role, cidr: &str, dev: &str) {
+        if let Err(e) = self.add_addr(role, cidr, dev) {
+            panic!("add {cidr} to {dev}: {e}");
+        }
+    }
+
+    /// Replaces backend `i`'s IPv4 default route, e.g. via lb2's back
+    /// address 198.18.1.2 in a two-node topology, so that replies to a
+    /// client whose address was preserved return through the node that
+    /// forwarded the request.
+    pub fn set_backend_gateway(&self, i: usize, via: &str) {
+        self.ip(
+            Role::Backend(i),
+            &["route", "replace", "default", "via", via],
+        );
+    }
+
+    /// Runs `curl -sS ARGS` in `role`'s namespace, killed after 15 s (give
+    /// curl its own, shorter `--max-time`/`--connect-timeout`).
+    pub fn curl_in(&self, role: Role, args: &[&str]) -> CmdOutput {
+        let mut argv = vec!["curl", "-sS"];
+        argv.extend_from_slice(args);
+        self.exec(role, &argv, Duration::from_secs(15))
     }
 
     /// One HTTP GET with curl from the client namespace (a new connection,

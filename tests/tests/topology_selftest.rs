@@ -152,3 +152,98 @@ fn guard_cleans_up_when_the_test_panics() {
         );
     }
 }
+
+#[test]
+fn ipv6_links_forward_through_the_kernel() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(2).ipv6(true));
+    topo.exec(
+        Role::Lb,
+        &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"],
+        Duration::from_secs(5),
+    )
+    .expect_ok();
+    topo.ip(
+        Role::Client,
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:1::/64",
+            "via",
+            "2001:db8::1",
+        ],
+    );
+    // No DAD: the addresses are usable at once, no sleeping.
+    let out = topo.curl_in(
+        Role::Client,
+        &[
+            "-6",
+            "-g",
+            "--max-time",
+            "3",
+            "http://[2001:db8:1::12]:8080/",
+        ],
+    );
+    let (name, peer, _) = parse_backend_reply(out.expect_ok()).expect("backend reply");
+    assert_eq!((name.as_str(), peer.as_str()), ("b2", "2001:db8::2"));
+    // IPv4 still works alongside, and the dual-stack server prints IPv4
+    // peers plainly.
+    topo.set_lb_forwarding(true);
+    topo.ip(
+        Role::Client,
+        &["route", "add", "198.18.1.0/24", "via", "198.18.0.1"],
+    );
+    let out = topo.curl("http://198.18.1.11:8080/", None);
+    let (name, peer, _) = parse_backend_reply(out.expect_ok()).expect("backend reply");
+    assert_eq!((name.as_str(), peer.as_str()), ("b1", "198.18.0.2"));
+    let out = topo.testsrv(
+        Role::Client,
+        &["udp-query", "[2001:db8:1::11]:5353", "--timeout-ms", "2000"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        out.expect_ok()
+            .starts_with("backend=b1 peer=[2001:db8::2]:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn two_lb_nodes_share_the_front_and_back_bridges() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(2).lb_nodes(2));
+    assert_eq!(topo.namespaces().len(), 6, "{:?}", topo.namespaces());
+    for (lb, front) in [(Role::Lb, "198.18.0.1"), (Role::Lb2, "198.18.0.3")] {
+        topo.exec(
+            lb,
+            &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+            Duration::from_secs(5),
+        )
+        .expect_ok();
+        let out = topo.exec(
+            Role::Client,
+            &["ping", "-c", "1", "-W", "2", front],
+            Duration::from_secs(5),
+        );
+        assert!(out.success(), "{out}");
+    }
+    // Through lb2: the client routes the backends via 198.18.0.3 and b1
+    // answers via lb2 as well.
+    topo.ip(
+        Role::Client,
+        &["route", "add", "198.18.1.0/24", "via", "198.18.0.3"],
+    );
+    topo.set_backend_gateway(1, "198.18.1.2");
+    let out = topo.curl("http://198.18.1.11:8080/", None);
+    let (name, peer, _) = parse_backend_reply(out.expect_ok()).expect("backend reply");
+    assert_eq!((name.as_str(), peer.as_str()), ("b1", "198.18.0.2"));
+    // And through lb for b2, whose default route is still lb's.
+    topo.ip(
+        Role::Client,
+        &["route", "replace", "198.18.1.12/32", "via", "198.18.0.1"],
+    );
+    let out = topo.curl("http://198.18.1.12:8080/", None);
+    let (name, _, _) = parse_backend_reply(out.expect_ok()).expect("backend reply");
+    assert_eq!(name, "b2");
+}

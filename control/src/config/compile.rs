@@ -1,99 +1,191 @@
-//! Checking the typed objects and compiling them into [`ServiceSpec`]s.
+//! Checking the typed objects into the loader's own types.
 //!
 //! Values are checked as the API server's validation would (ranges,
-//! required fields, name syntax, duplicates), so a file that loads here
-//! would also be accepted by Kubernetes for the features in scope, and the
-//! errors read like its own: object, field path, cause.
+//! required fields, name syntax, duplicates, which fields a Service type
+//! allows), so a file that loads here would also be accepted by Kubernetes,
+//! and the errors read like its own: object, field path, cause. Turning the
+//! checked objects into services, DNS records and health checks is
+//! `emit.rs`'s job.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sluice_dataplane::service::{BackendSpec, SchedKind, ServiceSpec, ServiceTable, VipKey};
-use sluice_dataplane::types::{proto, Addr};
+use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::k8s::{self, IntOrString};
-use super::{Config, ConfigError, ObjectsSummary};
+use super::{CompileCtx, ConfigError, ObjectsSummary};
 
 /// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The annotation kube-proxy reads for source ranges when
+/// `spec.loadBalancerSourceRanges` is empty (comma-separated CIDRs).
+const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// Where an object came from, to build errors about it.
 #[derive(Clone, Debug)]
-struct Ctx {
-    line: usize,
-    kind: &'static str,
+pub(super) struct Ctx {
+    pub line: usize,
+    pub kind: &'static str,
     /// `namespace/name`.
-    object: String,
+    pub object: String,
     /// `items[N].` inside a List, else empty.
-    prefix: String,
+    pub prefix: String,
+}
+
+/// `spec.type`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum SvcType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+/// `externalTrafficPolicy` / `internalTrafficPolicy`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Policy {
+    Cluster,
+    Local,
 }
 
 /// A checked Service.
-struct Svc {
-    ctx: Ctx,
-    ns: String,
-    name: String,
-    /// Empty when headless.
-    ips: Vec<Addr>,
-    ports: Vec<SvcPort>,
+pub(super) struct Svc {
+    pub ctx: Ctx,
+    pub ns: String,
+    pub name: String,
+    pub ty: SvcType,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    /// Cluster IPs, in `clusterIPs` order; empty when headless or
+    /// ExternalName.
+    pub ips: Vec<Addr>,
+    pub ports: Vec<SvcPort>,
+    /// ExternalName's target, without a trailing dot.
+    pub external_name: String,
+    /// Empty: no selector (endpoints are managed by someone else).
+    pub selector: BTreeMap<String, String>,
+    pub external_ips: Vec<Addr>,
+    /// `status.loadBalancer.ingress[].ip` then `spec.loadBalancerIP`
+    /// (LoadBalancer only), deduplicated.
+    pub lb_ips: Vec<Addr>,
+    /// Allowed client prefixes, each with its family (true: IPv4).
+    pub source_ranges: Vec<(bool, Cidr)>,
+    pub external_policy: Policy,
+    pub internal_policy: Policy,
+    pub affinity: Option<u32>,
+    /// Whether ports without a `nodePort` get one allocated.
+    pub allocate_node_ports: bool,
+    /// An explicit `healthCheckNodePort`.
+    pub health_check_node_port: Option<u16>,
+    /// LoadBalancer with `externalTrafficPolicy: Local`.
+    pub needs_health_check: bool,
+    pub publish_not_ready: bool,
 }
 
 /// A checked Service port.
-struct SvcPort {
-    name: String,
-    proto: u8,
-    port: u16,
+pub(super) struct SvcPort {
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
+    pub target: Target,
+    /// An explicit `nodePort`.
+    pub node_port: Option<u16>,
 }
 
-/// A set of endpoints sharing the same ports: an Endpoints subset or an
-/// EndpointSlice.
-struct EpGroup {
-    /// Ready addresses.
-    ready: Vec<Addr>,
-    ports: Vec<EpPort>,
+/// A resolved-or-named `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    Port(u16),
+    Name(String),
+}
+
+/// One endpoint address with its conditions (EndpointSlice semantics).
+#[derive(Clone, Debug)]
+pub(super) struct Ep {
+    pub addr: Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: Option<String>,
+}
+
+/// A set of endpoints sharing the same ports: an Endpoints subset, an
+/// EndpointSlice, or one Pod.
+pub(super) struct EpGroup {
+    pub eps: Vec<Ep>,
+    pub ports: Vec<EpPort>,
 }
 
 /// A named endpoint port (the resolved `targetPort` of the Service port
-/// with the same name and protocol).
-struct EpPort {
-    name: String,
-    proto: u8,
-    port: u16,
+/// with the same name and protocol), or a named container port.
+#[derive(Clone, Debug)]
+pub(super) struct EpPort {
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
 }
 
 /// A checked Endpoints or EndpointSlice object.
-struct EpSource {
-    ctx: Ctx,
+pub(super) struct EpSource {
+    pub ctx: Ctx,
     /// `namespace/name` of the object itself.
-    key: (String, String),
+    pub key: (String, String),
     /// `namespace/name` of the Service it belongs to.
-    service: (String, String),
-    groups: Vec<EpGroup>,
+    pub service: (String, String),
+    pub groups: Vec<EpGroup>,
 }
 
-/// Accumulates the objects of a config, then compiles them.
-pub(super) struct Loader {
-    origin: Arc<str>,
-    services: Vec<Svc>,
-    endpoints: Vec<EpSource>,
-    slices: Vec<EpSource>,
-    summary: ObjectsSummary,
+/// A checked Pod.
+pub(super) struct PodObj {
+    pub ctx: Ctx,
+    pub ns: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub node: Option<String>,
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<Addr>,
+    /// The `Ready` condition is `"True"`.
+    pub ready: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub terminating: bool,
+    /// Phase `Succeeded` or `Failed`: never an endpoint.
+    pub terminal: bool,
+    /// Container ports (named or not).
+    pub ports: Vec<EpPort>,
 }
 
-impl Loader {
-    pub(super) fn new(origin: Arc<str>) -> Loader {
+/// Accumulates the objects of a config, then compiles them (`emit.rs`).
+pub(super) struct Loader<'c> {
+    pub origin: Arc<str>,
+    pub cc: &'c CompileCtx,
+    pub services: Vec<Svc>,
+    pub endpoints: Vec<EpSource>,
+    pub slices: Vec<EpSource>,
+    pub pods: Vec<PodObj>,
+    pub summary: ObjectsSummary,
+}
+
+impl<'c> Loader<'c> {
+    pub(super) fn new(origin: Arc<str>, cc: &'c CompileCtx) -> Loader<'c> {
         Loader {
             origin,
+            cc,
             services: Vec::new(),
             endpoints: Vec::new(),
             slices: Vec::new(),
+            pods: Vec::new(),
             summary: ObjectsSummary::default(),
         }
     }
 
-    fn err(&self, ctx: &Ctx, field: impl AsRef<str>, reason: impl Into<String>) -> ConfigError {
+    pub(super) fn err(
+        &self,
+        ctx: &Ctx,
+        field: impl AsRef<str>,
+        reason: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             origin: self.origin.clone(),
             line: ctx.line,
@@ -115,6 +207,7 @@ impl Loader {
             Some("Service") => ("Service", "v1"),
             Some("Endpoints") => ("Endpoints", "v1"),
             Some("EndpointSlice") => ("EndpointSlice", "discovery.k8s.io/v1"),
+            Some("Pod") => ("Pod", "v1"),
             // The caller checked the kind on the untyped document already.
             other => {
                 return Err(ConfigError::Invalid {
@@ -178,7 +271,7 @@ impl Loader {
                 }
                 let svc = self.service(obj, ctx, ns, name)?;
                 self.summary.services += 1;
-                if svc.ips.is_empty() {
+                if svc.headless {
                     self.summary.headless += 1;
                 }
                 self.services.push(svc);
@@ -192,14 +285,22 @@ impl Loader {
                 if !is_dns_subdomain(&name) {
                     return Err(self.err(&ctx, "metadata.name", format!("must be a DNS subdomain (lowercase letters, digits, '-' and '.'), got {name:?}")));
                 }
-                let slice = self.slice(obj, ctx, ns, name)?;
-                self.summary.endpoint_slices += 1;
-                self.slices.push(slice);
+                if kind == "Pod" {
+                    let pod = self.pod(obj, ctx, ns, name)?;
+                    self.summary.pods += 1;
+                    self.pods.push(pod);
+                } else {
+                    let slice = self.slice(obj, ctx, ns, name)?;
+                    self.summary.endpoint_slices += 1;
+                    self.slices.push(slice);
+                }
             }
         }
         Ok(())
     }
 
+    /// Checks a Service as the API server's `ValidateService` would, for the
+    /// fields Sluice reads.
     fn service(
         &self,
         obj: k8s::Object,
@@ -207,12 +308,14 @@ impl Loader {
         ns: String,
         name: String,
     ) -> Result<Svc, ConfigError> {
+        let annotations = obj.metadata.and_then(|m| m.annotations).unwrap_or_default();
         let spec = obj.spec.unwrap_or_default();
-        match spec.type_.as_deref() {
-            None | Some("ClusterIP") => {}
-            Some(t @ ("NodePort" | "LoadBalancer" | "ExternalName")) => {
-                return Err(self.err(&ctx, "spec.type", format!("{t} is not supported yet")));
-            }
+        let status = obj.status.unwrap_or_default();
+        let ty = match spec.type_.as_deref() {
+            None | Some("ClusterIP") => SvcType::ClusterIp,
+            Some("NodePort") => SvcType::NodePort,
+            Some("LoadBalancer") => SvcType::LoadBalancer,
+            Some("ExternalName") => SvcType::ExternalName,
             Some(t) => {
                 return Err(self.err(
                     &ctx,
@@ -220,7 +323,13 @@ impl Loader {
                     format!("must be ClusterIP, NodePort, LoadBalancer or ExternalName, got {t:?}"),
                 ));
             }
-        }
+        };
+        let type_name = match ty {
+            SvcType::ClusterIp => "ClusterIP",
+            SvcType::NodePort => "NodePort",
+            SvcType::LoadBalancer => "LoadBalancer",
+            SvcType::ExternalName => "ExternalName",
+        };
 
         // Cluster IPs: `clusterIPs` is authoritative, `clusterIP` must be its
         // first entry when both are given (API validation does the same).
@@ -247,14 +356,54 @@ impl Loader {
                 format!("{field}[{i}]")
             }
         };
+        let mut external_name = String::new();
         let headless = raw_ips.first().is_some_and(|ip| ip == "None");
         let mut ips = Vec::new();
-        if headless {
+        if ty == SvcType::ExternalName {
+            if !raw_ips.is_empty() {
+                return Err(self.err(&ctx, field, "may not be set for ExternalName services"));
+            }
+            let raw = spec.external_name.unwrap_or_default();
+            if raw.is_empty() {
+                return Err(self.err(
+                    &ctx,
+                    "spec.externalName",
+                    "required for ExternalName services",
+                ));
+            }
+            // As the API server: a trailing dot (an absolute name) is allowed.
+            let clean = raw.strip_suffix('.').unwrap_or(&raw);
+            if !is_dns_subdomain(clean) {
+                return Err(self.err(
+                    &ctx,
+                    "spec.externalName",
+                    format!(
+                        "must be a DNS name (lowercase letters, digits, '-' and '.'), got {raw:?}"
+                    ),
+                ));
+            }
+            external_name = clean.to_owned();
+            for (f, set) in [
+                ("spec.ipFamilies", spec.ip_families.is_some()),
+                ("spec.ipFamilyPolicy", spec.ip_family_policy.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(&ctx, f, "may not be set for ExternalName services"));
+                }
+            }
+        } else if headless {
             if raw_ips.len() > 1 {
                 return Err(self.err(
                     &ctx,
                     at(1),
                     "a headless service (None) has no other cluster IP",
+                ));
+            }
+            if matches!(ty, SvcType::NodePort | SvcType::LoadBalancer) {
+                return Err(self.err(
+                    &ctx,
+                    at(0),
+                    format!("may not be None for {type_name} services"),
                 ));
             }
         } else {
@@ -283,15 +432,28 @@ impl Loader {
                 ips.push(ip);
             }
         }
+        if ty != SvcType::ExternalName {
+            self.ip_families(
+                &ctx,
+                spec.ip_families.as_deref(),
+                spec.ip_family_policy.as_deref(),
+                &ips,
+                headless,
+                field,
+            )?;
+        }
 
+        // Ports.
         let raw_ports = spec.ports.unwrap_or_default();
-        if raw_ports.is_empty() && !headless {
+        if raw_ports.is_empty() && !headless && ty != SvcType::ExternalName {
             return Err(self.err(
                 &ctx,
                 "spec.ports",
-                "required: a ClusterIP service needs at least one port",
+                format!("required: a {type_name} service needs at least one port"),
             ));
         }
+        let node_ports_allowed = matches!(ty, SvcType::NodePort | SvcType::LoadBalancer);
+        let (lo, hi) = self.cc.nodeport_range;
         let mut ports: Vec<SvcPort> = Vec::with_capacity(raw_ports.len());
         let multi = raw_ports.len() > 1;
         for (i, p) in raw_ports.into_iter().enumerate() {
@@ -320,17 +482,37 @@ impl Loader {
                 None => return Err(self.err(&ctx, f("port"), "required")),
                 Some(n) => port_number(n).map_err(|r| self.err(&ctx, f("port"), r))?,
             };
-            match p.target_port {
-                None => {}
-                Some(IntOrString::Int(0)) => {}
+            let target = match p.target_port {
+                None | Some(IntOrString::Int(0)) => Target::Port(port),
                 Some(IntOrString::Int(n)) => {
-                    port_number(n).map_err(|r| self.err(&ctx, f("targetPort"), r))?;
+                    Target::Port(port_number(n).map_err(|r| self.err(&ctx, f("targetPort"), r))?)
                 }
-                Some(IntOrString::Str(s)) if !s.is_empty() && !is_iana_svc_name(&s) => {
+                Some(IntOrString::Str(s)) if s.is_empty() => Target::Port(port),
+                Some(IntOrString::Str(s)) if !is_iana_svc_name(&s) => {
                     return Err(self.err(&ctx, f("targetPort"), format!("must be a port number or a port name (at most 15 lowercase letters, digits and '-', with a letter), got {s:?}")));
                 }
-                Some(IntOrString::Str(_)) => {}
-            }
+                Some(IntOrString::Str(s)) => Target::Name(s),
+            };
+            let node_port = match p.node_port {
+                None | Some(0) => None,
+                Some(_) if !node_ports_allowed => {
+                    return Err(self.err(
+                        &ctx,
+                        f("nodePort"),
+                        format!("may not be used when type is {type_name}"),
+                    ))
+                }
+                Some(n) => match u16::try_from(n) {
+                    Ok(np) if (lo..=hi).contains(&np) => Some(np),
+                    _ => {
+                        return Err(self.err(
+                            &ctx,
+                            f("nodePort"),
+                            format!("must be in the node-port range {lo}-{hi}, got {n}"),
+                        ))
+                    }
+                },
+            };
             if let Some(j) = ports
                 .iter()
                 .position(|q| !pname.is_empty() && q.name == pname)
@@ -354,19 +536,290 @@ impl Loader {
                     ),
                 ));
             }
+            if let Some(np) = node_port {
+                if let Some(j) = ports
+                    .iter()
+                    .position(|q| q.node_port == Some(np) && q.proto == proto)
+                {
+                    return Err(self.err(
+                        &ctx,
+                        f("nodePort"),
+                        format!(
+                            "duplicate nodePort {np}/{} (also spec.ports[{j}])",
+                            proto_name(proto)
+                        ),
+                    ));
+                }
+            }
             ports.push(SvcPort {
                 name: pname,
                 proto,
                 port,
+                target,
+                node_port,
             });
         }
+
+        // externalIPs.
+        let mut external_ips = Vec::new();
+        for (i, raw) in spec.external_ips.unwrap_or_default().iter().enumerate() {
+            let ip =
+                parse_ip(raw).map_err(|r| self.err(&ctx, format!("spec.externalIPs[{i}]"), r))?;
+            if !external_ips.contains(&ip) {
+                external_ips.push(ip);
+            }
+        }
+
+        // Load balancer addresses and source ranges.
+        let is_lb = ty == SvcType::LoadBalancer;
+        let mut lb_ips = Vec::new();
+        if is_lb {
+            let ingress = status
+                .load_balancer
+                .and_then(|l| l.ingress)
+                .unwrap_or_default();
+            for (i, ing) in ingress.into_iter().enumerate() {
+                let f = |leaf: &str| format!("status.loadBalancer.ingress[{i}].{leaf}");
+                match ing.ip_mode.as_deref() {
+                    None | Some("VIP") => {}
+                    // KEP-1860: the load balancer proxies to the nodes
+                    // itself; kube-proxy does not capture this address.
+                    Some("Proxy") => continue,
+                    Some(m) => {
+                        return Err(self.err(
+                            &ctx,
+                            f("ipMode"),
+                            format!("must be VIP or Proxy, got {m:?}"),
+                        ))
+                    }
+                }
+                let Some(raw) = ing.ip.filter(|s| !s.is_empty()) else {
+                    continue; // hostname only
+                };
+                let ip = parse_ip(&raw).map_err(|r| self.err(&ctx, f("ip"), r))?;
+                if !lb_ips.contains(&ip) {
+                    lb_ips.push(ip);
+                }
+            }
+        }
+        if let Some(raw) = spec.load_balancer_ip.filter(|s| !s.is_empty()) {
+            let ip = parse_ip(&raw).map_err(|r| self.err(&ctx, "spec.loadBalancerIP", r))?;
+            if is_lb && !lb_ips.contains(&ip) {
+                lb_ips.push(ip);
+            }
+        }
+        let mut source_ranges = Vec::new();
+        let spec_ranges = spec.load_balancer_source_ranges.unwrap_or_default();
+        if !spec_ranges.is_empty() {
+            if !is_lb {
+                return Err(self.err(
+                    &ctx,
+                    "spec.loadBalancerSourceRanges",
+                    "may only be used when type is LoadBalancer",
+                ));
+            }
+            for (i, raw) in spec_ranges.iter().enumerate() {
+                let c = parse_cidr(raw).map_err(|r| {
+                    self.err(&ctx, format!("spec.loadBalancerSourceRanges[{i}]"), r)
+                })?;
+                source_ranges.push(c);
+            }
+        } else if let Some(v) = annotations.get(SOURCE_RANGES_ANNOTATION) {
+            let f = format!("metadata.annotations[\"{SOURCE_RANGES_ANNOTATION}\"]");
+            let serde_yaml::Value::String(list) = v else {
+                return Err(self.err(&ctx, &f, "must be a string of comma-separated CIDRs"));
+            };
+            if is_lb {
+                for raw in list.split(',').filter(|s| !s.trim().is_empty()) {
+                    source_ranges.push(parse_cidr(raw).map_err(|r| self.err(&ctx, &f, r))?);
+                }
+            }
+        }
+
+        // Traffic policies.
+        let policy = |raw: Option<String>, f: &str| match raw.as_deref() {
+            None | Some("") | Some("Cluster") => Ok(Policy::Cluster),
+            Some("Local") => Ok(Policy::Local),
+            Some(p) => Err(self.err(&ctx, f, format!("must be Cluster or Local, got {p:?}"))),
+        };
+        let external_policy = policy(spec.external_traffic_policy, "spec.externalTrafficPolicy")?;
+        let internal_policy = policy(spec.internal_traffic_policy, "spec.internalTrafficPolicy")?;
+
+        // healthCheckNodePort: only `type: LoadBalancer` with
+        // `externalTrafficPolicy: Local` has one (apiservice.NeedsHealthCheck).
+        let needs_health_check = is_lb && external_policy == Policy::Local;
+        let health_check_node_port =
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(_) if !needs_health_check => return Err(self.err(
+                    &ctx,
+                    "spec.healthCheckNodePort",
+                    "may only be set when type is LoadBalancer and externalTrafficPolicy is Local",
+                )),
+                Some(n) => match u16::try_from(n) {
+                    Ok(p) if (lo..=hi).contains(&p) => Some(p),
+                    _ => {
+                        return Err(self.err(
+                            &ctx,
+                            "spec.healthCheckNodePort",
+                            format!("must be in the node-port range {lo}-{hi}, got {n}"),
+                        ))
+                    }
+                },
+            };
+
+        // Session affinity.
+        let timeout = spec
+            .session_affinity_config
+            .and_then(|c| c.client_ip)
+            .map(|c| c.timeout_seconds);
+        let affinity = match spec.session_affinity.as_deref() {
+            None | Some("") | Some("None") => {
+                if timeout.is_some() {
+                    return Err(self.err(
+                        &ctx,
+                        "spec.sessionAffinityConfig",
+                        "must not be set when sessionAffinity is None",
+                    ));
+                }
+                None
+            }
+            Some("ClientIP") => match timeout.flatten() {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t) => match u32::try_from(t) {
+                    Ok(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => Some(t),
+                    _ => {
+                        return Err(self.err(
+                            &ctx,
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            format!("must be between 1 and {MAX_AFFINITY_TIMEOUT}, got {t}"),
+                        ))
+                    }
+                },
+            },
+            Some(a) => {
+                return Err(self.err(
+                    &ctx,
+                    "spec.sessionAffinity",
+                    format!("must be None or ClientIP, got {a:?}"),
+                ))
+            }
+        };
+
+        let selector = if ty == SvcType::ExternalName {
+            BTreeMap::new()
+        } else {
+            spec.selector.unwrap_or_default()
+        };
         Ok(Svc {
             ctx,
             ns,
             name,
+            ty,
+            headless,
             ips,
             ports,
+            external_name,
+            selector,
+            external_ips,
+            lb_ips,
+            source_ranges,
+            external_policy,
+            internal_policy,
+            affinity,
+            allocate_node_ports: match ty {
+                SvcType::NodePort => true,
+                SvcType::LoadBalancer => spec.allocate_load_balancer_node_ports.unwrap_or(true),
+                _ => false,
+            },
+            health_check_node_port,
+            needs_health_check,
+            publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         })
+    }
+
+    /// `spec.ipFamilies` and `spec.ipFamilyPolicy` against the cluster IPs
+    /// (the API server's dual-stack validation, minus allocation: Sluice
+    /// never adds a cluster IP, so `RequireDualStack` needs both given).
+    fn ip_families(
+        &self,
+        ctx: &Ctx,
+        families: Option<&[String]>,
+        policy: Option<&str>,
+        ips: &[Addr],
+        headless: bool,
+        ips_field: &str,
+    ) -> Result<(), ConfigError> {
+        let families = families.unwrap_or_default();
+        let mut fams: Vec<bool> = Vec::with_capacity(families.len());
+        for (i, f) in families.iter().enumerate() {
+            let field = format!("spec.ipFamilies[{i}]");
+            let v4 = match f.as_str() {
+                "IPv4" => true,
+                "IPv6" => false,
+                other => {
+                    return Err(self.err(
+                        ctx,
+                        field,
+                        format!("must be IPv4 or IPv6, got {other:?}"),
+                    ))
+                }
+            };
+            if fams.contains(&v4) {
+                return Err(self.err(ctx, field, format!("duplicate family {f}")));
+            }
+            fams.push(v4);
+        }
+        // Absent policy: what the API server defaults it to.
+        let dual_given = ips.len() == 2 || fams.len() == 2;
+        let policy = match policy {
+            None | Some("") if dual_given => "RequireDualStack",
+            None | Some("") => "SingleStack",
+            Some(p @ ("SingleStack" | "PreferDualStack" | "RequireDualStack")) => p,
+            Some(p) => {
+                return Err(self.err(
+                    ctx,
+                    "spec.ipFamilyPolicy",
+                    format!("must be SingleStack, PreferDualStack or RequireDualStack, got {p:?}"),
+                ))
+            }
+        };
+        if policy == "SingleStack" {
+            if fams.len() > 1 {
+                return Err(self.err(
+                    ctx,
+                    "spec.ipFamilies",
+                    "may hold one family when ipFamilyPolicy is SingleStack",
+                ));
+            }
+            if ips.len() > 1 {
+                return Err(self.err(
+                    ctx,
+                    "spec.clusterIPs",
+                    "may hold one address when ipFamilyPolicy is SingleStack",
+                ));
+            }
+        }
+        if policy == "RequireDualStack" && !headless && ips.len() < 2 {
+            return Err(self.err(
+                ctx,
+                ips_field,
+                "RequireDualStack needs an IPv4 and an IPv6 cluster IP (Sluice does not allocate cluster IPs)",
+            ));
+        }
+        for (i, (&v4, ip)) in fams.iter().zip(ips).enumerate() {
+            if v4 != ip.is_v4() {
+                return Err(self.err(
+                    ctx,
+                    format!("spec.ipFamilies[{i}]"),
+                    format!(
+                        "must be {} to match cluster IP {ip} (families are in clusterIPs order)",
+                        if ip.is_v4() { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn endpoints_object(
@@ -378,11 +831,17 @@ impl Loader {
     ) -> Result<EpSource, ConfigError> {
         let mut groups = Vec::new();
         for (i, subset) in obj.subsets.unwrap_or_default().into_iter().enumerate() {
-            let mut ready = Vec::new();
+            let mut eps = Vec::new();
             for (j, a) in subset.addresses.unwrap_or_default().into_iter().enumerate() {
                 let f = format!("subsets[{i}].addresses[{j}].ip");
                 let ip = a.ip.ok_or_else(|| self.err(&ctx, &f, "required"))?;
-                ready.push(parse_ip(&ip).map_err(|r| self.err(&ctx, &f, r))?);
+                eps.push(Ep {
+                    addr: parse_ip(&ip).map_err(|r| self.err(&ctx, &f, r))?,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: a.node_name.filter(|n| !n.is_empty()),
+                });
             }
             for (j, a) in subset
                 .not_ready_addresses
@@ -390,7 +849,8 @@ impl Loader {
                 .into_iter()
                 .enumerate()
             {
-                // Not used for new flows, but a typo here is still a typo.
+                // Never used (Endpoints has no serving/terminating), but a
+                // typo here is still a typo.
                 let f = format!("subsets[{i}].notReadyAddresses[{j}].ip");
                 let ip = a.ip.ok_or_else(|| self.err(&ctx, &f, "required"))?;
                 parse_ip(&ip).map_err(|r| self.err(&ctx, &f, r))?;
@@ -401,7 +861,7 @@ impl Loader {
                 &format!("subsets[{i}].ports"),
                 true,
             )?;
-            groups.push(EpGroup { ready, ports });
+            groups.push(EpGroup { eps, ports });
         }
         Ok(EpSource {
             ctx,
@@ -450,7 +910,7 @@ impl Loader {
             }
             None => return Err(self.err(&ctx, "addressType", "required (IPv4 or IPv6)")),
         };
-        let mut ready = Vec::new();
+        let mut eps = Vec::new();
         for (i, ep) in obj.endpoints.unwrap_or_default().into_iter().enumerate() {
             let addrs = ep.addresses.unwrap_or_default();
             if addrs.is_empty() {
@@ -476,11 +936,18 @@ impl Loader {
                 }
                 first.get_or_insert(ip);
             }
-            // `ready` absent means ready (its API doc: "nil should be
-            // interpreted as true").
-            let is_ready = ep.conditions.and_then(|c| c.ready).unwrap_or(true);
-            if let (true, Some(ip)) = (is_ready, first) {
-                ready.push(ip);
+            // The API's defaults: `ready` nil means ready; `serving` nil
+            // defers to `ready`; `terminating` nil means not terminating.
+            let c = ep.conditions.unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            if let Some(addr) = first {
+                eps.push(Ep {
+                    addr,
+                    ready,
+                    serving: c.serving.unwrap_or(ready),
+                    terminating: c.terminating.unwrap_or(false),
+                    node: ep.node_name.filter(|n| !n.is_empty()),
+                });
             }
         }
         let ports = self.endpoint_ports(&ctx, obj.ports.unwrap_or_default(), "ports", false)?;
@@ -488,7 +955,7 @@ impl Loader {
             ctx,
             key: (ns.clone(), name),
             service: (ns, service),
-            groups: vec![EpGroup { ready, ports }],
+            groups: vec![EpGroup { eps, ports }],
         })
     }
 
@@ -531,118 +998,96 @@ impl Loader {
         Ok(ports)
     }
 
-    /// Cross-checks the objects and compiles the services.
-    pub(super) fn finish(self) -> Result<Config, ConfigError> {
-        let mut by_name: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        for (i, s) in self.services.iter().enumerate() {
-            match by_name.entry((&s.ns, &s.name)) {
-                Entry::Vacant(v) => {
-                    v.insert(i);
+    /// Checks a Pod: what the endpoints controller reads of it.
+    fn pod(
+        &self,
+        obj: k8s::Object,
+        ctx: Ctx,
+        ns: String,
+        name: String,
+    ) -> Result<PodObj, ConfigError> {
+        let meta = obj.metadata.unwrap_or_default();
+        let spec = obj.spec.unwrap_or_default();
+        let status = obj.status.unwrap_or_default();
+        let mut ports = Vec::new();
+        for (i, c) in spec.containers.unwrap_or_default().into_iter().enumerate() {
+            for (j, p) in c.ports.unwrap_or_default().into_iter().enumerate() {
+                let f = |leaf: &str| format!("spec.containers[{i}].ports[{j}].{leaf}");
+                let proto = parse_proto(p.protocol.as_deref())
+                    .map_err(|r| self.err(&ctx, f("protocol"), r))?;
+                let port = match p.container_port {
+                    None => return Err(self.err(&ctx, f("containerPort"), "required")),
+                    Some(n) => port_number(n).map_err(|r| self.err(&ctx, f("containerPort"), r))?,
+                };
+                let pname = p.name.unwrap_or_default();
+                if !pname.is_empty() && !is_iana_svc_name(&pname) {
+                    return Err(self.err(&ctx, f("name"), format!("must be at most 15 lowercase letters, digits and '-', with a letter, got {pname:?}")));
                 }
-                Entry::Occupied(o) => {
-                    let first = &self.services[*o.get()];
-                    return Err(self.err(
-                        &s.ctx,
-                        "metadata.name",
-                        format!("duplicate Service (first at line {})", first.ctx.line),
-                    ));
-                }
+                ports.push(EpPort {
+                    name: pname,
+                    proto,
+                    port,
+                });
             }
         }
-        // Which endpoint source feeds which service.
-        let mut from_endpoints: Vec<Option<&EpSource>> = vec![None; self.services.len()];
-        let mut from_slices: Vec<Vec<&EpSource>> = vec![Vec::new(); self.services.len()];
-        let mut seen: BTreeMap<(&str, &str), &Ctx> = BTreeMap::new();
-        for ep in &self.endpoints {
-            if let Some(first) = seen.insert((&ep.key.0, &ep.key.1), &ep.ctx) {
+        // `podIPs[0]` is `podIP`; the list holds at most one per family.
+        let pod_ip = status.pod_ip.filter(|s| !s.is_empty());
+        let list: Vec<String> = status
+            .pod_ips
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.ip)
+            .collect();
+        if let (Some(single), Some(first)) = (&pod_ip, list.first()) {
+            if single != first {
                 return Err(self.err(
-                    &ep.ctx,
-                    "metadata.name",
-                    format!("duplicate Endpoints (first at line {})", first.line),
+                    &ctx,
+                    "status.podIPs[0].ip",
+                    format!("must equal status.podIP {single:?}, got {first:?}"),
                 ));
             }
-            let Some(&i) = by_name.get(&(ep.service.0.as_str(), ep.service.1.as_str())) else {
-                return Err(self.err(&ep.ctx, "metadata.name", format!("no Service {}/{} in this config (Endpoints take the name and namespace of their Service)", ep.service.0, ep.service.1)));
-            };
-            from_endpoints[i] = Some(ep);
         }
-        seen.clear();
-        for sl in &self.slices {
-            if let Some(first) = seen.insert((&sl.key.0, &sl.key.1), &sl.ctx) {
-                return Err(self.err(
-                    &sl.ctx,
-                    "metadata.name",
-                    format!("duplicate EndpointSlice (first at line {})", first.line),
-                ));
-            }
-            let Some(&i) = by_name.get(&(sl.service.0.as_str(), sl.service.1.as_str())) else {
-                return Err(self.err(
-                    &sl.ctx,
-                    format!("metadata.labels[\"{SERVICE_NAME_LABEL}\"]"),
-                    format!(
-                        "no Service {}/{} in this config",
-                        sl.service.0, sl.service.1
-                    ),
-                ));
-            };
-            from_slices[i].push(sl);
-        }
-
-        let mut specs = Vec::new();
-        for (i, svc) in self.services.iter().enumerate() {
-            // As kube-proxy: slices, when there are any, win over Endpoints.
-            let sources: Vec<&EpSource> = if from_slices[i].is_empty() {
-                from_endpoints[i].into_iter().collect()
+        let (raw_ips, field) = if list.is_empty() {
+            (pod_ip.into_iter().collect(), "status.podIP")
+        } else {
+            (list, "status.podIPs")
+        };
+        let mut ips: Vec<Addr> = Vec::new();
+        for (i, raw) in raw_ips.iter().enumerate() {
+            let f = if field == "status.podIP" {
+                field.to_owned()
             } else {
-                std::mem::take(&mut from_slices[i])
+                format!("{field}[{i}].ip")
             };
-            for sp in &svc.ports {
-                for &vip in &svc.ips {
-                    let mut backends = Vec::new();
-                    for g in sources.iter().flat_map(|s| &s.groups) {
-                        let Some(p) = g
-                            .ports
-                            .iter()
-                            .find(|p| p.name == sp.name && p.proto == sp.proto)
-                        else {
-                            continue;
-                        };
-                        backends.extend(g.ready.iter().filter(|a| a.is_v4() == vip.is_v4()).map(
-                            |&addr| BackendSpec {
-                                addr,
-                                port: p.port,
-                                weight: 1,
-                                ..Default::default()
-                            },
-                        ));
-                    }
-                    backends.sort_by_key(|b| (b.addr, b.port));
-                    backends.dedup();
-                    specs.push(ServiceSpec {
-                        name: if sp.name.is_empty() {
-                            format!("{}/{}:{}", svc.ns, svc.name, sp.port)
-                        } else {
-                            format!("{}/{}:{}", svc.ns, svc.name, sp.name)
-                        },
-                        vip: VipKey {
-                            addr: vip,
-                            port: sp.port,
-                            proto: sp.proto,
-                        },
-                        backends,
-                        sched: SchedKind::RoundRobin,
-                        ..Default::default()
-                    });
-                }
+            let ip = parse_ip(raw).map_err(|r| self.err(&ctx, &f, r))?;
+            if ips.iter().any(|a| a.is_v4() == ip.is_v4()) {
+                return Err(self.err(&ctx, f, "at most one address per family"));
             }
+            ips.push(ip);
         }
-        ServiceTable::build(0, specs.clone())?;
-        Ok(Config {
-            services: specs,
-            objects: self.summary,
+        let ready =
+            status.conditions.unwrap_or_default().iter().any(|c| {
+                c.type_.as_deref() == Some("Ready") && c.status.as_deref() == Some("True")
+            });
+        Ok(PodObj {
+            ctx,
+            ns,
+            name,
+            labels: meta.labels.unwrap_or_default(),
+            node: spec.node_name.filter(|n| !n.is_empty()),
+            ips,
+            ready,
+            terminating: meta.deletion_timestamp.is_some(),
+            terminal: matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
+            ports,
         })
     }
 }
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` default (3 hours).
+pub(super) const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+/// Its maximum (one day), as the API server validates.
+const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 
 fn parse_ip(raw: &str) -> Result<Addr, String> {
     match raw.parse::<IpAddr>() {
@@ -654,6 +1099,21 @@ fn parse_ip(raw: &str) -> Result<Addr, String> {
     }
 }
 
+/// A CIDR as the API server accepts it (surrounding blanks trimmed), with
+/// its family (true: IPv4).
+fn parse_cidr(raw: &str) -> Result<(bool, Cidr), String> {
+    let raw = raw.trim();
+    let c = raw
+        .parse::<Cidr>()
+        .map_err(|e| format!("not a CIDR: {e}"))?;
+    let v4 = raw
+        .split('/')
+        .next()
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(|a| a.is_ipv4());
+    Ok((v4, c))
+}
+
 fn parse_proto(raw: Option<&str>) -> Result<u8, String> {
     match raw {
         None | Some("TCP") => Ok(proto::TCP),
@@ -663,7 +1123,7 @@ fn parse_proto(raw: Option<&str>) -> Result<u8, String> {
     }
 }
 
-fn proto_name(p: u8) -> &'static str {
+pub(super) fn proto_name(p: u8) -> &'static str {
     match p {
         proto::UDP => "UDP",
         proto::SCTP => "SCTP",

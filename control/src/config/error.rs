@@ -47,7 +47,8 @@ pub enum ConfigError {
 
     /// A well-formed object says something Sluice refuses: a value out of
     /// range, a missing required field, an unsupported kind or type, a
-    /// duplicate, an Endpoints object whose Service is not in the config.
+    /// duplicate, an Endpoints object whose Service is not in the config, a
+    /// node port claimed twice (the reason names the other claimant).
     #[error("{origin}:{line}: {kind} {object}: {field}: {reason}")]
     Invalid {
         /// Where the text came from.
@@ -64,6 +65,11 @@ pub enum ConfigError {
         /// What is wrong and, where useful, the value found.
         reason: String,
     },
+
+    /// The [`super::CompileCtx`] the config was compiled for is unusable (an
+    /// empty node-port range). A caller's mistake, not the file's.
+    #[error("compile context: {0}")]
+    Context(String),
 
     /// The compiled services conflict with each other (two services claim
     /// the same cluster IP, port and protocol). The message names both

@@ -1,35 +1,50 @@
-//! The config file: Kubernetes objects in, [`ServiceSpec`]s out.
+//! The config file: Kubernetes objects in, [`ServiceSpec`]s, DNS records
+//! and health checks out.
 //!
 //! Sluice reads the objects kube-proxy watches, in their real shape, so the
-//! output of `kubectl get svc,endpointslices -A -o yaml` (a `kind: List`) or
-//! a hand-written multi-document file (`---`) loads as it is:
+//! output of `kubectl get svc,endpointslices,pods -A -o yaml` (a `kind:
+//! List`) or a hand-written multi-document file (`---`) loads as it is:
 //!
-//! * `Service` (v1), `spec.type: ClusterIP` (or absent), with `spec.clusterIP`
-//!   / `spec.clusterIPs` (dual stack) and `spec.ports`. `clusterIP: None`
-//!   (headless) is accepted and forwards nothing. Other types are refused
-//!   for now.
+//! * `Service` (v1) of every type: `ClusterIP`, `NodePort`, `LoadBalancer`
+//!   (with `status.loadBalancer.ingress`, `loadBalancerIP`,
+//!   `loadBalancerSourceRanges`, `allocateLoadBalancerNodePorts`,
+//!   `healthCheckNodePort`), `ExternalName`, headless (`clusterIP: None`),
+//!   `externalIPs`, `externalTrafficPolicy` / `internalTrafficPolicy`,
+//!   `sessionAffinity`, dual stack (`clusterIPs`, `ipFamilies`,
+//!   `ipFamilyPolicy`). What each compiles to is documented in `emit.rs`.
 //! * `EndpointSlice` (discovery.k8s.io/v1), tied to its Service by the
 //!   `kubernetes.io/service-name` label. As in kube-proxy, when a Service has
 //!   slices they win over its `Endpoints`, and several slices merge.
 //! * `Endpoints` (v1), same name and namespace as its Service.
+//! * `Pod` (v1): a Service with a selector and neither Endpoints nor
+//!   EndpointSlices gets the endpoints the endpoints controller would write
+//!   from the matching Pods.
 //!
-//! Unknown fields (`metadata.uid`, `managedFields`, `status`, …) are
-//! ignored; wrong YAML types, out-of-range values, unsupported kinds and
-//! types, duplicates and Endpoints without a Service are errors
-//! ([`ConfigError`]), each naming the line, object and field.
+//! Unknown fields (`metadata.uid`, `managedFields`, …) are ignored; wrong
+//! YAML types, out-of-range values, unsupported kinds, duplicates and
+//! Endpoints without a Service are errors ([`ConfigError`]), each naming
+//! the line, object and field.
+//!
+//! What depends on the host (its node name, the addresses NodePorts answer
+//! on, the external IPs it owns, the node-port range) comes in a
+//! [`CompileCtx`]; [`load_file`] and [`load_str`] use its default (no node
+//! name, no node addresses, 30000-32767).
 //!
 //! # Why compile like kube-proxy
 //!
-//! Each Service port is its own virtual service, once per cluster IP. A
-//! named `targetPort` is *not* resolved here: the Endpoints/EndpointSlice
-//! controller has already written, for every endpoint group, the number the
-//! name resolves to on those Pods, under the Service port's name. So the
-//! backends of service port `http`/TCP are the ready endpoint addresses of
-//! the VIP's family paired with the endpoint port named `http`/TCP of their
-//! group; two groups may use different numbers for the same name. Of an
-//! EndpointSlice endpoint's `addresses` only the first is used (the API
-//! says they are fungible; kube-proxy does the same). Backends are sorted
-//! and deduplicated so the same objects always give the same table.
+//! Each Service port is its own virtual service, once per front-end address
+//! (cluster IP, node address, external IP, load-balancer IP). A named
+//! `targetPort` is resolved the way the endpoints controller does: in
+//! Endpoints/EndpointSlices it has already written, for every endpoint
+//! group, the number the name resolves to on those Pods, under the Service
+//! port's name; from Pods, Sluice looks the name up in each Pod's container
+//! ports. So the backends of service port `http`/TCP are the usable endpoint
+//! addresses of the front end's family paired with the endpoint port named
+//! `http`/TCP of their group; two groups may use different numbers for the
+//! same name. Of an EndpointSlice endpoint's `addresses` only the first is
+//! used (the API says they are fungible; kube-proxy does the same).
+//! Backends are sorted and deduplicated so the same objects always give the
+//! same table.
 //!
 //! # Line numbers
 //!
@@ -40,25 +55,69 @@
 //! point at the line where the object's document starts.
 
 mod compile;
+mod emit;
 mod error;
 mod k8s;
+mod nodeport;
+#[cfg(test)]
+mod semantics_tests;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_yaml::Value;
 use sluice_dataplane::service::ServiceSpec;
 
+use crate::model::{DnsService, HealthCheck};
+
 pub use error::ConfigError;
+
+/// What the compiled config depends on besides the objects: the host it is
+/// compiled for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileCtx {
+    /// This node's name (kube-proxy's `--hostname-override`): endpoints
+    /// whose `nodeName` equals it are local. `None`: no endpoint is local.
+    pub node_name: Option<String>,
+    /// The addresses NodePorts answer on (kube-proxy's
+    /// `--nodeport-addresses`, resolved to addresses).
+    pub node_addrs: Vec<IpAddr>,
+    /// The addresses this host owns; only `externalIPs` among them are
+    /// served here.
+    pub local_addrs: Vec<IpAddr>,
+    /// The node-port range, inclusive (the API server's
+    /// `--service-node-port-range`).
+    pub nodeport_range: (u16, u16),
+}
+
+impl Default for CompileCtx {
+    /// No node name, no node or local address, ports 30000-32767.
+    fn default() -> CompileCtx {
+        CompileCtx {
+            node_name: None,
+            node_addrs: Vec::new(),
+            local_addrs: Vec::new(),
+            nodeport_range: (30000, 32767),
+        }
+    }
+}
 
 /// A loaded and checked config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// One virtual service per (cluster IP × Service port), in file order.
+    /// The virtual services: per Service, per port, its cluster IPs, then
+    /// its node ports, external IPs and load-balancer IPs; in file order.
     pub services: Vec<ServiceSpec>,
+    /// One record set per Service (headless and ExternalName included), in
+    /// file order.
+    pub dns: Vec<DnsService>,
+    /// The `healthCheckNodePort`s to serve (LoadBalancer services with
+    /// `externalTrafficPolicy: Local`), in file order.
+    pub health_checks: Vec<HealthCheck>,
     /// What the file held, for logs.
     pub objects: ObjectsSummary,
 }
@@ -74,42 +133,68 @@ pub struct ObjectsSummary {
     pub endpoints: usize,
     /// EndpointSlice objects.
     pub endpoint_slices: usize,
+    /// Pod objects.
+    pub pods: usize,
 }
 
 impl fmt::Display for ObjectsSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} services ({} headless), {} endpoints, {} endpointslices",
-            self.services, self.headless, self.endpoints, self.endpoint_slices
+            "{} services ({} headless), {} endpoints, {} endpointslices, {} pods",
+            self.services, self.headless, self.endpoints, self.endpoint_slices, self.pods
         )
     }
 }
 
-/// Loads a config file.
+/// Loads a config file for the default [`CompileCtx`].
+///
+/// # Errors
+/// As [`load_file_with`].
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    load_file_with(path, &CompileCtx::default())
+}
+
+/// Loads a config file for a host.
 ///
 /// # Errors
 /// [`ConfigError::Io`] when the file cannot be read, otherwise as
-/// [`load_str`] with the path as origin.
-pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+/// [`load_str_with`] with the path as origin.
+pub fn load_file_with(path: &Path, ctx: &CompileCtx) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
-    load_str(&text, &path.display().to_string())
+    load_str_with(&text, &path.display().to_string(), ctx)
 }
 
-/// Loads a config from text; `origin` names it in errors (a path, `-`, …).
+/// Loads a config from text for the default [`CompileCtx`]; `origin` names
+/// it in errors (a path, `-`, …).
+///
+/// # Errors
+/// As [`load_str_with`].
+pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    load_str_with(text, origin, &CompileCtx::default())
+}
+
+/// Loads a config from text for a host; `origin` names it in errors.
 ///
 /// # Errors
 /// [`ConfigError::Yaml`] for YAML syntax or type errors,
-/// [`ConfigError::Invalid`] for objects Sluice refuses,
+/// [`ConfigError::Invalid`] for objects Sluice refuses (node-port
+/// conflicts included), [`ConfigError::Context`] for a bad [`CompileCtx`],
 /// [`ConfigError::Table`] when compiled services claim the same front end.
 /// Never panics, whatever the input.
-pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+pub fn load_str_with(text: &str, origin: &str, ctx: &CompileCtx) -> Result<Config, ConfigError> {
+    let (lo, hi) = ctx.nodeport_range;
+    if lo == 0 || lo > hi {
+        return Err(ConfigError::Context(format!(
+            "node-port range {lo}-{hi} is empty or starts at 0"
+        )));
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let origin: Arc<str> = Arc::from(origin);
-    let mut loader = compile::Loader::new(origin.clone());
+    let mut loader = compile::Loader::new(origin.clone(), ctx);
     for doc in split_documents(text) {
         load_document(&mut loader, &origin, &doc)?;
     }
@@ -206,11 +291,11 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
 }
 
 /// The kinds this loader understands.
-const KINDS: [&str; 4] = ["Service", "Endpoints", "EndpointSlice", "List"];
+const KINDS: [&str; 5] = ["Service", "Endpoints", "EndpointSlice", "Pod", "List"];
 
 /// Parses and checks one document, handing its objects to the loader.
 fn load_document(
-    loader: &mut compile::Loader,
+    loader: &mut compile::Loader<'_>,
     origin: &Arc<str>,
     doc: &Document<'_>,
 ) -> Result<(), ConfigError> {
@@ -303,10 +388,10 @@ fn check_kind(
         Value::Mapping(_) => match v.get("kind") {
             Some(Value::String(k)) if KINDS.contains(&k.as_str()) => return Ok(()),
             Some(Value::String(k)) => format!(
-                "unsupported kind {k:?} (Sluice reads Service, Endpoints, EndpointSlice and List)"
+                "unsupported kind {k:?} (Sluice reads Service, Endpoints, EndpointSlice, Pod and List)"
             ),
             Some(Value::Null) | None => {
-                "required (Service, Endpoints, EndpointSlice or List)".to_owned()
+                "required (Service, Endpoints, EndpointSlice, Pod or List)".to_owned()
             }
             Some(_) => "must be a string".to_owned(),
         },

@@ -110,7 +110,8 @@ fn demo_example_loads() {
             services: 1,
             headless: 0,
             endpoints: 0,
-            endpoint_slices: 1
+            endpoint_slices: 1,
+            pods: 0
         }
     );
 }
@@ -174,7 +175,7 @@ subsets: [{{addresses: [{{ip: 10.1.0.3}}], ports: [{{port: 8443}}]}}]
             ],
         ),
         (
-            "slices win over Endpoints; not ready excluded; ready absent = ready; protocol must match",
+            "slices win over Endpoints; terminating kept at weight 0; ready absent = ready; protocol must match",
             format!(
                 "{SVC_WEB}---
 apiVersion: v1
@@ -200,7 +201,13 @@ ports:
 "
             ),
             vec![
-                spec("default/web:http", "10.0.0.1", 80, proto::TCP, &[("10.1.0.1", 8080), ("10.1.0.3", 8080)]),
+                {
+                    // Serving and terminating: kept with weight 0 (used only
+                    // when no endpoint is ready).
+                    let mut s = spec("default/web:http", "10.0.0.1", 80, proto::TCP, &[("10.1.0.1", 8080), ("10.1.0.3", 8080)]);
+                    s.backends.insert(1, BackendSpec { addr: v4("10.1.0.2"), port: 8080, weight: 0, terminating: true, local: false });
+                    s
+                },
                 spec("default/web:dns", "10.0.0.1", 53, proto::UDP, &[]),
             ],
         ),
@@ -389,12 +396,13 @@ ports: [{name: pg, port: 5432}]
             services: 2,
             headless: 2,
             endpoints: 0,
-            endpoint_slices: 1
+            endpoint_slices: 1,
+            pods: 0
         }
     );
     assert_eq!(
         cfg.objects.to_string(),
-        "2 services (2 headless), 0 endpoints, 1 endpointslices"
+        "2 services (2 headless), 0 endpoints, 1 endpointslices, 0 pods"
     );
 }
 
@@ -576,9 +584,6 @@ fn invalid_fixtures() {
         (svc("{clusterIP: 10.0.0.1, ports: [{port: 65536}]}"), "spec.ports[0].port", 1, "got 65536"),
         (svc("{clusterIP: 10.0.0.1, ports: [{port: -1}]}"), "spec.ports[0].port", 1, "got -1"),
         (svc("{clusterIP: 10.0.0.1, ports: [{name: a}]}"), "spec.ports[0].port", 1, "required"),
-        (svc(&format!("{{type: NodePort, {p}}}")), "spec.type", 1, "NodePort is not supported yet"),
-        (svc(&format!("{{type: LoadBalancer, {p}}}")), "spec.type", 1, "LoadBalancer is not supported yet"),
-        (svc("{type: ExternalName, externalName: example.com}"), "spec.type", 1, "ExternalName is not supported yet"),
         (svc(&format!("{{type: Bogus, {p}}}")), "spec.type", 1, "got \"Bogus\""),
         (svc("{ports: [{port: 80}]}"), "spec.clusterIP", 1, "does not allocate"),
         (svc("{clusterIP: 10.0.0.300, ports: [{port: 80}]}"), "spec.clusterIP", 1, "not an IP address"),
@@ -818,7 +823,9 @@ fn relocates_messages() {
 #[test]
 fn truncations_never_panic() {
     let demo = include_str!("../../../examples/demo.yaml");
-    for text in [demo, KUBECTL_DUMP] {
+    let lb = include_str!("../../../examples/loadbalancer.yaml");
+    let pods = include_str!("../../../examples/pods.yaml");
+    for text in [demo, KUBECTL_DUMP, lb, pods] {
         for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
             let _ = load(&text[..end]);
         }

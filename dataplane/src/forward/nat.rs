@@ -5,17 +5,26 @@
 //! words, accumulates `~old + new` once ([`Delta`], RFC 1624 eqn. 3)
 //! and applies that to the IPv4 header checksum (addresses) and to the L4
 //! checksum (addresses through the pseudo-header, plus ports). Only the
-//! changed words and the checksum fields are touched, so the cost does not
-//! depend on the packet length.
+//! changed words and the checksum fields are touched, so for every protocol
+//! but SCTP the cost does not depend on the packet length.
 //!
 //! Per protocol:
 //! - TCP, UDP: addresses, ports, IPv4 header checksum and L4 checksum. A UDP
 //!   checksum of `0` ("none", RFC 768) stays `0`; an updated UDP checksum of
 //!   `0` is written `0xffff`. A zero UDP checksum is also left alone over IPv6
 //!   (the RFC 6935 tunnel case, or a packet the receiver will drop anyway).
-//! - SCTP: addresses and ports. TODO: SCTP's CRC32c (RFC 9260 § 6.8) covers
-//!   the ports and is not updated yet, so a rewritten SCTP packet whose ports
-//!   change fails the receiver's check unless the NIC recomputes it.
+//! - SCTP: addresses, ports and the CRC32c ([`sctp`], RFC 9260 § 6.8). The
+//!   CRC has no pseudo-header, so new addresses leave it valid, but it covers
+//!   the ports and is no one's-complement sum: when a port changes, it is
+//!   computed again over the whole SCTP packet (common header and chunks, up
+//!   to the end the IP header gives, not the Ethernet padding). To keep a
+//!   corrupted packet detectably corrupted, as the incremental updates do,
+//!   the packet is checked first: a valid CRC is replaced by the new valid
+//!   one; a wrong one is written with the same error (`new ^ stored ^ old`,
+//!   CRCs of equal-length messages differing by the XOR of the messages'
+//!   CRCs, RFC 3309 § 2); a zero one is left zero (RFC 9653's "zero
+//!   checksum", where DTLS guards the packet instead). That is two passes
+//!   over the packet, which only an SCTP port change pays.
 //! - ICMP: addresses and the IPv4 header checksum (the ICMP checksum has no
 //!   pseudo-header); ICMPv6: addresses and the ICMPv6 checksum
 //!   (pseudo-header). Ports in the target are ignored.
@@ -26,7 +35,7 @@
 
 use crate::types::{proto, FlowKey, Mac};
 use crate::wire::checksum::Delta;
-use crate::wire::Parsed;
+use crate::wire::{sctp, Parsed};
 
 /// Why [`rewrite`] refused a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,6 +72,8 @@ impl std::error::Error for RewriteError {}
 
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
+const IPV4_TOTAL_LEN: usize = 2;
+const IPV6_PAYLOAD_LEN: usize = 4;
 const IPV4_CHECKSUM: usize = 10;
 const IPV4_SRC: usize = 12;
 const IPV4_DST: usize = 16;
@@ -130,6 +141,12 @@ pub fn rewrite(frame: &mut [u8], p: &Parsed, to: &FlowKey) -> Result<(), Rewrite
         (Some(a), Some(b)) if a <= frame.len() && b <= frame.len() => {}
         _ => return Err(RewriteError::Truncated),
     }
+    // SCTP: the packet the CRC covers, l4_offset to the end of the IP packet.
+    let sctp_end = if to.proto == proto::SCTP {
+        Some(sctp_extent(frame, p, v4).ok_or(RewriteError::Truncated)?)
+    } else {
+        None
+    };
 
     // L3: addresses (and the IPv4 header checksum).
     let mut delta = Delta::new();
@@ -171,11 +188,33 @@ pub fn rewrite(frame: &mut [u8], p: &Parsed, to: &FlowKey) -> Result<(), Rewrite
 
     // L4: ports, then the checksum with the pseudo-header change folded in.
     if ports {
+        // SCTP: the stored CRC and the right one before the ports change;
+        // None if the ports stay (the CRC then stays as valid or invalid as
+        // it was) or the stored CRC is zero (it stays zero).
+        let sctp_old = match sctp_end {
+            Some(end) => {
+                let pkt = frame.get(p.l4_offset..end).ok_or(RewriteError::Truncated)?;
+                let h = sctp::Packet::new_checked(pkt).map_err(|_| RewriteError::Truncated)?;
+                let moved = (h.src_port(), h.dst_port()) != (to.sport, to.dport);
+                (moved && h.checksum() != 0).then(|| (h.checksum(), sctp::sctp_checksum(pkt)))
+            }
+            None => None,
+        };
         let h = window::<4>(frame, p.l4_offset).ok_or(RewriteError::Truncated)?;
         delta.word(be16(&[h[0], h[1]]), to.sport);
         delta.word(be16(&[h[2], h[3]]), to.dport);
         h[..2].copy_from_slice(&to.sport.to_be_bytes());
         h[2..].copy_from_slice(&to.dport.to_be_bytes());
+        if let (Some(end), Some((stored, valid))) = (sctp_end, sctp_old) {
+            // Cannot fail: sctp_extent checked the bounds.
+            let pkt = frame
+                .get_mut(p.l4_offset..end)
+                .ok_or(RewriteError::Truncated)?;
+            let new = sctp::sctp_checksum(pkt);
+            sctp::Packet::new_checked(pkt)
+                .map_err(|_| RewriteError::Truncated)?
+                .set_checksum(new ^ stored ^ valid);
+        }
     }
     if let Some(off) = l4_check {
         let at = p.l4_offset + off; // cannot overflow: l4_end was checked
@@ -191,6 +230,24 @@ pub fn rewrite(frame: &mut [u8], p: &Parsed, to: &FlowKey) -> Result<(), Rewrite
         }
     }
     Ok(())
+}
+
+/// Where the SCTP packet of `frame` ends: the end of the IP packet as its
+/// header says (IPv4 total length, IPv6 payload length), or `None` if that
+/// lies beyond the frame or leaves no room for the common header after
+/// `p.l4_offset`. The caller has checked that the fixed IP header fits.
+fn sctp_extent(frame: &[u8], p: &Parsed, v4: bool) -> Option<usize> {
+    let (at, base) = if v4 {
+        (p.l3_offset.checked_add(IPV4_TOTAL_LEN)?, 0)
+    } else {
+        (p.l3_offset.checked_add(IPV6_PAYLOAD_LEN)?, IPV6_HEADER_LEN)
+    };
+    let b = frame.get(at..at.checked_add(2)?)?;
+    let end = p
+        .l3_offset
+        .checked_add(base + usize::from(u16::from_be_bytes([b[0], b[1]])))?;
+    let header_end = p.l4_offset.checked_add(sctp::HEADER_LEN)?;
+    (header_end <= end && end <= frame.len()).then_some(end)
 }
 
 /// Sets the Ethernet source and destination MACs; does nothing on a frame
@@ -520,22 +577,171 @@ mod tests {
             .verify_checksum_v6(&[0x40; 16], &[0x50; 16]));
     }
 
+    /// An SCTP INIT, 5000 -> 80 (chunk: initiate tag 0x01020304, a_rwnd
+    /// 65536, 10/65535 streams, TSN 0x0a0b0c0d), with its CRC32c as Scapy
+    /// 2.7 computed it (bytes 8..12).
+    const SCTP_INIT: [u8; 32] = [
+        0x13, 0x88, 0x00, 0x50, 0x00, 0x00, 0x00, 0x00, 0xbd, 0xc1, 0xc7, 0x74, 0x01, 0x00, 0x00,
+        0x14, 0x01, 0x02, 0x03, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0a, 0xff, 0xff, 0x0a, 0x0b,
+        0x0c, 0x0d,
+    ];
+    /// The same INIT from port 40000 to 8080, also from Scapy: what NAT of
+    /// [`SCTP_INIT`] to those ports must produce.
+    const SCTP_INIT_NATTED: [u8; 32] = [
+        0x9c, 0x40, 0x1f, 0x90, 0x00, 0x00, 0x00, 0x00, 0x63, 0x4f, 0xd4, 0x77, 0x01, 0x00, 0x00,
+        0x14, 0x01, 0x02, 0x03, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0a, 0xff, 0xff, 0x0a, 0x0b,
+        0x0c, 0x0d,
+    ];
+
+    /// An Ethernet frame carrying `sctp` (an SCTP packet) over IPv4 or IPv6.
+    fn build_sctp(vlan: Option<u16>, src: Addr, dst: Addr, sctp: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+        let (s4, d4) = (src.v4_octets(), dst.v4_octets());
+        let step = match (vlan, src.is_v4()) {
+            (None, true) => b.ipv4(s4, d4, 64),
+            (None, false) => b.ipv6(src.0, dst.0, 64),
+            (Some(id), v4) => {
+                let b = b.single_vlan(etherparse::VlanId::try_new(id).unwrap());
+                if v4 {
+                    b.ipv4(s4, d4, 64)
+                } else {
+                    b.ipv6(src.0, dst.0, 64)
+                }
+            }
+        };
+        step.write(&mut v, etherparse::IpNumber(proto::SCTP), sctp)
+            .unwrap();
+        v
+    }
+
+    /// The SCTP packet of a frame: from the L4 offset to the end of the IP
+    /// packet.
+    fn sctp_of(f: &[u8]) -> &[u8] {
+        let p = parse(f).unwrap();
+        let end = match SlicedPacket::from_ethernet(f).unwrap().net {
+            Some(NetSlice::Ipv4(ip)) => p.l3_offset + usize::from(ip.header().total_len()),
+            Some(NetSlice::Ipv6(ip)) => {
+                p.l3_offset + 40 + usize::from(ip.header().payload_length())
+            }
+            None => panic!("no ip"),
+        };
+        &f[p.l4_offset..end]
+    }
+
     #[test]
-    fn sctp_rewrites_ports() {
-        let mut f = build_v4(None, true, [1, 2, 3, 4], [5, 6, 7, 8], 2905, 2906, &[0; 8]);
-        f[23] = proto::SCTP;
-        ipv4::Packet::new_checked(&mut f[14..])
-            .unwrap()
-            .fill_checksum();
-        let before_crc = f[42..46].to_vec();
+    fn sctp_rewrite_matches_independent_crc() {
+        let (c, v) = (
+            Addr::from_v4([192, 0, 2, 1]),
+            Addr::from_v4([198, 51, 100, 10]),
+        );
+        let mut f = build_sctp(None, c, v, &SCTP_INIT);
         let p = parse(&f).unwrap();
-        let to = key4([9, 9, 9, 9], [8, 8, 8, 8], 1, 2, proto::SCTP);
+        let to = key4([10, 1, 0, 1], [10, 2, 0, 20], 40000, 8080, proto::SCTP);
         rewrite(&mut f, &p, &to).unwrap();
+        assert_eq!(sctp_of(&f), &SCTP_INIT_NATTED[..]);
         assert_eq!(parse(&f).unwrap().key, to);
         assert!(ipv4::Packet::new_checked(&f[14..])
             .unwrap()
             .verify_checksum());
-        assert_eq!(f[42..46].to_vec(), before_crc);
+        // And back.
+        let p2 = parse(&f).unwrap();
+        rewrite(&mut f, &p2, &p.key).unwrap();
+        assert_eq!(f, build_sctp(None, c, v, &SCTP_INIT));
+    }
+
+    #[test]
+    fn sctp_rewrite_v6_vlan_with_padding() {
+        let (c, v) = (Addr([0x20; 16]), Addr([0x21; 16]));
+        let mut f = build_sctp(Some(12), c, v, &SCTP_INIT);
+        // The CRC covers the IP payload, not Ethernet padding after it.
+        f.extend_from_slice(&[0xee; 9]);
+        let p = parse(&f).unwrap();
+        let to = FlowKey {
+            src: Addr([0x30; 16]),
+            dst: Addr([0x31; 16]),
+            sport: 40000,
+            dport: 8080,
+            proto: proto::SCTP,
+        };
+        rewrite(&mut f, &p, &to).unwrap();
+        assert_eq!(sctp_of(&f), &SCTP_INIT_NATTED[..]);
+        assert_eq!(parse(&f).unwrap().key, to);
+        assert_eq!(&f[f.len() - 9..], &[0xee; 9]);
+    }
+
+    #[test]
+    fn sctp_address_change_alone_keeps_crc() {
+        let mut f = build_sctp(
+            None,
+            Addr::from_v4([1, 2, 3, 4]),
+            Addr::from_v4([5, 6, 7, 8]),
+            &SCTP_INIT,
+        );
+        let p = parse(&f).unwrap();
+        let to = key4([9, 9, 9, 9], [8, 8, 8, 8], 5000, 80, proto::SCTP);
+        rewrite(&mut f, &p, &to).unwrap();
+        assert_eq!(sctp_of(&f), &SCTP_INIT[..]);
+    }
+
+    #[test]
+    fn sctp_wrong_crc_stays_wrong_and_zero_stays_zero() {
+        let (c, v) = (Addr::from_v4([1, 2, 3, 4]), Addr::from_v4([5, 6, 7, 8]));
+        let to = key4([9, 9, 9, 9], [8, 8, 8, 8], 40000, 8080, proto::SCTP);
+        // A bit flipped in a chunk: the CRC keeps the same error.
+        let mut bad = SCTP_INIT;
+        bad[20] ^= 0x10;
+        let syndrome =
+            |s: &[u8]| sctp::Packet::new_checked(s).unwrap().checksum() ^ sctp::sctp_checksum(s);
+        let before = syndrome(&bad);
+        assert_ne!(before, 0);
+        let mut f = build_sctp(None, c, v, &bad);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &to).unwrap();
+        assert!(!sctp::verify_checksum(sctp_of(&f)));
+        assert_eq!(syndrome(sctp_of(&f)), before);
+        // Flipping the bit back yields the right packet.
+        let n = f.len();
+        f[n - 12] ^= 0x10;
+        assert_eq!(sctp_of(&f), &SCTP_INIT_NATTED[..]);
+
+        // A zero checksum (RFC 9653) stays zero.
+        let mut zero = SCTP_INIT;
+        zero[8..12].fill(0);
+        let mut f = build_sctp(None, c, v, &zero);
+        let p = parse(&f).unwrap();
+        rewrite(&mut f, &p, &to).unwrap();
+        assert_eq!(&sctp_of(&f)[8..12], &[0; 4]);
+        assert_eq!(parse(&f).unwrap().key, to);
+    }
+
+    #[test]
+    fn sctp_truncated_ip_length_is_refused() {
+        let f = build_sctp(
+            None,
+            Addr::from_v4([1, 2, 3, 4]),
+            Addr::from_v4([5, 6, 7, 8]),
+            &SCTP_INIT,
+        );
+        let p = parse(&f).unwrap();
+        let to = key4([9, 9, 9, 9], [8, 8, 8, 8], 1, 2, proto::SCTP);
+        // The IP total length beyond the frame, or too short for the common
+        // header after the L4 offset.
+        for total in [f.len() - 14 + 1, 20 + 11, 0] {
+            let mut g = f.clone();
+            g[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+            assert_eq!(
+                rewrite(&mut g, &p, &to),
+                Err(RewriteError::Truncated),
+                "{total}"
+            );
+            let mut want = f.clone();
+            want[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+            assert_eq!(g, want);
+        }
+        let mut g = f.clone();
+        g.truncate(f.len() - 1);
+        assert_eq!(rewrite(&mut g, &p, &to), Err(RewriteError::Truncated));
     }
 
     #[test]
@@ -666,6 +872,46 @@ mod tests {
             let to = FlowKey { src: Addr::from_v6(ns), dst: Addr::from_v6(nd), sport: nsp, dport: ndp, proto: pr };
             rewrite(&mut f, &p, &to).unwrap();
             verify(&f, &to)?;
+        }
+
+        #[test]
+        fn sctp_rewrite_yields_valid_crc(
+            vlan in proptest::option::of(0u16..4095),
+            v6 in any::<bool>(),
+            (s4, d4, ns4, nd4) in (v4_addr(), v4_addr(), v4_addr(), v4_addr()),
+            (s6, d6, ns6, nd6) in (v6_addr(), v6_addr(), v6_addr(), v6_addr()),
+            (sp, dp, nsp, ndp) in any::<(u16, u16, u16, u16)>(),
+            vtag in any::<u32>(),
+            chunks in proptest::collection::vec(any::<u8>(), 0..200),
+            pad in 0usize..20,
+        ) {
+            let mut pkt = vec![0u8; 12];
+            pkt.extend_from_slice(&chunks);
+            {
+                let mut h = sctp::Packet::new_checked(&mut pkt[..]).unwrap();
+                h.set_src_port(sp);
+                h.set_dst_port(dp);
+                h.set_verification_tag(vtag);
+                h.fill_checksum();
+            }
+            let (c, v, to) = if v6 {
+                (Addr::from_v6(s6), Addr::from_v6(d6), FlowKey {
+                    src: Addr::from_v6(ns6), dst: Addr::from_v6(nd6),
+                    sport: nsp, dport: ndp, proto: proto::SCTP,
+                })
+            } else {
+                (Addr::from_v4(s4), Addr::from_v4(d4), key4(ns4, nd4, nsp, ndp, proto::SCTP))
+            };
+            let mut f = build_sctp(vlan, c, v, &pkt);
+            f.resize(f.len() + pad, 0xee);
+            let p = parse(&f).unwrap();
+            rewrite(&mut f, &p, &to).unwrap();
+            prop_assert_eq!(parse(&f).unwrap().key, to);
+            let out = sctp_of(&f);
+            prop_assert!(sctp::verify_checksum(out));
+            // Only the ports and the CRC changed.
+            prop_assert_eq!(&out[4..8], &pkt[4..8]);
+            prop_assert_eq!(&out[12..], &pkt[12..]);
         }
 
         #[test]

@@ -4,7 +4,8 @@
 //! pure and deterministic given its inputs and its own cursor, behind the
 //! [`Scheduler`] trait. Only new flows reach a scheduler; established flows
 //! are pinned by the flow table. A scheduler never returns a backend with
-//! weight 0 (draining, IPVS's graceful termination).
+//! weight 0 (draining, IPVS's graceful termination), except a terminating
+//! one when no backend has a weight (Kubernetes ProxyTerminatingEndpoints).
 
 pub mod rr;
 

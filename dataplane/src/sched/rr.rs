@@ -27,6 +27,13 @@ impl Scheduler for RoundRobin {
         (0..n)
             .map(|i| (start + i) % n)
             .find(|&i| backends[i].weight > 0)
+            .or_else(|| {
+                // No ready backend: serving-but-terminating ones take new
+                // flows (Kubernetes ProxyTerminatingEndpoints).
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| backends[i].terminating)
+            })
     }
 }
 
@@ -69,6 +76,26 @@ mod tests {
             counts[RoundRobin.pick(s, &FlowKey::default()).unwrap()] += 1;
         }
         assert_eq!(counts, [10, 10, 10]);
+    }
+
+    #[test]
+    fn terminating_backends_only_when_no_ready_one() {
+        let mut t = table(&[1, 0]);
+        let mut specs: Vec<ServiceSpec> = t.services().map(|s| s.spec.clone()).collect();
+        specs[0].backends[1].terminating = true;
+        t = ServiceTable::build(2, specs.clone()).unwrap();
+        for _ in 0..6 {
+            assert_eq!(
+                RoundRobin.pick(t.get(0).unwrap(), &FlowKey::default()),
+                Some(0)
+            );
+        }
+        specs[0].backends[0].weight = 0;
+        t = ServiceTable::build(3, specs).unwrap();
+        assert_eq!(
+            RoundRobin.pick(t.get(0).unwrap(), &FlowKey::default()),
+            Some(1)
+        );
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
 pub mod parse;
+pub mod reply;
+pub mod sctp;
 pub mod tcp;
 pub mod udp;
 
 pub use parse::{parse, ParseError, Parsed};
+pub use reply::{icmp_port_unreachable, tcp_rst, tcp_rst_same_direction};
 pub use tcp::tcp_flags;

@@ -302,12 +302,23 @@ impl Port for XskPort {
     }
 
     #[inline]
-    fn with_frame<R>(&mut self, frame: &mut FrameDesc, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    fn with_frame<R>(
+        &mut self,
+        frame: &mut FrameDesc,
+        f: impl FnOnce(&mut [u8], &mut usize) -> R,
+    ) -> R {
         // SAFETY: `frame` came out of an rx ring of this UMEM and is held by
         // the worker alone (ownership invariant in the module doc), so no
         // other reference to its bytes exists, in user space or the kernel.
         let mut data = unsafe { self.umem.data_mut(frame) };
-        f(data.contents_mut())
+        let mut len = data.contents().len();
+        // Open the whole data segment to the closure, then set the length
+        // it leaves (the cursor clamps it to the segment).
+        let cap = data.cursor().buf_len();
+        data.cursor().set_pos(cap);
+        let r = f(data.contents_mut(), &mut len);
+        data.cursor().set_pos(len);
+        r
     }
 
     #[inline]

@@ -8,7 +8,10 @@
 //! ```text
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
 //! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP]
-//! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP]
+//! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
+//! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
+//! sluice-testsrv sctp-send ADDR:PORT [--count N] [--src-port P] [--bind IP]
+//! sluice-testsrv sctp-capture --ms N
 //! ```
 //!
 //! * HTTP: any request gets `200` with body `backend=<name> peer=<ip>:<port>\n`
@@ -21,8 +24,21 @@
 //!   prints `ok <bytes> <fnv1a-64 hex>`, so a transfer that crosses a config
 //!   reload is proven intact, not just complete.
 //!
-//! `serve` prints `ready` on stdout once every listener is bound, then runs
-//! until killed. Every client mode is bounded by `--timeout-ms`.
+//! * udp-stream: one connected UDP socket sends a datagram every
+//!   `--interval-ms` (default 200), `--count` times, and prints one line per
+//!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
+//!   `... error <e>`; it goes on after errors, so a test sees when replies
+//!   stopped and resumed (and from which backend) across a reload.
+//! * SCTP (this kernel has no SCTP stack, GUIDE "This machine"): `sctp-send`
+//!   sends crafted SCTP INIT packets (valid CRC32c) over a raw IP socket,
+//!   one per source port `--src-port`, `+1`, …; `sctp-capture` reads IPv4
+//!   frames with protocol 132 arriving on an `AF_PACKET` socket for `--ms`
+//!   milliseconds and prints `sctp src=IP:PORT dst=IP:PORT chunk=TYPE
+//!   crc=ok|bad` per frame (after `ready`).
+//!
+//! `serve` and `sctp-capture` print `ready` on stdout once their sockets are
+//! bound. `serve` listens dual-stack where IPv6 is available and prints IPv4
+//! peers in their plain form. Every client mode is bounded in time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -124,10 +140,14 @@ impl Args {
         a.parse().map_err(|e| format!("{a}: {e}"))
     }
 
+    /// `--bind`, else the unspecified address of the target's family.
     fn bind_ip(&self) -> Res<IpAddr> {
         match self.get("bind") {
             Some(v) => v.parse().map_err(|e| format!("--bind {v}: {e}")),
-            None => Ok(IpAddr::from([0, 0, 0, 0])),
+            None => Ok(match self.addr() {
+                Ok(SocketAddr::V6(_)) => IpAddr::from([0u16; 8]),
+                _ => IpAddr::from([0, 0, 0, 0]),
+            }),
         }
     }
 }
@@ -142,6 +162,9 @@ fn main() -> ExitCode {
         "serve" => serve(&args),
         "udp-query" => udp_query(&args),
         "bulk-get" => bulk_get(&args),
+        "udp-stream" => udp_stream(&args),
+        "sctp-send" => sctp_send(&args),
+        "sctp-capture" => sctp_capture(&args),
         other => Err(format!("unknown command {other}")),
     });
     match result {
@@ -161,18 +184,26 @@ fn serve(args: &Args) -> Res<()> {
             .into_boxed_str(),
     );
     let mut handles = Vec::new();
+    // `[::]` is dual-stack (net.ipv6.bindv6only is 0); where IPv6 is
+    // disabled it may fail, and IPv4 alone is what the test wants then.
     if let Some(port) = args.get("http") {
-        let l = TcpListener::bind(("0.0.0.0", port_of(port)?))
+        let p = port_of(port)?;
+        let l = TcpListener::bind(("::", p))
+            .or_else(|_| TcpListener::bind(("0.0.0.0", p)))
             .map_err(|e| format!("bind http {port}: {e}"))?;
         handles.push(thread::spawn(move || accept_loop(l, name, handle_http)));
     }
     if let Some(port) = args.get("bulk") {
-        let l = TcpListener::bind(("0.0.0.0", port_of(port)?))
+        let p = port_of(port)?;
+        let l = TcpListener::bind(("::", p))
+            .or_else(|_| TcpListener::bind(("0.0.0.0", p)))
             .map_err(|e| format!("bind bulk {port}: {e}"))?;
         handles.push(thread::spawn(move || accept_loop(l, name, handle_bulk)));
     }
     if let Some(port) = args.get("udp") {
-        let s = UdpSocket::bind(("0.0.0.0", port_of(port)?))
+        let p = port_of(port)?;
+        let s = UdpSocket::bind(("::", p))
+            .or_else(|_| UdpSocket::bind(("0.0.0.0", p)))
             .map_err(|e| format!("bind udp {port}: {e}"))?;
         handles.push(thread::spawn(move || udp_loop(s, name)));
     }
@@ -187,6 +218,18 @@ fn serve(args: &Args) -> Res<()> {
     Ok(())
 }
 
+/// An IPv4 peer of a dual-stack socket shows as `::ffff:a.b.c.d`; print it
+/// as `a.b.c.d`, which is what the tests compare with.
+fn plain(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
 fn port_of(s: &str) -> Res<u16> {
     s.parse().map_err(|e| format!("port {s}: {e}"))
 }
@@ -197,7 +240,7 @@ fn accept_loop(l: TcpListener, name: &'static str, handler: fn(TcpStream, &str, 
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
-        thread::spawn(move || handler(stream, name, peer));
+        thread::spawn(move || handler(stream, name, plain(peer)));
     }
 }
 
@@ -272,7 +315,8 @@ fn udp_loop(s: UdpSocket, name: &str) {
         let Ok((_, peer)) = s.recv_from(&mut buf) else {
             continue;
         };
-        let _ = s.send_to(format!("backend={name} peer={peer}").as_bytes(), peer);
+        let reply = format!("backend={name} peer={}", plain(peer));
+        let _ = s.send_to(reply.as_bytes(), peer);
     }
 }
 
@@ -315,6 +359,23 @@ fn bulk_get(args: &Args) -> Res<()> {
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     w.write_all(format!("SEND {bytes} {rate}\n").as_bytes())
         .map_err(|e| format!("send request: {e}"))?;
+    // `--poke-ms N`: also send one byte every N ms while receiving (the
+    // server ignores them), like a client with application heartbeats, so
+    // the client keeps sending segments through the LB.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_poking = StopOnDrop(done.clone());
+    if let Some(ms) = args.get("poke-ms") {
+        let every = Duration::from_millis(ms.parse().map_err(|e| format!("--poke-ms {ms}: {e}"))?);
+        let done = done.clone();
+        thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                thread::sleep(every);
+                if w.write_all(b".").is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let mut r = s;
     let mut gen = Stream::new(bytes);
     let mut fnv = Fnv::new();
@@ -347,6 +408,15 @@ fn bulk_get(args: &Args) -> Res<()> {
     }
     println!("ok {got} {:016x}", fnv.0);
     Ok(())
+}
+
+/// Sets the flag when dropped (stops the poking thread on every return).
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `connect` from a chosen source address (std has no bind-before-connect).
@@ -383,4 +453,290 @@ fn connect_from(bind: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(stream)
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn udp_stream(args: &Args) -> Res<()> {
+    let addr = args.addr()?;
+    let count = args.num("count", None)?;
+    let interval = Duration::from_millis(args.num("interval-ms", Some(200))?.max(10));
+    let s = UdpSocket::bind((args.bind_ip()?, 0)).map_err(|e| format!("bind: {e}"))?;
+    s.connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut out = std::io::stdout();
+    for i in 0..count {
+        let tick = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        if let Some(w) = tick.checked_duration_since(Instant::now()) {
+            thread::sleep(w);
+        }
+        let line = match s.send(format!("query {i}").as_bytes()) {
+            Err(e) => format!("error send: {e}"),
+            Ok(_) => {
+                // Wait for the reply until shortly before the next tick.
+                let wait = interval.mul_f32(0.9).max(Duration::from_millis(5));
+                s.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+                match s.recv(&mut buf) {
+                    Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        "timeout".to_string()
+                    }
+                    Err(e) => format!("error {e}"),
+                }
+            }
+        };
+        let _ = writeln!(out, "{} {i} {line}", unix_ms());
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+/// CRC32c (Castagnoli), as SCTP uses it (RFC 9260 appendix A): reflected,
+/// initial value and final xor all ones.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The SCTP checksum of a packet (common header + chunks), computed with
+/// the checksum field as zero. It is stored in the packet in little-endian
+/// byte order (as Linux and Wireshark do).
+fn sctp_checksum(pkt: &[u8]) -> u32 {
+    let mut copy = pkt.to_vec();
+    copy[8..12].fill(0);
+    crc32c(&copy)
+}
+
+/// An SCTP packet holding one INIT chunk, with a valid checksum.
+fn sctp_init(src_port: u16, dst_port: u16, tag: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 in INIT
+    p.extend_from_slice(&0u32.to_be_bytes()); // checksum, below
+    p.push(1); // chunk type INIT
+    p.push(0); // flags
+    p.extend_from_slice(&20u16.to_be_bytes()); // chunk length
+    p.extend_from_slice(&tag.to_be_bytes()); // initiate tag
+    p.extend_from_slice(&65_536u32.to_be_bytes()); // a_rwnd
+    p.extend_from_slice(&10u16.to_be_bytes()); // outbound streams
+    p.extend_from_slice(&10u16.to_be_bytes()); // inbound streams
+    p.extend_from_slice(&tag.to_be_bytes()); // initial TSN
+    let crc = sctp_checksum(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+const IPPROTO_SCTP: libc::c_int = 132;
+
+fn sin(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Owns a raw file descriptor and closes it on drop.
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the fd was returned by socket(2) and is owned here only.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn sctp_send(args: &Args) -> Res<()> {
+    let SocketAddr::V4(dst) = args.addr()? else {
+        return Err("sctp-send supports IPv4 only".into());
+    };
+    let count = args.num("count", Some(1))?;
+    let base = args.num("src-port", Some(40_000))?;
+    // A raw IP socket: the kernel writes the IP header (protocol 132) and
+    // routes the packet; no SCTP stack is needed for that.
+    // SAFETY: plain socket(2) call; the result is checked and owned by `Fd`.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            IPPROTO_SCTP,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+    }
+    let fd = Fd(fd);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    if let Some(b) = args.get("bind") {
+        let ip: std::net::Ipv4Addr = b.parse().map_err(|e| format!("--bind {b}: {e}"))?;
+        let src = sin(ip, 0);
+        // SAFETY: `src` is a valid sockaddr_in of `len` bytes.
+        if unsafe { libc::bind(fd.0, (&src as *const libc::sockaddr_in).cast(), len) } != 0 {
+            return Err(format!("bind {ip}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let to = sin(*dst.ip(), 0);
+    for k in 0..count {
+        let sport = u16::try_from(base + k).map_err(|_| "source port out of range")?;
+        let pkt = sctp_init(sport, dst.port(), 0x5151_0000 | u32::from(sport));
+        // SAFETY: `pkt` and `to` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.0,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        if n < 0 {
+            return Err(format!("sendto: {}", std::io::Error::last_os_error()));
+        }
+        println!("sent INIT sport={sport} dport={}", dst.port());
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn sctp_capture(args: &Args) -> Res<()> {
+    let ms = args.num("ms", None)?;
+    let eth_p_ip = (libc::ETH_P_IP as u16).to_be();
+    // SOCK_DGRAM: frames arrive without their link-layer header.
+    // SAFETY: plain socket(2) call; the result is checked and owned by `Fd`.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::c_int::from(eth_p_ip),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fd = Fd(fd);
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO.
+    unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    println!("ready");
+    std::io::stdout().flush().ok();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        // SAFETY: an all-zero sockaddr_ll is valid; recvfrom fills it.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are valid for the lengths given.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut flen,
+            )
+        };
+        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        if let Some(line) = describe_sctp(&buf[..n as usize]) {
+            println!("{line}");
+            std::io::stdout().flush().ok();
+        }
+    }
+    Ok(())
+}
+
+/// `sctp src=.. dst=.. chunk=.. crc=ok|bad` for an IPv4 packet carrying SCTP.
+fn describe_sctp(ip: &[u8]) -> Option<String> {
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 132 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let sctp = ip.get(ihl..total)?;
+    if sctp.len() < 12 {
+        return None;
+    }
+    let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let sport = u16::from_be_bytes([sctp[0], sctp[1]]);
+    let dport = u16::from_be_bytes([sctp[2], sctp[3]]);
+    let stored = u32::from_le_bytes([sctp[8], sctp[9], sctp[10], sctp[11]]);
+    let ok = stored == sctp_checksum(sctp);
+    let chunk = sctp.get(12).map_or(-1, |&t| i32::from(t));
+    Some(format!(
+        "sctp src={src}:{sport} dst={dst}:{dport} chunk={chunk} crc={}",
+        if ok { "ok" } else { "bad" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_check_value() {
+        // The standard check value of CRC-32C over "123456789".
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn crafted_init_verifies() {
+        let p = sctp_init(40_000, 7000, 1);
+        assert_eq!(p.len(), 32);
+        let stored = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+        assert_eq!(stored, sctp_checksum(&p));
+        let mut ip = vec![0x45, 0, 0, 52, 0, 0, 0, 0, 64, 132, 0, 0];
+        ip.extend_from_slice(&[198, 18, 0, 2, 198, 18, 1, 11]);
+        ip.extend_from_slice(&p);
+        let line = describe_sctp(&ip).expect("parsed");
+        assert_eq!(
+            line,
+            "sctp src=198.18.0.2:40000 dst=198.18.1.11:7000 chunk=1 crc=ok"
+        );
+        ip[20 + 2] ^= 1;
+        assert!(describe_sctp(&ip).expect("parsed").ends_with("crc=bad"));
+    }
 }

@@ -1,0 +1,584 @@
+//! From checked objects to virtual services, DNS records and health checks,
+//! following kube-proxy (`pkg/proxy/iptables/proxier.go`,
+//! `pkg/proxy/topology.go`, `pkg/proxy/endpointslicecache.go`) and the
+//! endpoints controller (`pkg/controller/endpointslice`).
+//!
+//! # Front ends
+//!
+//! Per Service, per port, in this order:
+//! * `ClusterIp`: every cluster IP, on the service port.
+//! * `NodePort` (types NodePort and LoadBalancer): every address of
+//!   [`CompileCtx::node_addrs`] of a family the Service has, on the
+//!   `nodePort` (given, or allocated: see `nodeport.rs`). A LoadBalancer
+//!   with `allocateLoadBalancerNodePorts: false` gets no allocated node
+//!   ports, but a `nodePort` written explicitly still answers (kube-proxy
+//!   programs any non-zero `nodePort`).
+//! * `ExternalIp`: the `externalIPs` this host owns
+//!   ([`CompileCtx::local_addrs`]), on the service port.
+//! * `LoadBalancer`: `status.loadBalancer.ingress[].ip` (except those with
+//!   `ipMode: Proxy`) and `spec.loadBalancerIP`, on the service port, with
+//!   `loadBalancerSourceRanges` (or, when empty, the
+//!   `service.beta.kubernetes.io/load-balancer-source-ranges` annotation)
+//!   of the address's family as allowed sources. As kube-proxy, which
+//!   filters the ranges per family, a family left without ranges is open.
+//!
+//! Addresses of a family the Service has no cluster IP of are skipped, as
+//! each of kube-proxy's per-family proxiers does.
+//!
+//! # Backends and policies
+//!
+//! An endpoint is *ready* (weight 1), or *serving and terminating* (weight
+//! 0, `terminating`: used only when the list has no ready endpoint,
+//! ProxyTerminatingEndpoints), or left out. It is `local` when its
+//! `nodeName` is [`CompileCtx::node_name`]. Internal front ends follow
+//! `internalTrafficPolicy`, external ones (NodePort, ExternalIp,
+//! LoadBalancer) `externalTrafficPolicy`:
+//!
+//! | policy | backends | masq (external) | masq (ClusterIp) | when empty |
+//! | --- | --- | --- | --- | --- |
+//! | Cluster | all | Always | OffCluster | Reject |
+//! | Local | local only | Never | OffCluster | Drop, or Reject if the service port has no usable endpoint anywhere |
+//!
+//! The last cell is kube-proxy's: its filter rule REJECTs a service port
+//! "has no endpoints" and DROPs one that "has no local endpoints". Where
+//! the iptables and IPVS modes differ, the iptables mode is followed (IPVS
+//! mode has no REJECT for empty services and lets traffic time out). Not
+//! modelled: kube-proxy's short-circuit that sends traffic from pods on
+//! this node to an external front end with policy Local through the
+//! Cluster endpoints.
+//!
+//! # Endpoint sources
+//!
+//! EndpointSlices when the Service has any, else its Endpoints, else (when
+//! it has a selector) the Pods of its namespace whose labels include the
+//! selector, as the EndpointSlice controller would compute them: Pods in
+//! phase Succeeded/Failed or without an IP are skipped; `serving` = the
+//! Ready condition, `terminating` = a deletion timestamp, `ready` =
+//! `publishNotReadyAddresses` or (serving and not terminating); a numeric
+//! `targetPort` applies to every Pod, a named one is looked up in each
+//! Pod's container ports by name and protocol, and a Pod without it is no
+//! endpoint of that port.
+//!
+//! # DNS and health checks
+//!
+//! Every Service yields one [`DnsService`]: `ClusterIp` (cluster IPs, named
+//! ports with the service port), `Headless` (the ready endpoint addresses
+//! of every family, named ports with the endpoint port; a name that maps to
+//! several endpoint ports is listed once per number), `ExternalName`.
+//! Unnamed ports get no SRV. A LoadBalancer with `externalTrafficPolicy:
+//! Local` yields a [`HealthCheck`] on its `healthCheckNodePort` with the
+//! number of distinct ready local endpoint addresses (kube-proxy's
+//! `LocalReadyEndpoints`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sluice_dataplane::service::{
+    BackendSpec, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
+};
+use sluice_dataplane::types::{proto, Addr};
+
+use super::compile::{
+    proto_name, Ep, EpGroup, EpPort, EpSource, Loader, Policy, Svc, SvcPort, SvcType, Target,
+    SERVICE_NAME_LABEL,
+};
+use super::nodeport::NodePorts;
+#[cfg(doc)]
+use super::CompileCtx;
+use super::{Config, ConfigError};
+use crate::model::{DnsService, HealthCheck, NamedPort, SrvProto};
+
+/// The node ports a Service ended with.
+struct Assigned {
+    /// Per `spec.ports` entry.
+    node_ports: Vec<Option<u16>>,
+    health_check: Option<u16>,
+}
+
+impl Loader<'_> {
+    /// Cross-checks the objects and compiles them.
+    pub(super) fn finish(self) -> Result<Config, ConfigError> {
+        let mut by_name: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            if let Some(&first) = by_name.get(&(s.ns.as_str(), s.name.as_str())) {
+                return Err(self.err(
+                    &s.ctx,
+                    "metadata.name",
+                    format!(
+                        "duplicate Service (first at line {})",
+                        self.services[first].ctx.line
+                    ),
+                ));
+            }
+            by_name.insert((&s.ns, &s.name), i);
+        }
+        let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for p in &self.pods {
+            if let Some(first) = seen.insert((&p.ns, &p.name), p.ctx.line) {
+                return Err(self.err(
+                    &p.ctx,
+                    "metadata.name",
+                    format!("duplicate Pod (first at line {first})"),
+                ));
+            }
+        }
+        // Which endpoint source feeds which service.
+        let mut from_endpoints: Vec<Option<&EpSource>> = vec![None; self.services.len()];
+        let mut from_slices: Vec<Vec<&EpSource>> = vec![Vec::new(); self.services.len()];
+        seen.clear();
+        for ep in &self.endpoints {
+            if let Some(first) = seen.insert((&ep.key.0, &ep.key.1), ep.ctx.line) {
+                return Err(self.err(
+                    &ep.ctx,
+                    "metadata.name",
+                    format!("duplicate Endpoints (first at line {first})"),
+                ));
+            }
+            let Some(&i) = by_name.get(&(ep.service.0.as_str(), ep.service.1.as_str())) else {
+                return Err(self.err(&ep.ctx, "metadata.name", format!("no Service {}/{} in this config (Endpoints take the name and namespace of their Service)", ep.service.0, ep.service.1)));
+            };
+            from_endpoints[i] = Some(ep);
+        }
+        seen.clear();
+        for sl in &self.slices {
+            if let Some(first) = seen.insert((&sl.key.0, &sl.key.1), sl.ctx.line) {
+                return Err(self.err(
+                    &sl.ctx,
+                    "metadata.name",
+                    format!("duplicate EndpointSlice (first at line {first})"),
+                ));
+            }
+            let Some(&i) = by_name.get(&(sl.service.0.as_str(), sl.service.1.as_str())) else {
+                return Err(self.err(
+                    &sl.ctx,
+                    format!("metadata.labels[\"{SERVICE_NAME_LABEL}\"]"),
+                    format!(
+                        "no Service {}/{} in this config",
+                        sl.service.0, sl.service.1
+                    ),
+                ));
+            };
+            from_slices[i].push(sl);
+        }
+
+        let assigned = self.assign_node_ports()?;
+
+        let mut specs = Vec::new();
+        let mut dns = Vec::with_capacity(self.services.len());
+        let mut health_checks = Vec::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            // As kube-proxy: slices, when there are any, win over Endpoints;
+            // without either, the selector's Pods (the controller's view).
+            let pod_groups;
+            let groups: Vec<&EpGroup> = if !from_slices[i].is_empty() {
+                from_slices[i].iter().flat_map(|s| &s.groups).collect()
+            } else if let Some(ep) = from_endpoints[i] {
+                ep.groups.iter().collect()
+            } else if !svc.selector.is_empty() {
+                pod_groups = self.pod_groups(svc);
+                pod_groups.iter().collect()
+            } else {
+                Vec::new()
+            };
+            let a = &assigned[i];
+            self.emit_service(svc, &groups, a, &mut specs);
+            dns.push(dns_record(svc, &groups));
+            if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
+                let node = self.cc.node_name.as_deref();
+                let mut local = BTreeSet::new();
+                for sp in &svc.ports {
+                    for g in &groups {
+                        if find_port(g, sp).is_some() {
+                            local.extend(
+                                g.eps
+                                    .iter()
+                                    .filter(|e| e.ready && is_local(e, node))
+                                    .map(|e| e.addr),
+                            );
+                        }
+                    }
+                }
+                health_checks.push(HealthCheck {
+                    port,
+                    service: format!("{}/{}", svc.ns, svc.name),
+                    local_endpoints: u32::try_from(local.len()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        ServiceTable::build(0, specs.clone())?;
+        Ok(Config {
+            services: specs,
+            dns,
+            health_checks,
+            objects: self.summary,
+        })
+    }
+
+    /// Claims every explicit node port, then allocates the missing ones in
+    /// file order (see `nodeport.rs`).
+    fn assign_node_ports(&self) -> Result<Vec<Assigned>, ConfigError> {
+        let mut table = NodePorts::new(self.cc.nodeport_range);
+        let owner = |svc: &Svc, field: &str| {
+            format!(
+                "Service {}/{} ({field}, line {})",
+                svc.ns, svc.name, svc.ctx.line
+            )
+        };
+        let mut out = Vec::with_capacity(self.services.len());
+        for svc in &self.services {
+            for (j, sp) in svc.ports.iter().enumerate() {
+                if let Some(np) = sp.node_port {
+                    let field = format!("spec.ports[{j}].nodePort");
+                    if let Err(other) = table.claim(np, sp.proto, owner(svc, &field)) {
+                        return Err(self.err(
+                            &svc.ctx,
+                            &field,
+                            format!("{np}/{} is already used by {other}", proto_name(sp.proto)),
+                        ));
+                    }
+                }
+            }
+            if let Some(hc) = svc.health_check_node_port {
+                let field = "spec.healthCheckNodePort";
+                if let Err(other) = table.claim(hc, proto::TCP, owner(svc, field)) {
+                    return Err(self.err(
+                        &svc.ctx,
+                        field,
+                        format!("{hc}/TCP is already used by {other}"),
+                    ));
+                }
+            }
+            out.push(Assigned {
+                node_ports: svc.ports.iter().map(|p| p.node_port).collect(),
+                health_check: svc.health_check_node_port,
+            });
+        }
+        let (lo, hi) = self.cc.nodeport_range;
+        let full = |svc: &Svc, field: &str| {
+            self.err(
+                &svc.ctx,
+                field,
+                format!("no free port left in the node-port range {lo}-{hi}"),
+            )
+        };
+        for (svc, a) in self.services.iter().zip(&mut out) {
+            if svc.allocate_node_ports {
+                for (j, sp) in svc.ports.iter().enumerate() {
+                    if a.node_ports[j].is_some() {
+                        continue;
+                    }
+                    let field = format!("spec.ports[{j}].nodePort");
+                    // As the API server: ports sharing a number (TCP and
+                    // UDP 53) share one node port.
+                    let sibling = svc
+                        .ports
+                        .iter()
+                        .zip(&a.node_ports)
+                        .find(|(q, np)| q.port == sp.port && np.is_some())
+                        .and_then(|(_, np)| *np);
+                    let np = match sibling {
+                        Some(np) => {
+                            if let Err(other) = table.claim(np, sp.proto, owner(svc, &field)) {
+                                return Err(self.err(
+                                    &svc.ctx,
+                                    &field,
+                                    format!(
+                                        "{np}/{} (shared with the port's other protocol) is already used by {other}",
+                                        proto_name(sp.proto)
+                                    ),
+                                ));
+                            }
+                            np
+                        }
+                        None => table
+                            .allocate(
+                                &format!("{}/{}/{}", svc.ns, svc.name, sp.name),
+                                sp.proto,
+                                owner(svc, &field),
+                            )
+                            .ok_or_else(|| full(svc, &field))?,
+                    };
+                    a.node_ports[j] = Some(np);
+                }
+            }
+            if svc.needs_health_check && a.health_check.is_none() {
+                let field = "spec.healthCheckNodePort";
+                let key = format!("{}/{}/healthCheckNodePort", svc.ns, svc.name);
+                a.health_check = Some(
+                    table
+                        .allocate(&key, proto::TCP, owner(svc, field))
+                        .ok_or_else(|| full(svc, field))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The endpoint groups the endpoints controller would write for a
+    /// Service with a selector: one group per matching Pod.
+    fn pod_groups(&self, svc: &Svc) -> Vec<EpGroup> {
+        let mut groups = Vec::new();
+        for pod in &self.pods {
+            let matches = pod.ns == svc.ns
+                && svc
+                    .selector
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k) == Some(v));
+            if !matches || pod.terminal || pod.ips.is_empty() {
+                continue;
+            }
+            let serving = pod.ready;
+            let ready = svc.publish_not_ready || (serving && !pod.terminating);
+            let ports = svc
+                .ports
+                .iter()
+                .filter_map(|sp| {
+                    let port = match &sp.target {
+                        Target::Port(n) => *n,
+                        Target::Name(want) => {
+                            pod.ports
+                                .iter()
+                                .find(|c| &c.name == want && c.proto == sp.proto)?
+                                .port
+                        }
+                    };
+                    Some(EpPort {
+                        name: sp.name.clone(),
+                        proto: sp.proto,
+                        port,
+                    })
+                })
+                .collect();
+            groups.push(EpGroup {
+                eps: pod
+                    .ips
+                    .iter()
+                    .map(|&addr| Ep {
+                        addr,
+                        ready,
+                        serving,
+                        terminating: pod.terminating,
+                        node: pod.node.clone(),
+                    })
+                    .collect(),
+                ports,
+            });
+        }
+        groups
+    }
+
+    /// The virtual services of one Service.
+    fn emit_service(
+        &self,
+        svc: &Svc,
+        groups: &[&EpGroup],
+        assigned: &Assigned,
+        specs: &mut Vec<ServiceSpec>,
+    ) {
+        let node = self.cc.node_name.as_deref();
+        let has_v4 = svc.ips.iter().any(Addr::is_v4);
+        let has_v6 = svc.ips.iter().any(|a| !a.is_v4());
+        let family_ok = |a: &Addr| if a.is_v4() { has_v4 } else { has_v6 };
+        let node_addrs = dedup(self.cc.node_addrs.iter().map(|&ip| Addr::from(ip)));
+        let local_addrs: Vec<Addr> = self
+            .cc
+            .local_addrs
+            .iter()
+            .map(|&ip| Addr::from(ip))
+            .collect();
+        for (j, sp) in svc.ports.iter().enumerate() {
+            let name = if sp.name.is_empty() {
+                format!("{}/{}:{}", svc.ns, svc.name, sp.port)
+            } else {
+                format!("{}/{}:{}", svc.ns, svc.name, sp.name)
+            };
+            let all_v4 = backends(groups, sp, true, node);
+            let all_v6 = backends(groups, sp, false, node);
+            let mk = |addr: Addr, port: u16, kind: VipKind| {
+                let all = if addr.is_v4() { &all_v4 } else { &all_v6 };
+                let (policy, masq_cluster) = if kind == VipKind::ClusterIp {
+                    (svc.internal_policy, MasqMode::OffCluster)
+                } else {
+                    (svc.external_policy, MasqMode::Always)
+                };
+                let (backends, masq, when_empty) = match policy {
+                    Policy::Cluster => (all.clone(), masq_cluster, WhenEmpty::Reject),
+                    Policy::Local => (
+                        all.iter().filter(|b| b.local).copied().collect(),
+                        if kind == VipKind::ClusterIp {
+                            MasqMode::OffCluster
+                        } else {
+                            MasqMode::Never
+                        },
+                        if all.is_empty() {
+                            WhenEmpty::Reject
+                        } else {
+                            WhenEmpty::Drop
+                        },
+                    ),
+                };
+                ServiceSpec {
+                    name: name.clone(),
+                    vip: VipKey {
+                        addr,
+                        port,
+                        proto: sp.proto,
+                    },
+                    backends,
+                    sched: SchedKind::RoundRobin,
+                    kind,
+                    masq,
+                    affinity_timeout: svc.affinity,
+                    source_ranges: if kind == VipKind::LoadBalancer {
+                        svc.source_ranges
+                            .iter()
+                            .filter(|(v4, _)| *v4 == addr.is_v4())
+                            .map(|(_, c)| *c)
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    when_empty,
+                }
+            };
+            for &ip in &svc.ips {
+                specs.push(mk(ip, sp.port, VipKind::ClusterIp));
+            }
+            if let Some(np) = assigned.node_ports[j] {
+                for a in node_addrs.iter().filter(|a| family_ok(a)) {
+                    specs.push(mk(*a, np, VipKind::NodePort));
+                }
+            }
+            for a in svc
+                .external_ips
+                .iter()
+                .filter(|a| family_ok(a) && local_addrs.contains(a))
+            {
+                specs.push(mk(*a, sp.port, VipKind::ExternalIp));
+            }
+            for a in svc.lb_ips.iter().filter(|a| family_ok(a)) {
+                specs.push(mk(*a, sp.port, VipKind::LoadBalancer));
+            }
+        }
+    }
+}
+
+fn dedup(addrs: impl Iterator<Item = Addr>) -> Vec<Addr> {
+    let mut out: Vec<Addr> = Vec::new();
+    for a in addrs {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn is_local(ep: &Ep, node: Option<&str>) -> bool {
+    node.is_some() && ep.node.as_deref() == node
+}
+
+/// The endpoint port of a group for a service port (same name and
+/// protocol).
+fn find_port<'g>(g: &'g EpGroup, sp: &SvcPort) -> Option<&'g EpPort> {
+    g.ports
+        .iter()
+        .find(|p| p.name == sp.name && p.proto == sp.proto)
+}
+
+/// Every usable endpoint of one family for a service port: ready ones with
+/// weight 1, serving-and-terminating ones with weight 0; sorted, one per
+/// address and port (a ready copy wins over a terminating one).
+fn backends(groups: &[&EpGroup], sp: &SvcPort, v4: bool, node: Option<&str>) -> Vec<BackendSpec> {
+    let mut out = Vec::new();
+    for g in groups {
+        let Some(p) = find_port(g, sp) else {
+            continue;
+        };
+        for e in g.eps.iter().filter(|e| e.addr.is_v4() == v4) {
+            let terminating = if e.ready {
+                false
+            } else if e.serving && e.terminating {
+                true
+            } else {
+                continue;
+            };
+            out.push(BackendSpec {
+                addr: e.addr,
+                port: p.port,
+                weight: u16::from(!terminating),
+                terminating,
+                local: is_local(e, node),
+            });
+        }
+    }
+    out.sort_by_key(|b| (b.addr, b.port, b.terminating, !b.local));
+    out.dedup_by(|b, a| a.addr == b.addr && a.port == b.port);
+    out
+}
+
+fn srv_proto(p: u8) -> SrvProto {
+    match p {
+        proto::UDP => SrvProto::Udp,
+        proto::SCTP => SrvProto::Sctp,
+        _ => SrvProto::Tcp,
+    }
+}
+
+/// The DNS view of a Service.
+fn dns_record(svc: &Svc, groups: &[&EpGroup]) -> DnsService {
+    let (namespace, name) = (svc.ns.clone(), svc.name.clone());
+    if svc.ty == SvcType::ExternalName {
+        return DnsService::ExternalName {
+            namespace,
+            name,
+            target: svc.external_name.clone(),
+        };
+    }
+    let named = || svc.ports.iter().filter(|sp| !sp.name.is_empty());
+    if svc.headless {
+        let ips: BTreeSet<Addr> = groups
+            .iter()
+            .flat_map(|g| &g.eps)
+            .filter(|e| e.ready)
+            .map(|e| e.addr)
+            .collect();
+        let mut ports = BTreeSet::new();
+        for sp in named() {
+            for g in groups {
+                if let Some(p) = find_port(g, sp) {
+                    if g.eps.iter().any(|e| e.ready) {
+                        ports.insert((sp.name.clone(), sp.proto, p.port));
+                    }
+                }
+            }
+        }
+        // Service-port order, then endpoint port number.
+        let order = |n: &str| svc.ports.iter().position(|sp| sp.name == n);
+        let mut ports: Vec<_> = ports.into_iter().collect();
+        ports.sort_by_key(|(n, _, port)| (order(n), *port));
+        return DnsService::Headless {
+            namespace,
+            name,
+            ips: ips.iter().map(Addr::to_ip).collect(),
+            ports: ports
+                .into_iter()
+                .map(|(name, p, port)| NamedPort {
+                    name,
+                    proto: srv_proto(p),
+                    port,
+                })
+                .collect(),
+        };
+    }
+    DnsService::ClusterIp {
+        namespace,
+        name,
+        ips: svc.ips.iter().map(Addr::to_ip).collect(),
+        ports: named()
+            .map(|sp| NamedPort {
+                name: sp.name.clone(),
+                proto: srv_proto(sp.proto),
+                port: sp.port,
+            })
+            .collect(),
+    }
+}

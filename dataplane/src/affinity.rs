@@ -1,0 +1,219 @@
+//! Session affinity (`sessionAffinity: ClientIP`, IPVS persistence): which
+//! backend a client was last sent to, per service, with an idle timeout.
+//!
+//! A fixed array of 16-byte slots shared by all workers, 4-way set
+//! associative, no lock and no allocation after construction. A slot holds a
+//! 64-bit key tag (hash of client address and service identity, never 0) and
+//! a value word `backend_hash:32 | last_seen:32`. Entries are refreshed on
+//! every new flow that uses them (like the iptables `recent` match kube-proxy
+//! uses, which is updated per new connection), and a new entry replaces an
+//! empty, expired or else the stalest slot of its set.
+//!
+//! Affinity is a preference, not a correctness property: the two words of a
+//! slot are written without a lock, so a reader racing a writer that is
+//! replacing the slot may read the new value under the old key. The value
+//! is only a hash of a backend that the caller looks up in the service's
+//! current backends; a wrong or stale one is simply not found there, and
+//! the flow is scheduled normally. The service identity is a hash of the
+//! service port's name, so affinity is shared by a service's ClusterIP,
+//! NodePort and LoadBalancer front ends (as kube-proxy's per-endpoint
+//! `recent` lists are) and survives reloads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::types::Addr;
+
+const WAYS: usize = 4;
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: AtomicU64,
+    val: AtomicU64,
+}
+
+/// The shared affinity table.
+#[derive(Debug)]
+pub struct AffinityTable {
+    slots: Box<[Slot]>,
+    sets: usize,
+}
+
+/// 64-bit FNV-1a.
+#[inline]
+pub fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The hash a backend is remembered by.
+#[inline]
+pub fn backend_hash(addr: &Addr, port: u16) -> u32 {
+    let mut b = [0u8; 18];
+    b[..16].copy_from_slice(&addr.0);
+    b[16..].copy_from_slice(&port.to_be_bytes());
+    let h = fnv64(&b);
+    (h ^ (h >> 32)) as u32
+}
+
+#[inline]
+fn key_tag(client: &Addr, service: u64) -> u64 {
+    let mut b = [0u8; 24];
+    b[..16].copy_from_slice(&client.0);
+    b[16..].copy_from_slice(&service.to_le_bytes());
+    fnv64(&b) | 1
+}
+
+impl AffinityTable {
+    /// Bytes one entry costs.
+    pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<Slot>();
+
+    /// A table of at least `capacity` entries (rounded up to a power of two).
+    pub fn new(capacity: usize) -> AffinityTable {
+        let n = capacity.max(WAYS).next_power_of_two();
+        AffinityTable {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            sets: n / WAYS,
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn set(&self, tag: u64) -> &[Slot] {
+        let s = ((tag >> 1) as usize) % self.sets;
+        &self.slots[s * WAYS..(s + 1) * WAYS]
+    }
+
+    /// The backend hash remembered for `client` on `service` if it was used
+    /// within `timeout` seconds before `now`; refreshes it.
+    #[inline]
+    pub fn lookup(&self, client: &Addr, service: u64, timeout: u32, now: u32) -> Option<u32> {
+        let tag = key_tag(client, service);
+        for slot in self.set(tag) {
+            if slot.key.load(Ordering::Acquire) != tag {
+                continue;
+            }
+            let v = slot.val.load(Ordering::Relaxed);
+            let last = v as u32;
+            if now.wrapping_sub(last) > timeout {
+                return None;
+            }
+            let backend = (v >> 32) as u32;
+            slot.val
+                .store(u64::from(backend) << 32 | u64::from(now), Ordering::Relaxed);
+            return Some(backend);
+        }
+        None
+    }
+
+    /// Remembers that `client` was sent to `backend` on `service` at `now`.
+    pub fn record(&self, client: &Addr, service: u64, backend: u32, now: u32) {
+        let tag = key_tag(client, service);
+        let set = self.set(tag);
+        let val = u64::from(backend) << 32 | u64::from(now);
+        // Same key, else an empty slot, else the stalest.
+        let mut victim = 0;
+        let mut oldest_age = 0u32;
+        for (i, slot) in set.iter().enumerate() {
+            let k = slot.key.load(Ordering::Acquire);
+            if k == tag || k == 0 {
+                victim = i;
+                break;
+            }
+            let age = now.wrapping_sub(slot.val.load(Ordering::Relaxed) as u32);
+            if age >= oldest_age {
+                oldest_age = age;
+                victim = i;
+            }
+        }
+        let slot = &set[victim];
+        slot.val.store(val, Ordering::Relaxed);
+        slot.key.store(tag, Ordering::Release);
+    }
+
+    /// Forgets every entry (tests; a reload keeps affinity).
+    pub fn clear(&self) {
+        for s in self.slots.iter() {
+            s.key.store(0, Ordering::Relaxed);
+            s.val.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(last: u8) -> Addr {
+        Addr::from_v4([198, 18, 0, last])
+    }
+
+    #[test]
+    fn remembers_until_idle_timeout() {
+        let t = AffinityTable::new(64);
+        assert_eq!(t.lookup(&a(1), 7, 10, 100), None);
+        t.record(&a(1), 7, 42, 100);
+        assert_eq!(t.lookup(&a(1), 7, 10, 105), Some(42));
+        // The hit at 105 refreshed it: still there at 115, gone at 126.
+        assert_eq!(t.lookup(&a(1), 7, 10, 115), Some(42));
+        assert_eq!(t.lookup(&a(1), 7, 10, 126), None);
+        // Other clients and other services are separate.
+        t.record(&a(1), 7, 42, 200);
+        assert_eq!(t.lookup(&a(2), 7, 10, 200), None);
+        assert_eq!(t.lookup(&a(1), 8, 10, 200), None);
+        // Re-recording replaces the backend.
+        t.record(&a(1), 7, 43, 201);
+        assert_eq!(t.lookup(&a(1), 7, 10, 201), Some(43));
+    }
+
+    #[test]
+    fn a_full_set_evicts_the_stalest() {
+        let t = AffinityTable::new(4); // one set of four
+        for c in 0..4u8 {
+            t.record(&a(c), 1, u32::from(c), 100 + u32::from(c));
+        }
+        t.record(&a(9), 1, 9, 200);
+        assert_eq!(t.lookup(&a(0), 1, 1000, 200), None, "stalest evicted");
+        for c in 1..4u8 {
+            assert_eq!(t.lookup(&a(c), 1, 1000, 200), Some(u32::from(c)));
+        }
+        assert_eq!(t.lookup(&a(9), 1, 1000, 200), Some(9));
+    }
+
+    #[test]
+    fn backend_hash_distinguishes_ports_and_addresses() {
+        let x = backend_hash(&a(1), 80);
+        assert_ne!(x, backend_hash(&a(1), 81));
+        assert_ne!(x, backend_hash(&a(2), 80));
+        assert_eq!(x, backend_hash(&a(1), 80));
+    }
+
+    #[test]
+    fn concurrent_use_is_safe() {
+        let t = std::sync::Arc::new(AffinityTable::new(256));
+        let hs: Vec<_> = (0..4u8)
+            .map(|w| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let c = a((i % 200) as u8);
+                        t.record(&c, u64::from(w), i, i);
+                        let _ = t.lookup(&c, u64::from(w), 5, i);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        t.clear();
+        assert_eq!(t.lookup(&a(1), 0, 1000, 1), None);
+    }
+}
