@@ -443,6 +443,13 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     .filter(|b| !live.contains(b))
                                     .collect()
                             };
+                            // Keep steering the removed endpoints' packets
+                            // to the workers, which turn them into resets.
+                            for b in &removed {
+                                if !c.steer.backends.contains(b) {
+                                    c.steer.backends.push(*b);
+                                }
+                            }
                             c.snapshot.removed = removed;
                             // Steer the union while the swap happens, so no
                             // packet of an old or new service reaches the
@@ -510,6 +517,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                 if let Ok(mut c) = compile(version, &cfg, &links, &masq, Duration::from_millis(500))
                 {
                     c.snapshot.removed = shared.snapshot.load().removed.clone();
+                    for b in &c.snapshot.removed {
+                        if !c.steer.backends.contains(b) {
+                            c.steer.backends.push(*b);
+                        }
+                    }
                     if c.unresolved.len() < unresolved.len()
                         && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
                     {
