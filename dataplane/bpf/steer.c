@@ -2,8 +2,9 @@
 /*
  * Sluice XDP steering program.
  *
- * Sends only load-balancer traffic to the AF_XDP sockets and passes
- * everything else (ARP, ICMP, SSH, routing protocols, ...) to the kernel.
+ * Sends only load-balancer traffic (and ICMP errors about it) to the AF_XDP
+ * sockets and passes everything else (ARP, ping, neighbour discovery, SSH,
+ * routing protocols, ...) to the kernel.
  *
  * A frame is redirected to the AF_XDP socket of its receive queue
  * (XSKMAP `xsks`, indexed by ctx->rx_queue_index) when it is TCP, UDP or
@@ -12,6 +13,23 @@
  *   (b) (src addr, src port, proto) is in `backends`        (endpoint → LB), or
  *   (c) dst addr is in `snat_addrs` and the dst port lies in
  *       [snat_range.lo, snat_range.hi]                     (reply to a SNATed flow).
+ * An ICMP error (IPv4: destination unreachable 3, time exceeded 11,
+ * parameter problem 12; ICMPv6: destination unreachable 1, packet too big 2,
+ * time exceeded 3, parameter problem 4) is redirected when the packet it
+ * quotes -- one the load balancer or a client sent -- belongs to such a
+ * flow, judged with the same maps in the reverse sense:
+ *   (a') (quoted dst addr, quoted dst port, proto) is in `backends`
+ *        (an error from/about an endpoint, e.g. its host's port unreachable),
+ *   (b') (quoted src addr, quoted src port, proto) is in `vips`
+ *        (an error about a reply sent from a VIP, e.g. client unreachable),
+ *   (c') quoted src addr is in `snat_addrs` and the quoted src port lies in
+ *        the SNAT range                      (an error about a masqueraded packet);
+ * i.e. when the quoted packet, reversed, would match (a), (b) or (c). The
+ * quote must hold the inner IP header (of the outer family; IPv4 with IHL,
+ * first fragment only; IPv6 fixed header with TCP, UDP or SCTP as next
+ * header) and 8 bytes of the inner L4 header. Every other ICMP/ICMPv6
+ * message (echo, neighbour discovery, router advertisements, errors about
+ * host traffic) and ICMP in an IPv4 fragment passes to the kernel.
  * If no socket is registered for the queue, bpf_redirect_map falls back to
  * XDP_PASS (kernel >= 5.3), so the kernel never loses a frame to a missing
  * socket.
@@ -27,7 +45,8 @@
  * `snat_range[0]` holds lo and hi as two u16 in HOST byte order (compared
  * after bpf_ntohs); hi == 0 (the initial all-zero value) or lo > hi disables
  * rule (c). Values of `vips` and `backends` are one byte, ignored.
- * `stats` is a per-CPU array of u64: [0] redirected, [1] passed.
+ * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
+ * errors redirected (also counted in [0]).
  *
  * Parsing: Ethernet, at most one 802.1Q/802.1ad tag, IPv4 (options skipped
  * through IHL; non-first fragments pass, they carry no ports) and IPv6 with
@@ -49,6 +68,17 @@
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
 #endif
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
@@ -68,7 +98,8 @@ struct port_range {
 enum {
 	STAT_REDIRECTED = 0,
 	STAT_PASSED = 1,
-	STAT_MAX = 2,
+	STAT_ICMP_REDIRECTED = 2,
+	STAT_MAX = 3,
 };
 
 struct {
@@ -125,6 +156,21 @@ struct ports {
 	__be16 dst;
 };
 
+/* The first eight bytes of TCP, UDP and SCTP headers, which an ICMP error
+ * quotes at least (RFC 792, RFC 4443 § 3). */
+struct l4_head8 {
+	struct ports p;
+	__be32 more;
+};
+
+/* The ICMP / ICMPv6 header: type, code, checksum, four more bytes. */
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__be16 csum;
+	__be32 rest;
+};
+
 static __always_inline int count(__u32 idx, int verdict)
 {
 	__u64 *c = bpf_map_lookup_elem(&stats, &idx);
@@ -175,6 +221,72 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 	return 0;
 }
 
+static __always_inline int is_l4_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/*
+ * Whether the ICMP (v6 == 0) or ICMPv6 (v6 == 1) message at `icmp` is an
+ * error quoting a load-balancer packet: rules (a'), (b'), (c') above, i.e.
+ * the quoted packet reversed is LB traffic.
+ */
+static __always_inline int is_lb_icmp_error(void *icmp, void *data_end, int v6)
+{
+	struct icmp_head *ih = icmp;
+	__u8 qsaddr[16], qdaddr[16];
+	struct l4_head8 *q;
+	struct ports rev;
+	__u8 proto;
+
+	if ((void *)(ih + 1) > data_end)
+		return 0;
+	if (v6) {
+		struct ipv6hdr *in6 = (void *)(ih + 1);
+
+		if (ih->type != ICMPV6_DEST_UNREACH && ih->type != ICMPV6_PKT_TOOBIG &&
+		    ih->type != ICMPV6_TIME_EXCEED && ih->type != ICMPV6_PARAMPROB)
+			return 0;
+		if ((void *)(in6 + 1) > data_end)
+			return 0;
+		if (in6->version != 6)
+			return 0;
+		proto = in6->nexthdr;
+		__builtin_memcpy(qsaddr, &in6->saddr, 16);
+		__builtin_memcpy(qdaddr, &in6->daddr, 16);
+		q = (void *)(in6 + 1);
+	} else {
+		struct iphdr *in = (void *)(ih + 1);
+		__u32 ihl;
+
+		if (ih->type != ICMP_DEST_UNREACH && ih->type != ICMP_TIME_EXCEEDED &&
+		    ih->type != ICMP_PARAMETERPROB)
+			return 0;
+		if ((void *)(in + 1) > data_end)
+			return 0;
+		ihl = in->ihl * 4;
+		if (in->version != 4 || ihl < sizeof(*in))
+			return 0;
+		/* A non-first fragment quotes no ports. */
+		if (in->frag_off & bpf_htons(IP_OFFSET))
+			return 0;
+		proto = in->protocol;
+		v4_mapped(qsaddr, in->saddr);
+		v4_mapped(qdaddr, in->daddr);
+		q = (void *)in + ihl;
+	}
+	if (!is_l4_proto(proto))
+		return 0;
+	if ((void *)(q + 1) > data_end)
+		return 0;
+
+	/* The quoted packet went from us (or a client) to qdaddr; reversed,
+	 * it is a packet from qdaddr to qsaddr. */
+	rev.src = q->p.dst;
+	rev.dst = q->p.src;
+	return is_lb_traffic(qdaddr, qsaddr, &rev, proto);
+}
+
 SEC("xdp")
 int sluice_steer(struct xdp_md *ctx)
 {
@@ -184,6 +296,8 @@ int sluice_steer(struct xdp_md *ctx)
 	__u8 saddr[16], daddr[16];
 	struct ports *p;
 	__be16 h_proto;
+	void *icmp = 0;
+	int icmp_v6 = 0;
 	void *l3;
 	__u8 proto;
 	int ret;
@@ -215,6 +329,14 @@ int sluice_steer(struct xdp_md *ctx)
 		if (ip->frag_off & bpf_htons(IP_OFFSET))
 			return count(STAT_PASSED, XDP_PASS);
 		proto = ip->protocol;
+		/* ICMP: only errors about LB flows, and never a fragment (the
+		 * kernel reassembles those). */
+		if (proto == IPPROTO_ICMP) {
+			if (ip->frag_off & bpf_htons(IP_MF))
+				return count(STAT_PASSED, XDP_PASS);
+			icmp = (void *)ip + ihl;
+			goto icmp_error;
+		}
 		v4_mapped(saddr, ip->saddr);
 		v4_mapped(daddr, ip->daddr);
 		p = (void *)ip + ihl;
@@ -226,6 +348,11 @@ int sluice_steer(struct xdp_md *ctx)
 		if (ip6->version != 6)
 			return count(STAT_PASSED, XDP_PASS);
 		proto = ip6->nexthdr;
+		if (proto == IPPROTO_ICMPV6) {
+			icmp = (void *)(ip6 + 1);
+			icmp_v6 = 1;
+			goto icmp_error;
+		}
 		__builtin_memcpy(saddr, &ip6->saddr, 16);
 		__builtin_memcpy(daddr, &ip6->daddr, 16);
 		p = (void *)(ip6 + 1);
@@ -233,7 +360,7 @@ int sluice_steer(struct xdp_md *ctx)
 		return count(STAT_PASSED, XDP_PASS);
 	}
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+	if (!is_l4_proto(proto))
 		return count(STAT_PASSED, XDP_PASS);
 	if ((void *)(p + 1) > data_end)
 		return count(STAT_PASSED, XDP_PASS);
@@ -243,6 +370,14 @@ int sluice_steer(struct xdp_md *ctx)
 
 	/* Falls back to XDP_PASS when no socket is bound on this queue. */
 	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	return count(ret == XDP_REDIRECT ? STAT_REDIRECTED : STAT_PASSED, ret);
+
+icmp_error:
+	if (!is_lb_icmp_error(icmp, data_end, icmp_v6))
+		return count(STAT_PASSED, XDP_PASS);
+	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (ret == XDP_REDIRECT)
+		count(STAT_ICMP_REDIRECTED, 0);
 	return count(ret == XDP_REDIRECT ? STAT_REDIRECTED : STAT_PASSED, ret);
 }
 

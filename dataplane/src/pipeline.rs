@@ -24,7 +24,7 @@ use crate::forward::nat;
 use crate::sched;
 use crate::service::{MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
-use crate::wire::{self, reply, tcp_flags, ParseError};
+use crate::wire::{self, icmp_error, reply, tcp_flags, ParseError};
 
 /// Where a backend is reached and which local address masquerades towards
 /// it; resolved by the control plane from the kernel's route and neighbour
@@ -105,12 +105,13 @@ pub struct Snapshot {
 pub enum DropReason {
     /// The frame did not parse (the parse error is counted separately).
     Malformed,
-    /// Not TCP, UDP or SCTP (ICMP errors following flows come later).
+    /// Not TCP, UDP or SCTP, nor an ICMP error about one of them.
     UnsupportedProto,
     /// No flow and no service for the destination.
     NoService,
     /// A segment without SYN for which no flow exists (a RST is answered
-    /// when possible; this counts the rest, e.g. stray RSTs).
+    /// when possible; this counts the rest, e.g. stray RSTs), or an ICMP
+    /// error about no known flow.
     NoFlow,
     /// The service has no backend that takes new flows and its policy says
     /// drop (`externalTrafficPolicy: Local` without a local endpoint), or
@@ -269,10 +270,13 @@ pub fn process(
         }
     };
     let key = p.key;
+    let (snap, flows, now) = (ctx.snap, ctx.flows, ctx.now);
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
+        if let Some(e) = icmp_error::parse_icmp_error(&buf[..len], &p) {
+            return follow_icmp_error(ctx, &mut buf[..len], &p, &e);
+        }
         return Verdict::Drop(DropReason::UnsupportedProto);
     }
-    let (snap, flows, now) = (ctx.snap, ctx.flows, ctx.now);
 
     if let Some(hit) = flows.lookup(&key, now) {
         if !snap.removed.is_empty()
@@ -407,6 +411,41 @@ pub fn process(
     }
     let to = entry.reply.reversed();
     emit(snap, frame, &p, &to, entry.orig_hop)
+}
+
+/// Forwards an ICMP error about a packet of a known flow to the other end
+/// of that flow, translated as the kernel's NAT does
+/// (`nf_nat_icmp_reply_translation`, IPVS `ip_vs_nat_icmp`): the quoted
+/// packet becomes the packet as that end sent it, and the error appears to
+/// come from the address that end talked to (the VIP for a client, the
+/// address the backend replied to for a backend). Port unreachable from a
+/// backend's host thus reaches the client as from the VIP, and a "packet
+/// too big" keeps path MTU discovery working through the LB.
+fn follow_icmp_error(
+    ctx: &Ctx<'_>,
+    frame: &mut [u8],
+    p: &wire::Parsed,
+    e: &icmp_error::IcmpError,
+) -> Verdict {
+    // The quoted packet went out from us; its reverse is what we receive.
+    let Some(hit) = ctx.flows.lookup(&e.inner.reversed(), ctx.now) else {
+        return Verdict::Drop(DropReason::NoFlow);
+    };
+    let (inner_to, hop) = match hit.dir {
+        // About a packet we sent towards the backend: goes to the client.
+        Direction::Reply => (hit.entry.original, hit.entry.reply_hop),
+        // About a packet we sent towards the client: goes to the backend.
+        Direction::Original => (hit.entry.reply, hit.entry.orig_hop),
+    };
+    let Some(port) = ctx.snap.ports.get(hop.port as usize) else {
+        return Verdict::Drop(DropReason::BadEgress);
+    };
+    if icmp_error::translate_icmp_error(frame, p, e, inner_to.dst, inner_to.src, &inner_to).is_err()
+    {
+        return Verdict::Drop(DropReason::Rewrite);
+    }
+    nat::set_macs(frame, port.mac, hop.mac);
+    Verdict::Tx(hop.port)
 }
 
 /// Resets the client of a TCP flow whose endpoint was removed: a segment

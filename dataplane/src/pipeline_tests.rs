@@ -480,7 +480,7 @@ fn drops_carry_their_reason() {
         Verdict::Drop(DropReason::Malformed)
     );
     assert_eq!(stats.parse_errors.iter().sum::<u64>(), 1);
-    // ICMP is not forwarded (yet).
+    // ICMP other than errors about flows is not forwarded.
     let mut icmp = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, FRONT_MAC)
         .ipv4(client, VIP, 64)
@@ -837,6 +837,94 @@ fn flows_of_a_removed_endpoint_are_reset_or_rescheduled() {
     let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
     assert_eq!(run(&after, &flows, &mut q, 0, 2), Verdict::Tx(1));
     assert_ne!(inspect(&q).dst, first_udp);
+}
+
+/// The ICMP port unreachable a host sends about `quoted` (an Ethernet
+/// frame it received).
+fn port_unreachable(
+    src_mac: Mac,
+    dst_mac: Mac,
+    from: [u8; 4],
+    to: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(from, to, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &quoted[14..])
+        .unwrap();
+    out
+}
+
+#[test]
+fn icmp_errors_follow_their_flow() {
+    for masq in [false, true] {
+        let snap = snapshot(
+            MasqPolicy {
+                all: masq,
+                ..MasqPolicy::default()
+            },
+            1,
+        );
+        let flows = FlowTable::new(64, Timeouts::default());
+        let client = [198, 18, 0, 2];
+        let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
+        assert_eq!(run(&snap, &flows, &mut q, 0, 1), Verdict::Tx(1));
+        let sent = inspect(&q);
+        // The backend's host has nothing on the port: its error quotes the
+        // datagram as it received it.
+        let mut err = port_unreachable(backend_mac(0), BACK_MAC, backend_ip(0), sent.src, &q);
+        assert_eq!(
+            run(&snap, &flows, &mut err, 1, 2),
+            Verdict::Tx(0),
+            "masq={masq}"
+        );
+        let p = SlicedPacket::from_ethernet(&err).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        // From the VIP to the client...
+        assert_eq!(
+            (ip.header().source(), ip.header().destination()),
+            (VIP, client)
+        );
+        assert_eq!(
+            ip.header().header_checksum(),
+            ip.header().to_header().calc_header_checksum()
+        );
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            panic!()
+        };
+        // ... quoting the datagram as the client sent it.
+        let inner = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).unwrap();
+        assert_eq!((inner.source(), inner.destination()), (client, VIP));
+        let ports = &icmp.payload()[inner.slice().len()..];
+        assert_eq!(u16::from_be_bytes([ports[0], ports[1]]), 5000);
+        assert_eq!(u16::from_be_bytes([ports[2], ports[3]]), 53);
+        let mut whole = icmp.slice().to_vec();
+        whole[2..4].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            u16::from_be_bytes([icmp.slice()[2], icmp.slice()[3]]),
+            crate::wire::checksum::icmpv4(&whole),
+            "ICMP checksum"
+        );
+        let etherparse::LinkSlice::Ethernet2(eth) = p.link.as_ref().unwrap() else {
+            panic!()
+        };
+        assert_eq!(eth.destination(), CLIENT_MAC);
+    }
+    // An error about no known flow is dropped.
+    let snap = snapshot(MasqPolicy::default(), 1);
+    let flows = FlowTable::new(64, Timeouts::default());
+    let q = udp(CLIENT_MAC, FRONT_MAC, [198, 18, 0, 9], backend_ip(0), 1, 2);
+    let mut err = port_unreachable(backend_mac(0), BACK_MAC, backend_ip(0), [198, 18, 0, 9], &q);
+    assert_eq!(
+        run(&snap, &flows, &mut err, 1, 2),
+        Verdict::Drop(DropReason::NoFlow)
+    );
 }
 
 #[test]

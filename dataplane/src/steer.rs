@@ -1,6 +1,7 @@
 //! XDP steering: which frames go to the AF_XDP sockets.
 //!
-//! Sluice shares its interfaces with the kernel: ARP, ICMP, SSH and routing
+//! Sluice shares its interfaces with the kernel: ARP, ping, neighbour
+//! discovery, SSH and routing
 //! protocols must keep reaching the host stack while load-balancer traffic
 //! bypasses it. A small XDP program (`bpf/steer.c`, compiled by `build.rs`
 //! and embedded here) makes that choice per frame and redirects the chosen
@@ -17,6 +18,21 @@
 //! - its destination address is a SNAT address and its destination port lies
 //!   in the SNAT port range ([`Steering::set_snat`]): a reply to a
 //!   masqueraded flow.
+//!
+//! An ICMP/ICMPv6 error (IPv4 destination unreachable, time exceeded,
+//! parameter problem; IPv6 destination unreachable, packet too big, time
+//! exceeded, parameter problem) is steered too when the packet it quotes
+//! belongs to a load-balanced flow, so that the error can follow the flow
+//! ([`crate::wire::icmp_error`]). The quoted packet was sent by the load
+//! balancer or a client, so the same sets are consulted in the reverse
+//! sense: its (destination, destination port, protocol) is an endpoint, or
+//! its (source, source port, protocol) is a virtual service, or its source
+//! is a SNAT address with the source port in the SNAT range. In short: the
+//! quoted packet, reversed, would be steered. Every other ICMP message
+//! (echo, neighbour discovery, errors about the host's own traffic) and ICMP
+//! in an IPv4 fragment passes. The quote must hold the inner IP header
+//! (IPv4 with options, first fragment; IPv6 with the L4 header as its first
+//! next header) and eight bytes of the L4 header.
 //!
 //! Non-first IPv4 fragments (no ports) and IPv6 packets whose first next
 //! header is not the L4 header pass to the kernel. A frame for a queue without
@@ -35,7 +51,8 @@
 //! protocol number, and one zero byte. `snat_addrs` keys are the 16 address
 //! bytes. `snat_range[0]` is `[lo, hi]` as two `u16` in host byte order;
 //! `hi == 0` disables the SNAT rule. `stats` is a per-CPU array of `u64`
-//! counters: `[0]` redirected, `[1]` passed.
+//! counters: `[0]` redirected, `[1]` passed, `[2]` ICMP errors redirected
+//! (also counted in `[0]`).
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -73,6 +90,8 @@ type L4Key = [u8; L4_KEY_LEN];
 const STAT_REDIRECTED: u32 = 0;
 /// Index of the passed counter in `stats`.
 const STAT_PASSED: u32 = 1;
+/// Index of the ICMP-errors-redirected counter in `stats`.
+const STAT_ICMP_REDIRECTED: u32 = 2;
 
 /// How the XDP program is attached to the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +203,9 @@ pub struct SteerStats {
     /// Frames passed to the kernel (not load-balancer traffic, or no socket
     /// on the queue).
     pub passed: u64,
+    /// ICMP/ICMPv6 errors about load-balanced flows redirected to an AF_XDP
+    /// socket (also counted in `redirected`).
+    pub icmp_errors: u64,
 }
 
 /// The steering program attached to one interface.
@@ -448,6 +470,7 @@ impl Steering {
         Ok(SteerStats {
             redirected: sum(STAT_REDIRECTED)?,
             passed: sum(STAT_PASSED)?,
+            icmp_errors: sum(STAT_ICMP_REDIRECTED)?,
         })
     }
 }

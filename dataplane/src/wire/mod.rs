@@ -14,6 +14,7 @@
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
+pub mod icmp_error;
 pub mod ipv4;
 pub mod ipv6;
 pub mod parse;
@@ -22,6 +23,7 @@ pub mod sctp;
 pub mod tcp;
 pub mod udp;
 
+pub use icmp_error::{parse_icmp_error, translate_icmp_error, IcmpError};
 pub use parse::{parse, ParseError, Parsed};
 pub use reply::{icmp_port_unreachable, tcp_rst, tcp_rst_same_direction};
 pub use tcp::tcp_flags;
