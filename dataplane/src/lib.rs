@@ -13,6 +13,7 @@ pub mod flow_table;
 pub mod forward;
 pub mod pipeline;
 pub mod port;
+pub mod prefetch;
 pub mod sched;
 pub mod service;
 pub mod steer;

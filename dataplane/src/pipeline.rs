@@ -260,9 +260,32 @@ pub fn process(
     ingress: u8,
     stats: &mut Stats,
 ) -> Verdict {
+    let len = len.min(buf.len());
+    let parsed = wire::parse(&buf[..len]);
+    process_parsed(ctx, buf, len, parsed, ingress, stats)
+}
+
+/// Parses a frame and prefetches the flow-table lines its lookup will read:
+/// the first pass of burst processing ([`crate::worker`]).
+#[inline]
+pub fn parse_and_prefetch(flows: &FlowTable, frame: &[u8]) -> Result<wire::Parsed, ParseError> {
+    let p = wire::parse(frame)?;
+    flows.prefetch(&p.key);
+    Ok(p)
+}
+
+/// [`process`] for a frame already parsed (by [`parse_and_prefetch`]).
+pub fn process_parsed(
+    ctx: &Ctx<'_>,
+    buf: &mut [u8],
+    len: usize,
+    parsed: Result<wire::Parsed, ParseError>,
+    ingress: u8,
+    stats: &mut Stats,
+) -> Verdict {
     stats.rx += 1;
     let len = len.min(buf.len());
-    let p = match wire::parse(&buf[..len]) {
+    let p = match parsed {
         Ok(p) => p,
         Err(e) => {
             stats.parse_errors[e.index()] += 1;

@@ -22,7 +22,7 @@ use crate::affinity::AffinityTable;
 use crate::flow_table::FlowTable;
 use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
 use crate::port::{Port, RxFrame};
-use crate::wire::ParseError;
+use crate::wire::{ParseError, Parsed};
 
 /// State shared by the control thread and all workers.
 #[derive(Debug)]
@@ -161,6 +161,7 @@ impl Default for WorkerOpts {
 pub struct Worker<P: Port> {
     port: P,
     batch: Vec<RxFrame<P::Frame>>,
+    parsed: Vec<Result<Parsed, ParseError>>,
     stats: Stats,
     opts: WorkerOpts,
 }
@@ -172,6 +173,7 @@ impl<P: Port> Worker<P> {
         Worker {
             port,
             batch: Vec::with_capacity(burst),
+            parsed: Vec::with_capacity(burst),
             stats: Stats::default(),
             opts: WorkerOpts { burst, ..opts },
         }
@@ -190,12 +192,24 @@ impl<P: Port> Worker<P> {
     /// Processes one burst; returns the number of frames received.
     pub fn poll_once(&mut self, ctx: &Ctx<'_>) -> usize {
         self.batch.clear();
+        self.parsed.clear();
         let n = self.port.recv(&mut self.batch, self.opts.burst);
+        // Pass 1: parse every frame and prefetch its flow-table lines, so
+        // that pass 2's lookups find them in cache (DPDK's burst pattern).
+        for i in 0..n {
+            let mut frame = self.batch[i].frame;
+            let p = self.port.with_frame(&mut frame, |buf, len| {
+                pipeline::parse_and_prefetch(ctx.flows, buf.get(..*len).unwrap_or(&[]))
+            });
+            self.parsed.push(p);
+        }
+        // Pass 2: process.
         for i in 0..n {
             let RxFrame { mut frame, port } = self.batch[i];
+            let parsed = self.parsed[i];
             let stats = &mut self.stats;
             let v = self.port.with_frame(&mut frame, |buf, len| {
-                let v = pipeline::process(ctx, buf, *len, port, stats);
+                let v = pipeline::process_parsed(ctx, buf, *len, parsed, port, stats);
                 if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
                     *len = n;
                 }

@@ -722,6 +722,23 @@ impl FlowTable {
         (0..PROBE_BUCKETS.min(n)).flat_map(move |i| self.buckets[(home + i) % n].0.iter())
     }
 
+    /// Asks the CPU for the index lines a [`FlowTable::lookup`] of `key`
+    /// will read (burst processing calls this for every frame of a burst
+    /// before processing the first).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        let h = self.hashed(key);
+        if let Some(b) = self.buckets.get(h.bucket) {
+            crate::prefetch::prefetch(b);
+        }
+        let n = self.buckets.len();
+        if n > 1 {
+            if let Some(b) = self.buckets.get((h.bucket + 1) % n) {
+                crate::prefetch::prefetch(b);
+            }
+        }
+    }
+
     /// Finds the live flow with `key` in either direction.
     ///
     /// Lock-free and write-free; an expired flow is a miss. Does not refresh
