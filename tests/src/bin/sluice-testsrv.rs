@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
-//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP]
+//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1]
 //! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
 //! sluice-testsrv sctp-send ADDR:PORT [--count N] [--src-port P] [--bind IP]
@@ -24,6 +24,13 @@
 //!   prints `ok <bytes> <fnv1a-64 hex>`, so a transfer that crosses a config
 //!   reload is proven intact, not just complete.
 //!
+//! * udp-query: one connected socket, one datagram and one reply per
+//!   `--count`; replies are printed one a line. When a query gets no reply
+//!   it prints `refused (ECONNREFUSED)` (an ICMP port unreachable arrived
+//!   for the flow; exit status 3) or `timeout` (exit status 4) on stdout,
+//!   with details on stderr. `--icmp-detail 1` sets `IP_RECVERR` and, on a
+//!   refusal, first prints the queued ICMP error: `icmp-error errno=111
+//!   origin=2 type=3 code=3 offender=<outer source> quoted=<payload bytes>`.
 //! * udp-stream: one connected UDP socket sends a datagram every
 //!   `--interval-ms` (default 200), `--count` times, and prints one line per
 //!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
@@ -324,6 +331,7 @@ fn udp_query(args: &Args) -> Res<()> {
     let addr = args.addr()?;
     let count = args.num("count", Some(1))?;
     let timeout = Duration::from_millis(args.num("timeout-ms", Some(2000))?);
+    let icmp_detail = args.num("icmp-detail", Some(0))? != 0;
     let s = UdpSocket::bind((args.bind_ip()?, 0)).map_err(|e| format!("bind: {e}"))?;
     // A connected socket only accepts datagrams from `addr`: a reply from
     // any other source (a missing reverse NAT) is never received.
@@ -331,16 +339,137 @@ fn udp_query(args: &Args) -> Res<()> {
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    if icmp_detail {
+        set_recverr(&s, addr)?;
+    }
     let mut buf = [0u8; 2048];
     for i in 0..count {
         s.send(format!("query {i}").as_bytes())
             .map_err(|e| format!("send {i}: {e}"))?;
-        let n = s
-            .recv(&mut buf)
-            .map_err(|e| format!("no reply to query {i} from {addr} within {timeout:?}: {e}"))?;
-        println!("{}", String::from_utf8_lossy(&buf[..n]));
+        match s.recv(&mut buf) {
+            Ok(n) => println!("{}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => {
+                let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+                if refused && icmp_detail {
+                    match read_icmp_error(&s) {
+                        Ok(line) => println!("{line}"),
+                        Err(d) => eprintln!("sluice-testsrv udp-query: no ICMP detail: {d}"),
+                    }
+                }
+                let timed_out = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+                let (what, code) = if refused {
+                    ("refused (ECONNREFUSED)", UDP_REFUSED)
+                } else if timed_out {
+                    ("timeout", UDP_TIMEOUT)
+                } else {
+                    ("error", 1)
+                };
+                println!("{what}");
+                let why = if timed_out {
+                    format!("no reply within {timeout:?}")
+                } else {
+                    e.to_string()
+                };
+                eprintln!("sluice-testsrv udp-query: query {i} to {addr}: {what}: {why}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+        }
     }
     Ok(())
+}
+
+/// Exit status of `udp-query` when the socket reported ECONNREFUSED (an
+/// ICMP port unreachable arrived for the flow).
+const UDP_REFUSED: i32 = 3;
+/// Exit status of `udp-query` when no reply came within the timeout.
+const UDP_TIMEOUT: i32 = 4;
+
+/// `IP_RECVERR` (`IPV6_RECVERR`): ICMP errors are queued with their details
+/// (`--icmp-detail 1`).
+fn set_recverr(s: &UdpSocket, addr: SocketAddr) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let (level, opt) = match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_RECVERR),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int for this option, the fd is open.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!("IP_RECVERR: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Reads one entry of the socket's error queue and describes it:
+/// `icmp-error errno=E origin=O type=T code=C offender=IP quoted=N`, where
+/// the offender is the source address of the ICMP packet (the outer
+/// header) and `quoted` the length of the payload the ICMP error carried.
+fn read_icmp_error(s: &UdpSocket) -> Res<String> {
+    use std::os::fd::AsRawFd;
+    let mut data = [0u8; 2048];
+    // u64 words: aligned for cmsghdr.
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive
+    // the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes valid buffers.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE) };
+    if n < 0 {
+        return Err(format!("MSG_ERRQUEUE: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control
+    // buffer within `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let (lvl, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+            if (lvl == libc::IPPROTO_IP && ty == libc::IP_RECVERR)
+                || (lvl == libc::IPPROTO_IPV6 && ty == libc::IPV6_RECVERR)
+            {
+                let ee = libc::CMSG_DATA(c) as *const libc::sock_extended_err;
+                let e = std::ptr::read_unaligned(ee);
+                let off = libc::SO_EE_OFFENDER(ee);
+                let offender = match i32::from((*off).sa_family) {
+                    libc::AF_INET => {
+                        let sa = std::ptr::read_unaligned(off as *const libc::sockaddr_in);
+                        IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()).to_string()
+                    }
+                    libc::AF_INET6 => {
+                        let sa = std::ptr::read_unaligned(off as *const libc::sockaddr_in6);
+                        IpAddr::from(sa.sin6_addr.s6_addr).to_string()
+                    }
+                    _ => "none".to_string(),
+                };
+                return Ok(format!(
+                    "icmp-error errno={} origin={} type={} code={} offender={offender} quoted={n}",
+                    e.ee_errno, e.ee_origin, e.ee_type, e.ee_code
+                ));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Err("no IP_RECVERR control message".into())
 }
 
 fn bulk_get(args: &Args) -> Res<()> {
