@@ -51,7 +51,13 @@ fn populate(
         w.port().clear_sent();
         i = end;
     }
-    assert_eq!(flows.len(), n as usize, "table populated");
+    // A key whose two-bucket probe window is full is refused even below
+    // capacity (rare: about one in a million at half load); tolerate it.
+    assert!(
+        flows.len() >= n as usize - n as usize / 10_000,
+        "table populated: {} of {n}",
+        flows.len()
+    );
     let step = (n as usize / TEMPLATES).max(1);
     let mut hits = Vec::new();
     let mut replies = Vec::new();
