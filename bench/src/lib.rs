@@ -24,6 +24,29 @@ pub fn backend_ip(i: u8) -> [u8; 4] {
 /// A snapshot with `services` TCP services on consecutive ports of the VIP
 /// (port 80 first), each with three backends reached on port 1.
 pub fn snapshot(services: u16, masq: MasqPolicy) -> Snapshot {
+    snapshot_of((0..services).map(|s| (VIP, 80 + s)), masq)
+}
+
+/// Front end of service `s` in [`snapshot_many`]: [`VIP`] port 80 for
+/// `s == 0`, else `10.a.b.c` port 80 with `a.b.c` = `s` (ClusterIP-like:
+/// one address per service).
+pub fn service_vip(s: u32) -> ([u8; 4], u16) {
+    if s == 0 {
+        (VIP, 80)
+    } else {
+        ([10, (s >> 16) as u8, (s >> 8) as u8, s as u8], 80)
+    }
+}
+
+/// A snapshot with `services` (up to 2²⁴) TCP services at
+/// [`service_vip`]`(0..services)`, each with the same three backends as
+/// [`snapshot`].
+pub fn snapshot_many(services: u32, masq: MasqPolicy) -> Snapshot {
+    assert!(services <= 1 << 24, "at most 2^24 bench services");
+    snapshot_of((0..services).map(service_vip), masq)
+}
+
+fn snapshot_of(vips: impl Iterator<Item = ([u8; 4], u16)>, masq: MasqPolicy) -> Snapshot {
     let backends: Vec<BackendSpec> = (0..3)
         .map(|i| BackendSpec {
             addr: Addr::from_v4(backend_ip(i)),
@@ -32,12 +55,13 @@ pub fn snapshot(services: u16, masq: MasqPolicy) -> Snapshot {
             ..Default::default()
         })
         .collect();
-    let specs = (0..services)
-        .map(|s| ServiceSpec {
+    let specs = vips
+        .enumerate()
+        .map(|(s, (addr, port))| ServiceSpec {
             name: format!("bench/svc{s}"),
             vip: VipKey {
-                addr: Addr::from_v4(VIP),
-                port: 80 + s,
+                addr: Addr::from_v4(addr),
+                port,
                 proto: proto::TCP,
             },
             backends: backends.clone(),
@@ -86,6 +110,17 @@ pub fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: b
         b = b.ack(1);
     }
     let mut out = Vec::with_capacity(64);
+    b.write(&mut out, &[]).expect("building a fixture packet");
+    out
+}
+
+/// A TCP ACK over IPv6 (no payload: 74 bytes).
+pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, FRONT_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1, 65535)
+        .ack(1);
+    let mut out = Vec::with_capacity(80);
     b.write(&mut out, &[]).expect("building a fixture packet");
     out
 }

@@ -26,9 +26,12 @@
 //!   where the tag is 32 bits of the key's hash. Each live flow has two slots,
 //!   one for its original key and one for its reply key. A key may sit in its
 //!   home bucket or the next two ([`PROBE_BUCKETS`] = 3: three adjacent
-//!   lines). With two per key (mean 4 keys per window at the index's worst
-//!   load) a full window turned away about one insert in a million at half
-//!   load; with three (mean 6) the odds fall to about 1e-8 per window.
+//!   lines, 24 slots). A key whose window is full is refused even when
+//!   records are free. With the record table half full (a window holds 6
+//!   keys on average) that is about 1e-8 of inserts; with every record in
+//!   use (12 on average) about 1e-4 were refused in a 1e7-flow run (counted
+//!   as `drop_flow_table_full`): size `--flow-capacity` with headroom. A
+//!   two-bucket window refused about 1e-6 already at half load.
 //!   The index has [`SLOTS_PER_FLOW`] = 4 slots per record, so it is at most
 //!   half full when every record is in use.
 //! * **Free list**: a crossbeam [`ArrayQueue`] of record indices, filled at

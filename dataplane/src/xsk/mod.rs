@@ -29,6 +29,33 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use crate::port::{Port, RxFrame};
 
+/// Size of one UMEM frame, in bytes.
+const FRAME_SIZE: u32 = 2048;
+
+/// Whether the huge-page counters in `meminfo` (the text of
+/// `/proc/meminfo`) leave enough free huge pages for a UMEM of `bytes`:
+/// `HugePages_Free - HugePages_Rsvd` (free pages not already promised to
+/// another mapping) at least `bytes` rounded up to `Hugepagesize`. False
+/// when a field is missing or unreadable (no hugetlbfs support).
+pub fn hugepages_fit(meminfo: &str, bytes: u64) -> bool {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+    };
+    let (Some(free), Some(size_kb)) = (field("HugePages_Free"), field("Hugepagesize")) else {
+        return false;
+    };
+    let rsvd = field("HugePages_Rsvd").unwrap_or(0);
+    let page = size_kb.saturating_mul(1024);
+    if page == 0 {
+        return false;
+    }
+    let need = bytes.div_ceil(page);
+    need > 0 && free.saturating_sub(rsvd) >= need
+}
+
 /// Sizes of the UMEM and rings.
 #[derive(Clone, Copy, Debug)]
 pub struct XskConfig {
@@ -36,7 +63,10 @@ pub struct XskConfig {
     pub ring_size: u32,
     /// UMEM frames per socket (the UMEM holds `sockets × this`).
     pub frames_per_socket: u32,
-    /// Back the UMEM with huge pages.
+    /// Try to back the UMEM with huge pages (`MAP_HUGETLB`): used when
+    /// `/proc/meminfo` shows enough free ones (the operator reserved them,
+    /// e.g. `vm.nr_hugepages`) and the mapping succeeds; otherwise the UMEM
+    /// falls back to normal pages. [`XskPort::hugepages`] tells which.
     pub hugepages: bool,
 }
 
@@ -45,7 +75,7 @@ impl Default for XskConfig {
         XskConfig {
             ring_size: 1024,
             frames_per_socket: 2048,
-            hugepages: false,
+            hugepages: true,
         }
     }
 }
@@ -121,6 +151,8 @@ pub struct XskPort {
     pollfds: Vec<libc::pollfd>,
     tx_dropped: u64,
     ring_size: u32,
+    /// Whether the UMEM is backed by huge pages.
+    hugepages: bool,
 }
 
 impl std::fmt::Debug for XskPort {
@@ -128,6 +160,7 @@ impl std::fmt::Debug for XskPort {
         f.debug_struct("XskPort")
             .field("sockets", &self.sockets().collect::<Vec<_>>())
             .field("free", &self.free.len())
+            .field("hugepages", &self.hugepages)
             .finish()
     }
 }
@@ -151,7 +184,7 @@ impl XskPort {
             }
         }
         let ring = QueueSize::new(cfg.ring_size).map_err(|e| XskError::Config(e.to_string()))?;
-        let frame_size = FrameSize::new(2048).map_err(|e| XskError::Config(e.to_string()))?;
+        let frame_size = FrameSize::new(FRAME_SIZE).map_err(|e| XskError::Config(e.to_string()))?;
         let umem_cfg = UmemConfig::builder()
             .frame_size(frame_size)
             .fill_queue_size(ring)
@@ -163,11 +196,36 @@ impl XskPort {
             .checked_mul(queues.len().max(1) as u32)
             .and_then(NonZeroU32::new)
             .ok_or_else(|| XskError::Config("frame count overflows or is zero".into()))?;
-        let (umem, descs) =
-            Umem::new(umem_cfg, frames, cfg.hugepages).map_err(|source| XskError::Umem {
+        let bytes = u64::from(frames.get()) * u64::from(FRAME_SIZE);
+        let try_huge = cfg.hugepages
+            && std::fs::read_to_string("/proc/meminfo")
+                .map(|m| hugepages_fit(&m, bytes))
+                .unwrap_or(false);
+        let huge = if try_huge {
+            match Umem::new(umem_cfg, frames, true) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::info!(error = %e, bytes, "huge-page UMEM failed, using normal pages");
+                    None
+                }
+            }
+        } else {
+            if cfg.hugepages {
+                tracing::info!(
+                    bytes,
+                    "not enough free huge pages for the UMEM (HugePages_Free in /proc/meminfo), using normal pages"
+                );
+            }
+            None
+        };
+        let hugepages = huge.is_some();
+        let (umem, descs) = match huge {
+            Some(u) => u,
+            None => Umem::new(umem_cfg, frames, false).map_err(|source| XskError::Umem {
                 frames: frames.get(),
                 source,
-            })?;
+            })?,
+        };
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(ring)
             .tx_queue_size(ring)
@@ -240,9 +298,16 @@ impl XskPort {
             pollfds,
             tx_dropped: 0,
             ring_size: cfg.ring_size,
+            hugepages,
         };
         port.refill();
         Ok(port)
+    }
+
+    /// Whether the UMEM ended up backed by huge pages (asked for by
+    /// [`XskConfig::hugepages`] and available), or by normal pages.
+    pub fn hugepages(&self) -> bool {
+        self.hugepages
     }
 
     /// The bound sockets: interface index, queue, fd (to register in the
@@ -400,5 +465,54 @@ impl XskPort {
             .iter()
             .map(|s| (s.port, s.queue, s.rx.fd().xdp_statistics()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meminfo(free: u64, rsvd: u64, size_kb: u64) -> String {
+        format!(
+            "MemTotal:       24000000 kB\nAnonHugePages:         0 kB\n\
+             HugePages_Total:     {free}\nHugePages_Free:      {free}\n\
+             HugePages_Rsvd:      {rsvd}\nHugePages_Surp:        0\n\
+             Hugepagesize:       {size_kb} kB\nHugetlb:               0 kB\n"
+        )
+    }
+
+    #[test]
+    fn hugepages_fit_decides_from_meminfo() {
+        const MB: u64 = 1 << 20;
+        // None reserved (the default): fall back.
+        assert!(!hugepages_fit(&meminfo(0, 0, 2048), 4 * MB));
+        // Exactly enough 2 MiB pages, and one short.
+        assert!(hugepages_fit(&meminfo(2, 0, 2048), 4 * MB));
+        assert!(!hugepages_fit(&meminfo(1, 0, 2048), 4 * MB));
+        // A partial page counts as a whole one.
+        assert!(!hugepages_fit(&meminfo(2, 0, 2048), 4 * MB + 1));
+        assert!(hugepages_fit(&meminfo(3, 0, 2048), 4 * MB + 1));
+        // Pages reserved by another mapping are not available.
+        assert!(!hugepages_fit(&meminfo(4, 3, 2048), 4 * MB));
+        assert!(hugepages_fit(&meminfo(4, 2, 2048), 4 * MB));
+        // 1 GiB pages.
+        assert!(hugepages_fit(&meminfo(1, 0, 1 << 20), 8 * MB));
+        // No hugetlb fields at all, empty text, zero size.
+        assert!(!hugepages_fit("MemTotal: 1 kB\n", 4 * MB));
+        assert!(!hugepages_fit("", 4 * MB));
+        assert!(!hugepages_fit(&meminfo(8, 0, 2048), 0));
+        // The default config's UMEM for two sockets needs 4 pages of 2 MiB.
+        let cfg = XskConfig::default();
+        assert!(cfg.hugepages);
+        let bytes = u64::from(cfg.frames_per_socket) * 2 * u64::from(FRAME_SIZE);
+        assert!(hugepages_fit(&meminfo(4, 0, 2048), bytes));
+        assert!(!hugepages_fit(&meminfo(3, 0, 2048), bytes));
+    }
+
+    #[test]
+    fn hugepages_fit_on_this_host_does_not_panic() {
+        if let Ok(m) = std::fs::read_to_string("/proc/meminfo") {
+            let _ = hugepages_fit(&m, 4 << 20);
+        }
     }
 }
