@@ -378,6 +378,16 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         warn!("health checks: {e}");
     }
     let mut unresolved = compiled.unresolved;
+    // The config last applied: retries and pruning recompile from it, never
+    // from the file, which may hold edits the operator has not signalled yet.
+    let mut applied_cfg = cfg.clone();
+    // When each removed endpoint left; forgotten once its flows must be gone.
+    let mut removed_since: HashMap<(Addr, u16, u8), Instant> = HashMap::new();
+    let removed_ttl = {
+        let t = shared.flows.timeouts();
+        Duration::from_secs(u64::from(t.tcp_established) + u64::from(t.tcp_fin_wait))
+    };
+    let mut last_prune = Instant::now();
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
         .map_err(RunError::Signals)?;
 
@@ -466,6 +476,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     version += 1;
                                     current_steer = c.steer;
                                     unresolved = c.unresolved;
+                                    applied_cfg = cfg.clone();
+                                    {
+                                        let snap = shared.snapshot.load();
+                                        removed_since.retain(|k, _| snap.removed.contains(k));
+                                        for k in snap.removed.iter() {
+                                            removed_since.entry(*k).or_insert_with(Instant::now);
+                                        }
+                                    }
                                     // UDP/SCTP flows to endpoints that left
                                     // are flushed (kube-proxy's conntrack
                                     // cleanup), so the client's next
@@ -513,9 +531,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         }
         if !unresolved.is_empty() && last_retry.elapsed() >= Duration::from_secs(5) {
             last_retry = Instant::now();
-            if let Ok(cfg) = config::load_file_with(&args.config, &ctx) {
-                if let Ok(mut c) = compile(version, &cfg, &links, &masq, Duration::from_millis(500))
-                {
+            {
+                if let Ok(mut c) = compile(
+                    version,
+                    &applied_cfg,
+                    &links,
+                    &masq,
+                    Duration::from_millis(500),
+                ) {
                     c.snapshot.removed = shared.snapshot.load().removed.clone();
                     for b in &c.snapshot.removed {
                         if !c.steer.backends.contains(b) {
@@ -532,6 +555,53 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         shared.publish(c.snapshot);
                         current_steer = c.steer;
                         unresolved = c.unresolved;
+                    }
+                }
+            }
+        }
+        if !removed_since.is_empty() && last_prune.elapsed() >= Duration::from_secs(10) {
+            last_prune = Instant::now();
+            let gone = expired_removals(&removed_since, Instant::now(), removed_ttl);
+            if !gone.is_empty() {
+                if let Ok(mut c) = compile(
+                    version,
+                    &applied_cfg,
+                    &links,
+                    &masq,
+                    Duration::from_millis(500),
+                ) {
+                    c.snapshot.removed = shared
+                        .snapshot
+                        .load()
+                        .removed
+                        .iter()
+                        .filter(|k| !gone.contains(k))
+                        .copied()
+                        .collect();
+                    for b in &c.snapshot.removed {
+                        if !c.steer.backends.contains(b) {
+                            c.steer.backends.push(*b);
+                        }
+                    }
+                    if apply_steer(
+                        &mut steering,
+                        &union_sets(&current_steer, &c.steer),
+                        args.snat_ports,
+                    )
+                    .is_ok()
+                    {
+                        shared.publish(c.snapshot);
+                        if apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok() {
+                            current_steer = c.steer;
+                        }
+                        unresolved = c.unresolved;
+                        for k in &gone {
+                            removed_since.remove(k);
+                        }
+                        info!(
+                            "forgot {} endpoint(s) removed more than {removed_ttl:?} ago",
+                            gone.len()
+                        );
                     }
                 }
             }
@@ -586,6 +656,20 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The removed endpoints that left more than `ttl` before `now`: every
+/// flow they had has timed out by then, so they need no resets any more.
+fn expired_removals<K: Copy + Eq + std::hash::Hash>(
+    since: &HashMap<K, Instant>,
+    now: Instant,
+    ttl: Duration,
+) -> Vec<K> {
+    since
+        .iter()
+        .filter(|(_, t)| now.saturating_duration_since(**t) > ttl)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// Every (address, port, protocol) a flow of `snap` may be forwarded to.
 fn live_backends(snap: &Snapshot) -> HashSet<(Addr, u16, u8)> {
     snap.services
@@ -636,5 +720,46 @@ fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
             .collect(),
         backends: backends.into_iter().collect(),
         snat: snat.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_endpoints_are_forgotten_after_their_flows() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1020);
+        let mut since = HashMap::new();
+        since.insert(1u32, t0);
+        since.insert(2u32, t0 + Duration::from_secs(1016));
+        let at = t0 + Duration::from_secs(1021);
+        assert_eq!(expired_removals(&since, at, ttl), vec![1]);
+        assert!(expired_removals(&since, t0 + ttl, ttl).is_empty());
+        assert!(expired_removals(&HashMap::<u32, Instant>::new(), at, ttl).is_empty());
+    }
+
+    #[test]
+    fn union_keeps_both_sides_once() {
+        let v = |p| VipKey {
+            addr: Addr::from_v4([198, 18, 100, 10]),
+            port: p,
+            proto: 6,
+        };
+        let a = SteerSets {
+            vips: vec![v(80), v(81)],
+            backends: vec![(Addr::from_v4([198, 18, 1, 11]), 8080, 6)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let b = SteerSets {
+            vips: vec![v(81), v(82)],
+            backends: vec![(Addr::from_v4([198, 18, 1, 12]), 8080, 6)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let u = union_sets(&a, &b);
+        assert_eq!(u.vips.len(), 3);
+        assert_eq!(u.backends.len(), 2);
+        assert_eq!(u.snat.len(), 1);
     }
 }
