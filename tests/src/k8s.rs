@@ -103,6 +103,22 @@ pub fn ready_backends(idx: &[usize]) -> Vec<Ep> {
         .collect()
 }
 
+/// The `default/web` ClusterIP service most tests use: 198.18.100.10, one
+/// port `http` 80 → 8080/TCP, with ready endpoints on backends `idx`.
+pub fn web_http(idx: &[usize]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
+         type: ClusterIP\n  clusterIP: 198.18.100.10\n  ports:\n  - name: http\n    \
+         protocol: TCP\n    port: 80\n    targetPort: 8080\n---\n{}",
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &ready_backends(idx)
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

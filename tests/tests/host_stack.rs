@@ -7,44 +7,7 @@ use std::time::Duration;
 use sluice_tests::{require_root, topology, Role, Sluice, Topology};
 
 fn config() -> String {
-    let endpoints: String = (1..=3)
-        .map(|i| {
-            format!(
-                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
-                Topology::backend_ip(i)
-            )
-        })
-        .collect();
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.100.10
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-  - name: http
-    port: 8080
-    protocol: TCP
-endpoints:
-{endpoints}"#
-    )
+    sluice_tests::k8s::web_http(&[1, 2, 3])
 }
 
 fn ping(topo: &Topology, from: Role, to: &str) {
