@@ -144,6 +144,20 @@ pub struct Compiled {
     pub unresolved: Vec<Addr>,
 }
 
+impl Compiled {
+    /// Carries the set of removed endpoints into this compile: the workers
+    /// reset TCP flows still pinned to them, and the steering program keeps
+    /// sending those endpoints' packets to the workers so that a client that
+    /// only receives is reset too.
+    fn keep_removed(&mut self, removed: hashbrown::HashSet<(Addr, u16, u8)>) {
+        let steered: HashSet<(Addr, u16, u8)> = self.steer.backends.iter().copied().collect();
+        self.steer
+            .backends
+            .extend(removed.iter().filter(|b| !steered.contains(b)).copied());
+        self.snapshot.removed = removed;
+    }
+}
+
 /// Compiles `cfg` into a snapshot: service table, next hops from the kernel
 /// (route + neighbour), SNAT sources and the steering sets.
 ///
@@ -453,14 +467,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     .filter(|b| !live.contains(b))
                                     .collect()
                             };
-                            // Keep steering the removed endpoints' packets
-                            // to the workers, which turn them into resets.
-                            for b in &removed {
-                                if !c.steer.backends.contains(b) {
-                                    c.steer.backends.push(*b);
-                                }
-                            }
-                            c.snapshot.removed = removed;
+                            c.keep_removed(removed);
                             // Steer the union while the swap happens, so no
                             // packet of an old or new service reaches the
                             // kernel stack in between; then the new sets.
@@ -539,12 +546,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     &masq,
                     Duration::from_millis(500),
                 ) {
-                    c.snapshot.removed = shared.snapshot.load().removed.clone();
-                    for b in &c.snapshot.removed {
-                        if !c.steer.backends.contains(b) {
-                            c.steer.backends.push(*b);
-                        }
-                    }
+                    c.keep_removed(shared.snapshot.load().removed.clone());
                     if c.unresolved.len() < unresolved.len()
                         && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
                     {
@@ -570,7 +572,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     &masq,
                     Duration::from_millis(500),
                 ) {
-                    c.snapshot.removed = shared
+                    let kept = shared
                         .snapshot
                         .load()
                         .removed
@@ -578,11 +580,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         .filter(|k| !gone.contains(k))
                         .copied()
                         .collect();
-                    for b in &c.snapshot.removed {
-                        if !c.steer.backends.contains(b) {
-                            c.steer.backends.push(*b);
-                        }
-                    }
+                    c.keep_removed(kept);
                     if apply_steer(
                         &mut steering,
                         &union_sets(&current_steer, &c.steer),
@@ -738,6 +736,23 @@ mod tests {
         assert_eq!(expired_removals(&since, at, ttl), vec![1]);
         assert!(expired_removals(&since, t0 + ttl, ttl).is_empty());
         assert!(expired_removals(&HashMap::<u32, Instant>::new(), at, ttl).is_empty());
+    }
+
+    #[test]
+    fn removed_endpoints_stay_steered_and_in_the_snapshot() {
+        let x = (Addr::from_v4([198, 18, 1, 11]), 8080, 6);
+        let y = (Addr::from_v4([198, 18, 1, 12]), 8080, 6);
+        let mut c = Compiled {
+            snapshot: Snapshot::default(),
+            steer: SteerSets {
+                backends: vec![x],
+                ..SteerSets::default()
+            },
+            unresolved: Vec::new(),
+        };
+        c.keep_removed([x, y].into_iter().collect());
+        assert_eq!(c.steer.backends, vec![x, y], "steered once each");
+        assert!(c.snapshot.removed.contains(&x) && c.snapshot.removed.contains(&y));
     }
 
     #[test]
