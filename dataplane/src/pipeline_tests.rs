@@ -109,6 +109,11 @@ fn tcp(
     out
 }
 
+/// A client's SYN to the TCP service (VIP:80) from `src:sport`.
+fn client_syn(src: [u8; 4], sport: u16) -> Vec<u8> {
+    tcp(CLIENT_MAC, FRONT_MAC, src, VIP, sport, 80, tcp_flags::SYN)
+}
+
 fn udp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(src_mac, dst_mac)
@@ -224,15 +229,7 @@ fn syn_to_vip_is_dnat_to_a_backend_and_reply_is_translated_back() {
     let snap = snapshot(MasqPolicy::default(), 3);
     let flows = FlowTable::new(1024, Timeouts::default());
     let client = [198, 18, 0, 2];
-    let mut f = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::SYN,
-    );
+    let mut f = client_syn(client, 40000);
     assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
     let out = inspect(&f);
     assert_eq!(
@@ -305,15 +302,7 @@ fn outside_clients_are_masqueraded_and_replies_reach_them() {
     let snap = snapshot(outside_masq(), 3);
     let flows = FlowTable::new(1024, Timeouts::default());
     let client = [198, 18, 0, 2];
-    let mut f = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::SYN,
-    );
+    let mut f = client_syn(client, 40000);
     let mut stats = Stats::default();
     assert_eq!(
         run_with(
@@ -355,15 +344,7 @@ fn outside_clients_are_masqueraded_and_replies_reach_them() {
 
     // A client inside the cluster CIDR keeps its address.
     let inside = [198, 18, 1, 200];
-    let mut g = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        inside,
-        VIP,
-        40001,
-        80,
-        tcp_flags::SYN,
-    );
+    let mut g = client_syn(inside, 40001);
     assert_eq!(run(&snap, &flows, &mut g, 0, 1), Verdict::Tx(1));
     assert_eq!(inspect(&g).src, inside);
 }
@@ -502,7 +483,7 @@ fn drops_carry_their_reason() {
         })
         .collect();
     empty.services = ServiceTable::build(1, specs).unwrap();
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 2);
     assert_eq!(
         run(&empty, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::NoBackend)
@@ -510,7 +491,7 @@ fn drops_carry_their_reason() {
     // A backend whose next hop is unknown.
     let mut nonh = snapshot(MasqPolicy::default(), 1);
     nonh.nexthops.clear();
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 3, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 3);
     assert_eq!(
         run(&nonh, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::NoNextHop)
@@ -549,7 +530,7 @@ fn no_endpoints_is_rejected_at_once() {
     let client = [198, 18, 0, 2];
     let mut stats = Stats::default();
     // TCP: RST|ACK answering the SYN.
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 4000, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 4000);
     let v = run_with(&snap, &flows, &aff, &mut f, 0, 1, &mut stats);
     assert!(matches!(v, Verdict::Reply(_)), "{v:?}");
     assert_rst_from_vip(&f, client, 4000);
@@ -599,15 +580,7 @@ fn session_affinity_sticks_until_idle_timeout() {
     let mut stats = Stats::default();
     let mut seen = Vec::new();
     for (i, now) in [1u32, 2, 5, 14].iter().enumerate() {
-        let mut f = tcp(
-            CLIENT_MAC,
-            FRONT_MAC,
-            client,
-            VIP,
-            1000 + i as u16,
-            80,
-            tcp_flags::SYN,
-        );
+        let mut f = client_syn(client, 1000 + i as u16);
         assert_eq!(
             run_with(&snap, &flows, &aff, &mut f, 0, *now, &mut stats),
             Verdict::Tx(1)
@@ -620,7 +593,7 @@ fn session_affinity_sticks_until_idle_timeout() {
     );
     assert_eq!(stats.affinity_hits, 3);
     // Idle for longer than the timeout: scheduled anew (round-robin moves on).
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2000, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 2000);
     assert_eq!(
         run_with(&snap, &flows, &aff, &mut f, 0, 30, &mut stats),
         Verdict::Tx(1)
@@ -651,14 +624,14 @@ fn affinity_ends_when_its_endpoint_leaves() {
     let flows = FlowTable::new(1024, Timeouts::default());
     let aff = AffinityTable::new(64);
     let client = [198, 18, 0, 2];
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1000, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 1000);
     run_with(&snap, &flows, &aff, &mut f, 0, 1, &mut Stats::default());
     let first = inspect(&f).dst;
     let gone = with_specs(snapshot(MasqPolicy::default(), 3), |s| {
         s.affinity_timeout = Some(100);
         s.backends.retain(|b| b.addr != Addr::from_v4(first));
     });
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1001, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 1001);
     assert_eq!(
         run_with(&gone, &flows, &aff, &mut f, 0, 2, &mut Stats::default()),
         Verdict::Tx(1)
@@ -703,14 +676,14 @@ fn masquerade_modes_hairpin_and_same_segment() {
     let flows = FlowTable::new(64, Timeouts::default());
     // Local policy: the client address is kept even off-cluster.
     let never = with_specs(snapshot(outside_masq(), 1), |s| s.masq = MasqMode::Never);
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1000, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 1000);
     assert_eq!(run(&never, &flows, &mut f, 0, 1), Verdict::Tx(1));
     assert_eq!(inspect(&f).src, client);
     // Cluster policy on an external front end: always masqueraded.
     let always = with_specs(snapshot(MasqPolicy::default(), 1), |s| {
         s.masq = MasqMode::Always
     });
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1001, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 1001);
     assert_eq!(run(&always, &flows, &mut f, 0, 1), Verdict::Tx(1));
     assert_eq!(inspect(&f).src, LB_BACK);
     // Hairpin: the only backend connects to its own service, even with
@@ -781,15 +754,7 @@ fn flows_of_a_removed_endpoint_are_reset_or_rescheduled() {
     let flows = FlowTable::new(1024, Timeouts::default());
     let client = [198, 18, 0, 2];
     // A TCP flow and a UDP flow, both on backend 0.
-    let mut f = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::SYN,
-    );
+    let mut f = client_syn(client, 40000);
     assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
     assert_eq!(inspect(&f).dst, backend_ip(0));
     let mut q = udp(CLIENT_MAC, FRONT_MAC, client, VIP, 5000, 53);
@@ -933,15 +898,7 @@ fn a_full_table_of_established_flows_refuses_new_ones() {
     let flows = FlowTable::new(4, Timeouts::default());
     let client = [198, 18, 0, 2];
     for p in 0..4u16 {
-        let mut f = tcp(
-            CLIENT_MAC,
-            FRONT_MAC,
-            client,
-            VIP,
-            1000 + p,
-            80,
-            tcp_flags::SYN,
-        );
+        let mut f = client_syn(client, 1000 + p);
         assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
         let mut a = tcp(
             CLIENT_MAC,
@@ -954,7 +911,7 @@ fn a_full_table_of_established_flows_refuses_new_ones() {
         );
         assert_eq!(run(&snap, &flows, &mut a, 0, 1), Verdict::Tx(1));
     }
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 2000, 80, tcp_flags::SYN);
+    let mut f = client_syn(client, 2000);
     assert_eq!(
         run(&snap, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::FlowTableFull)
@@ -1039,15 +996,7 @@ fn flows_survive_a_new_snapshot() {
     let old = snapshot(MasqPolicy::default(), 3);
     let flows = FlowTable::new(1024, Timeouts::default());
     let client = [198, 18, 0, 2];
-    let mut f = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::SYN,
-    );
+    let mut f = client_syn(client, 40000);
     assert_eq!(run(&old, &flows, &mut f, 0, 1), Verdict::Tx(1));
     let mut new = snapshot(MasqPolicy::default(), 3);
     new.services = ServiceTable::build(2, vec![]).unwrap();
@@ -1078,7 +1027,7 @@ proptest! {
         let (mut f, dport) = if udp_flow {
             (udp(CLIENT_MAC, FRONT_MAC, client, VIP, sport, 53), 53)
         } else {
-            (tcp(CLIENT_MAC, FRONT_MAC, client, VIP, sport, 80, tcp_flags::SYN), 80)
+            (client_syn(client, sport), 80)
         };
         prop_assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
         let out = inspect(&f);
