@@ -49,9 +49,14 @@ struct RunCmd {
     /// Masquerade every client (kube-proxy --masquerade-all).
     #[arg(long)]
     masquerade_all: bool,
-    /// Capacity of the connection table, in flows.
+    /// Capacity of the connection table, in IPv4 flows (58 bytes each,
+    /// allocated at start; at most 16777214).
     #[arg(long, default_value_t = 1 << 20)]
     flow_capacity: usize,
+    /// Capacity of the connection table for IPv6 flows (106 bytes each;
+    /// default: a quarter of --flow-capacity, at least 64).
+    #[arg(long)]
+    flow_capacity_v6: Option<usize>,
     /// Seconds between counter log lines (0: never).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
                 cluster_cidrs: r.cluster_cidrs,
                 masquerade_all: r.masquerade_all,
                 flow_capacity: r.flow_capacity,
+                flow_capacity_v6: r.flow_capacity_v6,
                 stats_interval: r.stats_interval,
                 xdp_mode: match r.xdp_mode {
                     XdpMode::Auto => AttachMode::Auto,

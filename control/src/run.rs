@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use sluice_dataplane::affinity::AffinityTable;
+use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
 use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
 use sluice_dataplane::service::{ServiceTable, VipKey};
@@ -48,6 +49,9 @@ pub struct RunArgs {
     pub masquerade_all: bool,
     /// Flow table capacity.
     pub flow_capacity: usize,
+    /// Capacity of the connection table for IPv6 flows (default: a quarter
+    /// of `flow_capacity`, at least 64).
+    pub flow_capacity_v6: Option<usize>,
     /// Seconds between counter logs (0: never).
     pub stats_interval: u64,
     /// XDP attach mode.
@@ -88,6 +92,21 @@ pub enum RunError {
     /// The same interface was given twice.
     #[error("interface {0} is given twice")]
     DuplicateInterface(String),
+    /// More interfaces than a flow record can name.
+    #[error(
+        "{0} interfaces given: a flow record names at most 16 (flow_table::layout::MAX_PORT + 1)"
+    )]
+    TooManyInterfaces(usize),
+    /// A flow-table capacity out of range.
+    #[error("{flag} {value}: must be between 1 and {max}")]
+    FlowCapacity {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest capacity.
+        max: usize,
+    },
     /// More workers than queues.
     #[error("--workers {workers}: the interfaces have at most {queues} queue(s); raise them with `ethtool -L IF combined N` or use fewer workers")]
     TooManyWorkers {
@@ -286,6 +305,24 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(RunError::NotRoot);
     }
+    if args.ifaces.len() > usize::from(MAX_PORT) + 1 {
+        return Err(RunError::TooManyInterfaces(args.ifaces.len()));
+    }
+    let cap_v6 = args
+        .flow_capacity_v6
+        .unwrap_or((args.flow_capacity / 4).max(64));
+    for (flag, value) in [
+        ("--flow-capacity", args.flow_capacity),
+        ("--flow-capacity-v6", cap_v6),
+    ] {
+        if value == 0 || value > FlowTable::MAX_CAPACITY {
+            return Err(RunError::FlowCapacity {
+                flag,
+                value,
+                max: FlowTable::MAX_CAPACITY,
+            });
+        }
+    }
     let mut links = Vec::new();
     for (i, name) in args.ifaces.iter().enumerate() {
         if args.ifaces[..i].contains(name) {
@@ -376,7 +413,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         ports.push(port);
     }
 
-    let flows = FlowTable::new(args.flow_capacity, Timeouts::default());
+    let flows = FlowTable::with_capacities(args.flow_capacity, cap_v6, Timeouts::default());
+    info!(
+        "flow table: {} IPv4 + {} IPv6 flows, {} MiB ({} B per IPv4 flow, {} B per IPv6 flow)",
+        args.flow_capacity,
+        cap_v6,
+        flows.memory_bytes() >> 20,
+        FlowTable::BYTES_PER_FLOW_V4,
+        FlowTable::BYTES_PER_FLOW_V6
+    );
     let affinity = AffinityTable::new(args.affinity_capacity);
     let shared = Arc::new(Shared::new(compiled.snapshot, flows, affinity));
     let dns = match args.dns {

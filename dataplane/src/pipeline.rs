@@ -19,7 +19,7 @@
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
-use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError};
+use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError, KeyHash};
 use crate::forward::nat;
 use crate::sched;
 use crate::service::{MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
@@ -131,11 +131,15 @@ pub enum DropReason {
     Rewrite,
     /// The egress port index is not one of this LB's interfaces.
     BadEgress,
+    /// The flow does not fit a flow-table record (its keys mix IPv4 and
+    /// IPv6, or an index is beyond the record's limits: see
+    /// `flow_table::layout`).
+    FlowUnsupported,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -150,6 +154,7 @@ impl DropReason {
         DropReason::FlowExists,
         DropReason::Rewrite,
         DropReason::BadEgress,
+        DropReason::FlowUnsupported,
     ];
 
     /// Counter index.
@@ -173,6 +178,7 @@ impl DropReason {
             DropReason::FlowExists => "flow_exists",
             DropReason::Rewrite => "rewrite",
             DropReason::BadEgress => "bad_egress",
+            DropReason::FlowUnsupported => "flow_unsupported",
         }
     }
 }
@@ -274,12 +280,45 @@ pub fn parse_and_prefetch(flows: &FlowTable, frame: &[u8]) -> Result<wire::Parse
     Ok(p)
 }
 
+/// Parses a frame, hashes its flow key and prefetches the flow-table
+/// buckets the lookup will read: the first pass of burst processing
+/// ([`crate::worker`]). The hash goes to [`FlowTable::prefetch_record`] in
+/// the second pass and to [`process_hashed`] in the third.
+#[inline]
+pub fn parse_and_hash(
+    flows: &FlowTable,
+    frame: &[u8],
+) -> (Result<wire::Parsed, ParseError>, Option<KeyHash>) {
+    match wire::parse(frame) {
+        Ok(p) => {
+            let h = flows.hash(&p.key);
+            flows.prefetch_hashed(&h);
+            (Ok(p), Some(h))
+        }
+        Err(e) => (Err(e), None),
+    }
+}
+
 /// [`process`] for a frame already parsed (by [`parse_and_prefetch`]).
 pub fn process_parsed(
     ctx: &Ctx<'_>,
     buf: &mut [u8],
     len: usize,
     parsed: Result<wire::Parsed, ParseError>,
+    ingress: u8,
+    stats: &mut Stats,
+) -> Verdict {
+    process_hashed(ctx, buf, len, parsed, None, ingress, stats)
+}
+
+/// [`process_parsed`] with the flow key's hash from [`parse_and_hash`]
+/// (`None`: hash it here).
+pub fn process_hashed(
+    ctx: &Ctx<'_>,
+    buf: &mut [u8],
+    len: usize,
+    parsed: Result<wire::Parsed, ParseError>,
+    hash: Option<&KeyHash>,
     ingress: u8,
     stats: &mut Stats,
 ) -> Verdict {
@@ -301,7 +340,11 @@ pub fn process_parsed(
         return Verdict::Drop(DropReason::UnsupportedProto);
     }
 
-    if let Some(hit) = flows.lookup(&key, now) {
+    let hit = match hash {
+        Some(h) => flows.lookup_hashed(h, now),
+        None => flows.lookup(&key, now),
+    };
+    if let Some(hit) = hit {
         if !snap.removed.is_empty()
             && snap
                 .removed
@@ -407,6 +450,7 @@ pub fn process_parsed(
         flows.insert(&entry, now).map_err(|e| match e {
             InsertError::Full => DropReason::FlowTableFull,
             InsertError::Exists => DropReason::FlowExists,
+            InsertError::Unsupported => DropReason::FlowUnsupported,
         })
     };
     let id = match inserted {
@@ -589,6 +633,7 @@ fn insert_with_snat_port(
                 continue;
             }
             Err(InsertError::Full) => return Err(DropReason::FlowTableFull),
+            Err(InsertError::Unsupported) => return Err(DropReason::FlowUnsupported),
         }
     }
     Err(DropReason::SnatExhausted)

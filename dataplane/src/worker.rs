@@ -19,7 +19,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::affinity::AffinityTable;
-use crate::flow_table::FlowTable;
+use crate::flow_table::{FlowTable, KeyHash};
 use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
 use crate::port::{Port, RxFrame};
 use crate::wire::{ParseError, Parsed};
@@ -161,7 +161,7 @@ impl Default for WorkerOpts {
 pub struct Worker<P: Port> {
     port: P,
     batch: Vec<RxFrame<P::Frame>>,
-    parsed: Vec<Result<Parsed, ParseError>>,
+    parsed: Vec<(Result<Parsed, ParseError>, Option<KeyHash>)>,
     stats: Stats,
     opts: WorkerOpts,
 }
@@ -194,22 +194,31 @@ impl<P: Port> Worker<P> {
         self.batch.clear();
         self.parsed.clear();
         let n = self.port.recv(&mut self.batch, self.opts.burst);
-        // Pass 1: parse every frame and prefetch its flow-table lines, so
-        // that pass 2's lookups find them in cache (DPDK's burst pattern).
+        // DPDK's burst pattern, so that no stage waits for memory. Pass 1:
+        // parse every frame, hash its key and prefetch both candidate
+        // buckets of the flow index.
         for i in 0..n {
             let mut frame = self.batch[i].frame;
             let p = self.port.with_frame(&mut frame, |buf, len| {
-                pipeline::parse_and_prefetch(ctx.flows, buf.get(..*len).unwrap_or(&[]))
+                pipeline::parse_and_hash(ctx.flows, buf.get(..*len).unwrap_or(&[]))
             });
             self.parsed.push(p);
         }
-        // Pass 2: process.
+        // Pass 2: the buckets have arrived; prefetch the records they
+        // point at.
+        for (_, h) in &self.parsed {
+            if let Some(h) = h {
+                ctx.flows.prefetch_record(h);
+            }
+        }
+        // Pass 3: process.
         for i in 0..n {
             let RxFrame { mut frame, port } = self.batch[i];
-            let parsed = self.parsed[i];
+            let (parsed, hash) = self.parsed[i];
             let stats = &mut self.stats;
             let v = self.port.with_frame(&mut frame, |buf, len| {
-                let v = pipeline::process_parsed(ctx, buf, *len, parsed, port, stats);
+                let v =
+                    pipeline::process_hashed(ctx, buf, *len, parsed, hash.as_ref(), port, stats);
                 if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
                     *len = n;
                 }

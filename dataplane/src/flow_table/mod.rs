@@ -14,39 +14,47 @@
 //!
 //! # Layout
 //!
-//! * **Records** (`Box<[Record]>`, exactly `capacity` of them, 104 bytes each):
-//!   one per flow, holding *both* directions — the [`FlowEntry`] packed into
-//!   twelve `AtomicU64` words (keys, next hops, service, backend) — and one
-//!   `AtomicU64` *meta* word: `generation:24 | state:8 | last_seen:32`.
-//!   All fields are atomics, so a reader racing a writer reads stale or mixed
-//!   words but never has undefined behaviour; the generation tells it whether
-//!   what it read is consistent (a seqlock).
-//! * **Index** (`Box<[Bucket]>`): buckets of 8 `AtomicU64` slots, one 64-byte
-//!   cache line each. A slot is `0` (empty) or `tag:32 | dir:1 | record+1:31`,
-//!   where the tag is 32 bits of the key's hash. Each live flow has two slots,
-//!   one for its original key and one for its reply key. A key may sit in its
-//!   home bucket or the next two ([`PROBE_BUCKETS`] = 3: three adjacent
-//!   lines, 24 slots). A key whose window is full is refused even when
-//!   records are free. With the record table half full (a window holds 6
-//!   keys on average) that is about 1e-8 of inserts; with every record in
-//!   use (12 on average) about 1e-4 were refused in a 1e7-flow run (counted
-//!   as `drop_flow_table_full`): size `--flow-capacity` with headroom. A
-//!   two-bucket window refused about 1e-6 already at half load.
-//!   The index has [`SLOTS_PER_FLOW`] = 4 slots per record, so it is at most
-//!   half full when every record is in use.
-//! * **Free list**: a crossbeam [`ArrayQueue`] of record indices, filled at
-//!   construction. Nothing is allocated after [`FlowTable::new`].
+//! Two stores ([`store`]), one per record layout ([`layout`]): flows whose
+//! four addresses are IPv4 in 48-byte records, the others in 96-byte
+//! records, so that the common case pays for what it holds. Each store has:
+//!
+//! * **Records** (`Box<[Record]>`, exactly its capacity): one per flow,
+//!   holding *both* directions — keys, both next hops, service — packed into
+//!   `AtomicU64` words, and one *meta* word `backend:16 | generation:16 |
+//!   protocol:4 | state:4 | last_seen:24`. All fields are atomics, so a
+//!   reader racing a writer reads stale or mixed words but never has
+//!   undefined behaviour; the generation tells it whether what it read is
+//!   consistent (a seqlock). `last_seen` counts seconds on a 24-bit wrapping
+//!   clock; timeouts are capped at 2²³ − 1 s, and the sweeper visits every
+//!   record long before a wrap could make an idle flow look fresh.
+//! * **Index**: buckets of 16 `AtomicU32` slots, one 64-byte cache line
+//!   each, 2.5 slots per record (so at most 80% full). A slot is `0` or
+//!   `(record + 1) << 8 | tag`, the tag being 8 bits of the key's hash.
+//!   Each live flow has two slots, one per key. A key lives in one of two
+//!   buckets (bucketized cuckoo hashing): its home bucket `b1`, chosen by
+//!   the hash, or `b2 = alt(b1, tag)`, an involution of the bucket and the
+//!   tag, so a slot can move to its other bucket without reading its record
+//!   (partial-key cuckoo hashing, as in cuckoo filters). An insert takes a
+//!   free slot of `b1`, else of `b2`, else moves one slot of either bucket
+//!   to that slot's other bucket; only if that fails too is a flow of the
+//!   two buckets early-dropped. A lookup reads at most two lines of index
+//!   and the record's line(s); most keys sit in `b1`.
+//! * **Free stack**: a Treiber stack threaded through the free records'
+//!   first word, its head an `AtomicU64` of an ABA counter and the top.
+//!   Nothing is allocated after [`FlowTable::new`].
 //!
 //! # Byte cost per flow
 //!
-//! [`FlowTable::BYTES_PER_FLOW`] = record (104) + 4 index slots × 8 (32) +
-//! one free-queue slot (crossbeam's `Slot<u32>`: a `usize` stamp and the
-//! value, 16) = **152 bytes**. One million flows take 152 MB.
+//! IPv4: record 48 + 2.5 index slots × 4 = **58 bytes**
+//! ([`FlowTable::BYTES_PER_FLOW_V4`]); 1e7 flows take 580 MB. IPv6: 96 + 10
+//! = 106 bytes ([`FlowTable::BYTES_PER_FLOW_V6`]). The fields are narrowed
+//! to fit (limits in [`layout`]); an entry that does not fit is refused
+//! with [`InsertError::Unsupported`], never truncated.
 //!
 //! # Who writes what
 //!
 //! * The words of a record are written only by the thread that popped it from
-//!   the free list (or evicted it), while the generation is odd (free).
+//!   the free stack (or evicted it), while the generation is odd (free).
 //! * The meta word is changed only by compare-and-swap: an inserter publishes
 //!   (odd → even generation, state `PENDING`), commits (`PENDING` → a real
 //!   state) or, after losing a race, frees its own record; another inserter
@@ -54,11 +62,14 @@
 //!   state and `last_seen` keeping the generation; removal, expiry and
 //!   eviction claim a record by moving its generation from even to odd. The
 //!   winner of that CAS alone clears the record's index slots and returns it
-//!   to the free list, so two workers expiring the same flow cannot free it
+//!   to the free stack, so two workers expiring the same flow cannot free it
 //!   twice, and an expiry racing a refreshing `touch` is decided atomically by
 //!   whichever CAS lands first on the same word.
 //! * Index slots go from empty to a value by CAS (an inserter claiming a free
-//!   slot) and back to empty by CAS (the owner of a dead record).
+//!   slot, or a displacement copying a slot), from a value to another by CAS
+//!   (a displacement replacing the slot it moved away by the new key's) and
+//!   back to empty by CAS (the owner of a dead record, or a displacement
+//!   undoing a copy whose original vanished meanwhile).
 //!
 //! # Memory orderings
 //!
@@ -66,19 +77,33 @@
 //!   words, `fence(Acquire)`, `meta.load(Relaxed)`; the read is accepted only
 //!   if both loads show the same even generation (the classic seqlock reader).
 //! * Writer: the generation became odd when the previous occupant was removed
-//!   (a CAS before the push to the free queue, whose pop synchronises with it);
-//!   the inserter issues `fence(Release)` before its relaxed word stores, so a
-//!   reader that sees any new word also sees the odd (or later) generation on
-//!   its second load and discards the read. The even generation is published
-//!   with `Release`, so a reader that sees it also sees every word.
+//!   (a CAS before the push to the free stack, whose pop synchronises with
+//!   it); the inserter issues `fence(Release)` before its relaxed word
+//!   stores, so a reader that sees any new word also sees the odd (or later)
+//!   generation on its second load and discards the read. The even
+//!   generation is published with `Release`, so a reader that sees it also
+//!   sees every word.
 //! * Slots are claimed with `SeqCst` CAS and re-scanned with `SeqCst` loads
 //!   (below); lookups load slots with `Acquire`, which pairs with the claim.
+//!
+//! # Displacement and the move counter
+//!
+//! A slot on the move is copied to its other bucket first and only then
+//! replaced in its old one, but a reader scanning `b1` then `b2` can still
+//! miss a slot moving from `b2` to `b1` between its two reads. Moves are
+//! therefore rare (only when both buckets are full) and serialised by a
+//! seqcount per store (MemC3's version counter, one for the table): odd
+//! while a move is in progress, bumped when it ends. A lookup that *misses*
+//! compares the counter before and after; if it moved, it scans again. The
+//! insert's re-scan and the unindexing of a dead record do the same, so
+//! neither a duplicate flow nor a stale slot can come from a move. A hit
+//! needs no check: it was validated against its record.
 //!
 //! # Races
 //!
 //! * **Two workers insert the same new flow** (or two flows sharing a key):
 //!   each publishes its record as `PENDING`, claims index slots, then
-//!   re-scans both keys' windows. Because claims and re-scans are `SeqCst`, at
+//!   re-scans both keys' buckets. Because claims and re-scans are `SeqCst`, at
 //!   least one of the two sees the other (Dekker). A committed live match
 //!   makes the inserter lose. Between two `PENDING` records the lower record
 //!   index wins: the higher one withdraws if it sees the lower, and the lower
@@ -101,34 +126,33 @@
 //! # Ageing and eviction
 //!
 //! Timeouts per state follow IPVS (`ip_vs_proto_tcp.c`, `tcp_timeouts`). A
-//! flow with `last_seen + timeout(state) < now` is expired: lookups treat it as
-//! a miss, an insert of one of its keys reclaims it, and [`FlowTable::expire`]
-//! sweeps records from a clock hand. When no record is free, insert samples 8
-//! records from another clock hand and evicts the oldest one that is expired
-//! or not `Established`, the idea of conntrack's `early_drop`
-//! (`nf_conntrack_core.c`); if none qualifies insertion fails with
-//! [`InsertError::Full`]. The same early drop is tried among the flows of a
-//! full index window.
+//! flow idle for longer than the timeout of its state is expired: lookups
+//! treat it as a miss, an insert of one of its keys reclaims it, and
+//! [`FlowTable::expire`] sweeps records from a clock hand. When no record is
+//! free, insert samples 8 records from another clock hand and evicts the
+//! oldest one that is expired or not `Established`, the idea of conntrack's
+//! `early_drop` (`nf_conntrack_core.c`); if none qualifies insertion fails
+//! with [`InsertError::Full`]. The same early drop is tried among the flows
+//! of a key's two buckets when even a displacement found no room (not seen
+//! in a 1e7-flow run: see the tests).
 //!
 //! The table reads no clock: every call that ages takes `now` in seconds
 //! from the caller's monotonic clock, so tests run on a virtual clock.
 
+pub mod layout;
+mod store;
+
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use crossbeam::queue::ArrayQueue;
+use crate::types::{proto, FlowKey, L2Hop};
 
-use crate::types::{proto, Addr, FlowKey, L2Hop};
-
-/// Index slots allocated per record (two used when the record is live).
-pub const SLOTS_PER_FLOW: usize = 4;
-/// Index slots per bucket (one 64-byte cache line).
-pub const BUCKET_SLOTS: usize = 8;
-/// Buckets a key may be stored in: its home bucket and the next two.
-pub const PROBE_BUCKETS: usize = 3;
-/// Records sampled by the eviction clock hand when no record is free.
-pub const EVICT_SAMPLE: usize = 8;
+use layout::{proto_code, proto_of, Layout, V4, V6};
+use store::{
+    is_committed, m_backend, m_proto, m_state, Found, Fresh, Hashed, Store, ST_CLOSE,
+    ST_ESTABLISHED, ST_FIN_WAIT, ST_OTHER, ST_SYN_RECV, ST_SYN_SENT, ST_UDP,
+};
 
 /// TCP flag bits as passed to [`FlowTable::touch`].
 pub mod tcp_flags {
@@ -269,50 +293,11 @@ pub enum InsertError {
     /// flow another worker is inserting at this moment).
     #[error("flow key already in the flow table")]
     Exists,
-}
-
-// ---- meta word: gen:24 | state:8 | last_seen:32 ----
-
-const GEN_SHIFT: u32 = 40;
-const GEN_MASK: u64 = (1 << 24) - 1;
-
-// Internal state codes: 0..=5 are FlowState, the rest are private.
-const ST_UDP: u8 = FlowState::Udp as u8;
-const ST_SYN_SENT: u8 = FlowState::SynSent as u8;
-const ST_SYN_RECV: u8 = FlowState::SynRecv as u8;
-const ST_ESTABLISHED: u8 = FlowState::Established as u8;
-const ST_FIN_WAIT: u8 = FlowState::FinWait as u8;
-const ST_CLOSE: u8 = FlowState::Close as u8;
-/// A non-TCP, non-UDP flow (shown as [`FlowState::Udp`], `other` timeout).
-const ST_OTHER: u8 = 6;
-const ST_PENDING: u8 = 0xFD;
-const ST_ABORTED: u8 = 0xFE;
-const ST_FREE: u8 = 0xFF;
-
-#[inline]
-fn m_gen(m: u64) -> u64 {
-    m >> GEN_SHIFT
-}
-#[inline]
-fn m_state(m: u64) -> u8 {
-    (m >> 32) as u8
-}
-#[inline]
-fn m_seen(m: u64) -> u32 {
-    m as u32
-}
-#[inline]
-fn mk_meta(gen: u64, state: u8, seen: u32) -> u64 {
-    ((gen & GEN_MASK) << GEN_SHIFT) | (u64::from(state) << 32) | u64::from(seen)
-}
-#[inline]
-fn next_gen(m: u64) -> u64 {
-    m_gen(m).wrapping_add(1) & GEN_MASK
-}
-/// Live means published (even generation) and committed (a real state).
-#[inline]
-fn is_committed(m: u64) -> bool {
-    m_gen(m) & 1 == 0 && m_state(m) <= ST_OTHER
+    /// The entry does not fit a record: its keys mix IPv4 and IPv6, its
+    /// protocol is not TCP, UDP, SCTP or ICMP, or an index is beyond the
+    /// limits of [`layout`].
+    #[error("flow entry does not fit a flow-table record")]
+    Unsupported,
 }
 
 fn public_state(st: u8) -> FlowState {
@@ -328,7 +313,7 @@ fn public_state(st: u8) -> FlowState {
 
 /// The simplified TCP state machine (IPVS's `tcp_states` folded onto six
 /// states). RST wins, then FIN, then SYN, then ACK.
-fn tcp_next(cur: u8, dir: Direction, flags: u8) -> u8 {
+pub(crate) fn tcp_next(cur: u8, dir: Direction, flags: u8) -> u8 {
     use tcp_flags::{ACK, FIN, RST, SYN};
     if flags & RST != 0 {
         return ST_CLOSE;
@@ -363,247 +348,80 @@ fn tcp_next(cur: u8, dir: Direction, flags: u8) -> u8 {
     cur
 }
 
-// ---- packing ----
+/// The store of IPv4 flows (48-byte records).
+type Store4 = Store<V4, 5>;
+/// The store of IPv6 flows (96-byte records).
+type Store6 = Store<V6, 11>;
 
-const KEY_WORDS: usize = 5;
-const ENTRY_WORDS: usize = 12;
-const BLOCK: usize = 6;
-const PORTS_PROTO_MASK: u64 = (1 << 40) - 1;
+/// Bit of a [`FlowId`] that says the flow is in the IPv6 store.
+const V6_BIT: u32 = 1 << 31;
 
-type KeyWords = [u64; KEY_WORDS];
+/// A key hashed for its store, kept between a prefetch and a lookup.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHash(HashOf);
 
-#[inline]
-fn addr_words(a: &Addr) -> (u64, u64) {
-    let v = u128::from_ne_bytes(a.0);
-    (v as u64, (v >> 64) as u64)
-}
-#[inline]
-fn words_addr(lo: u64, hi: u64) -> Addr {
-    Addr((u128::from(lo) | (u128::from(hi) << 64)).to_ne_bytes())
-}
-
-#[inline]
-fn pack_key(k: &FlowKey) -> KeyWords {
-    let (s0, s1) = addr_words(&k.src);
-    let (d0, d1) = addr_words(&k.dst);
-    [
-        s0,
-        s1,
-        d0,
-        d1,
-        u64::from(k.sport) | (u64::from(k.dport) << 16) | (u64::from(k.proto) << 32),
-    ]
-}
-
-fn pack_block(out: &mut [u64], k: &FlowKey, hop: &L2Hop, extra: u32) {
-    let kw = pack_key(k);
-    out[..4].copy_from_slice(&kw[..4]);
-    let m = hop.mac;
-    out[4] =
-        kw[4] | (u64::from(hop.port) << 40) | (u64::from(m[0]) << 48) | (u64::from(m[1]) << 56);
-    out[5] = u64::from(u32::from_le_bytes([m[2], m[3], m[4], m[5]])) | (u64::from(extra) << 32);
-}
-
-fn unpack_block(w: &[u64]) -> (FlowKey, L2Hop, u32) {
-    let key = FlowKey {
-        src: words_addr(w[0], w[1]),
-        dst: words_addr(w[2], w[3]),
-        sport: w[4] as u16,
-        dport: (w[4] >> 16) as u16,
-        proto: (w[4] >> 32) as u8,
-    };
-    let lo = (w[5] as u32).to_le_bytes();
-    let hop = L2Hop {
-        port: (w[4] >> 40) as u8,
-        mac: [
-            (w[4] >> 48) as u8,
-            (w[4] >> 56) as u8,
-            lo[0],
-            lo[1],
-            lo[2],
-            lo[3],
-        ],
-    };
-    (key, hop, (w[5] >> 32) as u32)
-}
-
-fn pack_entry(e: &FlowEntry) -> [u64; ENTRY_WORDS] {
-    let mut w = [0u64; ENTRY_WORDS];
-    pack_block(&mut w[..BLOCK], &e.original, &e.orig_hop, e.service);
-    pack_block(&mut w[BLOCK..], &e.reply, &e.reply_hop, e.backend);
-    w
-}
-
-fn unpack_entry(w: &[u64; ENTRY_WORDS]) -> FlowEntry {
-    let (original, orig_hop, service) = unpack_block(&w[..BLOCK]);
-    let (reply, reply_hop, backend) = unpack_block(&w[BLOCK..]);
-    FlowEntry {
-        original,
-        reply,
-        orig_hop,
-        reply_hop,
-        service,
-        backend,
-    }
-}
-
-#[inline]
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-// ---- storage ----
-
-/// One flow: meta word then the packed entry (104 bytes).
-#[repr(C)]
-struct Record {
-    meta: AtomicU64,
-    words: [AtomicU64; ENTRY_WORDS],
-}
-
-impl Record {
-    fn new() -> Record {
-        Record {
-            meta: AtomicU64::new(mk_meta(1, ST_FREE, 0)),
-            words: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    #[inline]
-    fn key_matches(&self, dir: Direction, k: &KeyWords) -> bool {
-        let b = dir_base(dir);
-        self.words[b].load(Ordering::Relaxed) == k[0]
-            && self.words[b + 1].load(Ordering::Relaxed) == k[1]
-            && self.words[b + 2].load(Ordering::Relaxed) == k[2]
-            && self.words[b + 3].load(Ordering::Relaxed) == k[3]
-            && self.words[b + 4].load(Ordering::Relaxed) & PORTS_PROTO_MASK == k[4]
-    }
-
-    /// A consistent snapshot of a published record: `(meta, words)`, or
-    /// `None` if the record is free or kept changing.
-    fn snapshot(&self) -> Option<(u64, [u64; ENTRY_WORDS])> {
-        for _ in 0..4 {
-            let m1 = self.meta.load(Ordering::Acquire);
-            if m_gen(m1) & 1 == 1 {
-                return None;
-            }
-            let w: [u64; ENTRY_WORDS] =
-                std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
-            fence(Ordering::Acquire);
-            let m2 = self.meta.load(Ordering::Relaxed);
-            if m_gen(m1) == m_gen(m2) {
-                return Some((m2, w));
-            }
-        }
-        None
-    }
-
-    /// Whether the published record's key in `dir` equals `k`; returns the
-    /// validated meta word.
-    fn validated_match(&self, dir: Direction, k: &KeyWords) -> Option<u64> {
-        for _ in 0..4 {
-            let m1 = self.meta.load(Ordering::Acquire);
-            if m_gen(m1) & 1 == 1 {
-                return None;
-            }
-            let ok = self.key_matches(dir, k);
-            fence(Ordering::Acquire);
-            let m2 = self.meta.load(Ordering::Relaxed);
-            if m_gen(m1) == m_gen(m2) {
-                return ok.then_some(m2);
-            }
-        }
-        None
-    }
-}
-
-#[inline]
-fn dir_base(dir: Direction) -> usize {
-    match dir {
-        Direction::Original => 0,
-        Direction::Reply => BLOCK,
-    }
-}
-
-#[repr(C, align(64))]
-struct Bucket([AtomicU64; BUCKET_SLOTS]);
-
-/// Bytes of one slot of crossbeam's `ArrayQueue<u32>` (`Slot { stamp:
-/// AtomicUsize, value: UnsafeCell<MaybeUninit<u32>> }`).
-const FREE_QUEUE_SLOT_BYTES: usize = std::mem::size_of::<(AtomicUsize, u32)>();
-
-const DIR_BIT: u64 = 1 << 31;
-
-#[inline]
-fn slot_value(tag: u32, dir: Direction, rec: u32) -> u64 {
-    let d = if dir == Direction::Reply { DIR_BIT } else { 0 };
-    (u64::from(tag) << 32) | d | (u64::from(rec) + 1)
-}
-#[inline]
-fn slot_rec(v: u64) -> u32 {
-    ((v & (DIR_BIT - 1)) - 1) as u32
-}
-#[inline]
-fn slot_dir(v: u64) -> Direction {
-    if v & DIR_BIT != 0 {
-        Direction::Reply
-    } else {
-        Direction::Original
-    }
-}
-
-/// A key's hash split into its home bucket and tag.
-#[derive(Clone, Copy)]
-struct Hashed {
-    words: KeyWords,
-    bucket: usize,
-    tag: u32,
-}
-
-/// What an insert found for one of its keys.
-#[derive(Default)]
-struct Conflicts {
-    live: bool,
+#[derive(Clone, Copy, Debug)]
+enum HashOf {
+    V4(Hashed<layout::Key4>),
+    V6(Hashed<layout::Key6>),
 }
 
 /// The connection-tracking table. `Send + Sync`; share it with an `Arc`.
 pub struct FlowTable {
-    records: Box<[Record]>,
-    buckets: Box<[Bucket]>,
-    free: ArrayQueue<u32>,
-    live: AtomicUsize,
-    evict_hand: AtomicUsize,
-    sweep_hand: AtomicUsize,
+    v4: Store4,
+    v6: Store6,
     clock: AtomicU32,
-    seed: [u64; 4],
     timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowTable")
-            .field("capacity", &self.capacity())
+            .field("capacity_v4", &self.v4.capacity())
+            .field("capacity_v6", &self.v6.capacity())
             .field("len", &self.len())
             .field("timeouts", &self.timeouts)
             .finish()
     }
 }
 
-impl FlowTable {
-    /// Bytes of memory per flow of capacity: one record, [`SLOTS_PER_FLOW`]
-    /// index slots and one free-queue slot (104 + 32 + 16 = 152 on 64-bit).
-    pub const BYTES_PER_FLOW: usize = std::mem::size_of::<Record>()
-        + SLOTS_PER_FLOW * std::mem::size_of::<AtomicU64>()
-        + FREE_QUEUE_SLOT_BYTES;
+fn fresh<const N: usize>(words: [u64; N], pcode: u8, backend: u32, init: u8) -> Fresh<N> {
+    Fresh {
+        words,
+        pcode,
+        backend,
+        init,
+    }
+}
 
-    /// A table for `capacity` flows with a random hash seed, allocating all
-    /// of its memory now (`capacity × BYTES_PER_FLOW` bytes).
-    ///
-    /// # Panics
-    ///
-    /// If `capacity` is 0 or not below 2³¹ − 1.
+fn found_hit<L: Layout<N>, const N: usize>(f: Found<N>, v6: bool) -> Hit {
+    Hit {
+        id: FlowId(f.ri | if v6 { V6_BIT } else { 0 }),
+        dir: f.dir,
+        entry: L::unpack(&f.words, proto_of(m_proto(f.meta)), m_backend(f.meta)),
+        state: public_state(m_state(f.meta)),
+    }
+}
+
+impl FlowTable {
+    /// Bytes of memory per IPv4 flow of capacity: a 48-byte record and 2.5
+    /// four-byte index slots.
+    pub const BYTES_PER_FLOW_V4: usize = Store4::RECORD_BYTES + 10;
+    /// Bytes of memory per IPv6 flow of capacity: a 96-byte record and 2.5
+    /// four-byte index slots.
+    pub const BYTES_PER_FLOW_V6: usize = Store6::RECORD_BYTES + 10;
+    /// Largest capacity of each store.
+    pub const MAX_CAPACITY: usize = store::MAX_RECORDS;
+
+    /// A table for `capacity` IPv4 flows and `capacity / 4` IPv6 flows (at
+    /// least 64) with a random hash seed, allocating all of its memory now.
     pub fn new(capacity: usize, timeouts: Timeouts) -> FlowTable {
+        Self::with_capacities(capacity, (capacity / 4).max(64), timeouts)
+    }
+
+    /// A table for `v4` IPv4 flows and `v6` IPv6 flows (each capped at
+    /// [`FlowTable::MAX_CAPACITY`]) with a random hash seed.
+    pub fn with_capacities(v4: usize, v6: usize, timeouts: Timeouts) -> FlowTable {
         let rs = RandomState::new();
         let seed = [
             rs.hash_one(0u64) | 1,
@@ -611,53 +429,60 @@ impl FlowTable {
             rs.hash_one(2u64) | 1,
             rs.hash_one(3u64) | 1,
         ];
-        Self::with_seed(capacity, timeouts, seed)
+        Self::build(v4, v6, timeouts, seed)
     }
 
     /// Like [`FlowTable::new`] with a fixed hash seed, for reproducible
     /// tests and benches. Production should use `new`: the seed keeps
     /// clients from choosing tuples that collide.
-    ///
-    /// # Panics
-    ///
-    /// If `capacity` is 0 or not below 2³¹ − 1.
     pub fn with_seed(capacity: usize, timeouts: Timeouts, seed: [u64; 4]) -> FlowTable {
-        assert!(
-            capacity > 0 && capacity < (1 << 31) - 1,
-            "flow table capacity {capacity} out of range"
-        );
-        let n_buckets = (capacity * SLOTS_PER_FLOW).div_ceil(BUCKET_SLOTS);
-        let records: Box<[Record]> = (0..capacity).map(|_| Record::new()).collect();
-        let buckets: Box<[Bucket]> = (0..n_buckets)
-            .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
-            .collect();
-        let free = ArrayQueue::new(capacity);
-        for i in 0..capacity {
-            // Cannot fail: the queue has room for every record.
-            let _ = free.push(i as u32);
-        }
+        Self::build(capacity, (capacity / 4).max(64), timeouts, seed)
+    }
+
+    fn build(v4: usize, v6: usize, timeouts: Timeouts, seed: [u64; 4]) -> FlowTable {
+        let cap = |t: u32| t.min(store::MAX_TIMEOUT);
+        let timeouts = Timeouts {
+            tcp_syn_sent: cap(timeouts.tcp_syn_sent),
+            tcp_syn_recv: cap(timeouts.tcp_syn_recv),
+            tcp_established: cap(timeouts.tcp_established),
+            tcp_fin_wait: cap(timeouts.tcp_fin_wait),
+            tcp_close: cap(timeouts.tcp_close),
+            udp: cap(timeouts.udp),
+            other: cap(timeouts.other),
+        };
+        let seed = seed.map(|s| s | 1);
         FlowTable {
-            records,
-            buckets,
-            free,
-            live: AtomicUsize::new(0),
-            evict_hand: AtomicUsize::new(0),
-            sweep_hand: AtomicUsize::new(0),
+            v4: Store::new(v4, timeouts, seed),
+            v6: Store::new(v6, timeouts, seed.map(|s| s.rotate_left(17) | 1)),
             clock: AtomicU32::new(0),
-            seed: seed.map(|s| s | 1),
             timeouts,
         }
     }
 
-    /// Maximum number of flows.
+    #[cfg(test)]
+    fn timeout_of(&self, st: u8) -> u32 {
+        self.v4.timeout_of(st)
+    }
+
+    /// Maximum number of flows (IPv4 and IPv6 together).
     pub fn capacity(&self) -> usize {
-        self.records.len()
+        self.v4.capacity() + self.v6.capacity()
+    }
+
+    /// Maximum number of IPv4 and of IPv6 flows.
+    pub fn capacities(&self) -> (usize, usize) {
+        (self.v4.capacity(), self.v6.capacity())
+    }
+
+    /// Bytes allocated by the table (records and index of both stores).
+    pub fn memory_bytes(&self) -> usize {
+        self.v4.memory_bytes() + self.v6.memory_bytes()
     }
 
     /// Flows held, including expired ones not yet reclaimed (exact when no
     /// insert or removal is in progress).
     pub fn len(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.v4.len() + self.v6.len()
     }
 
     /// Whether no flow is held.
@@ -665,7 +490,7 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// The timeouts the table was built with.
+    /// The timeouts the table was built with (each capped at 2²³ − 1 s).
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
     }
@@ -683,65 +508,41 @@ impl FlowTable {
         }
     }
 
-    fn timeout_of(&self, st: u8) -> u32 {
-        let t = &self.timeouts;
-        match st {
-            ST_UDP => t.udp,
-            ST_SYN_SENT => t.tcp_syn_sent,
-            ST_SYN_RECV => t.tcp_syn_recv,
-            ST_ESTABLISHED => t.tcp_established,
-            ST_FIN_WAIT => t.tcp_fin_wait,
-            ST_CLOSE => t.tcp_close,
-            _ => t.other,
-        }
-    }
-
+    /// `key` hashed for its store: compute it once per packet and hand it
+    /// to [`FlowTable::prefetch_hashed`] and [`FlowTable::lookup_hashed`].
     #[inline]
-    fn expires_at(&self, m: u64) -> u64 {
-        u64::from(m_seen(m)) + u64::from(self.timeout_of(m_state(m)))
+    pub fn hash(&self, key: &FlowKey) -> KeyHash {
+        KeyHash(match V4::key(key) {
+            Some(k) => HashOf::V4(self.v4.hashed(k)),
+            None => HashOf::V6(self.v6.hashed(V6::key_any(key))),
+        })
     }
 
-    #[inline]
-    fn is_expired(&self, m: u64, now: u32) -> bool {
-        self.expires_at(m) < u64::from(now)
-    }
-
-    fn hashed(&self, k: &FlowKey) -> Hashed {
-        let w = pack_key(k);
-        let s = self.seed;
-        let a = fold(w[0] ^ s[0], w[1] ^ s[1]);
-        let b = fold(w[2] ^ s[2], w[3] ^ s[3]);
-        let c = fold(w[4] ^ s[1], a ^ s[2]);
-        let h = fold(b ^ s[3], c ^ s[0]);
-        let h = fold(h ^ s[1], 0x9E37_79B9_7F4A_7C15);
-        Hashed {
-            words: w,
-            bucket: ((u128::from(h) * self.buckets.len() as u128) >> 64) as usize,
-            tag: (h >> 32) as u32,
-        }
-    }
-
-    /// The slots of a key's probe window, in order.
-    #[inline]
-    fn window(&self, home: usize) -> impl Iterator<Item = &AtomicU64> {
-        let n = self.buckets.len();
-        (0..PROBE_BUCKETS.min(n)).flat_map(move |i| self.buckets[(home + i) % n].0.iter())
-    }
-
-    /// Asks the CPU for the index lines a [`FlowTable::lookup`] of `key`
-    /// will read (burst processing calls this for every frame of a burst
-    /// before processing the first).
+    /// Asks the CPU for the index lines a lookup of `key` will read (burst
+    /// processing calls this for every frame of a burst before processing
+    /// the first).
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) {
-        let h = self.hashed(key);
-        if let Some(b) = self.buckets.get(h.bucket) {
-            crate::prefetch::prefetch(b);
+        self.prefetch_hashed(&self.hash(key));
+    }
+
+    /// [`FlowTable::prefetch`] of a key already hashed.
+    #[inline]
+    pub fn prefetch_hashed(&self, h: &KeyHash) {
+        match &h.0 {
+            HashOf::V4(h) => self.v4.prefetch(h),
+            HashOf::V6(h) => self.v6.prefetch(h),
         }
-        let n = self.buckets.len();
-        if n > 1 {
-            if let Some(b) = self.buckets.get((h.bucket + 1) % n) {
-                crate::prefetch::prefetch(b);
-            }
+    }
+
+    /// Asks the CPU for the record a lookup of `h` will most likely read;
+    /// call it once the buckets prefetched by
+    /// [`FlowTable::prefetch_hashed`] have had time to arrive.
+    #[inline]
+    pub fn prefetch_record(&self, h: &KeyHash) {
+        match &h.0 {
+            HashOf::V4(h) => self.v4.prefetch_record(h),
+            HashOf::V6(h) => self.v6.prefetch_record(h),
         }
     }
 
@@ -749,41 +550,18 @@ impl FlowTable {
     ///
     /// Lock-free and write-free; an expired flow is a miss. Does not refresh
     /// the flow: call [`FlowTable::touch`] for that.
+    #[inline]
     pub fn lookup(&self, key: &FlowKey, now: u32) -> Option<Hit> {
-        let h = self.hashed(key);
-        for slot in self.window(h.bucket) {
-            let v = slot.load(Ordering::Acquire);
-            if v == 0 || (v >> 32) as u32 != h.tag {
-                continue;
-            }
-            let (ri, dir) = (slot_rec(v), slot_dir(v));
-            let Some(rec) = self.records.get(ri as usize) else {
-                continue;
-            };
-            for _ in 0..4 {
-                let m1 = rec.meta.load(Ordering::Acquire);
-                if !is_committed(m1) || !rec.key_matches(dir, &h.words) {
-                    break;
-                }
-                let w: [u64; ENTRY_WORDS] =
-                    std::array::from_fn(|i| rec.words[i].load(Ordering::Relaxed));
-                fence(Ordering::Acquire);
-                let m2 = rec.meta.load(Ordering::Relaxed);
-                if m_gen(m1) != m_gen(m2) {
-                    continue;
-                }
-                if !is_committed(m2) || self.is_expired(m2, now) {
-                    break;
-                }
-                return Some(Hit {
-                    id: FlowId(ri),
-                    dir,
-                    entry: unpack_entry(&w),
-                    state: public_state(m_state(m2)),
-                });
-            }
+        self.lookup_hashed(&self.hash(key), now)
+    }
+
+    /// [`FlowTable::lookup`] of a key already hashed.
+    #[inline]
+    pub fn lookup_hashed(&self, h: &KeyHash, now: u32) -> Option<Hit> {
+        match &h.0 {
+            HashOf::V4(h) => self.v4.lookup(h, now).map(|f| found_hit::<V4, 5>(f, false)),
+            HashOf::V6(h) => self.v6.lookup(h, now).map(|f| found_hit::<V6, 11>(f, true)),
         }
-        None
     }
 
     /// Inserts a new flow seen first at `now` and returns its id.
@@ -798,255 +576,37 @@ impl FlowTable {
     /// [`InsertError::Exists`] if either key belongs to a live flow or to a
     /// flow another thread is inserting concurrently (look it up again);
     /// [`InsertError::Full`] if no record or index slot is free and no flow
-    /// could be evicted.
+    /// could be evicted; [`InsertError::Unsupported`] if the entry does not
+    /// fit a record (see [`layout`]).
     pub fn insert(&self, entry: &FlowEntry, now: u32) -> Result<FlowId, InsertError> {
         self.tick(now);
-        let ho = self.hashed(&entry.original);
-        let hr = self.hashed(&entry.reply);
-        // Fast path for the common race (another worker just inserted it).
-        let mut c = Conflicts::default();
-        self.precheck(&ho, now, &mut c);
-        self.precheck(&hr, now, &mut c);
-        if c.live {
-            return Err(InsertError::Exists);
-        }
-
-        let ri = self.alloc(now)?;
-        let rec = &self.records[ri as usize];
-        let old = rec.meta.load(Ordering::Acquire);
-        debug_assert!(m_gen(old) & 1 == 1);
-        // Seqlock write: the generation is already odd (record free).
-        fence(Ordering::Release);
-        for (a, w) in rec.words.iter().zip(pack_entry(entry)) {
-            a.store(w, Ordering::Relaxed);
-        }
-        let gen = next_gen(old);
-        let pending = mk_meta(gen, ST_PENDING, now);
-        rec.meta.store(pending, Ordering::Release);
-
-        let won = self.claim(&ho, Direction::Original, ri, now)
-            && self.claim(&hr, Direction::Reply, ri, now);
-        if !won {
-            self.withdraw(ri, &ho, &hr);
-            return Err(InsertError::Full);
-        }
-        if !(self.rescan(&ho, ri, now) && self.rescan(&hr, ri, now)) {
-            self.withdraw(ri, &ho, &hr);
-            return Err(InsertError::Exists);
-        }
+        let pcode = proto_code(entry.original.proto).ok_or(InsertError::Unsupported)?;
         let init = match entry.original.proto {
             proto::TCP => ST_SYN_SENT,
             proto::UDP => ST_UDP,
             _ => ST_OTHER,
         };
-        self.live.fetch_add(1, Ordering::Relaxed);
-        if rec
-            .meta
-            .compare_exchange(
-                pending,
-                mk_meta(gen, init, now),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            // A competitor with a lower record index aborted us.
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            self.withdraw(ri, &ho, &hr);
-            return Err(InsertError::Exists);
-        }
-        Ok(FlowId(ri))
-    }
-
-    /// Records (other than `skip`) indexed under `h` whose key in the slot's
-    /// direction equals `h`'s key, with their validated meta words.
-    fn for_matches(&self, h: &Hashed, skip: u32, order: Ordering, mut f: impl FnMut(u32, u64)) {
-        for slot in self.window(h.bucket) {
-            let v = slot.load(order);
-            if v == 0 || (v >> 32) as u32 != h.tag || slot_rec(v) == skip {
-                continue;
-            }
-            let ri = slot_rec(v);
-            let Some(rec) = self.records.get(ri as usize) else {
-                continue;
+        if let Some(w) = V4::pack(entry) {
+            let (Some(o), Some(r)) = (V4::key(&entry.original), V4::key(&entry.reply)) else {
+                return Err(InsertError::Unsupported);
             };
-            if let Some(m) = rec.validated_match(slot_dir(v), &h.words) {
-                f(ri, m);
-            }
+            let (ho, hr) = (self.v4.hashed(o), self.v4.hashed(r));
+            return self
+                .v4
+                .insert(&ho, &hr, fresh(w, pcode, entry.backend, init), now)
+                .map(FlowId);
         }
-    }
-
-    fn precheck(&self, h: &Hashed, now: u32, c: &mut Conflicts) {
-        self.for_matches(h, u32::MAX, Ordering::Acquire, |ri, m| {
-            if m_state(m) == ST_PENDING {
-                c.live = true;
-            } else if is_committed(m) {
-                if self.is_expired(m, now) {
-                    self.reclaim_expired(ri, m, now);
-                } else {
-                    c.live = true;
-                }
-            }
-        });
-    }
-
-    /// After claiming our slots: whether we still may commit `ri`.
-    fn rescan(&self, h: &Hashed, ri: u32, now: u32) -> bool {
-        let mut ok = true;
-        self.for_matches(h, ri, Ordering::SeqCst, |other, m| {
-            if !ok {
-                return;
-            }
-            match m_state(m) {
-                ST_PENDING if other < ri => ok = false,
-                ST_PENDING => {
-                    let rec = &self.records[other as usize];
-                    let aborted = mk_meta(m_gen(m), ST_ABORTED, m_seen(m));
-                    if let Err(cur) =
-                        rec.meta
-                            .compare_exchange(m, aborted, Ordering::AcqRel, Ordering::Acquire)
-                    {
-                        // It committed first (and we lose), or it is gone.
-                        if m_gen(cur) == m_gen(m) && is_committed(cur) {
-                            ok = false;
-                        }
-                    }
-                }
-                ST_ABORTED => {}
-                _ if self.is_expired(m, now) => {
-                    self.reclaim_expired(other, m, now);
-                }
-                _ => ok = false,
-            }
-        });
-        ok
-    }
-
-    /// Claims a free slot for `ri` in `h`'s window, early-dropping a flow of
-    /// the window if it is full.
-    fn claim(&self, h: &Hashed, dir: Direction, ri: u32, now: u32) -> bool {
-        let val = slot_value(h.tag, dir, ri);
-        for attempt in 0..2 {
-            for slot in self.window(h.bucket) {
-                if slot.load(Ordering::Relaxed) == 0
-                    && slot
-                        .compare_exchange(0, val, Ordering::SeqCst, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    return true;
-                }
-            }
-            if attempt == 0 {
-                let cands = self.window(h.bucket).filter_map(|s| {
-                    let v = s.load(Ordering::Acquire);
-                    (v != 0 && slot_rec(v) != ri).then(|| slot_rec(v))
-                });
-                match self.early_drop(cands, now) {
-                    Some(victim) => self.release(victim),
-                    None => return false,
-                }
-            }
+        if let Some(w) = V6::pack(entry) {
+            let (Some(o), Some(r)) = (V6::key(&entry.original), V6::key(&entry.reply)) else {
+                return Err(InsertError::Unsupported);
+            };
+            let (ho, hr) = (self.v6.hashed(o), self.v6.hashed(r));
+            return self
+                .v6
+                .insert(&ho, &hr, fresh(w, pcode, entry.backend, init), now)
+                .map(|ri| FlowId(ri | V6_BIT));
         }
-        false
-    }
-
-    /// A free record: from the free list, or by evicting one of
-    /// [`EVICT_SAMPLE`] records under the clock hand.
-    fn alloc(&self, now: u32) -> Result<u32, InsertError> {
-        if let Some(ri) = self.free.pop() {
-            return Ok(ri);
-        }
-        let n = self.records.len();
-        let start = self.evict_hand.fetch_add(EVICT_SAMPLE, Ordering::Relaxed);
-        let cands = (0..EVICT_SAMPLE.min(n)).map(|i| (start.wrapping_add(i) % n) as u32);
-        if let Some(ri) = self.early_drop(cands, now) {
-            return Ok(ri);
-        }
-        self.free.pop().ok_or(InsertError::Full)
-    }
-
-    /// Among `cands`, claims the best victim: expired first, else not
-    /// established, oldest first. The victim's slots are cleared; the caller
-    /// owns the record (free generation) and must reuse or release it.
-    fn early_drop(&self, cands: impl Iterator<Item = u32>, now: u32) -> Option<u32> {
-        let mut best: Option<(bool, u32, u32, u64)> = None; // (!expired, seen, idx, meta)
-        for ri in cands {
-            let m = self.records[ri as usize].meta.load(Ordering::Acquire);
-            if !is_committed(m) {
-                continue;
-            }
-            let expired = self.is_expired(m, now);
-            if !expired && m_state(m) == ST_ESTABLISHED {
-                continue;
-            }
-            let key = (!expired, m_seen(m), ri, m);
-            if !matches!(best, Some(b) if (b.0, b.1) <= (key.0, key.1)) {
-                best = Some(key);
-            }
-        }
-        let (_, _, ri, m) = best?;
-        self.kill(ri, m).then_some(ri)
-    }
-
-    /// Claims record `ri` if its meta is still exactly `m` (so a concurrent
-    /// touch makes the claim fail) and clears its slots.
-    fn kill(&self, ri: u32, m: u64) -> bool {
-        let rec = &self.records[ri as usize];
-        let dead = mk_meta(next_gen(m), ST_FREE, m_seen(m));
-        if rec
-            .meta
-            .compare_exchange(m, dead, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        self.unindex(ri);
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        true
-    }
-
-    fn reclaim_expired(&self, ri: u32, m: u64, now: u32) -> bool {
-        if is_committed(m) && self.is_expired(m, now) && self.kill(ri, m) {
-            self.release(ri);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Clears the index slots of a record we own (odd generation).
-    fn unindex(&self, ri: u32) {
-        let rec = &self.records[ri as usize];
-        let w: [u64; ENTRY_WORDS] = std::array::from_fn(|i| rec.words[i].load(Ordering::Relaxed));
-        let e = unpack_entry(&w);
-        self.unindex_keys(ri, &self.hashed(&e.original), &self.hashed(&e.reply));
-    }
-
-    fn unindex_keys(&self, ri: u32, ho: &Hashed, hr: &Hashed) {
-        for (h, dir) in [(ho, Direction::Original), (hr, Direction::Reply)] {
-            let val = slot_value(h.tag, dir, ri);
-            for slot in self.window(h.bucket) {
-                if slot.load(Ordering::Relaxed) == val {
-                    let _ = slot.compare_exchange(val, 0, Ordering::Release, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Backs out our own uncommitted record.
-    fn withdraw(&self, ri: u32, ho: &Hashed, hr: &Hashed) {
-        let rec = &self.records[ri as usize];
-        let m = rec.meta.load(Ordering::Acquire);
-        // Only an abort (PENDING → ABORTED, same generation) can race this.
-        rec.meta
-            .store(mk_meta(next_gen(m), ST_FREE, m_seen(m)), Ordering::Release);
-        self.unindex_keys(ri, ho, hr);
-        self.release(ri);
-    }
-
-    fn release(&self, ri: u32) {
-        let pushed = self.free.push(ri);
-        debug_assert!(pushed.is_ok(), "free list overflow");
+        Err(InsertError::Unsupported)
     }
 
     /// Refreshes flow `id` for a packet in `dir` at `now` and advances its
@@ -1056,67 +616,32 @@ impl FlowTable {
     /// revived).
     ///
     /// Writes the shared record only when the state or the second changes.
+    #[inline]
     pub fn touch(&self, id: FlowId, dir: Direction, tcp_flags: u8, now: u32) -> FlowState {
-        let Some(rec) = self.records.get(id.0 as usize) else {
-            return FlowState::Close;
+        let st = if id.0 & V6_BIT == 0 {
+            self.v4.touch(id.0, dir, tcp_flags, now)
+        } else {
+            self.v6.touch(id.0 & !V6_BIT, dir, tcp_flags, now)
         };
-        let mut m = rec.meta.load(Ordering::Acquire);
-        loop {
-            if !is_committed(m) || self.is_expired(m, now) {
-                return FlowState::Close;
-            }
-            let st = m_state(m);
-            let next = if st == ST_UDP || st == ST_OTHER {
-                st
-            } else {
-                tcp_next(st, dir, tcp_flags)
-            };
-            let nm = mk_meta(m_gen(m), next, m_seen(m).max(now));
-            if nm == m {
-                return public_state(st);
-            }
-            match rec
-                .meta
-                .compare_exchange_weak(m, nm, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return public_state(next),
-                Err(cur) => m = cur,
-            }
-        }
+        st.map_or(FlowState::Close, public_state)
     }
 
     /// Removes flow `id`; false if it was already gone.
     pub fn remove(&self, id: FlowId) -> bool {
-        let Some(rec) = self.records.get(id.0 as usize) else {
-            return false;
-        };
-        loop {
-            let m = rec.meta.load(Ordering::Acquire);
-            if !is_committed(m) {
-                return false;
-            }
-            if self.kill(id.0, m) {
-                self.release(id.0);
-                return true;
-            }
+        if id.0 & V6_BIT == 0 {
+            self.v4.remove(id.0)
+        } else {
+            self.v6.remove(id.0 & !V6_BIT)
         }
     }
 
-    /// Sweeps up to `max_records` records from a clock hand and reclaims the
-    /// expired ones; returns how many. Call it periodically (e.g. every 100
-    /// ms with `max_records = capacity / 100`) from one housekeeping thread.
+    /// Sweeps up to `max_records` records of each store from a clock hand
+    /// and reclaims the expired ones; returns how many. Call it
+    /// periodically (e.g. every 100 ms with `max_records = capacity / 100`)
+    /// from one housekeeping thread.
     pub fn expire(&self, now: u32, max_records: usize) -> usize {
         self.tick(now);
-        let n = self.records.len();
-        let todo = max_records.min(n);
-        let start = self.sweep_hand.fetch_add(todo, Ordering::Relaxed);
-        (0..todo)
-            .filter(|i| {
-                let ri = (start.wrapping_add(*i) % n) as u32;
-                let m = self.records[ri as usize].meta.load(Ordering::Acquire);
-                self.reclaim_expired(ri, m, now)
-            })
-            .count()
+        self.v4.expire(now, max_records) + self.v6.expire(now, max_records)
     }
 
     /// Calls `f(entry, state, seconds until expiry)` for every live flow,
@@ -1128,16 +653,17 @@ impl FlowTable {
 
     /// [`FlowTable::for_each`] aged against an explicit `now`.
     pub fn for_each_at(&self, now: u32, mut f: impl FnMut(&FlowEntry, FlowState, u32)) {
-        for rec in self.records.iter() {
-            let Some((m, w)) = rec.snapshot() else {
-                continue;
-            };
-            if !is_committed(m) || self.is_expired(m, now) {
-                continue;
+        for (_, m, w) in self.v4.each() {
+            if !self.v4.is_expired(m, now) {
+                let e = V4::unpack(&w, proto_of(m_proto(m)), m_backend(m));
+                f(&e, public_state(m_state(m)), self.v4.left(m, now));
             }
-            let left = self.expires_at(m).saturating_sub(u64::from(now));
-            let left = u32::try_from(left).unwrap_or(u32::MAX);
-            f(&unpack_entry(&w), public_state(m_state(m)), left);
+        }
+        for (_, m, w) in self.v6.each() {
+            if !self.v6.is_expired(m, now) {
+                let e = V6::unpack(&w, proto_of(m_proto(m)), m_backend(m));
+                f(&e, public_state(m_state(m)), self.v6.left(m, now));
+            }
         }
     }
 
@@ -1145,22 +671,19 @@ impl FlowTable {
     /// e.g. the flows of a removed backend; returns how many.
     pub fn remove_where(&self, mut pred: impl FnMut(&FlowEntry) -> bool) -> usize {
         let mut n = 0;
-        for (ri, rec) in self.records.iter().enumerate() {
-            let Some((mut m, w)) = rec.snapshot() else {
-                continue;
-            };
-            if !is_committed(m) || !pred(&unpack_entry(&w)) {
-                continue;
+        for (ri, m, w) in self.v4.each() {
+            debug_assert!(is_committed(m));
+            if pred(&V4::unpack(&w, proto_of(m_proto(m)), m_backend(m)))
+                && self.v4.remove_read(ri, m)
+            {
+                n += 1;
             }
-            let gen = m_gen(m);
-            // Retry while only state/last_seen change under us.
-            while is_committed(m) && m_gen(m) == gen {
-                if self.kill(ri as u32, m) {
-                    self.release(ri as u32);
-                    n += 1;
-                    break;
-                }
-                m = rec.meta.load(Ordering::Acquire);
+        }
+        for (ri, m, w) in self.v6.each() {
+            if pred(&V6::unpack(&w, proto_of(m_proto(m)), m_backend(m)))
+                && self.v6.remove_read(ri, m)
+            {
+                n += 1;
             }
         }
         n

@@ -26,24 +26,7 @@ fn entry_p(n: u32, p: u8) -> FlowEntry {
         proto: p,
     };
     let reply = FlowKey {
-        src: Addr::from_v6([
-            0x20,
-            1,
-            0xd,
-            0xb8,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            (n % 4) as u8,
-        ]),
+        src: Addr::from_v4([198, 18, 2, (n % 4) as u8]),
         dst: Addr::from_v4([198, 18, 1, 1]),
         sport: 8080,
         dport: n as u16,
@@ -53,16 +36,34 @@ fn entry_p(n: u32, p: u8) -> FlowEntry {
         original,
         reply,
         orig_hop: L2Hop {
-            port: (n % 3) as u8,
+            port: (n % 3) as u8 + 13,
             mac: [2, 0, b[0], b[1], b[2], b[3]],
         },
         reply_hop: L2Hop {
-            port: 7,
+            port: 15,
             mac: [0xfe, 0xff, b[3], b[2], b[1], b[0]],
         },
-        service: n / 7,
+        service: (n / 7) & layout::MAX_SERVICE,
         backend: n % 4,
     }
+}
+
+/// Flow `n` over IPv6: client 2001:db8:1::n → VIP, backend → client.
+fn entry6(n: u32) -> FlowEntry {
+    let b = n.to_be_bytes();
+    let a = |x: u8, y: [u8; 4]| {
+        Addr::from_v6([
+            0x20, 1, 0xd, 0xb8, 0, x, 0, 0, 0, 0, 0, 0, y[0], y[1], y[2], y[3],
+        ])
+    };
+    let mut e = entry_p(n, proto::TCP);
+    e.original.src = a(1, b);
+    e.original.dst = a(2, [0, 0, 0, 1]);
+    e.reply.src = a(3, [0, 0, 0, (n % 4) as u8]);
+    e.reply.dst = e.original.src;
+    e.service = n;
+    e.backend = 65_535 - n % 4;
+    e
 }
 
 fn entry(n: u32) -> FlowEntry {
@@ -79,18 +80,18 @@ fn clashing(n: u32) -> FlowEntry {
 
 #[test]
 fn layout_and_bytes_per_flow() {
-    assert_eq!(std::mem::size_of::<Record>(), 104);
-    assert_eq!(std::mem::size_of::<Bucket>(), 64);
-    assert_eq!(FREE_QUEUE_SLOT_BYTES, 16);
-    assert_eq!(FlowTable::BYTES_PER_FLOW, 152);
-    for cap in [1usize, 2, 3, 1000, 4097] {
-        let t = table(cap);
-        let real = t.records.len() * std::mem::size_of::<Record>()
-            + t.buckets.len() * std::mem::size_of::<Bucket>()
-            + t.free.capacity() * FREE_QUEUE_SLOT_BYTES;
-        // Buckets round up to whole cache lines: at most one extra line.
-        assert!(real <= cap * FlowTable::BYTES_PER_FLOW + 64, "cap {cap}");
-        assert!(real >= cap * FlowTable::BYTES_PER_FLOW, "cap {cap}");
+    assert_eq!(std::mem::size_of::<store::Record<5>>(), 48);
+    assert_eq!(std::mem::size_of::<store::Record<11>>(), 96);
+    assert_eq!(std::mem::size_of::<store::Bucket>(), 64);
+    assert_eq!(FlowTable::BYTES_PER_FLOW_V4, 58);
+    assert_eq!(FlowTable::BYTES_PER_FLOW_V6, 106);
+    for cap in [1usize, 2, 3, 1000, 4097, 1_000_000] {
+        let t = FlowTable::with_capacities(cap, cap, Timeouts::default());
+        let want = cap * (FlowTable::BYTES_PER_FLOW_V4 + FlowTable::BYTES_PER_FLOW_V6);
+        // Buckets round up to whole cache lines: at most one extra each.
+        let real = t.memory_bytes();
+        assert!(real <= want + 128, "cap {cap}: {real} > {want}");
+        assert!(real >= want, "cap {cap}: {real} < {want}");
     }
 }
 
@@ -104,8 +105,132 @@ fn send_sync() {
 fn pack_round_trip() {
     for n in [0, 1, 77, 65_535, 1 << 20, u32::MAX] {
         let e = entry(n);
-        assert_eq!(unpack_entry(&pack_entry(&e)), e);
+        let w = V4::pack(&e).unwrap();
+        assert_eq!(V4::unpack(&w, e.original.proto, e.backend), e);
+        assert!(
+            V6::pack(&e).is_none(),
+            "an IPv4 flow goes to the IPv4 store"
+        );
+        let e = entry6(n & layout::MAX_SERVICE);
+        let w = V6::pack(&e).unwrap();
+        assert_eq!(V6::unpack(&w, e.original.proto, e.backend), e);
+        assert!(V4::pack(&e).is_none());
     }
+}
+
+#[test]
+fn refuses_what_does_not_fit() {
+    let t = table(64);
+    let mut mixed = entry(1);
+    mixed.reply.src = entry6(1).reply.src;
+    let mut wide = [entry(2), entry(3), entry(4), entry(5)];
+    wide[0].service = layout::MAX_SERVICE + 1;
+    wide[1].backend = layout::MAX_BACKEND + 1;
+    wide[2].orig_hop.port = layout::MAX_PORT + 1;
+    wide[3].original.proto = 47;
+    wide[3].reply.proto = 47;
+    for e in std::iter::once(&mixed).chain(wide.iter()) {
+        assert_eq!(t.insert(e, 0), Err(InsertError::Unsupported), "{e:?}");
+    }
+    assert!(t.is_empty());
+    // At the limits, it fits.
+    let mut e = entry(6);
+    e.service = layout::MAX_SERVICE;
+    e.backend = layout::MAX_BACKEND;
+    let id = t.insert(&e, 0).unwrap();
+    assert_eq!(t.lookup(&e.reply, 0).unwrap().entry, e);
+    assert!(t.remove(id));
+}
+
+#[test]
+fn ipv6_flows_live_in_their_own_store() {
+    let t = table(64);
+    let (cap4, cap6) = t.capacities();
+    assert_eq!((cap4, cap6), (64, 64));
+    let e4 = entry(5);
+    let e6 = entry6(5);
+    let id4 = t.insert(&e4, 0).unwrap();
+    let id6 = t.insert(&e6, 0).unwrap();
+    assert_ne!(id4, id6);
+    for (e, id) in [(e4, id4), (e6, id6)] {
+        for (k, d) in [
+            (e.original, Direction::Original),
+            (e.reply, Direction::Reply),
+        ] {
+            let h = t.lookup(&k, 0).unwrap();
+            assert_eq!((h.id, h.dir, h.entry), (id, d, e));
+        }
+    }
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        t.touch(id6, Direction::Reply, SYN | ACK, 1),
+        FlowState::SynRecv
+    );
+    assert_eq!(t.lookup(&e4.original, 1).unwrap().state, FlowState::SynSent);
+    assert_eq!(t.remove_where(|e| e.original.src.is_v4()), 1);
+    assert!(t.remove(id6));
+    assert!(t.is_empty());
+    // Fill the IPv6 store with established flows: the IPv4 one is not
+    // affected.
+    for n in 0..64 {
+        let id = t.insert(&entry6(n), 0).unwrap();
+        t.touch(id, Direction::Original, ACK, 0);
+    }
+    assert_eq!(t.insert(&entry6(64), 0), Err(InsertError::Full));
+    assert!(t.insert(&entry(64), 0).is_ok());
+}
+
+/// The 24-bit wrapping clock: ages across the wrap, and a `last_seen` a
+/// second ahead of a worker's `now` (clock skew) is not taken for old.
+#[test]
+fn ageing_across_the_clock_wrap() {
+    let t = table(8);
+    let e = entry_p(1, proto::UDP);
+    let start = (1 << 24) - 100;
+    let id = t.insert(&e, start).unwrap();
+    assert!(t.lookup(&e.original, start + 300).is_some());
+    assert!(t.lookup(&e.original, start + 301).is_none());
+    t.touch(id, Direction::Original, 0, start + 250);
+    assert!(t.lookup(&e.original, start + 550).is_some());
+    // A worker whose clock is one second behind.
+    assert!(t.lookup(&e.original, start + 249).is_some());
+    assert_eq!(
+        t.touch(id, Direction::Original, 0, start + 249),
+        FlowState::Udp
+    );
+    assert!(t.lookup(&e.original, start + 550).is_some());
+    assert!(t.lookup(&e.original, start + 551).is_none());
+}
+
+/// Many keys per bucket pair: the cuckoo index reaches its design load
+/// (every record in use, index 80% full) with no refusal, lookups find
+/// every flow, and removal leaves the index empty.
+#[test]
+fn full_table_by_displacement_and_back() {
+    let cap = 20_000;
+    let t = table(cap);
+    for n in 0..cap as u32 {
+        assert_eq!(t.insert(&entry(n), 0).map(|_| ()), Ok(()), "flow {n}");
+    }
+    assert_eq!(t.len(), cap);
+    for n in 0..cap as u32 {
+        let e = entry(n);
+        assert_eq!(t.lookup(&e.original, 0).unwrap().entry, e);
+        assert_eq!(t.lookup(&e.reply, 0).unwrap().dir, Direction::Reply);
+    }
+    assert_eq!(t.v4.used_slots(), 2 * cap);
+    assert!(t.v4.moves() > 0, "the load needs displacements");
+    // Churn at full load: remove one, insert another.
+    for n in 0..cap as u32 {
+        let old = t.lookup(&entry(n).original, 0).unwrap().id;
+        assert!(t.remove(old));
+        let m = cap as u32 + n;
+        assert_eq!(t.insert(&entry(m), 0).map(|_| ()), Ok(()), "flow {m}");
+    }
+    eprintln!("displacements: {} for {} inserts", t.v4.moves(), 2 * cap);
+    assert_eq!(t.remove_where(|_| true), cap);
+    assert_eq!(t.v4.used_slots(), 0);
+    assert_eq!(t.v4.free_len(), cap);
 }
 
 #[test]
@@ -564,20 +689,67 @@ fn stress_four_threads_no_torn_reads() {
         assert!(keys.insert(e.reply), "duplicate {}", e.reply);
     });
     assert_eq!(records, n);
-    assert_eq!(n + t.free.len(), t.capacity());
-    let slots = t
-        .buckets
-        .iter()
-        .flat_map(|b| b.0.iter())
-        .filter(|s| s.load(Ordering::Relaxed) != 0)
-        .count();
-    assert_eq!(slots, 2 * n);
+    let (cap4, _) = t.capacities();
+    assert_eq!(n + t.v4.free_len(), cap4);
+    assert_eq!(t.v4.used_slots(), 2 * n);
     assert_eq!(t.remove_where(|_| true), n);
     assert_eq!(t.len(), 0);
-    assert_eq!(t.free.len(), t.capacity());
-    assert!(t
-        .buckets
-        .iter()
-        .flat_map(|b| b.0.iter())
-        .all(|s| s.load(Ordering::Relaxed) == 0));
+    assert_eq!(t.v4.free_len(), cap4);
+    assert_eq!(t.v4.used_slots(), 0);
+}
+
+/// Four threads churn their own flows in a table kept 95% full, so that
+/// inserts displace slots while the other threads look their flows up: a
+/// lookup must never miss a live flow (a slot on the move is found through
+/// the move counter), and no insert may fail.
+#[test]
+fn stress_displacement_never_hides_a_live_flow() {
+    const PER_THREAD: u32 = 2_000;
+    const ROUNDS: u32 = 6_000;
+    let cap = (4 * PER_THREAD as usize) * 100 / 95;
+    let t = Arc::new(table(cap));
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4u32)
+        .map(|tid| {
+            let (t, barrier) = (t.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Flow numbers of this thread: tid, tid + 4, tid + 8, ...
+                let flow = |i: u32| tid + 4 * i;
+                let mut live: Vec<u32> = (0..PER_THREAD).map(flow).collect();
+                for &n in &live {
+                    let id = t.insert(&entry(n), 0).expect("initial insert");
+                    t.touch(id, Direction::Original, ACK, 0);
+                }
+                barrier.wait();
+                let mut next = PER_THREAD;
+                let mut x = 0x9E37_79B9u32.wrapping_mul(tid + 1) | 1;
+                for round in 0..ROUNDS {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    let k = (x as usize) % live.len();
+                    let old = entry(live[k]);
+                    let hit = t.lookup(&old.original, 0).expect("own flow present");
+                    assert!(t.remove(hit.id));
+                    let n = flow(next);
+                    next += 1;
+                    let id = t.insert(&entry(n), 0).expect("insert at 95% load");
+                    t.touch(id, Direction::Original, ACK, 0);
+                    live[k] = n;
+                    // Look a few of our flows up, in both directions.
+                    for j in 0..4 {
+                        let e = entry(live[(k + j * 97 + round as usize) % live.len()]);
+                        assert_eq!(t.lookup(&e.original, 0).map(|h| h.entry), Some(e));
+                        assert_eq!(t.lookup(&e.reply, 0).map(|h| h.dir), Some(Direction::Reply));
+                    }
+                }
+                live.len()
+            })
+        })
+        .collect();
+    let n: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(t.len(), n);
+    assert_eq!(t.v4.used_slots(), 2 * n);
+    assert!(t.v4.moves() > 0, "no displacement happened: the test lost its point");
+    eprintln!("displacements: {}", t.v4.moves());
 }

@@ -1,0 +1,916 @@
+//! The lock-free store behind one record layout: records, the cuckoo index,
+//! the free stack. The module docs of [`flow_table`](super) give the design
+//! and the concurrency argument; this file is the mechanism.
+
+use std::hint::spin_loop;
+use std::marker::PhantomData;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::layout::Layout;
+use super::{tcp_next, Direction, InsertError, Timeouts};
+
+/// Index slots per bucket (one 64-byte cache line of `u32`s).
+pub const BUCKET_SLOTS: usize = 16;
+/// Index slots allocated per record, times two: 2.5 slots for the two keys
+/// of a flow, so the index is at most 80% full when every record is in use.
+pub const SLOTS_PER_FLOW_X2: usize = 5;
+/// Records sampled by the eviction clock hand when no record is free.
+pub const EVICT_SAMPLE: usize = 8;
+/// Records a store can hold: a slot keeps `record + 1` in 24 bits.
+pub const MAX_RECORDS: usize = (1 << 24) - 2;
+
+// ---- meta word: backend:16 | gen:16 | proto:4 | state:4 | last_seen:24 ----
+
+const SEEN_MASK: u64 = (1 << 24) - 1;
+/// Ages at or above this are taken for a clock skew between workers (a
+/// `last_seen` slightly ahead of `now`), not for a flow idle for 97 days.
+const AGE_LIMIT: u32 = 1 << 23;
+/// Longest timeout the 24-bit `last_seen` can express.
+pub const MAX_TIMEOUT: u32 = AGE_LIMIT - 1;
+const GEN_MASK: u64 = 0xFFFF;
+
+pub const ST_UDP: u8 = 0;
+pub const ST_SYN_SENT: u8 = 1;
+pub const ST_SYN_RECV: u8 = 2;
+pub const ST_ESTABLISHED: u8 = 3;
+pub const ST_FIN_WAIT: u8 = 4;
+pub const ST_CLOSE: u8 = 5;
+/// A flow of a protocol without states (SCTP, ICMP): `other` timeout.
+pub const ST_OTHER: u8 = 6;
+const ST_PENDING: u8 = 13;
+const ST_ABORTED: u8 = 14;
+const ST_FREE: u8 = 15;
+
+#[inline]
+pub fn m_seen(m: u64) -> u32 {
+    (m & SEEN_MASK) as u32
+}
+#[inline]
+pub fn m_state(m: u64) -> u8 {
+    ((m >> 24) & 0xF) as u8
+}
+#[inline]
+pub fn m_proto(m: u64) -> u8 {
+    ((m >> 28) & 0xF) as u8
+}
+#[inline]
+fn m_gen(m: u64) -> u64 {
+    (m >> 32) & GEN_MASK
+}
+#[inline]
+pub fn m_backend(m: u64) -> u32 {
+    (m >> 48) as u32
+}
+#[inline]
+fn mk_meta(gen: u64, state: u8, seen: u32, proto: u8, backend: u32) -> u64 {
+    (u64::from(seen) & SEEN_MASK)
+        | (u64::from(state & 0xF) << 24)
+        | (u64::from(proto & 0xF) << 28)
+        | ((gen & GEN_MASK) << 32)
+        | (u64::from(backend & 0xFFFF) << 48)
+}
+#[inline]
+fn with_state(m: u64, st: u8) -> u64 {
+    (m & !(0xF << 24)) | (u64::from(st & 0xF) << 24)
+}
+#[inline]
+fn with_seen(m: u64, seen: u32) -> u64 {
+    (m & !SEEN_MASK) | (u64::from(seen) & SEEN_MASK)
+}
+#[inline]
+fn with_gen(m: u64, gen: u64) -> u64 {
+    (m & !(GEN_MASK << 32)) | ((gen & GEN_MASK) << 32)
+}
+#[inline]
+fn next_gen(m: u64) -> u64 {
+    m_gen(m).wrapping_add(1) & GEN_MASK
+}
+/// Live means published (even generation) and committed (a real state).
+#[inline]
+pub fn is_committed(m: u64) -> bool {
+    m_gen(m) & 1 == 0 && m_state(m) <= ST_OTHER
+}
+/// Seconds since `seen`, on the 24-bit wrapping clock.
+#[inline]
+fn age(seen: u32, now: u32) -> u32 {
+    let d = (now.wrapping_sub(seen) as u64 & SEEN_MASK) as u32;
+    if d >= AGE_LIMIT {
+        0
+    } else {
+        d
+    }
+}
+
+/// One flow: the meta word, then the layout's `N` words.
+#[repr(C)]
+pub struct Record<const N: usize> {
+    meta: AtomicU64,
+    words: [AtomicU64; N],
+}
+
+impl<const N: usize> Record<N> {
+    fn new() -> Self {
+        Record {
+            meta: AtomicU64::new(mk_meta(1, ST_FREE, 0, 0, 0)),
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// A consistent read of a published record (even generation): its meta
+    /// word and words, or `None` if it is free or kept changing.
+    #[inline]
+    fn read(&self) -> Option<(u64, [u64; N])> {
+        for _ in 0..4 {
+            let m1 = self.meta.load(Ordering::Acquire);
+            if m_gen(m1) & 1 == 1 {
+                return None;
+            }
+            let w: [u64; N] = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            let m2 = self.meta.load(Ordering::Relaxed);
+            if m_gen(m1) == m_gen(m2) {
+                return Some((m2, w));
+            }
+        }
+        None
+    }
+}
+
+/// Sixteen index slots: `0` (empty) or `(record + 1) << 8 | tag`.
+#[repr(C, align(64))]
+pub struct Bucket(pub [AtomicU32; BUCKET_SLOTS]);
+
+#[inline]
+fn slot_val(ri: u32, tag: u32) -> u32 {
+    ((ri + 1) << 8) | tag
+}
+#[inline]
+fn slot_rec(v: u32) -> u32 {
+    (v >> 8).wrapping_sub(1)
+}
+
+/// A key with its two candidate buckets and 8-bit tag.
+#[derive(Clone, Copy, Debug)]
+pub struct Hashed<K> {
+    pub key: K,
+    pub b1: usize,
+    pub b2: usize,
+    tag: u32,
+}
+
+/// What a validated match hands to a scan's visitor.
+#[derive(Clone, Copy)]
+pub struct Found<const N: usize> {
+    pub ri: u32,
+    pub dir: Direction,
+    pub meta: u64,
+    pub words: [u64; N],
+}
+
+/// What a new record holds.
+pub struct Fresh<const N: usize> {
+    /// The layout's words.
+    pub words: [u64; N],
+    /// Protocol code.
+    pub pcode: u8,
+    /// Backend index (kept in the meta word).
+    pub backend: u32,
+    /// Initial state.
+    pub init: u8,
+}
+
+/// The store of one layout.
+pub struct Store<L: Layout<N>, const N: usize> {
+    records: Box<[Record<N>]>,
+    buckets: Box<[Bucket]>,
+    /// Free stack head: `aba counter:32 | (record + 1):32`; the link to the
+    /// next free record is kept in the free record's first word.
+    free_head: AtomicU64,
+    live: AtomicUsize,
+    evict_hand: AtomicUsize,
+    sweep_hand: AtomicUsize,
+    /// Odd while a displacement moves an index slot between buckets;
+    /// incremented by every move (a seqcount: see the module docs).
+    moves: AtomicU64,
+    seed: [u64; 4],
+    timeouts: Timeouts,
+    _layout: PhantomData<L>,
+}
+
+impl<L: Layout<N>, const N: usize> Store<L, N> {
+    /// Bytes of one record.
+    pub const RECORD_BYTES: usize = std::mem::size_of::<Record<N>>();
+
+    /// A store of `capacity` records (`capacity ≤ MAX_RECORDS`; 0 is
+    /// allowed and holds nothing).
+    pub fn new(capacity: usize, timeouts: Timeouts, seed: [u64; 4]) -> Self {
+        let capacity = capacity.min(MAX_RECORDS);
+        let n_buckets = (capacity * SLOTS_PER_FLOW_X2)
+            .div_ceil(2 * BUCKET_SLOTS)
+            .max(1);
+        let records: Box<[Record<N>]> = (0..capacity).map(|_| Record::new()).collect();
+        let buckets: Box<[Bucket]> = (0..n_buckets)
+            .map(|_| Bucket(std::array::from_fn(|_| AtomicU32::new(0))))
+            .collect();
+        let s = Store {
+            records,
+            buckets,
+            free_head: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+            evict_hand: AtomicUsize::new(0),
+            sweep_hand: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
+            seed,
+            timeouts,
+            _layout: PhantomData,
+        };
+        // Push in reverse so that record 0 is handed out first.
+        for ri in (0..capacity as u32).rev() {
+            s.release(ri);
+        }
+        s
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Bytes allocated: records and index.
+    pub fn memory_bytes(&self) -> usize {
+        self.records.len() * Self::RECORD_BYTES + std::mem::size_of_val(&*self.buckets)
+    }
+
+    pub fn timeout_of(&self, st: u8) -> u32 {
+        let t = &self.timeouts;
+        match st {
+            ST_UDP => t.udp,
+            ST_SYN_SENT => t.tcp_syn_sent,
+            ST_SYN_RECV => t.tcp_syn_recv,
+            ST_ESTABLISHED => t.tcp_established,
+            ST_FIN_WAIT => t.tcp_fin_wait,
+            ST_CLOSE => t.tcp_close,
+            _ => t.other,
+        }
+    }
+
+    #[inline]
+    pub fn is_expired(&self, m: u64, now: u32) -> bool {
+        age(m_seen(m), now) > self.timeout_of(m_state(m))
+    }
+
+    /// Seconds until `m` expires (0 if it has).
+    pub fn left(&self, m: u64, now: u32) -> u32 {
+        self.timeout_of(m_state(m))
+            .saturating_sub(age(m_seen(m), now))
+    }
+
+    // ---- index ----
+
+    #[inline]
+    pub fn hashed(&self, key: L::Key) -> Hashed<L::Key> {
+        let h = L::hash(&key, &self.seed);
+        let nb = self.buckets.len();
+        let b1 = ((u128::from(h) * nb as u128) >> 64) as usize;
+        let tag = (h & 0xFF) as u32;
+        Hashed {
+            key,
+            b1,
+            b2: self.alt(b1, tag),
+            tag,
+        }
+    }
+
+    /// The other bucket of a key in bucket `b` with `tag`: an involution
+    /// (`alt(alt(b)) == b`), so a slot can be moved without reading its
+    /// record (partial-key cuckoo hashing, as in cuckoo filters).
+    #[inline]
+    fn alt(&self, b: usize, tag: u32) -> usize {
+        let nb = self.buckets.len();
+        let c = ((u64::from(tag) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) as usize % nb;
+        (c + nb - b) % nb
+    }
+
+    #[inline]
+    fn window(&self, h: &Hashed<L::Key>) -> impl Iterator<Item = &AtomicU32> {
+        let second = (h.b2 != h.b1).then(|| self.buckets[h.b2].0.iter());
+        self.buckets[h.b1]
+            .0
+            .iter()
+            .chain(second.into_iter().flatten())
+    }
+
+    /// Asks the CPU for both candidate buckets of `h`.
+    #[inline]
+    pub fn prefetch(&self, h: &Hashed<L::Key>) {
+        crate::prefetch::prefetch(&self.buckets[h.b1]);
+        if h.b2 != h.b1 {
+            crate::prefetch::prefetch(&self.buckets[h.b2]);
+        }
+    }
+
+    /// Asks the CPU for the record lines of the first slot under `h` whose
+    /// tag matches (the second stage of burst prefetching: the buckets are
+    /// in cache by now). A 48-byte record may straddle two lines.
+    #[inline]
+    pub fn prefetch_record(&self, h: &Hashed<L::Key>) {
+        for slot in self.window(h) {
+            let v = slot.load(Ordering::Relaxed);
+            if v != 0 && v & 0xFF == h.tag {
+                if let Some(r) = self.records.get(slot_rec(v) as usize) {
+                    crate::prefetch::prefetch(&r.meta);
+                    if let Some(last) = r.words.last() {
+                        crate::prefetch::prefetch(last);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// Calls `f` for every record (other than `skip`) indexed under `h`
+    /// whose key equals `h`'s, with a validated read, until `f` returns
+    /// `Some`.
+    fn scan<R>(
+        &self,
+        h: &Hashed<L::Key>,
+        skip: u32,
+        order: Ordering,
+        mut f: impl FnMut(&Found<N>) -> Option<R>,
+    ) -> Option<R> {
+        let kp = L::key_proto(&h.key);
+        for slot in self.window(h) {
+            let v = slot.load(order);
+            if v == 0 || v & 0xFF != h.tag {
+                continue;
+            }
+            let ri = slot_rec(v);
+            if ri == skip {
+                continue;
+            }
+            let Some((meta, words)) = self.records.get(ri as usize).and_then(Record::read) else {
+                continue;
+            };
+            if m_proto(meta) != kp {
+                continue;
+            }
+            let Some(dir) = L::matches(&words, &h.key) else {
+                continue;
+            };
+            let r = f(&Found {
+                ri,
+                dir,
+                meta,
+                words,
+            });
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+
+    /// Runs `f` until no displacement overlapped it (at most `tries`
+    /// times); `f` returns `Some` to stop early. `None` if every try
+    /// overlapped a move or found nothing.
+    fn stable<R>(&self, tries: usize, mut f: impl FnMut() -> Option<R>) -> (Option<R>, bool) {
+        for _ in 0..tries {
+            let mv = self.moves.load(Ordering::SeqCst);
+            if mv & 1 == 1 {
+                spin_loop();
+                continue;
+            }
+            if let Some(r) = f() {
+                return (Some(r), true);
+            }
+            fence(Ordering::SeqCst);
+            if self.moves.load(Ordering::SeqCst) == mv {
+                return (None, true);
+            }
+        }
+        (None, false)
+    }
+
+    /// The live flow with key `h`.
+    #[inline]
+    pub fn lookup(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+        let once = |order| {
+            self.scan(h, u32::MAX, order, |f| {
+                (is_committed(f.meta) && !self.is_expired(f.meta, now)).then_some(*f)
+            })
+        };
+        // The common case: found, or missed while no slot was moving.
+        let mv = self.moves.load(Ordering::Acquire);
+        if let Some(f) = once(Ordering::Acquire) {
+            return Some(f);
+        }
+        fence(Ordering::Acquire);
+        if mv & 1 == 0 && self.moves.load(Ordering::Relaxed) == mv {
+            return None;
+        }
+        self.stable(64, || once(Ordering::SeqCst)).0
+    }
+
+    // ---- insert ----
+
+    /// Inserts a record `new` under keys `ho` (original) and `hr` (reply).
+    pub fn insert(
+        &self,
+        ho: &Hashed<L::Key>,
+        hr: &Hashed<L::Key>,
+        new: Fresh<N>,
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        let Fresh {
+            words,
+            pcode,
+            backend,
+            init,
+        } = new;
+        // Fast path for the common race (another worker just inserted it).
+        if self.precheck(ho, now) || self.precheck(hr, now) {
+            return Err(InsertError::Exists);
+        }
+        let ri = self.alloc(now)?;
+        let rec = &self.records[ri as usize];
+        let old = rec.meta.load(Ordering::Acquire);
+        debug_assert!(m_gen(old) & 1 == 1);
+        // Seqlock write: the generation is already odd (record free).
+        fence(Ordering::Release);
+        for (a, w) in rec.words.iter().zip(words) {
+            a.store(w, Ordering::Relaxed);
+        }
+        let gen = next_gen(old);
+        let pending = mk_meta(gen, ST_PENDING, now, pcode, backend);
+        rec.meta.store(pending, Ordering::Release);
+
+        if !(self.claim(ho, ri, now) && self.claim(hr, ri, now)) {
+            self.withdraw(ri, ho, hr);
+            return Err(InsertError::Full);
+        }
+        if !(self.rescan(ho, ri, now) && self.rescan(hr, ri, now)) {
+            self.withdraw(ri, ho, hr);
+            return Err(InsertError::Exists);
+        }
+        self.live.fetch_add(1, Ordering::Relaxed);
+        if rec
+            .meta
+            .compare_exchange(
+                pending,
+                with_state(pending, init),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // A competitor with a lower record index aborted us.
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.withdraw(ri, ho, hr);
+            return Err(InsertError::Exists);
+        }
+        Ok(ri)
+    }
+
+    /// Whether a live (or pending) flow holds `h`'s key; reclaims expired
+    /// ones on the way.
+    fn precheck(&self, h: &Hashed<L::Key>, now: u32) -> bool {
+        self.scan(h, u32::MAX, Ordering::Acquire, |f| {
+            if m_state(f.meta) == ST_PENDING {
+                Some(())
+            } else if is_committed(f.meta) {
+                if self.is_expired(f.meta, now) {
+                    self.reclaim_expired(f.ri, f.meta, now);
+                    None
+                } else {
+                    Some(())
+                }
+            } else {
+                None
+            }
+        })
+        .is_some()
+    }
+
+    /// After claiming our slots: whether we still may commit `ri`. Repeated
+    /// while a displacement overlaps it, so a moving slot is never missed.
+    fn rescan(&self, h: &Hashed<L::Key>, ri: u32, now: u32) -> bool {
+        let (lost, stable) = self.stable(64, || self.rescan_once(h, ri, now).then_some(()));
+        lost.is_none() && stable
+    }
+
+    /// One pass of [`Store::rescan`]: true if a competitor wins.
+    fn rescan_once(&self, h: &Hashed<L::Key>, ri: u32, now: u32) -> bool {
+        self.scan(h, ri, Ordering::SeqCst, |f| match m_state(f.meta) {
+            ST_PENDING if f.ri < ri => Some(()),
+            ST_PENDING => {
+                let rec = &self.records[f.ri as usize];
+                let aborted = with_state(f.meta, ST_ABORTED);
+                match rec.meta.compare_exchange(
+                    f.meta,
+                    aborted,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => None,
+                    // It committed first (and we lose), or it is gone.
+                    Err(cur) if m_gen(cur) == m_gen(f.meta) && is_committed(cur) => Some(()),
+                    Err(_) => None,
+                }
+            }
+            ST_ABORTED | ST_FREE => None,
+            _ if self.is_expired(f.meta, now) => {
+                self.reclaim_expired(f.ri, f.meta, now);
+                None
+            }
+            _ => Some(()),
+        })
+        .is_some()
+    }
+
+    fn try_claim_in(&self, b: usize, val: u32) -> bool {
+        self.buckets[b].0.iter().any(|slot| {
+            slot.load(Ordering::Relaxed) == 0
+                && slot
+                    .compare_exchange(0, val, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+        })
+    }
+
+    /// Claims a slot for record `ri` under `h`: in its first bucket, else
+    /// its second, else by moving another slot to its other bucket, else by
+    /// early-dropping a flow of the two buckets.
+    fn claim(&self, h: &Hashed<L::Key>, ri: u32, now: u32) -> bool {
+        let val = slot_val(ri, h.tag);
+        for attempt in 0..3 {
+            if self.try_claim_in(h.b1, val) || (h.b2 != h.b1 && self.try_claim_in(h.b2, val)) {
+                return true;
+            }
+            match attempt {
+                0 if self.displace(h, val) => return true,
+                1 => {
+                    let cands = self
+                        .window(h)
+                        .map(|s| s.load(Ordering::Acquire))
+                        .filter(|&v| v != 0 && slot_rec(v) != ri)
+                        .map(slot_rec);
+                    match self.early_drop(cands, now) {
+                        Some(victim) => self.release(victim),
+                        None => return false,
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Makes room in `h`'s buckets by moving one slot to its other bucket,
+    /// and puts `val` in its place. Moves are serialised by the `moves`
+    /// counter (odd while moving), which readers check to retry a miss.
+    fn displace(&self, h: &Hashed<L::Key>, val: u32) -> bool {
+        let mut mv = self.moves.load(Ordering::Relaxed);
+        let mut spins = 0u32;
+        loop {
+            if mv & 1 == 0 {
+                match self.moves.compare_exchange_weak(
+                    mv,
+                    mv + 1,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(cur) => mv = cur,
+                }
+            } else {
+                spins += 1;
+                if spins > 4096 {
+                    return false;
+                }
+                spin_loop();
+                mv = self.moves.load(Ordering::Relaxed);
+            }
+        }
+        fence(Ordering::SeqCst);
+        let done = self.move_one(h, val);
+        self.moves.fetch_add(1, Ordering::SeqCst);
+        done
+    }
+
+    fn move_one(&self, h: &Hashed<L::Key>, val: u32) -> bool {
+        let buckets = if h.b2 == h.b1 {
+            [h.b1, usize::MAX]
+        } else {
+            [h.b1, h.b2]
+        };
+        for b in buckets.into_iter().filter(|&b| b != usize::MAX) {
+            for slot in self.buckets[b].0.iter() {
+                let v = slot.load(Ordering::SeqCst);
+                if v == 0 {
+                    if slot
+                        .compare_exchange(0, val, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                    continue;
+                }
+                let o = self.alt(b, v & 0xFF);
+                if o == b {
+                    continue;
+                }
+                for dst in self.buckets[o].0.iter() {
+                    if dst.load(Ordering::Relaxed) == 0
+                        && dst
+                            .compare_exchange(0, v, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        // Copied: now replace the original by our slot.
+                        if slot
+                            .compare_exchange(v, val, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            return true;
+                        }
+                        // Its flow was unindexed meanwhile: undo the copy.
+                        let _ = dst.compare_exchange(v, 0, Ordering::SeqCst, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    // ---- records ----
+
+    /// Pops a free record, or evicts one of [`EVICT_SAMPLE`] records under
+    /// the clock hand.
+    fn alloc(&self, now: u32) -> Result<u32, InsertError> {
+        if let Some(ri) = self.pop_free() {
+            return Ok(ri);
+        }
+        let n = self.records.len();
+        if n == 0 {
+            return Err(InsertError::Full);
+        }
+        let start = self.evict_hand.fetch_add(EVICT_SAMPLE, Ordering::Relaxed);
+        let cands = (0..EVICT_SAMPLE.min(n)).map(|i| (start.wrapping_add(i) % n) as u32);
+        if let Some(ri) = self.early_drop(cands, now) {
+            return Ok(ri);
+        }
+        self.pop_free().ok_or(InsertError::Full)
+    }
+
+    fn pop_free(&self) -> Option<u32> {
+        let mut h = self.free_head.load(Ordering::Acquire);
+        loop {
+            let top = h as u32;
+            if top == 0 {
+                return None;
+            }
+            let ri = top - 1;
+            // May read a link another thread is overwriting: the counter
+            // then changed too, and the CAS fails.
+            let next = self.records[ri as usize].words[0].load(Ordering::Relaxed) as u32;
+            let new = (((h >> 32) + 1) << 32) | u64::from(next);
+            match self
+                .free_head
+                .compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(ri),
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    /// Pushes a record we own (odd generation) onto the free stack.
+    fn release(&self, ri: u32) {
+        let link = &self.records[ri as usize].words[0];
+        let mut h = self.free_head.load(Ordering::Relaxed);
+        loop {
+            link.store(u64::from(h as u32), Ordering::Relaxed);
+            let new = (((h >> 32) + 1) << 32) | u64::from(ri + 1);
+            match self
+                .free_head
+                .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    /// Among `cands`, claims the best victim: expired first, else not
+    /// established, oldest first. The victim's slots are cleared; the caller
+    /// owns the record (free generation) and must reuse or release it.
+    fn early_drop(&self, cands: impl Iterator<Item = u32>, now: u32) -> Option<u32> {
+        let mut best: Option<(bool, u32, u32, u64)> = None; // (!expired, -age, idx, meta)
+        for ri in cands {
+            let Some(rec) = self.records.get(ri as usize) else {
+                continue;
+            };
+            let m = rec.meta.load(Ordering::Acquire);
+            if !is_committed(m) {
+                continue;
+            }
+            let expired = self.is_expired(m, now);
+            if !expired && m_state(m) == ST_ESTABLISHED {
+                continue;
+            }
+            let key = (!expired, u32::MAX - age(m_seen(m), now), ri, m);
+            if !matches!(best, Some(b) if (b.0, b.1) <= (key.0, key.1)) {
+                best = Some(key);
+            }
+        }
+        let (_, _, ri, m) = best?;
+        self.kill(ri, m).then_some(ri)
+    }
+
+    /// Claims record `ri` if its meta is still exactly `m` (so a concurrent
+    /// touch makes the claim fail) and clears its slots.
+    fn kill(&self, ri: u32, m: u64) -> bool {
+        let rec = &self.records[ri as usize];
+        let dead = with_gen(with_state(m, ST_FREE), next_gen(m));
+        if rec
+            .meta
+            .compare_exchange(m, dead, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.unindex(ri, m_proto(m));
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    fn reclaim_expired(&self, ri: u32, m: u64, now: u32) -> bool {
+        if is_committed(m) && self.is_expired(m, now) && self.kill(ri, m) {
+            self.release(ri);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Clears the index slots of a record we own (odd generation).
+    fn unindex(&self, ri: u32, pcode: u8) {
+        let rec = &self.records[ri as usize];
+        let w: [u64; N] = std::array::from_fn(|i| rec.words[i].load(Ordering::Relaxed));
+        let (ko, kr) = L::keys(&w, pcode);
+        self.unindex_keys(ri, &self.hashed(ko), &self.hashed(kr));
+    }
+
+    /// Clears every slot of `ri` under both keys, again while a
+    /// displacement overlapped the pass (a slot being moved is then in
+    /// one of the two buckets, or both, and the next pass finds it).
+    fn unindex_keys(&self, ri: u32, ho: &Hashed<L::Key>, hr: &Hashed<L::Key>) {
+        self.stable(usize::MAX, || {
+            for h in [ho, hr] {
+                let val = slot_val(ri, h.tag);
+                for slot in self.window(h) {
+                    if slot.load(Ordering::SeqCst) == val {
+                        let _ = slot.compare_exchange(val, 0, Ordering::SeqCst, Ordering::Relaxed);
+                    }
+                }
+            }
+            None::<()>
+        });
+    }
+
+    /// Backs out our own uncommitted record.
+    fn withdraw(&self, ri: u32, ho: &Hashed<L::Key>, hr: &Hashed<L::Key>) {
+        let rec = &self.records[ri as usize];
+        let m = rec.meta.load(Ordering::Acquire);
+        // Only an abort (PENDING → ABORTED, same generation) can race this.
+        rec.meta.store(
+            with_gen(with_state(m, ST_FREE), next_gen(m)),
+            Ordering::Release,
+        );
+        self.unindex_keys(ri, ho, hr);
+        self.release(ri);
+    }
+
+    /// See [`FlowTable::touch`](super::FlowTable::touch); `None` if the
+    /// flow is gone or expired.
+    pub fn touch(&self, ri: u32, dir: Direction, tcp_flags: u8, now: u32) -> Option<u8> {
+        let rec = self.records.get(ri as usize)?;
+        let mut m = rec.meta.load(Ordering::Acquire);
+        loop {
+            if !is_committed(m) || self.is_expired(m, now) {
+                return None;
+            }
+            let st = m_state(m);
+            let next = if st == ST_UDP || st == ST_OTHER {
+                st
+            } else {
+                tcp_next(st, dir, tcp_flags)
+            };
+            let seen = m_seen(m);
+            // Keep a `last_seen` that another worker set a second ahead.
+            let seen = if age(seen, now) == 0 {
+                seen
+            } else {
+                now & SEEN_MASK as u32
+            };
+            let nm = with_seen(with_state(m, next), seen);
+            if nm == m {
+                return Some(st);
+            }
+            match rec
+                .meta
+                .compare_exchange_weak(m, nm, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(next),
+                Err(cur) => m = cur,
+            }
+        }
+    }
+
+    /// Removes record `ri`; false if it was already gone.
+    pub fn remove(&self, ri: u32) -> bool {
+        let Some(rec) = self.records.get(ri as usize) else {
+            return false;
+        };
+        loop {
+            let m = rec.meta.load(Ordering::Acquire);
+            if !is_committed(m) {
+                return false;
+            }
+            if self.kill(ri, m) {
+                self.release(ri);
+                return true;
+            }
+        }
+    }
+
+    /// Sweeps up to `max_records` records from the clock hand.
+    pub fn expire(&self, now: u32, max_records: usize) -> usize {
+        let n = self.records.len();
+        let todo = max_records.min(n);
+        if todo == 0 {
+            return 0;
+        }
+        let start = self.sweep_hand.fetch_add(todo, Ordering::Relaxed);
+        (0..todo)
+            .filter(|i| {
+                let ri = (start.wrapping_add(*i) % n) as u32;
+                let m = self.records[ri as usize].meta.load(Ordering::Acquire);
+                self.reclaim_expired(ri, m, now)
+            })
+            .count()
+    }
+
+    /// Every committed record: `(index, meta, words)`, consistent each.
+    pub fn each(&self) -> impl Iterator<Item = (u32, u64, [u64; N])> + '_ {
+        self.records.iter().enumerate().filter_map(|(ri, rec)| {
+            let (m, w) = rec.read()?;
+            is_committed(m).then_some((ri as u32, m, w))
+        })
+    }
+
+    /// Removes record `ri` read as `m` if it still holds the same flow
+    /// (retrying while only its state or `last_seen` change).
+    pub fn remove_read(&self, ri: u32, mut m: u64) -> bool {
+        let rec = &self.records[ri as usize];
+        let gen = m_gen(m);
+        while is_committed(m) && m_gen(m) == gen {
+            if self.kill(ri, m) {
+                self.release(ri);
+                return true;
+            }
+            m = rec.meta.load(Ordering::Acquire);
+        }
+        false
+    }
+
+    /// Free records (walks the stack; for tests on a quiescent store).
+    #[cfg(test)]
+    pub fn free_len(&self) -> usize {
+        let mut n = 0;
+        let mut top = self.free_head.load(Ordering::Acquire) as u32;
+        while top != 0 && n <= self.records.len() {
+            n += 1;
+            top = self.records[top as usize - 1].words[0].load(Ordering::Relaxed) as u32;
+        }
+        n
+    }
+
+    /// Displacements done so far.
+    #[cfg(test)]
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed) / 2
+    }
+
+    /// Occupied index slots (for tests on a quiescent store).
+    #[cfg(test)]
+    pub fn used_slots(&self) -> usize {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.0.iter())
+            .filter(|s| s.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+}
