@@ -73,7 +73,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_dataplane::service::{
-    BackendSpec, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
+    BackendSpec, ForwardMethod, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind,
+    WhenEmpty,
 };
 use sluice_dataplane::types::{proto, Addr};
 
@@ -438,6 +439,7 @@ impl Loader<'_> {
                         Vec::new()
                     },
                     when_empty,
+                    forward: ForwardMethod::Nat,
                 }
             };
             for &ip in &svc.ips {
