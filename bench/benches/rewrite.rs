@@ -8,16 +8,17 @@
 //! Frames: a minimum-size IPv4 TCP segment (60 bytes, the 64-byte class on
 //! the wire with the FCS) and an IPv6 TCP segment (74 bytes, no payload).
 //!
-//! Direct routing (DR, MAC rewrite only) has no implementation yet
-//! (`forward/dr.rs` is planned, see `forward/mod.rs`), so there is no DR
-//! rewrite bench; the MAC rewrite every verdict already pays is
-//! [`nat::set_macs`], benched here too as its stand-in floor.
+//! Beside it: [`nat::set_macs`], the MAC rewrite every NAT verdict pays on
+//! top (so a NAT packet costs `nat` + `set_macs`), and [`dr::rewrite`], the
+//! whole rewrite of a direct-routing packet (both MACs, nothing else;
+//! each call alternates between two backends' MACs so that every call
+//! changes the destination).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice_bench::{backend_ip, tcp, tcp6, BACKEND_PORT, BACK_MAC, VIP};
-use sluice_dataplane::forward::nat;
+use sluice_dataplane::forward::{dr, nat};
 use sluice_dataplane::types::{Addr, FlowKey};
 use sluice_dataplane::wire;
 
@@ -50,6 +51,16 @@ fn bench_frame(c: &mut Criterion, name: &str, mut frame: Vec<u8>, other: FlowKey
             )
         })
     });
+    let macs = [[2, 0, 0, 0, 1, 0x11], [2, 0, 0, 0, 1, 0x12]];
+    let mut k = 0usize;
+    g.bench_function(format!("dr/{name}"), |b| {
+        b.iter(|| {
+            let dst = macs[k & 1];
+            k += 1;
+            dr::rewrite(black_box(&mut frame), black_box(BACK_MAC), black_box(dst))
+        })
+    });
+    assert_eq!(wire::parse(&frame).expect("still parses").key, orig);
     g.finish();
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control::run::{self, RunArgs, RunError};
+use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::steer::AttachMode;
 use sluice_dataplane::types::Cidr;
 
@@ -139,7 +140,18 @@ fn main() -> ExitCode {
         Cmd::Check { config } => match sluice_control::config::load_file(&config) {
             Ok(cfg) => {
                 for s in &cfg.services {
-                    println!("{} {} -> {} backends", s.name, s.vip, s.backends.len());
+                    // NAT is the default and stays unmarked; DR is shown,
+                    // since its backends must own the VIP.
+                    let method = match s.forward {
+                        ForwardMethod::Nat => "",
+                        ForwardMethod::Dr => ", forwarding dr (backends own the VIP)",
+                    };
+                    println!(
+                        "{} {} -> {} backends{method}",
+                        s.name,
+                        s.vip,
+                        s.backends.len()
+                    );
                     for b in &s.backends {
                         println!("  {}:{} weight {}", b.addr, b.port, b.weight);
                     }

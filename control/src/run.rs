@@ -21,8 +21,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use sluice_dataplane::affinity::AffinityTable;
 use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
-use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
-use sluice_dataplane::service::{ServiceTable, VipKey};
+use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy, NextHop, PortInfo, Snapshot};
+use sluice_dataplane::service::{ForwardMethod, ServiceTable, VipKey};
 use sluice_dataplane::steer::{AttachMode, SteerError, Steering};
 use sluice_dataplane::types::{Addr, Cidr, L2Hop};
 use sluice_dataplane::worker::{Counters, Shared, Worker, WorkerOpts};
@@ -167,12 +167,28 @@ impl Compiled {
     /// Carries the set of removed endpoints into this compile: the workers
     /// reset TCP flows still pinned to them, and the steering program keeps
     /// sending those endpoints' packets to the workers so that a client that
-    /// only receives is reset too.
-    fn keep_removed(&mut self, removed: hashbrown::HashSet<(Addr, u16, u8)>) {
+    /// only receives is reset too (for a direct-routing endpoint that steers
+    /// nothing: its replies come from the VIP, and no packet of its own
+    /// address is LB traffic).
+    ///
+    /// The next hops of removed endpoints are carried over from `old` (the
+    /// snapshot in service) when this compile has none: a direct-routing
+    /// flow names no backend address, so the workers recognise its removed
+    /// backend by its next hop ([`sluice_dataplane::pipeline::dr_flow_endpoint_removed`]).
+    fn keep_removed(
+        &mut self,
+        removed: hashbrown::HashSet<(Addr, u16, u8)>,
+        old: &HashMap<Addr, NextHop>,
+    ) {
         let steered: HashSet<(Addr, u16, u8)> = self.steer.backends.iter().copied().collect();
         self.steer
             .backends
             .extend(removed.iter().filter(|b| !steered.contains(b)).copied());
+        for (addr, _, _) in removed.iter() {
+            if let (false, Some(nh)) = (self.snapshot.nexthops.contains_key(addr), old.get(addr)) {
+                self.snapshot.nexthops.insert(*addr, *nh);
+            }
+        }
         self.snapshot.removed = removed;
     }
 }
@@ -196,17 +212,28 @@ pub fn compile(
     let mut snat = BTreeSet::new();
     let mut backends = BTreeSet::new();
     let mut addrs = BTreeSet::new();
+    let mut nat_addrs = BTreeSet::new();
     for s in services.services() {
         steer.vips.push(s.spec.vip);
         for b in &s.spec.backends {
-            backends.insert((b.addr, b.port, s.spec.vip.proto));
             addrs.insert(b.addr);
+            // A direct-routing backend answers the client itself, from the
+            // VIP: nothing from its own address comes back to the LB, so it
+            // is not steered (and needs no SNAT source), and its replies
+            // (source VIP:port, destination a client) match no rule of the
+            // steering program, so they reach the kernel, which routes them.
+            if s.spec.forward == ForwardMethod::Nat {
+                backends.insert((b.addr, b.port, s.spec.vip.proto));
+                nat_addrs.insert(b.addr);
+            }
         }
     }
     for addr in addrs {
         match resolve_backend(addr, links, resolve_timeout) {
             Ok(nh) => {
-                snat.insert(nh.snat);
+                if nat_addrs.contains(&addr) {
+                    snat.insert(nh.snat);
+                }
                 nexthops.insert(addr, nh);
             }
             Err(e) => {
@@ -501,6 +528,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     match result {
                         Ok((cfg, mut c)) => {
                             let live = live_backends(&c.snapshot);
+                            let live_dr = live_dr_hops(&c.snapshot);
                             // Endpoints that left (now or earlier, and not
                             // back): their TCP flows are reset at their next
                             // segment by the workers.
@@ -512,7 +540,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     .filter(|b| !live.contains(b))
                                     .collect()
                             };
-                            c.keep_removed(removed);
+                            c.keep_removed(removed, &shared.snapshot.load().nexthops);
                             // Steer the union while the swap happens, so no
                             // packet of an old or new service reaches the
                             // kernel stack in between; then the new sets.
@@ -544,11 +572,21 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                                     // resets the client.
                                     let flushed = shared.flows.remove_where(|e| {
                                         e.reply.proto != sluice_dataplane::types::proto::TCP
-                                            && !live.contains(&(
-                                                e.reply.src,
-                                                e.reply.sport,
-                                                e.reply.proto,
-                                            ))
+                                            && if is_dr_flow(e) {
+                                                // Named by next hop, not
+                                                // address (keep_removed).
+                                                !live_dr.contains(&(
+                                                    e.orig_hop,
+                                                    e.original.dport,
+                                                    e.original.proto,
+                                                ))
+                                            } else {
+                                                !live.contains(&(
+                                                    e.reply.src,
+                                                    e.reply.sport,
+                                                    e.reply.proto,
+                                                ))
+                                            }
                                     });
                                     if let Some(d) = &dns {
                                         match DnsZone::new(&args.cluster_domain, &cfg.dns) {
@@ -591,7 +629,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     &masq,
                     Duration::from_millis(500),
                 ) {
-                    c.keep_removed(shared.snapshot.load().removed.clone());
+                    {
+                        let cur = shared.snapshot.load();
+                        c.keep_removed(cur.removed.clone(), &cur.nexthops);
+                    }
                     if c.unresolved.len() < unresolved.len()
                         && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
                     {
@@ -617,15 +658,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     &masq,
                     Duration::from_millis(500),
                 ) {
-                    let kept = shared
-                        .snapshot
-                        .load()
+                    let cur = shared.snapshot.load();
+                    let kept = cur
                         .removed
                         .iter()
                         .filter(|k| !gone.contains(k))
                         .copied()
                         .collect();
-                    c.keep_removed(kept);
+                    c.keep_removed(kept, &cur.nexthops);
+                    drop(cur);
                     if apply_steer(
                         &mut steering,
                         &union_sets(&current_steer, &c.steer),
@@ -714,6 +755,22 @@ fn expired_removals<K: Copy + Eq + std::hash::Hash>(
 }
 
 /// Every (address, port, protocol) a flow of `snap` may be forwarded to.
+/// The (next hop, port, protocol) of every backend of a direct-routing
+/// service in `snap`: how a DR flow's backend is recognised (its record
+/// holds the next hop, not the backend's address).
+fn live_dr_hops(snap: &Snapshot) -> HashSet<(L2Hop, u16, u8)> {
+    snap.services
+        .services()
+        .filter(|s| s.spec.forward == ForwardMethod::Dr)
+        .flat_map(|s| {
+            s.spec.backends.iter().filter_map(move |b| {
+                let nh = snap.nexthops.get(&b.addr)?;
+                Some((nh.hop, b.port, s.spec.vip.proto))
+            })
+        })
+        .collect()
+}
+
 fn live_backends(snap: &Snapshot) -> HashSet<(Addr, u16, u8)> {
     snap.services
         .services()
@@ -795,9 +852,67 @@ mod tests {
             },
             unresolved: Vec::new(),
         };
-        c.keep_removed([x, y].into_iter().collect());
+        let hop = |m| NextHop {
+            hop: L2Hop {
+                port: 1,
+                mac: [2, 0, 0, 0, 1, m],
+            },
+            snat: Addr::from_v4([198, 18, 1, 1]),
+        };
+        c.snapshot.nexthops.insert(x.0, hop(0x11));
+        let old: HashMap<Addr, NextHop> =
+            [(x.0, hop(0x99)), (y.0, hop(0x12))].into_iter().collect();
+        c.keep_removed([x, y].into_iter().collect(), &old);
         assert_eq!(c.steer.backends, vec![x, y], "steered once each");
         assert!(c.snapshot.removed.contains(&x) && c.snapshot.removed.contains(&y));
+        // The removed endpoint's next hop is carried over (DR flows are
+        // matched by it); one this compile resolved is kept as resolved.
+        assert_eq!(c.snapshot.nexthops[&y.0], hop(0x12));
+        assert_eq!(c.snapshot.nexthops[&x.0], hop(0x11));
+    }
+
+    #[test]
+    fn dr_backends_are_not_steered_but_their_hops_are_known() {
+        use sluice_dataplane::service::{BackendSpec, ServiceSpec};
+        let spec = |port, forward| ServiceSpec {
+            name: format!("default/web:{port}"),
+            vip: VipKey {
+                addr: Addr::from_v4([198, 18, 100, 10]),
+                port,
+                proto: 6,
+            },
+            backends: vec![BackendSpec {
+                addr: Addr::from_v4([198, 18, 1, 11]),
+                port,
+                weight: 1,
+                ..Default::default()
+            }],
+            forward,
+            ..Default::default()
+        };
+        let services = ServiceTable::build(
+            1,
+            vec![spec(80, ForwardMethod::Dr), spec(81, ForwardMethod::Nat)],
+        )
+        .unwrap();
+        let mut snap = Snapshot {
+            services,
+            ..Snapshot::default()
+        };
+        let hop = L2Hop {
+            port: 1,
+            mac: [2, 0, 0, 0, 1, 0x11],
+        };
+        snap.nexthops.insert(
+            Addr::from_v4([198, 18, 1, 11]),
+            NextHop {
+                hop,
+                snat: Addr::from_v4([198, 18, 1, 1]),
+            },
+        );
+        let dr = live_dr_hops(&snap);
+        assert!(dr.contains(&(hop, 80, 6)));
+        assert!(!dr.contains(&(hop, 81, 6)), "the NAT service is not DR");
     }
 
     #[test]

@@ -48,6 +48,18 @@
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]).
  *
+ * Direct-routing services (forwarding method dr): the client's packets
+ * match (a) as for NAT. The backend answers the client directly, from
+ * VIP:port to client:port, and that reply must reach the kernel (which
+ * routes it when the LB host is also the backends' router): it matches
+ * no rule, because the control plane puts only NAT endpoints in
+ * `backends` (a DR endpoint's own address never carries LB traffic), a
+ * client is neither a VIP nor a SNAT address, and rule (b) looks at the
+ * source's (addr, port, proto), which for a DR reply is the VIP's, not an
+ * endpoint's. An ICMP error about such a reply (quoting VIP -> client) is
+ * steered by (b'), and the workers hand it to the backend that owns the
+ * VIP, unchanged but for the MACs.
+ *
  * Parsing: Ethernet, at most one 802.1Q/802.1ad tag, IPv4 (options skipped
  * through IHL; non-first fragments pass, they carry no ports) and IPv6 with
  * the L4 header as the first next header (extension headers pass).

@@ -15,14 +15,31 @@
 //! SNAT address when the client is masqueraded). Every later packet of
 //! either direction is rewritten into the reverse of the other direction's
 //! tuple, so no per-direction NAT state is needed.
+//!
+//! Direct routing (IPVS "gatewaying", [`ForwardMethod::Dr`]): the first
+//! packet is scheduled the same way (source ranges, affinity, terminating
+//! and removed endpoints, reject when empty), but the frame leaves with only
+//! its MACs changed ([`dr::rewrite`]), and the backend answers the client
+//! directly. The flow is still recorded, as IPVS keeps a connection entry
+//! for DR, so that every packet of a connection reaches the same backend;
+//! its TCP state advances on the client's packets alone. Its reply key is
+//! the original reversed (VIP:port → client:port): the tuple of the
+//! backend's direct replies, which never reach the AF_XDP sockets (the
+//! steering program matches neither their source, the VIP, nor their
+//! destination), and which no NAT flow can own (that would take a backend
+//! whose address is the VIP). That equality is also how a DR flow is told
+//! from a NAT flow ([`is_dr_flow`]) without a field in the flow record, and
+//! it holds across reloads. The backend of a DR flow is identified by its
+//! next hop (the MAC its packets go to) and the service port
+//! ([`dr_flow_endpoint_removed`]).
 
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
 use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError, KeyHash};
-use crate::forward::nat;
+use crate::forward::{dr, nat};
 use crate::sched;
-use crate::service::{MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
+use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
 use crate::wire::{self, icmp_error, reply, tcp_flags, ParseError};
 
@@ -95,7 +112,10 @@ pub struct Snapshot {
     pub masq: MasqPolicy,
     /// Backends (address, port, protocol) that configs removed and that are
     /// not back: TCP flows still pinned to one are reset at their next
-    /// segment, other flows are scheduled anew. Usually empty.
+    /// segment, other flows are scheduled anew. Usually empty. For
+    /// direct-routing flows, which name no backend address, [`Snapshot::nexthops`]
+    /// must still hold the removed backend's next hop (the control plane
+    /// carries it over).
     pub removed: HashSet<(Addr, u16, u8)>,
 }
 
@@ -345,11 +365,7 @@ pub fn process_hashed(
         None => flows.lookup(&key, now),
     };
     if let Some(hit) = hit {
-        if !snap.removed.is_empty()
-            && snap
-                .removed
-                .contains(&(hit.entry.reply.src, hit.entry.reply.sport, key.proto))
-        {
+        if !snap.removed.is_empty() && endpoint_removed(snap, &hit.entry, key.proto) {
             // The flow's endpoint was removed from the service (kube-proxy
             // flushes its conntrack entries). TCP: reset the client, at
             // once, whichever direction this segment goes. Other
@@ -362,11 +378,7 @@ pub fn process_hashed(
             }
         } else {
             flows.touch(hit.id, hit.dir, p.tcp_flags, now);
-            let (to, hop) = match hit.dir {
-                Direction::Original => (hit.entry.reply.reversed(), hit.entry.orig_hop),
-                Direction::Reply => (hit.entry.original.reversed(), hit.entry.reply_hop),
-            };
-            return emit(snap, &mut buf[..len], &p, &to, hop);
+            return forward(snap, &mut buf[..len], &p, &hit.entry, hit.dir);
         }
     }
     // A new flow: it must be addressed to a service.
@@ -417,14 +429,21 @@ pub fn process_hashed(
         return Verdict::Drop(DropReason::NoNextHop);
     };
     let frame = &mut buf[..len];
+    let direct = spec.forward == ForwardMethod::Dr;
     let mut entry = FlowEntry {
         original: key,
-        reply: FlowKey {
-            src: backend.addr,
-            dst: key.src,
-            sport: backend.port,
-            dport: key.sport,
-            proto: key.proto,
+        reply: if direct {
+            // The backend's own reply, VIP → client: a key no other flow
+            // can own and no steered packet carries (module doc).
+            key.reversed()
+        } else {
+            FlowKey {
+                src: backend.addr,
+                dst: key.src,
+                sport: backend.port,
+                dport: key.sport,
+                proto: key.proto,
+            }
         },
         orig_hop: nh.hop,
         reply_hop: L2Hop {
@@ -435,14 +454,17 @@ pub fn process_hashed(
         backend: b_idx as u32,
     };
 
-    let masq = must_masquerade(
-        snap,
-        spec.masq,
-        &key.src,
-        &backend.addr,
-        ingress,
-        nh.hop.port,
-    );
+    // DR never masquerades: the backend answers the client itself, from
+    // the VIP, so there is nothing to translate back.
+    let masq = !direct
+        && must_masquerade(
+            snap,
+            spec.masq,
+            &key.src,
+            &backend.addr,
+            ingress,
+            nh.hop.port,
+        );
     let inserted = if masq {
         entry.reply.dst = nh.snat;
         insert_with_snat_port(flows, &mut entry, &snap.masq, now)
@@ -463,8 +485,7 @@ pub fn process_hashed(
             return match flows.lookup(&key, now) {
                 Some(hit) if hit.dir == Direction::Original => {
                     flows.touch(hit.id, hit.dir, p.tcp_flags, now);
-                    let to = hit.entry.reply.reversed();
-                    emit(snap, frame, &p, &to, hit.entry.orig_hop)
+                    forward(snap, frame, &p, &hit.entry, Direction::Original)
                 }
                 _ => Verdict::Drop(DropReason::FlowExists),
             };
@@ -476,8 +497,74 @@ pub fn process_hashed(
     if masq {
         stats.snat_flows += 1;
     }
-    let to = entry.reply.reversed();
-    emit(snap, frame, &p, &to, entry.orig_hop)
+    forward(snap, frame, &p, &entry, Direction::Original)
+}
+
+/// Whether a flow forwards by direct routing: its reply key is its
+/// original key reversed (the backend answers from the VIP itself). A NAT
+/// flow's reply key comes from the backend's address, which is never the
+/// VIP of the same service port.
+#[inline]
+pub fn is_dr_flow(e: &FlowEntry) -> bool {
+    e.reply == e.original.reversed()
+}
+
+/// Whether the endpoint a flow is pinned to was removed
+/// ([`Snapshot::removed`]).
+#[inline]
+fn endpoint_removed(snap: &Snapshot, e: &FlowEntry, proto: u8) -> bool {
+    if is_dr_flow(e) {
+        dr_flow_endpoint_removed(snap, e, proto)
+    } else {
+        snap.removed.contains(&(e.reply.src, e.reply.sport, proto))
+    }
+}
+
+/// Whether a direct-routing flow's backend was removed. The flow record
+/// names no backend address (both its keys are client ↔ VIP), so the
+/// backend is recognised by what DR forwards on: its next hop (egress port
+/// and MAC) and the service port, which in DR is also the backend port.
+/// Linear in the number of removed endpoints, which is small and usually
+/// zero (the caller checks that first). Two addresses of one host share a
+/// MAC: removing either resets the flows to that host, which is where the
+/// packets of both go.
+pub fn dr_flow_endpoint_removed(snap: &Snapshot, e: &FlowEntry, proto: u8) -> bool {
+    snap.removed.iter().any(|&(addr, port, pr)| {
+        pr == proto
+            && port == e.original.dport
+            && snap
+                .nexthops
+                .get(&addr)
+                .is_some_and(|nh| nh.hop == e.orig_hop)
+    })
+}
+
+/// Sends a packet of a known flow on, by the flow's method: NAT rewrites
+/// it into the reverse of the other direction's tuple; DR changes only the
+/// MACs. A DR reply (VIP → client) is not steered to us; if one comes
+/// anyway (say an endpoint of another service is also listed with the
+/// VIP's address), it goes to the client unchanged, as a router would send
+/// it.
+#[inline]
+fn forward(
+    snap: &Snapshot,
+    frame: &mut [u8],
+    p: &wire::Parsed,
+    e: &FlowEntry,
+    dir: Direction,
+) -> Verdict {
+    let hop = match dir {
+        Direction::Original => e.orig_hop,
+        Direction::Reply => e.reply_hop,
+    };
+    if is_dr_flow(e) {
+        return emit_dr(snap, frame, hop);
+    }
+    let to = match dir {
+        Direction::Original => e.reply.reversed(),
+        Direction::Reply => e.original.reversed(),
+    };
+    emit(snap, frame, p, &to, hop)
 }
 
 /// Forwards an ICMP error about a packet of a known flow to the other end
@@ -498,6 +585,17 @@ fn follow_icmp_error(
     let Some(hit) = ctx.flows.lookup(&e.inner.reversed(), ctx.now) else {
         return Verdict::Drop(DropReason::NoFlow);
     };
+    if is_dr_flow(&hit.entry) {
+        // Direct routing: the quoted packet went between the client and the
+        // VIP, which the backend owns, so it is already what either end
+        // sent; IPVS forwards such errors to the real server untouched but
+        // for the MACs (`ip_vs_in_icmp` through the DR transmitter).
+        let hop = match hit.dir {
+            Direction::Reply => hit.entry.reply_hop,
+            Direction::Original => hit.entry.orig_hop,
+        };
+        return emit_dr(ctx.snap, frame, hop);
+    }
     let (inner_to, hop) = match hit.dir {
         // About a packet we sent towards the backend: goes to the client.
         Direction::Reply => (hit.entry.original, hit.entry.reply_hop),
@@ -531,16 +629,13 @@ fn reset_client(
             Some(n) => Verdict::Reply(n),
             None => Verdict::Drop(DropReason::NoFlow),
         },
-        Direction::Reply => {
-            let to = hit.entry.original.reversed();
-            match emit(snap, &mut buf[..len], p, &to, hit.entry.reply_hop) {
-                Verdict::Tx(port) => match reply::tcp_rst_same_direction(buf, len, p) {
-                    Some(n) => Verdict::TxLen(port, n),
-                    None => Verdict::Drop(DropReason::NoFlow),
-                },
-                other => other,
-            }
-        }
+        Direction::Reply => match forward(snap, &mut buf[..len], p, &hit.entry, Direction::Reply) {
+            Verdict::Tx(port) => match reply::tcp_rst_same_direction(buf, len, p) {
+                Some(n) => Verdict::TxLen(port, n),
+                None => Verdict::Drop(DropReason::NoFlow),
+            },
+            other => other,
+        },
     }
 }
 
@@ -671,6 +766,22 @@ fn emit(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, to: &FlowKey, hop: 
     Verdict::Tx(hop.port)
 }
 
+/// Sends the frame unchanged but for its MACs (direct routing).
+#[inline]
+fn emit_dr(snap: &Snapshot, frame: &mut [u8], hop: L2Hop) -> Verdict {
+    let Some(port) = snap.ports.get(hop.port as usize) else {
+        return Verdict::Drop(DropReason::BadEgress);
+    };
+    if dr::rewrite(frame, port.mac, hop.mac).is_err() {
+        return Verdict::Drop(DropReason::Rewrite);
+    }
+    Verdict::Tx(hop.port)
+}
+
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "pipeline_dr_tests.rs"]
+mod dr_tests;

@@ -106,6 +106,32 @@ pub enum WhenEmpty {
     Drop,
 }
 
+/// How packets of a virtual service reach the chosen real server (IPVS's
+/// per-destination forwarding method, `ipvsadm -m` / `-g`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum ForwardMethod {
+    /// Masquerading: DNAT towards the backend (plus SNAT of the client when
+    /// [`MasqMode`] says so); replies come back through the LB and are
+    /// translated back ([`crate::forward::nat`]).
+    #[default]
+    Nat,
+    /// Direct routing: only the destination MAC changes; the backend owns
+    /// the VIP on a loopback device and answers the client directly, so
+    /// the backend port must equal the service port and clients are never
+    /// masqueraded ([`crate::forward::dr`]).
+    Dr,
+}
+
+impl ForwardMethod {
+    /// The name used in the config annotation and in `sluice check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardMethod::Nat => "nat",
+            ForwardMethod::Dr => "dr",
+        }
+    }
+}
+
 /// One virtual service as the control plane describes it.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ServiceSpec {
@@ -129,6 +155,10 @@ pub struct ServiceSpec {
     pub source_ranges: Vec<crate::types::Cidr>,
     /// Behaviour without usable endpoints.
     pub when_empty: WhenEmpty,
+    /// Forwarding method. With [`ForwardMethod::Dr`], [`ServiceSpec::masq`]
+    /// is ignored (DR cannot masquerade) and every backend port must equal
+    /// the VIP's port ([`ServiceTable::build`] refuses others).
+    pub forward: ForwardMethod,
 }
 
 /// A virtual service inside a built table.
@@ -159,6 +189,19 @@ pub enum TableError {
         /// The service that claimed it again.
         second: String,
     },
+    /// A direct-routing service has a backend on another port than the
+    /// VIP's: DR leaves the packet untouched, so it cannot remap ports.
+    #[error(
+        "service {service}: direct routing cannot remap port {port} to backend port {backend_port}"
+    )]
+    DrPortRemap {
+        /// The service.
+        service: String,
+        /// The VIP's port.
+        port: u16,
+        /// The offending backend port.
+        backend_port: u16,
+    },
     /// A backend's address family differs from its VIP's.
     #[error("service {service}: backend {backend} is not of the VIP's address family")]
     FamilyMismatch {
@@ -181,8 +224,9 @@ impl ServiceTable {
     /// Builds a table from specs.
     ///
     /// # Errors
-    /// [`TableError`] when two specs share a front end or a backend's family
-    /// differs from its VIP's. Nothing is built then.
+    /// [`TableError`] when two specs share a front end, a backend's family
+    /// differs from its VIP's, or a direct-routing service has a backend on
+    /// another port. Nothing is built then.
     pub fn build(version: u64, specs: Vec<ServiceSpec>) -> Result<ServiceTable, TableError> {
         let mut by_vip = HashMap::with_capacity(specs.len());
         let mut services = Vec::with_capacity(specs.len());
@@ -196,6 +240,15 @@ impl ServiceTable {
                     service: spec.name.clone(),
                     backend: b.addr,
                 });
+            }
+            if spec.forward == ForwardMethod::Dr {
+                if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+                    return Err(TableError::DrPortRemap {
+                        service: spec.name.clone(),
+                        port: spec.vip.port,
+                        backend_port: b.port,
+                    });
+                }
             }
             let idx = services.len() as u32;
             if let Some(&first) = by_vip.get(&spec.vip) {
@@ -329,6 +382,24 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, TableError::DuplicateVip { .. }));
         assert!(e.to_string().contains("services a and b"));
+    }
+
+    #[test]
+    fn dr_port_remap_refused() {
+        let mut s = spec("a", [198, 18, 100, 1], 8080, &[[198, 18, 1, 11]]);
+        s.forward = ForwardMethod::Dr;
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        s.vip.port = 80;
+        let e = ServiceTable::build(1, vec![s]).unwrap_err();
+        assert_eq!(
+            e,
+            TableError::DrPortRemap {
+                service: "a".into(),
+                port: 80,
+                backend_port: 8080
+            }
+        );
+        assert!(e.to_string().contains("cannot remap port 80"));
     }
 
     #[test]

@@ -34,6 +34,13 @@
 //! (IPv4 with options, first fragment; IPv6 with the L4 header as its first
 //! next header) and eight bytes of the L4 header.
 //!
+//! Direct-routing services need nothing more: the client's packets match
+//! their VIP, and the backends' direct replies (from VIP:port to a client)
+//! match no set, since only NAT endpoints are steered
+//! (`control/src/run.rs`), so they pass to the kernel, which routes them
+//! when the LB host is also the backends' gateway (`tests/tests/dr.rs`
+//! checks that none is redirected).
+//!
 //! Non-first IPv4 fragments (no ports) and IPv6 packets whose first next
 //! header is not the L4 header pass to the kernel. A frame for a queue without
 //! a registered socket passes too (`bpf_redirect_map` falls back to

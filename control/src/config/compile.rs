@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::k8s::{self, IntOrString};
@@ -22,6 +23,10 @@ pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The annotation kube-proxy reads for source ranges when
 /// `spec.loadBalancerSourceRanges` is empty (comma-separated CIDRs).
 const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// The annotation that picks a Service's forwarding method: `nat` (the
+/// default, kube-proxy's DNAT) or `dr` (direct routing, IPVS `-g`).
+pub const FORWARDING_METHOD_ANNOTATION: &str = "sluice.dev/forwarding-method";
 
 /// Where an object came from, to build errors about it.
 #[derive(Clone, Debug)]
@@ -82,6 +87,8 @@ pub(super) struct Svc {
     /// LoadBalancer with `externalTrafficPolicy: Local`.
     pub needs_health_check: bool,
     pub publish_not_ready: bool,
+    /// From [`FORWARDING_METHOD_ANNOTATION`].
+    pub forward: ForwardMethod,
 }
 
 /// A checked Service port.
@@ -706,6 +713,21 @@ impl<'c> Loader<'c> {
             }
         };
 
+        let allocate_node_ports = match ty {
+            SvcType::NodePort => true,
+            SvcType::LoadBalancer => spec.allocate_load_balancer_node_ports.unwrap_or(true),
+            _ => false,
+        };
+        let forward = self.forwarding_method(
+            &ctx,
+            &annotations,
+            ty,
+            type_name,
+            headless,
+            &ports,
+            allocate_node_ports,
+        )?;
+
         let selector = if ty == SvcType::ExternalName {
             BTreeMap::new()
         } else {
@@ -727,15 +749,100 @@ impl<'c> Loader<'c> {
             external_policy,
             internal_policy,
             affinity,
-            allocate_node_ports: match ty {
-                SvcType::NodePort => true,
-                SvcType::LoadBalancer => spec.allocate_load_balancer_node_ports.unwrap_or(true),
-                _ => false,
-            },
+            allocate_node_ports,
             health_check_node_port,
             needs_health_check,
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            forward,
         })
+    }
+
+    /// The [`FORWARDING_METHOD_ANNOTATION`], checked against what direct
+    /// routing can do. DR leaves the packet as the client sent it, so:
+    /// * every front end must answer on the port the backends listen on:
+    ///   a numeric `targetPort` must equal `port` (a named one is checked
+    ///   per endpoint when the services are emitted), and there may be no
+    ///   node port (`type: NodePort`, an explicit `nodePort`, or a
+    ///   LoadBalancer that allocates them: it must say
+    ///   `allocateLoadBalancerNodePorts: false`);
+    /// * there must be a cluster IP to forward to (not headless, not
+    ///   ExternalName).
+    ///
+    /// The client is never masqueraded in DR: the backend answers it
+    /// directly, so there is no reply to translate. `externalTrafficPolicy`
+    /// keeps its endpoint choice (Cluster: all, Local: this node's only,
+    /// none → drop), but Cluster no longer implies SNAT, and
+    /// `--cluster-cidr` / `--masquerade-all` do not apply.
+    #[allow(clippy::too_many_arguments)]
+    fn forwarding_method(
+        &self,
+        ctx: &Ctx,
+        annotations: &BTreeMap<String, serde_yaml::Value>,
+        ty: SvcType,
+        type_name: &str,
+        headless: bool,
+        ports: &[SvcPort],
+        allocate_node_ports: bool,
+    ) -> Result<ForwardMethod, ConfigError> {
+        let f = format!("metadata.annotations[\"{FORWARDING_METHOD_ANNOTATION}\"]");
+        let method = match annotations.get(FORWARDING_METHOD_ANNOTATION) {
+            None => return Ok(ForwardMethod::Nat),
+            Some(serde_yaml::Value::String(v)) => match v.trim() {
+                "nat" => ForwardMethod::Nat,
+                "dr" => ForwardMethod::Dr,
+                other => {
+                    return Err(self.err(
+                        ctx,
+                        &f,
+                        format!("must be \"nat\" or \"dr\", got {other:?}"),
+                    ))
+                }
+            },
+            Some(_) => return Err(self.err(ctx, &f, "must be a string: \"nat\" or \"dr\"")),
+        };
+        if method == ForwardMethod::Nat {
+            return Ok(method);
+        }
+        if ty == SvcType::ExternalName || headless {
+            return Err(self.err(
+                ctx,
+                &f,
+                "dr needs a cluster IP to forward: headless and ExternalName services forward nothing",
+            ));
+        }
+        if ty == SvcType::NodePort {
+            return Err(self.err(
+                ctx,
+                "spec.type",
+                format!("{type_name} cannot use forwarding method dr: a node port differs from the port the backends listen on, and direct routing cannot remap ports (use ClusterIP, externalIPs or LoadBalancer)"),
+            ));
+        }
+        for (i, sp) in ports.iter().enumerate() {
+            if let Target::Port(t) = sp.target {
+                if t != sp.port {
+                    return Err(self.err(
+                        ctx,
+                        format!("spec.ports[{i}].targetPort"),
+                        format!("must equal port {} with forwarding method dr (direct routing cannot remap ports), got {t}", sp.port),
+                    ));
+                }
+            }
+            if sp.node_port.is_some() {
+                return Err(self.err(
+                    ctx,
+                    format!("spec.ports[{i}].nodePort"),
+                    "may not be set with forwarding method dr: direct routing cannot remap ports",
+                ));
+            }
+        }
+        if allocate_node_ports {
+            return Err(self.err(
+                ctx,
+                "spec.allocateLoadBalancerNodePorts",
+                "must be false with forwarding method dr: node ports would differ from the port the backends listen on, and direct routing cannot remap ports",
+            ));
+        }
+        Ok(method)
     }
 
     /// `spec.ipFamilies` and `spec.ipFamilyPolicy` against the cluster IPs

@@ -47,6 +47,11 @@
 //! this node to an external front end with policy Local through the
 //! Cluster endpoints.
 //!
+//! A Service annotated `sluice.dev/forwarding-method: dr` (direct routing)
+//! keeps the backends and "when empty" columns but never masquerades: its
+//! backends answer clients directly, so no reply needs translating back
+//! (the checks on ports and node ports are in `compile.rs`).
+//!
 //! # Endpoint sources
 //!
 //! EndpointSlices when the Service has any, else its Endpoints, else (when
@@ -73,7 +78,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_dataplane::service::{
-    BackendSpec, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
+    BackendSpec, ForwardMethod, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind,
+    WhenEmpty,
 };
 use sluice_dataplane::types::{proto, Addr};
 
@@ -180,7 +186,7 @@ impl Loader<'_> {
                 Vec::new()
             };
             let a = &assigned[i];
-            self.emit_service(svc, &groups, a, &mut specs);
+            self.emit_service(svc, &groups, a, &mut specs)?;
             dns.push(dns_record(svc, &groups));
             if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
                 let node = self.cc.node_name.as_deref();
@@ -367,13 +373,18 @@ impl Loader<'_> {
     }
 
     /// The virtual services of one Service.
+    ///
+    /// # Errors
+    /// A direct-routing service port whose endpoints listen on another port
+    /// (a named `targetPort`, or an Endpoints/EndpointSlice port that
+    /// differs from the service port): DR cannot remap ports.
     fn emit_service(
         &self,
         svc: &Svc,
         groups: &[&EpGroup],
         assigned: &Assigned,
         specs: &mut Vec<ServiceSpec>,
-    ) {
+    ) -> Result<(), ConfigError> {
         let node = self.cc.node_name.as_deref();
         let has_v4 = svc.ips.iter().any(Addr::is_v4);
         let has_v6 = svc.ips.iter().any(|a| !a.is_v4());
@@ -393,6 +404,18 @@ impl Loader<'_> {
             };
             let all_v4 = backends(groups, sp, true, node);
             let all_v6 = backends(groups, sp, false, node);
+            if svc.forward == ForwardMethod::Dr {
+                if let Some(b) = all_v4.iter().chain(&all_v6).find(|b| b.port != sp.port) {
+                    return Err(self.err(
+                        &svc.ctx,
+                        format!("spec.ports[{j}].targetPort"),
+                        format!(
+                            "forwarding method dr cannot remap ports: endpoint {} listens on {} for this port, the service port is {}",
+                            b.addr, b.port, sp.port
+                        ),
+                    ));
+                }
+            }
             let mk = |addr: Addr, port: u16, kind: VipKind| {
                 let all = if addr.is_v4() { &all_v4 } else { &all_v6 };
                 let (policy, masq_cluster) = if kind == VipKind::ClusterIp {
@@ -400,7 +423,7 @@ impl Loader<'_> {
                 } else {
                     (svc.external_policy, MasqMode::Always)
                 };
-                let (backends, masq, when_empty) = match policy {
+                let (backends, mut masq, when_empty) = match policy {
                     Policy::Cluster => (all.clone(), masq_cluster, WhenEmpty::Reject),
                     Policy::Local => (
                         all.iter().filter(|b| b.local).copied().collect(),
@@ -416,6 +439,11 @@ impl Loader<'_> {
                         },
                     ),
                 };
+                if svc.forward == ForwardMethod::Dr {
+                    // The backend answers the client directly: nothing to
+                    // translate back, so never SNAT (compile.rs).
+                    masq = MasqMode::Never;
+                }
                 ServiceSpec {
                     name: name.clone(),
                     vip: VipKey {
@@ -438,6 +466,7 @@ impl Loader<'_> {
                         Vec::new()
                     },
                     when_empty,
+                    forward: svc.forward,
                 }
             };
             for &ip in &svc.ips {
@@ -459,6 +488,7 @@ impl Loader<'_> {
                 specs.push(mk(*a, sp.port, VipKind::LoadBalancer));
             }
         }
+        Ok(())
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use sluice_dataplane::service::{BackendSpec, MasqMode, ServiceSpec, VipKind, WhenEmpty};
+use sluice_dataplane::service::{
+    BackendSpec, ForwardMethod, MasqMode, ServiceSpec, VipKind, WhenEmpty,
+};
 use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::*;
@@ -1076,6 +1078,22 @@ fn examples_load() {
         matches!(&cfg.dns[0], DnsService::ExternalName { target, .. } if target == "billing.example.com")
     );
 
+    let cfg = ex("dr.yaml", include_str!("../../../examples/dr.yaml"));
+    assert_eq!(
+        fronts(&cfg),
+        vec![
+            (VipKind::ClusterIp, "198.18.100.20:8080/tcp".into()),
+            (VipKind::ClusterIp, "198.18.100.20:53/udp".into()),
+        ]
+    );
+    for s in &cfg.services {
+        assert_eq!((s.forward, s.masq), (ForwardMethod::Dr, MasqMode::Never));
+        assert_eq!(s.affinity_timeout, Some(10800));
+        assert_eq!(s.backends.len(), 3);
+        assert!(s.backends.iter().all(|b| b.port == s.vip.port));
+    }
+    assert_eq!(cfg.services[0].backends[2].weight, 0, "terminating");
+
     // The default context loads them all too.
     for text in [
         include_str!("../../../examples/nodeport.yaml"),
@@ -1084,9 +1102,179 @@ fn examples_load() {
         include_str!("../../../examples/pods.yaml"),
         include_str!("../../../examples/headless.yaml"),
         include_str!("../../../examples/externalname.yaml"),
+        include_str!("../../../examples/dr.yaml"),
     ] {
         load_str(text, "t").unwrap();
     }
+}
+
+/// A Service `web` with the forwarding-method annotation set to `method`
+/// (a YAML scalar, written as is).
+fn svc_method(method: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, annotations: {{sluice.dev/forwarding-method: {method}}}}}\nspec: {spec}\n")
+}
+
+const DR_FIELD: &str = "metadata.annotations[\"sluice.dev/forwarding-method\"]";
+
+#[test]
+fn dr_annotation_selects_direct_routing_on_every_front_end() {
+    let text = svc_method(
+        "dr",
+        "{type: LoadBalancer, allocateLoadBalancerNodePorts: false, clusterIP: 10.96.0.10, externalIPs: [198.18.0.50], loadBalancerSourceRanges: [198.18.0.0/24], ports: [{name: http, port: 80, targetPort: 80}]}",
+    ) + "status: {loadBalancer: {ingress: [{ip: 198.18.200.1}]}}\n"
+        + &slice(
+        "web-1",
+        &[("10.1.0.1", "node1", READY), ("10.1.0.2", "node2", READY)],
+        "[{name: http, port: 80}]",
+    );
+    let cfg = load(&text);
+    assert_eq!(
+        fronts(&cfg),
+        vec![
+            (VipKind::ClusterIp, "10.96.0.10:80/tcp".into()),
+            (VipKind::ExternalIp, "198.18.0.50:80/tcp".into()),
+            (VipKind::LoadBalancer, "198.18.200.1:80/tcp".into()),
+        ]
+    );
+    for s in &cfg.services {
+        // externalTrafficPolicy Cluster: every endpoint, but never SNAT.
+        assert_eq!(s.forward, ForwardMethod::Dr, "{}", s.vip);
+        assert_eq!(s.masq, MasqMode::Never, "{}", s.vip);
+        assert_eq!(s.backends.len(), 2);
+    }
+    let lb = get(&cfg, VipKind::LoadBalancer, "198.18.200.1:80/tcp");
+    assert_eq!(lb.source_ranges.len(), 1);
+
+    // Local keeps only local endpoints, still without SNAT.
+    let local = text.replace(
+        "allocateLoadBalancerNodePorts: false,",
+        "allocateLoadBalancerNodePorts: false, externalTrafficPolicy: Local,",
+    );
+    let cfg = load(&local);
+    let lb = get(&cfg, VipKind::LoadBalancer, "198.18.200.1:80/tcp");
+    assert_eq!(
+        (lb.backends.len(), lb.masq, lb.when_empty),
+        (1, MasqMode::Never, WhenEmpty::Drop)
+    );
+
+    // nat, or no annotation: NAT as before.
+    for t in [
+        text.replace("forwarding-method: dr", "forwarding-method: nat"),
+        text.replace(", annotations: {sluice.dev/forwarding-method: dr}", ""),
+    ] {
+        let cfg = load(&t);
+        assert!(cfg.services.iter().all(|s| s.forward == ForwardMethod::Nat));
+        assert_eq!(
+            get(&cfg, VipKind::LoadBalancer, "198.18.200.1:80/tcp").masq,
+            MasqMode::Always
+        );
+    }
+}
+
+#[test]
+fn dr_refuses_what_it_cannot_do() {
+    let ep = slice(
+        "web-1",
+        &[("10.1.0.1", "node1", READY)],
+        "[{name: http, port: 80}]",
+    );
+    let r = invalid(
+        &(svc_method(
+            "tun",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+        DR_FIELD,
+    );
+    assert_eq!(r, "must be \"nat\" or \"dr\", got \"tun\"");
+    let r = invalid(
+        &(svc_method(
+            "1",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+        DR_FIELD,
+    );
+    assert!(r.contains("must be a string"), "{r}");
+
+    // Port remapping, three ways.
+    let r = invalid(
+        &(svc_method(
+            "dr",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}",
+        ) + &ep),
+        "spec.ports[0].targetPort",
+    );
+    assert_eq!(r, "must equal port 80 with forwarding method dr (direct routing cannot remap ports), got 8080");
+    let remapped = slice(
+        "web-1",
+        &[("10.1.0.1", "node1", READY)],
+        "[{name: http, port: 8080}]",
+    );
+    let r = invalid(
+        &(svc_method(
+            "dr",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: web}]}",
+        ) + &remapped),
+        "spec.ports[0].targetPort",
+    );
+    assert!(
+        r.contains("endpoint 10.1.0.1 listens on 8080 for this port, the service port is 80"),
+        "{r}"
+    );
+    let r = invalid(
+        &(svc_method(
+            "dr",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &remapped),
+        "spec.ports[0].targetPort",
+    );
+    assert!(r.contains("cannot remap ports"), "{r}");
+
+    // Node ports.
+    let r = invalid(
+        &(svc_method(
+            "dr",
+            "{type: NodePort, clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+        "spec.type",
+    );
+    assert!(
+        r.starts_with("NodePort cannot use forwarding method dr"),
+        "{r}"
+    );
+    invalid(
+        &(svc_method(
+            "dr",
+            "{type: LoadBalancer, clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+        "spec.allocateLoadBalancerNodePorts",
+    );
+    invalid(
+        &(svc_method("dr", "{type: LoadBalancer, allocateLoadBalancerNodePorts: false, clusterIP: 10.96.0.10, ports: [{name: http, port: 80, nodePort: 30080}]}") + &ep),
+        "spec.ports[0].nodePort",
+    );
+
+    // Nothing to forward.
+    let r = invalid(
+        &svc_method("dr", "{clusterIP: None, ports: [{name: http, port: 80}]}"),
+        DR_FIELD,
+    );
+    assert!(r.contains("headless"), "{r}");
+
+    // The whole error names file, object and field.
+    let e = load_str_with(
+        &(svc_method(
+            "dr",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}",
+        ) + &ep),
+        "t.yaml",
+        &node1(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("default/web") && e.contains("spec.ports[0].targetPort"),
+        "{e}"
+    );
 }
 
 #[test]
