@@ -750,6 +750,9 @@ fn stress_displacement_never_hides_a_live_flow() {
     let n: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(t.len(), n);
     assert_eq!(t.v4.used_slots(), 2 * n);
-    assert!(t.v4.moves() > 0, "no displacement happened: the test lost its point");
+    assert!(
+        t.v4.moves() > 0,
+        "no displacement happened: the test lost its point"
+    );
     eprintln!("displacements: {}", t.v4.moves());
 }
