@@ -721,7 +721,6 @@ fn stress_displacement_never_hides_a_live_flow() {
                     t.touch(id, Direction::Original, ACK, 0);
                 }
                 barrier.wait();
-                let mut next = PER_THREAD;
                 let mut x = 0x9E37_79B9u32.wrapping_mul(tid + 1) | 1;
                 for round in 0..ROUNDS {
                     x ^= x << 13;
@@ -731,8 +730,7 @@ fn stress_displacement_never_hides_a_live_flow() {
                     let old = entry(live[k]);
                     let hit = t.lookup(&old.original, 0).expect("own flow present");
                     assert!(t.remove(hit.id));
-                    let n = flow(next);
-                    next += 1;
+                    let n = flow(PER_THREAD + round);
                     let id = t.insert(&entry(n), 0).expect("insert at 95% load");
                     t.touch(id, Direction::Original, ACK, 0);
                     live[k] = n;
