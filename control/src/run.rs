@@ -430,12 +430,17 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             steering[p as usize].register_socket(q, fd)?;
         }
         info!(
-            "worker {w}: {}",
+            "worker {w}: {}; UMEM on {}",
             queues
                 .iter()
                 .map(|q| format!("{}/{}", q.ifname, q.queue))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            if port.hugepages() {
+                "huge pages"
+            } else {
+                "normal pages"
+            }
         );
         ports.push(port);
     }
