@@ -15,6 +15,9 @@
 //!   and populating it pushes 2e7 packets through the worker (tens of
 //!   seconds in release). No new-flow bench at 1e7: a full table would
 //!   measure eviction.
+//! - `worker_burst/port_only`: the in-memory port alone (inject a burst,
+//!   receive it, open every frame, send it), the part of the figures above
+//!   that stands in for the NIC and is not Sluice's packet work.
 //! - `worker_burst_services/established/S`: an established flow with S =
 //!   1, 1e3 and 1e5 services in the table (one address each, ClusterIP-like;
 //!   the flow's service is the middle one), 1e4 flows. The per-packet cost
@@ -247,5 +250,37 @@ fn client_no(e: &sluice_dataplane::flow_table::FlowEntry) -> u32 {
     a * 50_000 + u32::from(e.original.sport - 1024)
 }
 
-criterion_group!(benches, bench, bench_services);
+/// The in-memory port's own cost per packet: what the worker benches pay
+/// for injecting and collecting frames, without any packet work.
+fn bench_port_only(c: &mut Criterion) {
+    use sluice_dataplane::port::{Port, RxFrame};
+    let mut g = c.benchmark_group("worker_burst");
+    g.throughput(Throughput::Elements(BURST as u64));
+    let snap = snapshot(1, MasqPolicy::default());
+    let flows = FlowTable::new(2_000, Timeouts::default());
+    let (hits, _) = populate(&snap, &flows, 1_000, (VIP, 80));
+    let mut port = MemPort::new(2, 4 * BURST).discard_sent();
+    let mut batch: Vec<RxFrame<u32>> = Vec::with_capacity(BURST);
+    let mut k = 0;
+    g.bench_function("port_only", |b| {
+        b.iter(|| {
+            for _ in 0..BURST {
+                port.inject(0, &hits[k % hits.len()]);
+                k += 1;
+            }
+            batch.clear();
+            let n = port.recv(&mut batch, BURST);
+            for f in batch.iter_mut() {
+                let first = port.with_frame(&mut f.frame, |buf, len| buf[..*len][0]);
+                std::hint::black_box(first);
+                port.send(1, f.frame);
+            }
+            port.flush();
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_services, bench_port_only);
 criterion_main!(benches);

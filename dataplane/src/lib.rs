@@ -17,6 +17,7 @@ pub mod prefetch;
 pub mod sched;
 pub mod service;
 pub mod steer;
+pub mod thp;
 pub mod types;
 pub mod wire;
 pub mod worker;

@@ -208,10 +208,13 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         let n_buckets = (capacity * SLOTS_PER_FLOW_X2)
             .div_ceil(2 * BUCKET_SLOTS)
             .max(1);
-        let records: Box<[Record<N>]> = (0..capacity).map(|_| Record::new()).collect();
-        let buckets: Box<[Bucket]> = (0..n_buckets)
-            .map(|_| Bucket(std::array::from_fn(|_| AtomicU32::new(0))))
-            .collect();
+        // Huge pages: every packet reads these at a random place.
+        let mut records = crate::thp::alloc_huge(capacity);
+        records.extend((0..capacity).map(|_| Record::new()));
+        let records: Box<[Record<N>]> = records.into_boxed_slice();
+        let mut buckets = crate::thp::alloc_huge(n_buckets);
+        buckets.extend((0..n_buckets).map(|_| Bucket(std::array::from_fn(|_| AtomicU32::new(0)))));
+        let buckets: Box<[Bucket]> = buckets.into_boxed_slice();
         let s = Store {
             records,
             buckets,
@@ -290,8 +293,16 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     #[inline]
     fn alt(&self, b: usize, tag: u32) -> usize {
         let nb = self.buckets.len();
-        let c = ((u64::from(tag) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) as usize % nb;
-        (c + nb - b) % nb
+        // A bucket in [0, nb) chosen by the tag (multiply-shift, no
+        // division: this runs for every packet).
+        let m = (u64::from(tag) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let c = ((u128::from(m) * nb as u128) >> 64) as usize;
+        // (c - b) mod nb, with both below nb.
+        if c >= b {
+            c - b
+        } else {
+            c + nb - b
+        }
     }
 
     #[inline]
@@ -303,31 +314,37 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             .chain(second.into_iter().flatten())
     }
 
-    /// Asks the CPU for both candidate buckets of `h`.
+    /// Asks the CPU for the home bucket of `h` (most keys live there; the
+    /// other bucket is asked for by [`Store::prefetch_record`] if needed).
+    /// Fetching both would spend fill buffers, the scarce resource when a
+    /// whole burst prefetches at once, on a line rarely read.
     #[inline]
     pub fn prefetch(&self, h: &Hashed<L::Key>) {
         crate::prefetch::prefetch(&self.buckets[h.b1]);
-        if h.b2 != h.b1 {
-            crate::prefetch::prefetch(&self.buckets[h.b2]);
-        }
     }
 
-    /// Asks the CPU for the record lines of the first slot under `h` whose
-    /// tag matches (the second stage of burst prefetching: the buckets are
-    /// in cache by now). A 48-byte record may straddle two lines.
+    /// The second stage of burst prefetching, once the home bucket is in
+    /// cache: asks for the record of the first slot whose tag matches (both
+    /// lines if it straddles two), or for the second bucket if none does.
     #[inline]
     pub fn prefetch_record(&self, h: &Hashed<L::Key>) {
-        for slot in self.window(h) {
+        for slot in self.buckets[h.b1].0.iter() {
             let v = slot.load(Ordering::Relaxed);
             if v != 0 && v & 0xFF == h.tag {
                 if let Some(r) = self.records.get(slot_rec(v) as usize) {
                     crate::prefetch::prefetch(&r.meta);
-                    if let Some(last) = r.words.last() {
-                        crate::prefetch::prefetch(last);
+                    let start = std::ptr::from_ref(r) as usize;
+                    if start % 64 + Self::RECORD_BYTES > 64 {
+                        if let Some(last) = r.words.last() {
+                            crate::prefetch::prefetch(last);
+                        }
                     }
                 }
                 return;
             }
+        }
+        if h.b2 != h.b1 {
+            crate::prefetch::prefetch(&self.buckets[h.b2]);
         }
     }
 
@@ -342,7 +359,26 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         mut f: impl FnMut(&Found<N>) -> Option<R>,
     ) -> Option<R> {
         let kp = L::key_proto(&h.key);
-        for slot in self.window(h) {
+        let second = (h.b2 != h.b1).then_some(h.b2);
+        for b in std::iter::once(h.b1).chain(second) {
+            if let Some(r) = self.scan_bucket(b, h, kp, skip, order, &mut f) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn scan_bucket<R>(
+        &self,
+        b: usize,
+        h: &Hashed<L::Key>,
+        kp: u8,
+        skip: u32,
+        order: Ordering,
+        f: &mut impl FnMut(&Found<N>) -> Option<R>,
+    ) -> Option<R> {
+        for slot in self.buckets[b].0.iter() {
             let v = slot.load(order);
             if v == 0 || v & 0xFF != h.tag {
                 continue;
