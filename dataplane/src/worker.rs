@@ -206,7 +206,7 @@ impl<P: Port> Worker<P> {
         }
         // Pass 2: the buckets have arrived; prefetch the records they
         // point at.
-        for (_, h) in &self.parsed {
+        for (_, h) in self.parsed.iter_mut() {
             if let Some(h) = h {
                 ctx.flows.prefetch_record(h);
             }

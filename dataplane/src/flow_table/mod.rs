@@ -535,12 +535,13 @@ impl FlowTable {
         }
     }
 
-    /// Asks the CPU for the record a lookup of `h` will most likely read;
-    /// call it once the buckets prefetched by
-    /// [`FlowTable::prefetch_hashed`] have had time to arrive.
+    /// Asks the CPU for the record a lookup of `h` will most likely read,
+    /// and remembers it in `h` so that [`FlowTable::lookup_hashed`] tries it
+    /// first; call it once the bucket prefetched by
+    /// [`FlowTable::prefetch_hashed`] has had time to arrive.
     #[inline]
-    pub fn prefetch_record(&self, h: &KeyHash) {
-        match &h.0 {
+    pub fn prefetch_record(&self, h: &mut KeyHash) {
+        match &mut h.0 {
             HashOf::V4(h) => self.v4.prefetch_record(h),
             HashOf::V6(h) => self.v6.prefetch_record(h),
         }

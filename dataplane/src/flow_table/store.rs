@@ -156,6 +156,9 @@ pub struct Hashed<K> {
     pub b1: usize,
     pub b2: usize,
     tag: u32,
+    /// The record [`Store::prefetch_record`] found under the tag in the
+    /// home bucket (`u32::MAX`: none): a hint the lookup validates first.
+    cand: u32,
 }
 
 /// What a validated match hands to a scan's visitor.
@@ -284,6 +287,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             b1,
             b2: self.alt(b1, tag),
             tag,
+            cand: u32::MAX,
         }
     }
 
@@ -327,10 +331,11 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     /// cache: asks for the record of the first slot whose tag matches (both
     /// lines if it straddles two), or for the second bucket if none does.
     #[inline]
-    pub fn prefetch_record(&self, h: &Hashed<L::Key>) {
+    pub fn prefetch_record(&self, h: &mut Hashed<L::Key>) {
         for slot in self.buckets[h.b1].0.iter() {
             let v = slot.load(Ordering::Relaxed);
             if v != 0 && v & 0xFF == h.tag {
+                h.cand = slot_rec(v);
                 if let Some(r) = self.records.get(slot_rec(v) as usize) {
                     crate::prefetch::prefetch(&r.meta);
                     let start = std::ptr::from_ref(r) as usize;
@@ -422,8 +427,10 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             if let Some(r) = f() {
                 return (Some(r), true);
             }
-            fence(Ordering::SeqCst);
-            if self.moves.load(Ordering::SeqCst) == mv {
+            // The seqlock reader's check: had `f` seen any slot write of a
+            // move, this fence would make the move's odd count visible.
+            fence(Ordering::Acquire);
+            if self.moves.load(Ordering::Relaxed) == mv {
                 return (None, true);
             }
         }
@@ -433,6 +440,35 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     /// The live flow with key `h`.
     #[inline]
     pub fn lookup(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+        if h.cand != u32::MAX {
+            if let Some(f) = self.try_candidate(h, now) {
+                return Some(f);
+            }
+        }
+        self.lookup_scan(h, now)
+    }
+
+    /// The prefetched candidate record, if it is the live flow of `h`
+    /// (validated like any read: the slot was only a hint).
+    #[inline]
+    fn try_candidate(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+        let (meta, words) = self.records.get(h.cand as usize)?.read()?;
+        if m_proto(meta) != L::key_proto(&h.key)
+            || !is_committed(meta)
+            || self.is_expired(meta, now)
+        {
+            return None;
+        }
+        let dir = L::matches(&words, &h.key)?;
+        Some(Found {
+            ri: h.cand,
+            dir,
+            meta,
+            words,
+        })
+    }
+
+    fn lookup_scan(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
         let once = |order| {
             self.scan(h, u32::MAX, order, |f| {
                 (is_committed(f.meta) && !self.is_expired(f.meta, now)).then_some(*f)
@@ -466,8 +502,11 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             backend,
             init,
         } = new;
-        // Fast path for the common race (another worker just inserted it).
-        if self.precheck(ho, now) || self.precheck(hr, now) {
+        // Fast path for a reply key already taken (the common case when a
+        // caller probes SNAT ports). The original key is not checked here:
+        // callers insert after a lookup of it missed, and the re-scan below
+        // decides every race anyway.
+        if self.precheck(hr, now) {
             return Err(InsertError::Exists);
         }
         let ri = self.alloc(now)?;
