@@ -394,7 +394,8 @@ fn fresh<const N: usize>(words: [u64; N], pcode: u8, backend: u32, init: u8) -> 
     }
 }
 
-fn found_hit<L: Layout<N>, const N: usize>(f: Found<N>, v6: bool) -> Hit {
+#[inline]
+fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool) -> Hit {
     Hit {
         id: FlowId(f.ri | if v6 { V6_BIT } else { 0 }),
         dir: f.dir,
@@ -560,8 +561,8 @@ impl FlowTable {
     #[inline]
     pub fn lookup_hashed(&self, h: &KeyHash, now: u32) -> Option<Hit> {
         match &h.0 {
-            HashOf::V4(h) => self.v4.lookup(h, now).map(|f| found_hit::<V4, 5>(f, false)),
-            HashOf::V6(h) => self.v6.lookup(h, now).map(|f| found_hit::<V6, 11>(f, true)),
+            HashOf::V4(h) => self.v4.lookup(h, now, |f| found_hit::<V4, 5>(f, false)),
+            HashOf::V6(h) => self.v6.lookup(h, now, |f| found_hit::<V6, 11>(f, true)),
         }
     }
 

@@ -439,19 +439,32 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
 
     /// The live flow with key `h`.
     #[inline]
-    pub fn lookup(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+    pub fn lookup<R>(
+        &self,
+        h: &Hashed<L::Key>,
+        now: u32,
+        hit: impl Fn(&Found<N>) -> R,
+    ) -> Option<R> {
+        // `hit` is applied where the match is made, so that the record's
+        // words go straight into the caller's result instead of through an
+        // `Option<Found>` in memory (a store-forwarding stall per packet).
         if h.cand != u32::MAX {
-            if let Some(f) = self.try_candidate(h, now) {
-                return Some(f);
+            if let Some(r) = self.try_candidate(h, now, &hit) {
+                return Some(r);
             }
         }
-        self.lookup_scan(h, now)
+        self.lookup_scan(h, now, &hit)
     }
 
     /// The prefetched candidate record, if it is the live flow of `h`
     /// (validated like any read: the slot was only a hint).
     #[inline]
-    fn try_candidate(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+    fn try_candidate<R>(
+        &self,
+        h: &Hashed<L::Key>,
+        now: u32,
+        hit: &impl Fn(&Found<N>) -> R,
+    ) -> Option<R> {
         let (meta, words) = self.records.get(h.cand as usize)?.read()?;
         if m_proto(meta) != L::key_proto(&h.key)
             || !is_committed(meta)
@@ -460,24 +473,29 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             return None;
         }
         let dir = L::matches(&words, &h.key)?;
-        Some(Found {
+        Some(hit(&Found {
             ri: h.cand,
             dir,
             meta,
             words,
-        })
+        }))
     }
 
-    fn lookup_scan(&self, h: &Hashed<L::Key>, now: u32) -> Option<Found<N>> {
+    fn lookup_scan<R>(
+        &self,
+        h: &Hashed<L::Key>,
+        now: u32,
+        hit: &impl Fn(&Found<N>) -> R,
+    ) -> Option<R> {
         let once = |order| {
             self.scan(h, u32::MAX, order, |f| {
-                (is_committed(f.meta) && !self.is_expired(f.meta, now)).then_some(*f)
+                (is_committed(f.meta) && !self.is_expired(f.meta, now)).then(|| hit(f))
             })
         };
         // The common case: found, or missed while no slot was moving.
         let mv = self.moves.load(Ordering::Acquire);
-        if let Some(f) = once(Ordering::Acquire) {
-            return Some(f);
+        if let Some(r) = once(Ordering::Acquire) {
+            return Some(r);
         }
         fence(Ordering::Acquire);
         if mv & 1 == 0 && self.moves.load(Ordering::Relaxed) == mv {
