@@ -15,6 +15,11 @@
 //!   and populating it pushes 2e7 packets through the worker (tens of
 //!   seconds in release). No new-flow bench at 1e7: a full table would
 //!   measure eviction.
+//! - `worker_scaling/{established,reply}/W`: W = 1 and 2 worker threads,
+//!   each over its own in-memory port, all on one shared table of 1e6 flows
+//!   (what the cores of one host do). Throughput is the sum over workers;
+//!   with lock-free reads it should grow with W up to the cores there are
+//!   (2 on the project's machines).
 //! - `worker_burst/port_only`: the in-memory port alone (inject a burst,
 //!   receive it, open every frame, send it), the part of the figures above
 //!   that stands in for the NIC and is not Sluice's packet work.
@@ -282,5 +287,55 @@ fn bench_port_only(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_services, bench_port_only);
+/// Aggregate throughput of 1 and 2 workers sharing one flow table.
+fn bench_scaling(c: &mut Criterion) {
+    const FLOWS: u32 = 1_000_000;
+    let mut g = c.benchmark_group("worker_scaling");
+    let snap = snapshot(1, MasqPolicy::default());
+    let flows = FlowTable::new(2 * FLOWS as usize, Timeouts::default());
+    let (hits, replies) = populate(&snap, &flows, FLOWS, (VIP, 80));
+    let aff = AffinityTable::new(64);
+    let ctx = Ctx {
+        snap: &snap,
+        flows: &flows,
+        affinity: &aff,
+        now: 2,
+    };
+    for (name, port, frames) in [("established", 0u8, &hits), ("reply", 1, &replies)] {
+        for w in [1usize, 2] {
+            g.throughput(Throughput::Elements((BURST * w) as u64));
+            g.bench_with_input(BenchmarkId::new(name, w), &w, |b, &w| {
+                b.iter_custom(|iters| {
+                    let start = std::time::Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..w {
+                            let ctx = &ctx;
+                            s.spawn(move || {
+                                let mut wk = worker();
+                                // Each worker replays the templates from its
+                                // own offset.
+                                let mut k = t * frames.len() / 2;
+                                for _ in 0..iters {
+                                    burst(&mut wk, ctx, port, frames, &mut k);
+                                }
+                                let st = wk.take_stats();
+                                assert_eq!(st.tx, st.rx, "{st:?}");
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_services,
+    bench_port_only,
+    bench_scaling
+);
 criterion_main!(benches);
