@@ -862,10 +862,17 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     fn unindex_keys(&self, ri: u32, ho: &Hashed<L::Key>, hr: &Hashed<L::Key>) {
         self.stable(usize::MAX, || {
             for h in [ho, hr] {
+                // A key has one slot, except while a move copies it: stop
+                // at the first; a move that overlapped makes `stable` run
+                // the pass again, which then finds the copy.
                 let val = slot_val(ri, h.tag);
                 for slot in self.window(h) {
-                    if slot.load(Ordering::SeqCst) == val {
-                        let _ = slot.compare_exchange(val, 0, Ordering::SeqCst, Ordering::Relaxed);
+                    if slot.load(Ordering::SeqCst) == val
+                        && slot
+                            .compare_exchange(val, 0, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        break;
                     }
                 }
             }
