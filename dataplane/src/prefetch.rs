@@ -1,10 +1,11 @@
 //! A safe wrapper around the CPU's prefetch hint.
 //!
-//! Burst processing (DPDK's pattern) walks a burst twice: first it parses
-//! every frame and asks for the flow-table lines the lookups will need,
-//! then it processes the frames, by which time those lines are on their way
-//! to the cache. Stable Rust has no safe prefetch, so this is the one small
-//! `unsafe` outside the I/O layer.
+//! Burst processing (DPDK's pattern) walks a burst three times: it parses
+//! every frame and asks for the flow-table bucket its lookup will read,
+//! then asks for the record that bucket points at, then processes the
+//! frames, by which time those lines are in the cache. Stable Rust has no
+//! safe prefetch, so this is one of two small `unsafe` hints outside the
+//! I/O layer (the other is [`crate::thp`]).
 
 /// Hints the CPU to bring the cache line holding `*p` closer.
 #[inline(always)]
