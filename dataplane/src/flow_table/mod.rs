@@ -14,7 +14,7 @@
 //!
 //! # Layout
 //!
-//! Two stores ([`store`]), one per record layout ([`layout`]): flows whose
+//! Two stores (`store.rs`), one per record layout ([`layout`]): flows whose
 //! four addresses are IPv4 in 48-byte records, the others in 96-byte
 //! records, so that the common case pays for what it holds. Each store has:
 //!
