@@ -1,5 +1,5 @@
 //! The per-core worker loop: receive a burst, run every frame through the
-//! [`pipeline`](crate::pipeline), send, recycle, publish counters.
+//! [`pipeline`], send, recycle, publish counters.
 //!
 //! Run-to-completion, DPDK-style: one worker per core, pinned; no lock, no
 //! allocation and no syscall per packet (the port makes at most one wakeup

@@ -8,7 +8,7 @@
 //! own nothing and allocate nothing, so they work directly on UMEM frames.
 //!
 //! Each module states its no-panic contract: a view built with `new_checked`
-//! never panics. [`parse`] builds only checked views, so it never panics on any
+//! never panics. [`parse()`] builds only checked views, so it never panics on any
 //! input; the `checksum` helpers never panic at all.
 
 pub mod checksum;
