@@ -11,19 +11,9 @@ use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowState, Timeouts};
 use crate::service::{BackendSpec, SchedKind, ServiceSpec};
 
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const FRONT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
-const BACK_MAC: Mac = [0x02, 0, 0, 0, 1, 0x01];
-const VIP: [u8; 4] = [198, 18, 100, 10];
+use super::tests::{backend_ip, backend_mac, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP};
+
 const CLIENT: [u8; 4] = [198, 18, 0, 2];
-
-fn backend_mac(i: u8) -> Mac {
-    [0x02, 0, 0, 0, 1, 0x10 + i]
-}
-
-fn backend_ip(i: u8) -> [u8; 4] {
-    [198, 18, 1, 11 + i]
-}
 
 /// A DR TCP service on VIP:80 and a DR UDP service on VIP:53, `n`
 /// backends each on the same ports (DR cannot remap), reached on port 1;

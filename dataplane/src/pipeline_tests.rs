@@ -13,17 +13,18 @@ use crate::port::MemPort;
 use crate::service::{BackendSpec, MasqMode, SchedKind, ServiceSpec, WhenEmpty};
 use crate::worker::{Worker, WorkerOpts};
 
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const FRONT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
-const BACK_MAC: Mac = [0x02, 0, 0, 0, 1, 0x01];
-const VIP: [u8; 4] = [198, 18, 100, 10];
+// The fixture network, shared with the DR fixtures (pipeline_dr_tests.rs).
+pub(super) const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+pub(super) const FRONT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub(super) const BACK_MAC: Mac = [0x02, 0, 0, 0, 1, 0x01];
+pub(super) const VIP: [u8; 4] = [198, 18, 100, 10];
 const LB_BACK: [u8; 4] = [198, 18, 1, 1];
 
-fn backend_mac(i: u8) -> Mac {
+pub(super) fn backend_mac(i: u8) -> Mac {
     [0x02, 0, 0, 0, 1, 0x10 + i]
 }
 
-fn backend_ip(i: u8) -> [u8; 4] {
+pub(super) fn backend_ip(i: u8) -> [u8; 4] {
     [198, 18, 1, 11 + i]
 }
 
