@@ -165,6 +165,12 @@ fn unhop(a: u64, b: u64) -> (L2Hop, L2Hop, u32) {
     )
 }
 
+/// Whether both addresses of `k` are IPv4 (the key belongs to [`V4`]).
+#[inline]
+fn key_is_v4(k: &FlowKey) -> bool {
+    k.src.is_v4() && k.dst.is_v4()
+}
+
 /// Both keys share a protocol the meta word can hold.
 #[inline]
 fn storable(e: &FlowEntry) -> bool {
@@ -190,7 +196,7 @@ impl Layout<5> for V4 {
 
     #[inline]
     fn key(k: &FlowKey) -> Option<Key4> {
-        if !(k.src.is_v4() && k.dst.is_v4()) {
+        if !key_is_v4(k) {
             return None;
         }
         Some(Key4 {
@@ -213,10 +219,7 @@ impl Layout<5> for V4 {
     }
 
     fn pack(e: &FlowEntry) -> Option<[u64; 5]> {
-        let all_v4 = [e.original.src, e.original.dst, e.reply.src, e.reply.dst]
-            .iter()
-            .all(Addr::is_v4);
-        if !all_v4 || !storable(e) {
+        if !(key_is_v4(&e.original) && key_is_v4(&e.reply)) || !storable(e) {
             return None;
         }
         let (w3, w4) = hop_words(e)?;
@@ -306,7 +309,7 @@ impl Layout<11> for V6 {
 
     #[inline]
     fn key(k: &FlowKey) -> Option<Key6> {
-        (!(k.src.is_v4() && k.dst.is_v4())).then(|| V6::key_any(k))
+        (!key_is_v4(k)).then(|| V6::key_any(k))
     }
 
     #[inline]
@@ -325,14 +328,9 @@ impl Layout<11> for V6 {
     }
 
     fn pack(e: &FlowEntry) -> Option<[u64; 11]> {
-        let all_v4 = [e.original.src, e.original.dst, e.reply.src, e.reply.dst]
-            .iter()
-            .all(Addr::is_v4);
-        // A flow whose keys fit the IPv4 layout must live there, or a lookup
-        // of its IPv4 key would not find it.
-        let orig_v4 = e.original.src.is_v4() && e.original.dst.is_v4();
-        let reply_v4 = e.reply.src.is_v4() && e.reply.dst.is_v4();
-        if all_v4 || orig_v4 || reply_v4 || !storable(e) {
+        // A key that fits the IPv4 layout is looked up there: a flow with
+        // such a key cannot live here (and one mixing both is refused).
+        if key_is_v4(&e.original) || key_is_v4(&e.reply) || !storable(e) {
             return None;
         }
         let (w9, w10) = hop_words(e)?;
