@@ -219,7 +219,7 @@ impl Layout<5> for V4 {
     }
 
     fn pack(e: &FlowEntry) -> Option<[u64; 5]> {
-        if !(key_is_v4(&e.original) && key_is_v4(&e.reply)) || !storable(e) {
+        if !(key_is_v4(&e.original) && key_is_v4(&e.reply) && storable(e)) {
             return None;
         }
         let (w3, w4) = hop_words(e)?;
