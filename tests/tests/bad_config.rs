@@ -92,3 +92,25 @@ fn bad_reload_is_rejected_and_old_config_keeps_serving() {
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
 }
+
+/// Flow-table sizes out of range are refused at start with a message that
+/// names the flag, before anything is attached.
+#[test]
+fn flow_capacity_out_of_range_is_refused_at_start() {
+    require_root();
+    let topo = topology!(sluice_tests::TopologyOpts::default().servers(false));
+    for (flag, value) in [
+        ("--flow-capacity", "0"),
+        ("--flow-capacity", "16777215"),
+        ("--flow-capacity-v6", "0"),
+    ] {
+        let out = Sluice::run_to_exit(&topo, &config(80), &[flag, value], Duration::from_secs(15));
+        assert!(
+            !out.timed_out(),
+            "sluice started with {flag} {value}: {out}"
+        );
+        assert!(!out.success(), "sluice accepted {flag} {value}: {out}");
+        let want = format!("{flag} {value}: must be between 1 and 16777214");
+        assert!(out.stderr.contains(&want), "no `{want}`: {out}");
+    }
+}
