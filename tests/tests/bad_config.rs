@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use sluice_tests::k8s::{endpoint_slice, ready_backends};
 use sluice_tests::{parse_backend_reply, require_root, topology, ReloadOutcome, Sluice};
 
 fn config(port: u16) -> String {
@@ -22,26 +23,13 @@ spec:
     port: {port}
     targetPort: 8080
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-  - name: http
-    port: 8080
-    protocol: TCP
-endpoints:
-  - addresses: ["198.18.1.11"]
-    conditions:
-      ready: true
-  - addresses: ["198.18.1.12"]
-    conditions:
-      ready: true
-"#
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &ready_backends(&[1, 2])
+        )
     )
 }
 

@@ -6,21 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sluice_tests::k8s::{endpoint_slice, ready_backends};
 use sluice_tests::{
-    parse_backend_reply, require_root, topology, ReloadOutcome, Role, Sluice, Topology,
-    TopologyOpts,
+    parse_backend_reply, require_root, topology, ReloadOutcome, Role, Sluice, TopologyOpts,
 };
 
 fn config(backends: &[usize]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|&i| {
-            format!(
-                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
-                Topology::backend_ip(i)
-            )
-        })
-        .collect();
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -40,23 +31,13 @@ spec:
     port: 9000
     targetPort: 9000
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-  - name: http
-    port: 8080
-    protocol: TCP
-  - name: bulk
-    port: 9000
-    protocol: TCP
-endpoints:
-{endpoints}"#
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP"), ("bulk", 9000, "TCP")],
+            &ready_backends(backends)
+        )
     )
 }
 

@@ -7,49 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use sluice_tests::k8s::web_http;
 use sluice_tests::{parse_backend_reply, require_root, topology, Sluice, Topology};
-
-fn config(backends: &[usize]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|&i| {
-            format!(
-                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
-                Topology::backend_ip(i)
-            )
-        })
-        .collect();
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.100.10
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-  - name: http
-    port: 8080
-    protocol: TCP
-endpoints:
-{endpoints}"#
-    )
-}
 
 /// `n` sequential curls to the VIP; returns hits per backend name.
 fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
@@ -68,7 +27,7 @@ fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
 fn one_worker_splits_exactly_evenly() {
     require_root();
     let topo = topology!();
-    let sluice = Sluice::start(&topo, &config(&[1, 2, 3]), &["--workers", "1"]);
+    let sluice = Sluice::start(&topo, &web_http(&[1, 2, 3]), &["--workers", "1"]);
     let hits = spread(&topo, 30);
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
@@ -83,7 +42,7 @@ fn one_worker_splits_exactly_evenly() {
 fn two_workers_use_every_backend() {
     require_root();
     let topo = topology!();
-    let sluice = Sluice::start(&topo, &config(&[1, 2, 3]), &["--workers", "2"]);
+    let sluice = Sluice::start(&topo, &web_http(&[1, 2, 3]), &["--workers", "2"]);
     let hits = spread(&topo, 30);
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");

@@ -6,18 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sluice_tests::{parse_backend_reply, require_root, topology, Role, Sluice, Topology};
+use sluice_tests::k8s::{endpoint_slice, ready_backends};
+use sluice_tests::{parse_backend_reply, require_root, topology, Role, Sluice};
 
 fn config(backends: &[usize]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|&i| {
-            format!(
-                "  - addresses: [\"{}\"]\n    conditions:\n      ready: true\n",
-                Topology::backend_ip(i)
-            )
-        })
-        .collect();
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -33,20 +25,13 @@ spec:
     port: 5353
     targetPort: 5353
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: dns-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: dns
-addressType: IPv4
-ports:
-  - name: dns
-    port: 5353
-    protocol: UDP
-endpoints:
-{endpoints}"#
+{}"#,
+        endpoint_slice(
+            "dns-1",
+            "dns",
+            &[("dns", 5353, "UDP")],
+            &ready_backends(backends)
+        )
     )
 }
 
