@@ -110,9 +110,15 @@ fn tcp(
     out
 }
 
+/// A client's segment with `flags` to the TCP service (VIP:80) from
+/// `src:sport`.
+fn client_tcp(src: [u8; 4], sport: u16, flags: u8) -> Vec<u8> {
+    tcp(CLIENT_MAC, FRONT_MAC, src, VIP, sport, 80, flags)
+}
+
 /// A client's SYN to the TCP service (VIP:80) from `src:sport`.
 fn client_syn(src: [u8; 4], sport: u16) -> Vec<u8> {
-    tcp(CLIENT_MAC, FRONT_MAC, src, VIP, sport, 80, tcp_flags::SYN)
+    client_tcp(src, sport, tcp_flags::SYN)
 }
 
 fn udp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -271,15 +277,7 @@ fn syn_to_vip_is_dnat_to_a_backend_and_reply_is_translated_back() {
 
     // The client's ACK follows the flow (no new scheduling), and the flow
     // is established.
-    let mut a = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::ACK,
-    );
+    let mut a = client_tcp(client, 40000, tcp_flags::ACK);
     assert_eq!(run(&snap, &flows, &mut a, 0, 2), Verdict::Tx(1));
     assert_eq!(inspect(&a).dst, backend_ip(0));
     let hit = flows
@@ -436,12 +434,12 @@ fn drops_carry_their_reason() {
     );
     // A mid-stream segment of an unknown flow is not scheduled: it is
     // answered with a RST from the VIP, back out the port it came in on.
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1, 80, tcp_flags::ACK);
+    let mut f = client_tcp(client, 1, tcp_flags::ACK);
     let v = run(&snap, &flows, &mut f, 0, 1);
     assert!(matches!(v, Verdict::Reply(_)), "{v:?}");
     assert_rst_from_vip(&f, client, 1);
     // ... but a stray RST is not answered.
-    let mut f = tcp(CLIENT_MAC, FRONT_MAC, client, VIP, 1, 80, tcp_flags::RST);
+    let mut f = client_tcp(client, 1, tcp_flags::RST);
     assert_eq!(
         run(&snap, &flows, &mut f, 0, 1),
         Verdict::Drop(DropReason::NoFlow)
@@ -901,15 +899,7 @@ fn a_full_table_of_established_flows_refuses_new_ones() {
     for p in 0..4u16 {
         let mut f = client_syn(client, 1000 + p);
         assert_eq!(run(&snap, &flows, &mut f, 0, 1), Verdict::Tx(1));
-        let mut a = tcp(
-            CLIENT_MAC,
-            FRONT_MAC,
-            client,
-            VIP,
-            1000 + p,
-            80,
-            tcp_flags::ACK,
-        );
+        let mut a = client_tcp(client, 1000 + p, tcp_flags::ACK);
         assert_eq!(run(&snap, &flows, &mut a, 0, 1), Verdict::Tx(1));
     }
     let mut f = client_syn(client, 2000);
@@ -1001,15 +991,7 @@ fn flows_survive_a_new_snapshot() {
     assert_eq!(run(&old, &flows, &mut f, 0, 1), Verdict::Tx(1));
     let mut new = snapshot(MasqPolicy::default(), 3);
     new.services = ServiceTable::build(2, vec![]).unwrap();
-    let mut a = tcp(
-        CLIENT_MAC,
-        FRONT_MAC,
-        client,
-        VIP,
-        40000,
-        80,
-        tcp_flags::ACK,
-    );
+    let mut a = client_tcp(client, 40000, tcp_flags::ACK);
     assert_eq!(run(&new, &flows, &mut a, 0, 2), Verdict::Tx(1));
     assert_eq!(inspect(&a).dst, backend_ip(0));
 }
