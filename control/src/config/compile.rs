@@ -520,43 +520,30 @@ impl<'c> Loader<'c> {
                     }
                 },
             };
-            if let Some(j) = ports
+            // A port that clashes with an earlier one: the error names both.
+            let clash = |leaf: &str, what: String, same: &dyn Fn(&SvcPort) -> bool| match ports
                 .iter()
-                .position(|q| !pname.is_empty() && q.name == pname)
+                .position(same)
             {
-                return Err(self.err(
+                Some(j) => Err(self.err(
                     &ctx,
-                    f("name"),
-                    format!("duplicate port name {pname:?} (also spec.ports[{j}])"),
-                ));
-            }
-            if let Some(j) = ports
-                .iter()
-                .position(|q| q.port == port && q.proto == proto)
-            {
-                return Err(self.err(
-                    &ctx,
-                    f("port"),
-                    format!(
-                        "duplicate port {port}/{} (also spec.ports[{j}])",
-                        proto_name(proto)
-                    ),
-                ));
-            }
+                    f(leaf),
+                    format!("duplicate {what} (also spec.ports[{j}])"),
+                )),
+                None => Ok(()),
+            };
+            clash("name", format!("port name {pname:?}"), &|q| {
+                !pname.is_empty() && q.name == pname
+            })?;
+            clash("port", format!("port {port}/{}", proto_name(proto)), &|q| {
+                q.port == port && q.proto == proto
+            })?;
             if let Some(np) = node_port {
-                if let Some(j) = ports
-                    .iter()
-                    .position(|q| q.node_port == Some(np) && q.proto == proto)
-                {
-                    return Err(self.err(
-                        &ctx,
-                        f("nodePort"),
-                        format!(
-                            "duplicate nodePort {np}/{} (also spec.ports[{j}])",
-                            proto_name(proto)
-                        ),
-                    ));
-                }
+                clash(
+                    "nodePort",
+                    format!("nodePort {np}/{}", proto_name(proto)),
+                    &|q| q.node_port == Some(np) && q.proto == proto,
+                )?;
             }
             ports.push(SvcPort {
                 name: pname,
