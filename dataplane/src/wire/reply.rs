@@ -232,17 +232,42 @@ pub fn tcp_rst(buf: &mut [u8], len: usize, p: &Parsed) -> Option<usize> {
         )
     };
     let (sport, dport) = (seg.src_port(), seg.dst_port());
+    // Back to the sender, from the port it sent to.
+    let end = write_bare_tcp(
+        frame,
+        p.l3_offset,
+        &r.addrs,
+        (dport, sport),
+        seq,
+        ack,
+        flags,
+    )?;
+    swap_macs(frame);
+    Some(end)
+}
 
-    let l4 = p.l3_offset.checked_add(r.addrs.header_len())?;
+/// Writes a bare TCP segment (no options, no payload, window 0) after the
+/// IP header at `l3`, both addressed as [`write_ip`] does (back to `addrs`'s
+/// source), with `ports` = (source, destination) of the written segment and
+/// fresh checksums. Returns the frame's new length, or `None` with the
+/// frame unchanged if it is too short.
+fn write_bare_tcp(
+    frame: &mut [u8],
+    l3: usize,
+    addrs: &Addrs,
+    ports: (u16, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> Option<usize> {
+    let l4 = l3.checked_add(addrs.header_len())?;
     let end = l4.checked_add(tcp::MIN_HEADER_LEN)?;
-    if end > len {
+    if end > frame.len() {
         return None;
     }
-    // Every check is done: write.
-    swap_macs(frame);
     write_ip(
-        frame.get_mut(p.l3_offset..l4)?,
-        &r.addrs,
+        frame.get_mut(l3..l4)?,
+        addrs,
         proto::TCP,
         tcp::MIN_HEADER_LEN as u16,
     );
@@ -250,14 +275,14 @@ pub fn tcp_rst(buf: &mut [u8], len: usize, p: &Parsed) -> Option<usize> {
     // Reserved bits, window and urgent pointer stay zero.
     h.fill(0);
     let mut t = tcp::Packet::new_unchecked(h);
-    t.set_src_port(dport);
-    t.set_dst_port(sport);
+    t.set_src_port(ports.0);
+    t.set_dst_port(ports.1);
     t.set_seq_number(seq);
     t.set_ack_number(ack);
     t.set_header_len(tcp::MIN_HEADER_LEN);
     t.set_flags(flags);
-    match r.addrs {
-        // The answer's source is the received destination.
+    match *addrs {
+        // The segment's source is `addrs`'s destination.
         Addrs::V4 { src, dst } => t.fill_checksum_v4(&dst, &src),
         Addrs::V6 { src, dst } => t.fill_checksum_v6(&dst, &src),
     }
@@ -1030,41 +1055,18 @@ pub fn tcp_rst_same_direction(buf: &mut [u8], len: usize, p: &Parsed) -> Option<
     }
     let (seq, ack, had_ack) = (seg.seq_number(), seg.ack_number(), seg.ack());
     let (sport, dport) = (seg.src_port(), seg.dst_port());
-    let l4 = p.l3_offset.checked_add(r.addrs.header_len())?;
-    let end = l4.checked_add(tcp::MIN_HEADER_LEN)?;
-    if end > len {
-        return None;
-    }
     // The swapped addresses of a "received" packet going the other way are
-    // this packet's own: write_ip addresses its answer to `src`.
+    // this packet's own: write_bare_tcp addresses its segment to `src`.
     let same = match r.addrs {
         Addrs::V4 { src, dst } => Addrs::V4 { src: dst, dst: src },
         Addrs::V6 { src, dst } => Addrs::V6 { src: dst, dst: src },
     };
-    write_ip(
-        frame.get_mut(p.l3_offset..l4)?,
-        &same,
-        proto::TCP,
-        tcp::MIN_HEADER_LEN as u16,
-    );
-    let h = frame.get_mut(l4..end)?;
-    h.fill(0);
-    let mut t = tcp::Packet::new_unchecked(h);
-    t.set_src_port(sport);
-    t.set_dst_port(dport);
-    t.set_seq_number(seq);
-    t.set_ack_number(if had_ack { ack } else { 0 });
-    t.set_header_len(tcp::MIN_HEADER_LEN);
-    t.set_flags(if had_ack {
-        tcp_flags::RST | tcp_flags::ACK
+    let (ack, flags) = if had_ack {
+        (ack, tcp_flags::RST | tcp_flags::ACK)
     } else {
-        tcp_flags::RST
-    });
-    match r.addrs {
-        Addrs::V4 { src, dst } => t.fill_checksum_v4(&src, &dst),
-        Addrs::V6 { src, dst } => t.fill_checksum_v6(&src, &dst),
-    }
-    Some(end)
+        (0, tcp_flags::RST)
+    };
+    write_bare_tcp(frame, p.l3_offset, &same, (sport, dport), seq, ack, flags)
 }
 
 #[cfg(test)]
