@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU32;
 
 use hashbrown::HashMap;
 
+use crate::flow_table::layout::{MAX_BACKEND, MAX_SERVICE};
 use crate::types::{proto, Addr};
 
 /// The front end of a virtual service: address, port and protocol.
@@ -210,6 +211,24 @@ pub enum TableError {
         /// The offending backend address.
         backend: Addr,
     },
+    /// More backends behind one front end than a flow record can name.
+    #[error("service {service}: {count} backends, at most {max} per service port")]
+    TooManyBackends {
+        /// The service.
+        service: String,
+        /// Its number of backends.
+        count: usize,
+        /// The limit ([`crate::flow_table::layout::MAX_BACKEND`] + 1).
+        max: usize,
+    },
+    /// More front ends than a flow record can name.
+    #[error("{count} virtual services, at most {max}")]
+    TooManyServices {
+        /// The number of front ends.
+        count: usize,
+        /// The limit ([`crate::flow_table::layout::MAX_SERVICE`] + 1).
+        max: usize,
+    },
 }
 
 /// An immutable, versioned set of services, indexed by front end.
@@ -228,9 +247,27 @@ impl ServiceTable {
     /// differs from its VIP's, or a direct-routing service has a backend on
     /// another port. Nothing is built then.
     pub fn build(version: u64, specs: Vec<ServiceSpec>) -> Result<ServiceTable, TableError> {
+        // A flow record keeps the service and backend indices in 24 and 16
+        // bits (flow_table::layout): refuse here, at config time, what
+        // would otherwise make new flows fail one by one.
+        let max_services = MAX_SERVICE as usize + 1;
+        if specs.len() > max_services {
+            return Err(TableError::TooManyServices {
+                count: specs.len(),
+                max: max_services,
+            });
+        }
         let mut by_vip = HashMap::with_capacity(specs.len());
         let mut services = Vec::with_capacity(specs.len());
         for spec in specs {
+            let max_backends = MAX_BACKEND as usize + 1;
+            if spec.backends.len() > max_backends {
+                return Err(TableError::TooManyBackends {
+                    service: spec.name.clone(),
+                    count: spec.backends.len(),
+                    max: max_backends,
+                });
+            }
             if let Some(b) = spec
                 .backends
                 .iter()
@@ -382,6 +419,31 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, TableError::DuplicateVip { .. }));
         assert!(e.to_string().contains("services a and b"));
+    }
+
+    /// The flow record's index widths are the table's limits: at the limit
+    /// it builds, one more is refused with a message, not a half-working
+    /// table whose new flows would be dropped one by one.
+    #[test]
+    fn backends_per_service_are_limited_by_the_flow_record() {
+        let max = MAX_BACKEND as usize + 1;
+        let mut s = spec("a", [198, 18, 100, 1], 80, &[[198, 18, 1, 11]]);
+        s.backends = vec![s.backends[0]; max];
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        s.backends.push(s.backends[0]);
+        let e = ServiceTable::build(1, vec![s]).unwrap_err();
+        assert_eq!(
+            e,
+            TableError::TooManyBackends {
+                service: "a".into(),
+                count: max + 1,
+                max
+            }
+        );
+        assert!(
+            e.to_string().contains("65537 backends, at most 65536"),
+            "{e}"
+        );
     }
 
     #[test]
