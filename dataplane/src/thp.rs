@@ -49,6 +49,53 @@ fn advise<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
 mod tests {
     use super::*;
 
+    /// `AnonHugePages` (kB) of the mapping of this process that holds
+    /// address `addr`, from `/proc/self/smaps`.
+    fn anon_huge_kb(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        inside = (a..b).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    /// With THP in `madvise` or `always` mode (Debian's default is
+    /// `madvise`), a table allocated by `alloc_huge` is backed by huge
+    /// pages; with `never`, by none. Without the hint, `madvise` mode would
+    /// give none either.
+    #[test]
+    fn tables_get_transparent_huge_pages() {
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .expect("read the THP mode");
+        let mut v: Vec<u64> = alloc_huge(8 << 17); // 8 MiB
+        v.extend(0..(8u64 << 17));
+        let huge = anon_huge_kb(v.as_ptr() as usize + (4 << 20));
+        if mode.contains("[never]") {
+            assert_eq!(huge, 0, "THP is off ({mode:?}) yet huge pages were used");
+        } else {
+            assert!(
+                huge >= 2048,
+                "no huge page in an 8 MiB table (THP mode {mode:?}): AnonHugePages {huge} kB"
+            );
+        }
+        assert_eq!(v[12345], 12345);
+    }
+
     #[test]
     fn huge_allocation_fills_and_keeps_its_buffer() {
         for n in [0usize, 1, 1000, 1 << 20] {
