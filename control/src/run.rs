@@ -736,9 +736,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     println!("counter flows_live {}", shared.flows.len());
     for (l, s) in links.iter().zip(steer_stats) {
-        if let Ok(s) = s {
-            println!("counter xdp_redirected_{} {}", l.name, s.redirected);
-            println!("counter xdp_passed_{} {}", l.name, s.passed);
+        match s {
+            Ok(s) => {
+                println!("counter xdp_redirected_{} {}", l.name, s.redirected);
+                println!("counter xdp_passed_{} {}", l.name, s.passed);
+            }
+            Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
         }
     }
     info!("sluice stopped");

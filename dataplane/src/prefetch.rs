@@ -1,11 +1,13 @@
 //! A safe wrapper around the CPU's prefetch hint.
 //!
 //! Burst processing (DPDK's pattern) walks a burst three times: it parses
-//! every frame and asks for the flow-table bucket its lookup will read,
-//! then asks for the record that bucket points at, then processes the
-//! frames, by which time those lines are in the cache. Stable Rust has no
-//! safe prefetch, so this is one of two small `unsafe` hints outside the
-//! I/O layer (the other is [`crate::thp`]).
+//! every frame and asks for the home bucket of the flow index its lookup
+//! will read first, then asks for the record a matching tag in that bucket
+//! points at (or, when none matches, for the second bucket), then processes
+//! the frames, by which time those lines are in the cache. Stable Rust has
+//! no safe prefetch, so this is one of the two small `unsafe` hints of the
+//! data path outside the I/O layer (the other is [`crate::thp`]); the
+//! steering loader ([`crate::steer`]) has two libc calls of its own.
 
 /// Hints the CPU to bring the cache line holding `*p` closer.
 #[inline(always)]

@@ -84,11 +84,56 @@ pub struct StopReport {
 }
 
 impl StopReport {
-    /// A counter's value, 0 if it was not printed.
+    /// A counter's value.
+    ///
+    /// # Panics
+    /// When sluice did not print `name` at exit (it prints every counter it
+    /// knows, zeros included): a renamed or misspelt counter must fail the
+    /// test that reads it, not read as 0. The message lists the counters
+    /// that were printed.
     pub fn counter(&self, name: &str) -> u64 {
-        self.counters.get(name).copied().unwrap_or(0)
+        match self.try_counter(name) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A counter's value, or an error naming it and the counters that were
+    /// printed.
+    ///
+    /// # Errors
+    /// [`MissingCounter`] when sluice did not print `name` at exit.
+    pub fn try_counter(&self, name: &str) -> Result<u64, MissingCounter> {
+        self.counters
+            .get(name)
+            .copied()
+            .ok_or_else(|| MissingCounter {
+                name: name.to_string(),
+                printed: self.counters.keys().cloned().collect(),
+            })
     }
 }
+
+/// A counter that sluice did not print at exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingCounter {
+    /// The counter asked for.
+    pub name: String,
+    /// The counters sluice printed, sorted.
+    pub printed: Vec<String>,
+}
+
+impl std::fmt::Display for MissingCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sluice printed no counter {:?} at exit; it printed: {:?}",
+            self.name, self.printed
+        )
+    }
+}
+
+impl std::error::Error for MissingCounter {}
 
 /// A running sluice; killed (by PID) on drop unless stopped. Its config file
 /// is removed on drop.
@@ -256,19 +301,7 @@ impl Sluice {
         let mut p = self.proc.take().expect("sluice already stopped");
         p.signal(libc::SIGTERM);
         let out = p.wait(STOP_TIMEOUT);
-        let counters = out
-            .stdout
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                match (w.next(), w.next(), w.next()) {
-                    (Some("counter"), Some(name), Some(v)) => {
-                        Some((name.to_string(), v.parse().ok()?))
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
+        let counters = parse_counters(&out.stdout);
         StopReport {
             status: out.status,
             counters,
@@ -329,9 +362,59 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// The `counter <name> <value>` lines of sluice's stdout.
+fn parse_counters(stdout: &str) -> BTreeMap<String, u64> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("counter"), Some(name), Some(v)) => Some((name.to_string(), v.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip_ansi;
+    use super::{parse_counters, strip_ansi, MissingCounter, StopReport};
+
+    fn report(stdout: &str) -> StopReport {
+        StopReport {
+            status: None,
+            counters: parse_counters(stdout),
+            stdout: stdout.to_string(),
+            logs: String::new(),
+        }
+    }
+
+    #[test]
+    fn printed_counters_read_back_zeros_included() {
+        let r = report("counter rx 7\ncounter drop_no_flow 0\nsomething else\n");
+        assert_eq!(r.counter("rx"), 7);
+        assert_eq!(r.counter("drop_no_flow"), 0);
+    }
+
+    #[test]
+    fn a_counter_that_was_not_printed_is_an_error() {
+        let r = report("counter rx 7\ncounter tx 6\n");
+        assert_eq!(
+            r.try_counter("drop_renamed"),
+            Err(MissingCounter {
+                name: "drop_renamed".into(),
+                printed: vec!["rx".into(), "tx".into()],
+            })
+        );
+        let msg = std::panic::catch_unwind(|| r.counter("drop_renamed"))
+            .expect_err("a missing counter must panic")
+            .downcast::<String>()
+            .expect("a formatted message");
+        assert!(
+            msg.contains("\"drop_renamed\"") && msg.contains("\"rx\"") && msg.contains("\"tx\""),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn strips_colour_codes() {

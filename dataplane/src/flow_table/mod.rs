@@ -519,9 +519,10 @@ impl FlowTable {
         })
     }
 
-    /// Asks the CPU for the index lines a lookup of `key` will read (burst
-    /// processing calls this for every frame of a burst before processing
-    /// the first).
+    /// Asks the CPU for the home bucket of the index, the line a lookup of
+    /// `key` reads first (burst processing calls this for every frame of a
+    /// burst before processing the first; [`FlowTable::prefetch_record`]
+    /// then asks for the record or the second bucket).
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) {
         self.prefetch_hashed(&self.hash(key));
