@@ -258,14 +258,14 @@ fn client_no(e: &sluice_dataplane::flow_table::FlowEntry) -> u32 {
 /// The in-memory port's own cost per packet: what the worker benches pay
 /// for injecting and collecting frames, without any packet work.
 fn bench_port_only(c: &mut Criterion) {
-    use sluice_dataplane::port::{Port, RxFrame};
+    use sluice_dataplane::port::{MemFrame, Port, RxFrame};
     let mut g = c.benchmark_group("worker_burst");
     g.throughput(Throughput::Elements(BURST as u64));
     let snap = snapshot(1, MasqPolicy::default());
     let flows = FlowTable::new(2_000, Timeouts::default());
     let (hits, _) = populate(&snap, &flows, 1_000, (VIP, 80));
     let mut port = MemPort::new(2, 4 * BURST).discard_sent();
-    let mut batch: Vec<RxFrame<u32>> = Vec::with_capacity(BURST);
+    let mut batch: Vec<RxFrame<MemFrame>> = Vec::with_capacity(BURST);
     let mut k = 0;
     g.bench_function("port_only", |b| {
         b.iter(|| {
@@ -275,7 +275,7 @@ fn bench_port_only(c: &mut Criterion) {
             }
             batch.clear();
             let n = port.recv(&mut batch, BURST);
-            for f in batch.iter_mut() {
+            for mut f in batch.drain(..) {
                 let first = port.with_frame(&mut f.frame, |buf, len| buf[..*len][0]);
                 std::hint::black_box(first);
                 port.send(1, f.frame);

@@ -300,8 +300,8 @@ pub fn parse_and_prefetch(flows: &FlowTable, frame: &[u8]) -> Result<wire::Parse
     Ok(p)
 }
 
-/// Parses a frame, hashes its flow key and prefetches the flow-table
-/// buckets the lookup will read: the first pass of burst processing
+/// Parses a frame, hashes its flow key and prefetches the flow index's
+/// home bucket, the first line the lookup will read: the first pass of burst processing
 /// ([`crate::worker`]). The hash goes to [`FlowTable::prefetch_record`] in
 /// the second pass and to [`process_hashed`] in the third.
 #[inline]

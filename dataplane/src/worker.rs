@@ -2,8 +2,8 @@
 //! [`pipeline`], send, recycle, publish counters.
 //!
 //! Run-to-completion, DPDK-style: one worker per core, pinned; no lock, no
-//! allocation and no syscall per packet (the port makes at most one wakeup
-//! per socket per burst). The worker reads the published [`Snapshot`] once
+//! allocation and no syscall per packet (the port's syscalls are per burst
+//! and per socket: see [`Port::flush`]). The worker reads the published [`Snapshot`] once
 //! per burst through an [`ArcSwap`] guard, so a new service table takes
 //! effect between bursts without stopping traffic, and the flow table is
 //! shared, so flows established under the old table keep going.
@@ -195,26 +195,26 @@ impl<P: Port> Worker<P> {
         self.parsed.clear();
         let n = self.port.recv(&mut self.batch, self.opts.burst);
         // DPDK's burst pattern, so that no stage waits for memory. Pass 1:
-        // parse every frame, hash its key and prefetch both candidate
-        // buckets of the flow index.
-        for i in 0..n {
-            let mut frame = self.batch[i].frame;
-            let p = self.port.with_frame(&mut frame, |buf, len| {
+        // parse every frame, hash its key and prefetch its home bucket of
+        // the flow index.
+        for rx in self.batch.iter_mut() {
+            let p = self.port.with_frame(&mut rx.frame, |buf, len| {
                 pipeline::parse_and_hash(ctx.flows, buf.get(..*len).unwrap_or(&[]))
             });
             self.parsed.push(p);
         }
-        // Pass 2: the buckets have arrived; prefetch the records they
-        // point at.
+        // Pass 2: the home buckets have arrived; prefetch the record a
+        // matching tag points at, or else the second bucket.
         for (_, h) in self.parsed.iter_mut() {
             if let Some(h) = h {
                 ctx.flows.prefetch_record(h);
             }
         }
-        // Pass 3: process.
-        for i in 0..n {
-            let RxFrame { mut frame, port } = self.batch[i];
-            let (parsed, hash) = self.parsed[i];
+        // Pass 3: process. Each frame moves out of the batch into exactly
+        // one send or release.
+        for (RxFrame { mut frame, port }, &(parsed, hash)) in
+            self.batch.drain(..).zip(self.parsed.iter())
+        {
             let stats = &mut self.stats;
             let v = self.port.with_frame(&mut frame, |buf, len| {
                 let v =

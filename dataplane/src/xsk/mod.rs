@@ -1,7 +1,11 @@
 //! The AF_XDP port: one worker's sockets over one shared UMEM (xsk-rs).
 //!
-//! Like s2n-quic-xdp, this is the only place with `unsafe`, kept small: the
-//! UMEM, the four rings per socket, and `poll(2)`. Every socket of a worker
+//! Like s2n-quic-xdp's `umem`/`ring`/`socket`, this holds the packet path's
+//! `unsafe`, kept small: the UMEM, the four rings per socket, and
+//! `poll(2)`. (The other `unsafe` of the workspace is outside the packet
+//! I/O: the prefetch and huge-page hints in `prefetch.rs` and `thp.rs`, two
+//! libc calls in `steer.rs`, and a few libc calls in the control plane;
+//! the README lists them.) Every socket of a worker
 //! (one per interface × queue it owns) binds to the same UMEM
 //! (`XDP_SHARED_UMEM`, one fill and one completion ring per socket), so a
 //! frame received on one interface is rewritten in place and sent on
@@ -12,7 +16,10 @@
 //! descriptor is, at any moment, in exactly one of the free list, a fill
 //! ring, an rx ring, the worker's hands (between [`Port::recv`] and
 //! [`Port::send`]/[`Port::release`]), a pending-tx list, a tx ring or a
-//! completion ring.
+//! completion ring. The type system keeps the worker's part of it: the
+//! worker holds an [`XskFrame`], which only [`Port::recv`] makes, which is
+//! neither `Copy` nor `Clone`, and which `send` and `release` consume, so
+//! safe code cannot hand one descriptor back twice.
 //!
 //! The XDP program is ours ([`crate::steer`]); sockets are created with
 //! `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD` so libxdp loads nothing, and their
@@ -124,6 +131,13 @@ pub enum XskError {
         queue: u32,
     },
 }
+
+/// A received UMEM frame, owned by the worker until it is sent or released
+/// (move-only: see the module doc). Dropping it instead leaks the frame
+/// until the port is dropped.
+#[derive(Debug)]
+#[must_use = "a frame must be sent or released, or it leaks from the UMEM"]
+pub struct XskFrame(FrameDesc);
 
 struct Sock {
     port: u8,
@@ -341,9 +355,9 @@ impl XskPort {
 }
 
 impl Port for XskPort {
-    type Frame = FrameDesc;
+    type Frame = XskFrame;
 
-    fn recv(&mut self, out: &mut Vec<RxFrame<FrameDesc>>, max: usize) -> usize {
+    fn recv(&mut self, out: &mut Vec<RxFrame<XskFrame>>, max: usize) -> usize {
         let nsocks = self.socks.len();
         let mut total = 0;
         for k in 0..nsocks {
@@ -356,8 +370,10 @@ impl Port for XskPort {
             // SAFETY: the rx ring belongs to a socket of this UMEM; consume()
             // only writes descriptors into `scratch`.
             let n = unsafe { s.rx.consume(&mut self.scratch[..room]) };
-            out.extend(self.scratch[..n].iter().map(|&frame| RxFrame {
-                frame,
+            // The descriptors leave the ring here, once each: the only
+            // place that makes an `XskFrame`.
+            out.extend(self.scratch[..n].iter().map(|&d| RxFrame {
+                frame: XskFrame(d),
                 port: s.port,
             }));
             total += n;
@@ -369,13 +385,15 @@ impl Port for XskPort {
     #[inline]
     fn with_frame<R>(
         &mut self,
-        frame: &mut FrameDesc,
+        frame: &mut XskFrame,
         f: impl FnOnce(&mut [u8], &mut usize) -> R,
     ) -> R {
-        // SAFETY: `frame` came out of an rx ring of this UMEM and is held by
-        // the worker alone (ownership invariant in the module doc), so no
-        // other reference to its bytes exists, in user space or the kernel.
-        let mut data = unsafe { self.umem.data_mut(frame) };
+        // SAFETY: an `XskFrame` is made only by recv() from a descriptor
+        // that came out of an rx ring of this UMEM, and it is held by the
+        // worker alone (move-only; ownership invariant in the module doc),
+        // so no other reference to its bytes exists, in user space or the
+        // kernel.
+        let mut data = unsafe { self.umem.data_mut(&mut frame.0) };
         let mut len = data.contents().len();
         // Open the whole data segment to the closure, then set the length
         // it leaves (the cursor clamps it to the segment).
@@ -387,23 +405,30 @@ impl Port for XskPort {
     }
 
     #[inline]
-    fn send(&mut self, port: u8, frame: FrameDesc) {
+    fn send(&mut self, port: u8, frame: XskFrame) {
         match self.tx_sock.get(port as usize).copied().flatten() {
             Some(i) if self.socks[i].pending.len() < self.socks[i].pending.capacity() => {
-                self.socks[i].pending.push(frame)
+                self.socks[i].pending.push(frame.0)
             }
             _ => {
                 self.tx_dropped += 1;
-                self.free.push(frame);
+                self.free.push(frame.0);
             }
         }
     }
 
     #[inline]
-    fn release(&mut self, frame: FrameDesc) {
-        self.free.push(frame);
+    fn release(&mut self, frame: XskFrame) {
+        self.free.push(frame.0);
     }
 
+    /// Per socket: moves the burst's pending frames to the tx ring (no
+    /// syscall), then reaps the completion ring and, while frames are still
+    /// in flight, kicks TX with `sendto()` up to 8 times (copy-mode TX runs
+    /// inside `sendto()` and sends a small batch per call); then refills
+    /// every fill ring, with one `poll()` per fill ring that asks for a
+    /// wakeup (`XDP_USE_NEED_WAKEUP`). So a burst costs no syscall on a
+    /// socket with nothing in flight, and at most 9 on one that has.
     fn flush(&mut self) {
         for s in &mut self.socks {
             if !s.pending.is_empty() {
