@@ -71,7 +71,16 @@ fn snapshot_of(vips: impl Iterator<Item = ([u8; 4], u16)>, masq: MasqPolicy) -> 
         .collect();
     Snapshot {
         services: ServiceTable::build(1, specs).expect("valid bench table"),
-        ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
+        ports: vec![
+            PortInfo {
+                mac: FRONT_MAC,
+                mtu: 1500,
+            },
+            PortInfo {
+                mac: BACK_MAC,
+                mtu: 1500,
+            },
+        ],
         nexthops: (0..3)
             .map(|i| {
                 (

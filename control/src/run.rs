@@ -246,7 +246,15 @@ pub fn compile(
     steer.snat = snat.into_iter().collect();
     let snapshot = Snapshot {
         services,
-        ports: links.iter().map(|l| PortInfo { mac: l.mac }).collect(),
+        ports: links
+            .iter()
+            // An IP packet is at most 65535 bytes: a larger MTU (lo's
+            // 65536) limits nothing.
+            .map(|l| PortInfo {
+                mac: l.mac,
+                mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
+            })
+            .collect(),
         nexthops,
         masq: masq.clone(),
         removed: Default::default(),

@@ -18,6 +18,7 @@ pub mod sched;
 pub mod service;
 pub mod steer;
 pub mod thp;
+pub mod token_bucket;
 pub mod types;
 pub mod wire;
 pub mod worker;

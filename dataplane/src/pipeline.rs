@@ -60,6 +60,10 @@ pub struct NextHop {
 pub struct PortInfo {
     /// The interface's own MAC (source MAC of frames sent on it).
     pub mac: Mac,
+    /// The interface's MTU: the largest IP packet (VLAN tag and Ethernet
+    /// header not counted, as Linux counts it) a frame sent on it may
+    /// carry. A larger one gets [`Verdict::TooBig`].
+    pub mtu: u16,
 }
 
 /// When a client's source address is rewritten (kube-proxy's
@@ -155,11 +159,15 @@ pub enum DropReason {
     /// IPv6, or an index is beyond the record's limits: see
     /// `flow_table::layout`).
     FlowUnsupported,
+    /// The packet is larger than the egress interface's MTU
+    /// ([`Verdict::TooBig`]); counted whether or not an ICMP error answered
+    /// it.
+    TooBig,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -175,6 +183,7 @@ impl DropReason {
         DropReason::Rewrite,
         DropReason::BadEgress,
         DropReason::FlowUnsupported,
+        DropReason::TooBig,
     ];
 
     /// Counter index.
@@ -199,6 +208,7 @@ impl DropReason {
             DropReason::Rewrite => "rewrite",
             DropReason::BadEgress => "bad_egress",
             DropReason::FlowUnsupported => "flow_unsupported",
+            DropReason::TooBig => "too_big",
         }
     }
 }
@@ -217,6 +227,11 @@ pub enum Verdict {
     TxLen(u8, usize),
     /// Drop it and count why.
     Drop(DropReason),
+    /// The packet, left unchanged, does not fit the egress interface's MTU
+    /// (this many bytes): a router drops it ([`DropReason::TooBig`]) and
+    /// answers with ICMP fragmentation needed / packet too big when it may
+    /// (`wire::reply::icmp_too_big`, rate-limited by the worker).
+    TooBig(u16),
 }
 
 /// Per-worker counters, plain integers on the packet path; the worker
@@ -237,6 +252,9 @@ pub struct Stats {
     pub resets: u64,
     /// New flows that followed a session-affinity entry.
     pub affinity_hits: u64,
+    /// ICMP fragmentation needed / packet too big answers sent (the worker
+    /// counts them; [`Verdict::TooBig`]).
+    pub icmp_too_big_sent: u64,
     /// Drops by [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
     /// Parse failures by [`ParseError`].
@@ -250,6 +268,7 @@ impl Stats {
         match v {
             Verdict::Tx(_) | Verdict::Reply(_) | Verdict::TxLen(..) => self.tx += 1,
             Verdict::Drop(r) => self.drops[r.index()] += 1,
+            Verdict::TooBig(_) => self.drops[DropReason::TooBig.index()] += 1,
         }
     }
 }
@@ -558,7 +577,7 @@ fn forward(
         Direction::Reply => e.reply_hop,
     };
     if is_dr_flow(e) {
-        return emit_dr(snap, frame, hop);
+        return emit_dr(snap, frame, p, hop);
     }
     let to = match dir {
         Direction::Original => e.reply.reversed(),
@@ -594,7 +613,7 @@ fn follow_icmp_error(
             Direction::Reply => hit.entry.reply_hop,
             Direction::Original => hit.entry.orig_hop,
         };
-        return emit_dr(ctx.snap, frame, hop);
+        return emit_dr(ctx.snap, frame, p, hop);
     }
     let (inner_to, hop) = match hit.dir {
         // About a packet we sent towards the backend: goes to the client.
@@ -605,6 +624,9 @@ fn follow_icmp_error(
     let Some(port) = ctx.snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if too_big(frame, p, port) {
+        return Verdict::TooBig(port.mtu);
+    }
     if icmp_error::translate_icmp_error(frame, p, e, inner_to.dst, inner_to.src, &inner_to).is_err()
     {
         return Verdict::Drop(DropReason::Rewrite);
@@ -759,6 +781,9 @@ fn emit(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, to: &FlowKey, hop: 
     let Some(port) = snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if too_big(frame, p, port) {
+        return Verdict::TooBig(port.mtu);
+    }
     if nat::rewrite(frame, p, to).is_err() {
         return Verdict::Drop(DropReason::Rewrite);
     }
@@ -768,14 +793,25 @@ fn emit(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, to: &FlowKey, hop: 
 
 /// Sends the frame unchanged but for its MACs (direct routing).
 #[inline]
-fn emit_dr(snap: &Snapshot, frame: &mut [u8], hop: L2Hop) -> Verdict {
+fn emit_dr(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, hop: L2Hop) -> Verdict {
     let Some(port) = snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if too_big(frame, p, port) {
+        return Verdict::TooBig(port.mtu);
+    }
     if dr::rewrite(frame, port.mac, hop.mac).is_err() {
         return Verdict::Drop(DropReason::Rewrite);
     }
     Verdict::Tx(hop.port)
+}
+
+/// Whether the IP packet in `frame` (everything after the Ethernet header
+/// and any VLAN tag, as the link carries it) exceeds `port`'s MTU. Neither
+/// rewrite changes the length, so the check reads the frame as received.
+#[inline]
+fn too_big(frame: &[u8], p: &wire::Parsed, port: &PortInfo) -> bool {
+    frame.len().saturating_sub(p.l3_offset) > usize::from(port.mtu)
 }
 
 #[cfg(test)]

@@ -58,7 +58,16 @@ fn dr_snapshot(masq: MasqPolicy, n: u8) -> Snapshot {
         .collect();
     Snapshot {
         services,
-        ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
+        ports: vec![
+            PortInfo {
+                mac: FRONT_MAC,
+                mtu: 1500,
+            },
+            PortInfo {
+                mac: BACK_MAC,
+                mtu: 1500,
+            },
+        ],
         nexthops,
         masq,
         removed: Default::default(),

@@ -67,7 +67,16 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
         .collect();
     Snapshot {
         services,
-        ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
+        ports: vec![
+            PortInfo {
+                mac: FRONT_MAC,
+                mtu: 1500,
+            },
+            PortInfo {
+                mac: BACK_MAC,
+                mtu: 1500,
+            },
+        ],
         nexthops,
         masq,
         removed: Default::default(),

@@ -281,7 +281,10 @@ mod tests {
         // Interface 5 does not exist: counted and freed.
         port.send(5, c.frame);
         assert_eq!(port.tx_dropped(), 1);
-        assert_eq!(port.sent().map(|(p, d)| (p, d[0])).collect::<Vec<_>>(), [(1, 0)]);
+        assert_eq!(
+            port.sent().map(|(p, d)| (p, d[0])).collect::<Vec<_>>(),
+            [(1, 0)]
+        );
         assert_eq!(port.free_frames(), 3);
         port.clear_sent();
         assert_eq!(port.free_frames(), 4);

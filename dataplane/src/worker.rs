@@ -22,7 +22,8 @@ use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowTable, KeyHash};
 use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
 use crate::port::{Port, RxFrame};
-use crate::wire::{ParseError, Parsed};
+use crate::token_bucket::TokenBucket;
+use crate::wire::{reply, ParseError, Parsed};
 
 /// State shared by the control thread and all workers.
 #[derive(Debug)]
@@ -83,6 +84,8 @@ pub struct Counters {
     pub snat_flows: AtomicU64,
     /// Frames the port could not queue for transmission.
     pub tx_ring_full: AtomicU64,
+    /// ICMP fragmentation needed / packet too big answers sent.
+    pub icmp_too_big_sent: AtomicU64,
     /// Drops by [`DropReason`].
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Parse errors by [`ParseError`].
@@ -105,6 +108,7 @@ impl Counters {
         bump(&self.affinity_hits, s.affinity_hits);
         bump(&self.new_flows, s.new_flows);
         bump(&self.snat_flows, s.snat_flows);
+        bump(&self.icmp_too_big_sent, s.icmp_too_big_sent);
         for (a, v) in self.drops.iter().zip(s.drops.iter()) {
             bump(a, *v);
         }
@@ -125,6 +129,7 @@ impl Counters {
             ("new_flows".to_string(), l(&self.new_flows)),
             ("snat_flows".to_string(), l(&self.snat_flows)),
             ("tx_ring_full".to_string(), l(&self.tx_ring_full)),
+            ("icmp_too_big_sent".to_string(), l(&self.icmp_too_big_sent)),
         ];
         for r in DropReason::ALL {
             v.push((format!("drop_{}", r.as_str()), l(&self.drops[r.index()])));
@@ -136,6 +141,34 @@ impl Counters {
             ));
         }
         v
+    }
+}
+
+/// Answers a frame too big for its egress link (`mtu`) with ICMP
+/// fragmentation needed / packet too big, in place, when the worker's
+/// budget has a token and the packet may be answered (IPv4 with DF, or
+/// IPv6: [`reply::icmp_too_big`]); spends the token only then. Returns
+/// whether the frame is now the answer.
+#[inline(never)]
+fn answer_too_big(
+    buf: &mut [u8],
+    len: &mut usize,
+    parsed: Result<Parsed, ParseError>,
+    mtu: u16,
+    icmp: &mut TokenBucket,
+    now_ms: u64,
+) -> bool {
+    let Ok(p) = parsed else { return false };
+    if !icmp.ready(now_ms) {
+        return false;
+    }
+    match reply::icmp_too_big(buf, *len, &p, mtu) {
+        Some(n) => {
+            icmp.spend();
+            *len = n;
+            true
+        }
+        None => false,
     }
 }
 
@@ -157,13 +190,19 @@ impl Default for WorkerOpts {
     }
 }
 
-/// One worker's loop state (its reusable burst buffer and local counters).
+/// One worker's loop state (its reusable burst buffer, local counters and
+/// ICMP error budget).
 pub struct Worker<P: Port> {
     port: P,
     batch: Vec<RxFrame<P::Frame>>,
     parsed: Vec<(Result<Parsed, ParseError>, Option<KeyHash>)>,
     stats: Stats,
     opts: WorkerOpts,
+    /// Rate limit of this worker's ICMP too-big answers (its own, so the
+    /// packet path writes nothing shared).
+    icmp: TokenBucket,
+    /// Milliseconds on the clock of [`Worker::icmp`], set once per burst.
+    now_ms: u64,
 }
 
 impl<P: Port> Worker<P> {
@@ -176,7 +215,15 @@ impl<P: Port> Worker<P> {
             parsed: Vec::with_capacity(burst),
             stats: Stats::default(),
             opts: WorkerOpts { burst, ..opts },
+            icmp: TokenBucket::default(),
+            now_ms: 0,
         }
+    }
+
+    /// Sets the clock of the ICMP rate limit, in milliseconds ([`Worker::run`]
+    /// sets it before every burst; tests drive it by hand).
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
     }
 
     /// The port (tests inspect what was sent).
@@ -216,13 +263,20 @@ impl<P: Port> Worker<P> {
             self.batch.drain(..).zip(self.parsed.iter())
         {
             let stats = &mut self.stats;
-            let v = self.port.with_frame(&mut frame, |buf, len| {
+            let (icmp, now_ms) = (&mut self.icmp, self.now_ms);
+            let (v, answered) = self.port.with_frame(&mut frame, |buf, len| {
                 let v =
                     pipeline::process_hashed(ctx, buf, *len, parsed, hash.as_ref(), port, stats);
-                if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
-                    *len = n;
+                match v {
+                    Verdict::Reply(n) | Verdict::TxLen(_, n) => {
+                        *len = n;
+                        (v, false)
+                    }
+                    Verdict::TooBig(mtu) => {
+                        (v, answer_too_big(buf, len, parsed, mtu, icmp, now_ms))
+                    }
+                    _ => (v, false),
                 }
-                v
             });
             self.stats.count(v);
             match v {
@@ -230,6 +284,12 @@ impl<P: Port> Worker<P> {
                 Verdict::Reply(_) => self.port.send(port, frame),
                 Verdict::TxLen(out, _) => self.port.send(out, frame),
                 Verdict::Drop(_) => self.port.release(frame),
+                Verdict::TooBig(_) if answered => {
+                    self.stats.tx += 1;
+                    self.stats.icmp_too_big_sent += 1;
+                    self.port.send(port, frame);
+                }
+                Verdict::TooBig(_) => self.port.release(frame),
             }
         }
         self.port.flush();
@@ -243,11 +303,13 @@ impl<P: Port> Worker<P> {
         let mut last_tx_dropped = 0;
         while !shared.stop.load(Ordering::Relaxed) {
             let snap = shared.snapshot.load();
+            let elapsed = shared.epoch.elapsed();
+            self.now_ms = elapsed.as_millis() as u64;
             let ctx = Ctx {
                 snap: &snap,
                 flows: &shared.flows,
                 affinity: &shared.affinity,
-                now: shared.now(),
+                now: elapsed.as_secs() as u32,
             };
             let n = self.poll_once(&ctx);
             if n > 0 {
@@ -274,5 +336,253 @@ impl<P: Port> Worker<P> {
         }
         let s = self.take_stats();
         counters.add(&s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Frames too big for the egress link, through the worker over the
+    //! in-memory port: the ICMP answer, its rate limit and the counters.
+
+    use etherparse::{
+        icmpv4, Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    };
+
+    use super::*;
+    use crate::flow_table::Timeouts;
+    use crate::pipeline::{NextHop, PortInfo};
+    use crate::port::MemPort;
+    use crate::service::{BackendSpec, SchedKind, ServiceSpec, ServiceTable, VipKey};
+    use crate::types::{proto, Addr, L2Hop};
+    use crate::wire::checksum;
+
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const FRONT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const BACK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+    const CLIENT: [u8; 4] = [198, 18, 0, 2];
+    const VIP: [u8; 4] = [198, 18, 100, 10];
+    const BACKEND: [u8; 4] = [198, 18, 1, 11];
+    const CLIENT6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const VIP6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    const BACKEND6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+    /// The backend link's MTU, smaller than the client's 1500.
+    const BACK_MTU: u16 = 1400;
+
+    /// UDP services on VIP:53 and [VIP6]:53, one backend each, behind a
+    /// link (port 1) with MTU [`BACK_MTU`].
+    fn snapshot() -> Snapshot {
+        let svc = |vip: Addr, backend: Addr| ServiceSpec {
+            name: "default/dns:53".into(),
+            vip: VipKey {
+                addr: vip,
+                port: 53,
+                proto: proto::UDP,
+            },
+            backends: vec![BackendSpec {
+                addr: backend,
+                port: 5353,
+                weight: 1,
+                ..Default::default()
+            }],
+            sched: SchedKind::RoundRobin,
+            ..Default::default()
+        };
+        let (b4, b6) = (Addr::from_v4(BACKEND), Addr::from_v6(BACKEND6));
+        let services = ServiceTable::build(
+            1,
+            vec![svc(Addr::from_v4(VIP), b4), svc(Addr::from_v6(VIP6), b6)],
+        )
+        .unwrap();
+        let nh = |snat| NextHop {
+            hop: L2Hop {
+                port: 1,
+                mac: [2, 0, 0, 0, 1, 0x10],
+            },
+            snat,
+        };
+        Snapshot {
+            services,
+            ports: vec![
+                PortInfo {
+                    mac: FRONT_MAC,
+                    mtu: 1500,
+                },
+                PortInfo {
+                    mac: BACK_MAC,
+                    mtu: BACK_MTU,
+                },
+            ],
+            nexthops: [(b4, nh(b4)), (b6, nh(b6))].into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A client's UDP datagram to VIP:53 from `sport` with `payload` bytes
+    /// and DF as asked.
+    fn udp4(sport: u16, payload: usize, df: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, FRONT_MAC)
+            .ipv4(CLIENT, VIP, 64)
+            .udp(sport, 53)
+            .write(&mut v, &vec![0x5a; payload])
+            .unwrap();
+        let mut ip = crate::wire::ipv4::Packet::new_checked(&mut v[14..]).unwrap();
+        ip.set_frag(df, false, 0);
+        ip.fill_checksum();
+        v
+    }
+
+    fn udp6(sport: u16, payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, FRONT_MAC)
+            .ipv6(CLIENT6, VIP6, 64)
+            .udp(sport, 53)
+            .write(&mut v, &vec![0x5a; payload])
+            .unwrap();
+        v
+    }
+
+    /// Runs one burst of `frames` (all from the client side) at `now_ms`
+    /// and returns what was sent and the burst's counters.
+    fn burst(
+        w: &mut Worker<MemPort>,
+        flows: &FlowTable,
+        frames: &[Vec<u8>],
+        now_ms: u64,
+    ) -> (Vec<(u8, Vec<u8>)>, Stats) {
+        let snap = snapshot();
+        let aff = AffinityTable::new(64);
+        let ctx = Ctx {
+            snap: &snap,
+            flows,
+            affinity: &aff,
+            now: (now_ms / 1000) as u32,
+        };
+        for f in frames {
+            assert!(w.port().inject(0, f));
+        }
+        w.set_now_ms(now_ms);
+        assert_eq!(w.poll_once(&ctx), frames.len());
+        let sent = w.port().sent().map(|(p, b)| (p, b.to_vec())).collect();
+        w.port().clear_sent();
+        (sent, w.take_stats())
+    }
+
+    fn worker() -> Worker<MemPort> {
+        Worker::new(MemPort::new(2, 256), WorkerOpts::default())
+    }
+
+    #[test]
+    fn a_df_datagram_too_big_for_the_backend_link_gets_frag_needed() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        let total = w.port().free_frames();
+        // 28 + 1372 = 1400 bytes of IP fits; one byte more does not.
+        let fits = udp4(40000, 1372, true);
+        let big = udp4(40001, 1373, true);
+        let (sent, st) = burst(&mut w, &flows, &[fits, big.clone()], 0);
+        assert_eq!(sent.len(), 2, "{sent:02x?}");
+        assert_eq!(sent[0].0, 1, "the datagram that fits goes to the backend");
+        // The other is answered, back on the client's port.
+        let (port, out) = &sent[1];
+        assert_eq!(*port, 0);
+        assert_eq!(&out[..6], &CLIENT_MAC);
+        assert_eq!(&out[6..12], &FRONT_MAC);
+        let e = SlicedPacket::from_ethernet(out).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &e.net else {
+            panic!("{e:?}")
+        };
+        let h = ip.header();
+        assert_eq!((h.source(), h.destination()), (VIP, CLIENT));
+        assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+        let Some(TransportSlice::Icmpv4(m)) = &e.transport else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            m.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: BACK_MTU
+                }
+            )
+        );
+        assert_eq!(m.checksum(), checksum::icmpv4(m.slice()));
+        // It quotes the datagram as the client sent it (not rewritten).
+        assert_eq!(m.payload(), &big[14..14 + 28]);
+        assert_eq!(st.drops[DropReason::TooBig.index()], 1);
+        assert_eq!((st.rx, st.tx, st.icmp_too_big_sent), (2, 2, 1));
+        assert_eq!(w.port().free_frames(), total);
+    }
+
+    #[test]
+    fn an_ipv6_datagram_too_big_gets_packet_too_big() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        // 40 + 8 + 1352 = 1400 fits; 1353 does not.
+        let (sent, st) = burst(&mut w, &flows, &[udp6(40000, 1352), udp6(40001, 1353)], 0);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].0, 1);
+        let (port, out) = &sent[1];
+        assert_eq!(*port, 0);
+        let e = SlicedPacket::from_ethernet(out).unwrap();
+        let (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(m))) = (&e.net, &e.transport)
+        else {
+            panic!("{e:?}")
+        };
+        let h = ip.header();
+        assert_eq!((h.source(), h.destination()), (VIP6, CLIENT6));
+        assert_eq!(
+            m.icmp_type(),
+            Icmpv6Type::PacketTooBig {
+                mtu: u32::from(BACK_MTU)
+            }
+        );
+        assert!(m.is_checksum_valid(h.source(), h.destination()));
+        assert!(out.len() - 14 <= 1280);
+        assert_eq!(
+            (st.drops[DropReason::TooBig.index()], st.icmp_too_big_sent),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn ipv4_without_df_is_dropped_and_counted_without_an_answer() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        let total = w.port().free_frames();
+        let (sent, st) = burst(&mut w, &flows, &[udp4(40000, 1400, false)], 0);
+        assert!(sent.is_empty(), "{sent:02x?}");
+        assert_eq!(st.drops[DropReason::TooBig.index()], 1);
+        assert_eq!((st.tx, st.icmp_too_big_sent), (0, 0));
+        assert_eq!(w.port().free_frames(), total);
+    }
+
+    #[test]
+    fn answers_are_rate_limited_per_worker() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        let flood: Vec<Vec<u8>> = (0..60).map(|i| udp4(40000 + i, 1400, true)).collect();
+        // A full bucket answers its burst, then nothing.
+        let (sent, st) = burst(&mut w, &flows, &flood, 0);
+        let burst_n = TokenBucket::ICMP_BURST as usize;
+        assert_eq!(sent.len(), burst_n);
+        assert!(sent.iter().all(|(p, _)| *p == 0));
+        assert_eq!(st.drops[DropReason::TooBig.index()], 60);
+        assert_eq!(st.icmp_too_big_sent, burst_n as u64);
+        // 10 ms later at 1000/s: 10 more.
+        let (sent, st) = burst(&mut w, &flows, &flood[..30], 10);
+        assert_eq!((sent.len(), st.icmp_too_big_sent), (10, 10));
+        assert_eq!(st.drops[DropReason::TooBig.index()], 30);
+    }
+
+    #[test]
+    fn counters_name_the_too_big_drops_and_answers() {
+        let names: Vec<String> = Counters::default()
+            .snapshot()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(names.iter().any(|n| n == "drop_too_big"), "{names:?}");
+        assert!(names.iter().any(|n| n == "icmp_too_big_sent"), "{names:?}");
     }
 }

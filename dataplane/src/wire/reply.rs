@@ -63,6 +63,17 @@ pub const ICMPV4_CODE_PORT_UNREACHABLE: u8 = 3;
 /// ICMPv6 destination unreachable code "port unreachable" (RFC 4443 § 3.1).
 pub const ICMPV6_CODE_PORT_UNREACHABLE: u8 = 4;
 
+/// ICMP destination unreachable code "fragmentation needed and DF set"
+/// (RFC 792).
+pub const ICMPV4_CODE_FRAG_NEEDED: u8 = 4;
+
+/// The smallest MTU an IPv4 link may have (RFC 791: every module must
+/// forward a 68-byte datagram without fragmenting it).
+pub const ICMPV4_MIN_MTU: u16 = 68;
+
+/// The smallest MTU an IPv6 link may have (RFC 8200 § 5).
+pub const ICMPV6_MIN_MTU: u16 = 1280;
+
 /// The received packet's addresses, read from its IP header.
 #[derive(Clone, Copy)]
 enum Addrs {
@@ -106,6 +117,9 @@ struct Received {
     /// Where the received IP packet ends in the frame (before any Ethernet
     /// padding).
     ip_end: usize,
+    /// IPv4: the DF bit. IPv6: true (routers never fragment, RFC 8200
+    /// § 5).
+    dont_frag: bool,
 }
 
 /// Checks that `p` describes `frame` (EtherType and IP version agree, the
@@ -119,7 +133,7 @@ fn received(frame: &[u8], p: &Parsed) -> Option<Received> {
         return None;
     }
     let l3 = frame.get(p.l3_offset..)?;
-    let (addrs, ip_header_len, ip_len) = match (eth.ethertype(), p.ip_version) {
+    let (addrs, ip_header_len, ip_len, dont_frag) = match (eth.ethertype(), p.ip_version) {
         (ETHERTYPE_IPV4, 4) => {
             let ip = ipv4::Packet::new_checked(l3).ok()?;
             if ip.version() != 4 || ip.protocol() != p.key.proto || ip.is_fragment() {
@@ -129,7 +143,12 @@ fn received(frame: &[u8], p: &Parsed) -> Option<Received> {
                 src: ip.src_addr(),
                 dst: ip.dst_addr(),
             };
-            (addrs, ip.header_len(), usize::from(ip.total_len()))
+            (
+                addrs,
+                ip.header_len(),
+                usize::from(ip.total_len()),
+                ip.dont_frag(),
+            )
         }
         (ETHERTYPE_IPV6, 6) => {
             let ip = ipv6::Packet::new_checked(l3).ok()?;
@@ -141,7 +160,7 @@ fn received(frame: &[u8], p: &Parsed) -> Option<Received> {
                 dst: ip.dst_addr(),
             };
             let len = ipv6::HEADER_LEN + usize::from(ip.payload_len());
-            (addrs, ipv6::HEADER_LEN, len)
+            (addrs, ipv6::HEADER_LEN, len, true)
         }
         _ => return None,
     };
@@ -151,7 +170,11 @@ fn received(frame: &[u8], p: &Parsed) -> Option<Received> {
     if p.l4_offset < p.l3_offset + ip_header_len || p.l4_offset > ip_end || !addrs.unicast() {
         return None;
     }
-    Some(Received { addrs, ip_end })
+    Some(Received {
+        addrs,
+        ip_end,
+        dont_frag,
+    })
 }
 
 /// Swaps the Ethernet source and destination addresses.
@@ -311,10 +334,76 @@ fn write_bare_tcp(
 /// UDP or SCTP, or it is not unicast (see the module docs); the frame is
 /// then unchanged.
 pub fn icmp_port_unreachable(buf: &mut [u8], len: usize, p: &Parsed) -> Option<usize> {
+    let r = received(buf.get(..len)?, p)?;
+    let (v4, v6) = (
+        (icmp::V4_DEST_UNREACHABLE, ICMPV4_CODE_PORT_UNREACHABLE),
+        (icmp::V6_DEST_UNREACHABLE, ICMPV6_CODE_PORT_UNREACHABLE),
+    );
+    // The 4 bytes after the checksum are unused: zero (no RFC 4884 length,
+    // no next-hop MTU).
+    write_icmp_error(buf, p, &r, v4, v6, [0; 4])
+}
+
+/// Rewrites the frame into the error a router sends for a packet larger
+/// than the next hop's MTU, back to its sender: ICMP destination
+/// unreachable / fragmentation needed and DF set (type 3 code 4, RFC 792)
+/// with the next-hop MTU in the low 16 bits of the second word (RFC 1191
+/// § 4), or ICMPv6 packet too big (type 2 code 0, RFC 4443 § 3.2) with the
+/// MTU as its 32-bit field. The sender's path MTU discovery (RFC 1191,
+/// RFC 8201) then lowers its packets to `mtu`.
+///
+/// It comes from the address the packet was sent to (the VIP for a
+/// client) and quotes what [`icmp_port_unreachable`] quotes: for IPv4 the
+/// IP header and 8 bytes of data, which is what the sender's stack reads
+/// to find the connection (Linux `icmp_unreach` → `tcp_v4_err` /
+/// `__udp4_lib_err`); for IPv6 as much as fits in 1280 bytes.
+///
+/// Returns the new frame length, or `None`, with the frame unchanged,
+/// where [`icmp_port_unreachable`] does, and also for an IPv4 packet
+/// without DF (a router would fragment it; the caller drops it) and for
+/// an `mtu` below the minimum of the family (68 for IPv4, RFC 791; 1280
+/// for IPv6, RFC 8200 § 5), which no link may have.
+pub fn icmp_too_big(buf: &mut [u8], len: usize, p: &Parsed, mtu: u16) -> Option<usize> {
+    let r = received(buf.get(..len)?, p)?;
+    let min_mtu = match r.addrs {
+        Addrs::V4 { .. } => ICMPV4_MIN_MTU,
+        Addrs::V6 { .. } => ICMPV6_MIN_MTU,
+    };
+    if !r.dont_frag || mtu < min_mtu {
+        return None;
+    }
+    let word = match r.addrs {
+        Addrs::V4 { .. } => {
+            let m = mtu.to_be_bytes();
+            [0, 0, m[0], m[1]]
+        }
+        Addrs::V6 { .. } => u32::from(mtu).to_be_bytes(),
+    };
+    write_icmp_error(
+        buf,
+        p,
+        &r,
+        (icmp::V4_DEST_UNREACHABLE, ICMPV4_CODE_FRAG_NEEDED),
+        (icmp::V6_PACKET_TOO_BIG, 0),
+        word,
+    )
+}
+
+/// Writes an ICMP (`v4`: type, code) or ICMPv6 (`v6`) error about the
+/// received packet `r` back to its sender, with `word` as the four bytes
+/// after the checksum, quoting as [`icmp_port_unreachable`] documents.
+/// Returns the new frame length, or `None` with the frame unchanged.
+fn write_icmp_error(
+    buf: &mut [u8],
+    p: &Parsed,
+    r: &Received,
+    v4: (u8, u8),
+    v6: (u8, u8),
+    word: [u8; 4],
+) -> Option<usize> {
     if !matches!(p.key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return None;
     }
-    let r = received(buf.get(..len)?, p)?;
     let l3 = p.l3_offset;
     let received_len = r.ip_end - l3; // received() checked l3 < ip_end
     let ip_len = r.addrs.header_len();
@@ -344,17 +433,9 @@ pub fn icmp_port_unreachable(buf: &mut [u8], len: usize, p: &Parsed) -> Option<u
     // Every check is done: move the quote out of the way, then write.
     buf.copy_within(l3..l3 + quote, l3 + head);
     swap_macs(buf);
-    let (protocol, msg_type, code) = match r.addrs {
-        Addrs::V4 { .. } => (
-            proto::ICMP,
-            icmp::V4_DEST_UNREACHABLE,
-            ICMPV4_CODE_PORT_UNREACHABLE,
-        ),
-        Addrs::V6 { .. } => (
-            proto::ICMPV6,
-            icmp::V6_DEST_UNREACHABLE,
-            ICMPV6_CODE_PORT_UNREACHABLE,
-        ),
+    let (protocol, (msg_type, code)) = match r.addrs {
+        Addrs::V4 { .. } => (proto::ICMP, v4),
+        Addrs::V6 { .. } => (proto::ICMPV6, v6),
     };
     write_ip(
         buf.get_mut(l3..l3 + ip_len)?,
@@ -363,10 +444,9 @@ pub fn icmp_port_unreachable(buf: &mut [u8], len: usize, p: &Parsed) -> Option<u
         payload_len,
     );
     let msg = buf.get_mut(l3 + ip_len..message_end)?;
-    // Type, code, checksum, and the 4 unused bytes (zero: no RFC 4884
-    // length, no next-hop MTU).
+    // Type, code, checksum (filled below), then `word`.
     if let Some(h) = msg.get_mut(..icmp::HEADER_LEN) {
-        h.copy_from_slice(&[msg_type, code, 0, 0, 0, 0, 0, 0]);
+        h.copy_from_slice(&[msg_type, code, 0, 0, word[0], word[1], word[2], word[3]]);
     }
     let mut m = icmp::Packet::new_unchecked(msg);
     match r.addrs {
@@ -1013,6 +1093,12 @@ mod tests {
                 prop_assert_eq!(&b, &buf);
             }
             let mut b = buf.clone();
+            if let Some(n) = icmp_too_big(&mut b, len, &p, 1400) {
+                prop_assert!(n <= cap);
+            } else {
+                prop_assert_eq!(&b, &buf);
+            }
+            let mut b = buf.clone();
             if let Some(n) = icmp_port_unreachable(&mut b, len, &p) {
                 prop_assert!(n <= cap);
             } else {
@@ -1024,8 +1110,152 @@ mod tests {
                 let _ = tcp_rst(&mut b, len, &p);
                 let mut b = buf.clone();
                 let _ = icmp_port_unreachable(&mut b, len, &p);
+                let mut b = buf.clone();
+                let _ = icmp_too_big(&mut b, len, &p, 1280);
             }
         }
+    }
+
+    /// `f` with the IPv4 DF bit set or cleared (header checksum refreshed).
+    fn with_df(f: &[u8], df: bool) -> Vec<u8> {
+        let mut g = f.to_vec();
+        let l3 = parse(f).unwrap().l3_offset;
+        let mut ip = ipv4::Packet::new_checked(&mut g[l3..]).unwrap();
+        ip.set_frag(df, false, 0);
+        ip.fill_checksum();
+        g
+    }
+
+    /// Answers `orig` with a too-big error for `mtu` in a UMEM-sized buffer
+    /// and checks everything but the quote's length against the received
+    /// frame: addresses, TTL, checksums, type and code, the MTU field, and
+    /// that the quote is the received packet's start with the client's
+    /// ports. Returns the answer.
+    fn too_big_of(orig: &[u8], mtu: u16) -> Vec<u8> {
+        let p0 = parse(orig).unwrap();
+        let mut buf = orig.to_vec();
+        buf.resize(FRAME_CAP, 0x55);
+        let n = icmp_too_big(&mut buf, orig.len(), &p0, mtu).expect("an answer");
+        let out = &buf[..n];
+        let v4 = p0.ip_version == 4;
+        let icmp_proto = if v4 { proto::ICMP } else { proto::ICMPV6 };
+        let e = check_common(orig, out, icmp_proto).unwrap();
+        let l3 = p0.l3_offset;
+        let quoted = match (&e.net, &e.transport) {
+            (Some(NetSlice::Ipv4(_)), Some(TransportSlice::Icmpv4(m))) => {
+                assert_eq!(
+                    m.icmp_type(),
+                    Icmpv4Type::DestinationUnreachable(
+                        icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }
+                    )
+                );
+                assert_eq!(m.checksum(), m.icmp_type().calc_checksum(m.payload()));
+                assert_eq!(m.checksum(), checksum::icmpv4(m.slice()));
+                // RFC 1191 § 4: the unused high half of the word is zero.
+                assert_eq!(&m.bytes5to8()[..2], &[0, 0]);
+                // RFC 792: the header and 8 bytes of data.
+                assert_eq!(m.payload().len(), p0.l4_offset - l3 + 8);
+                m.payload().to_vec()
+            }
+            (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(m))) => {
+                assert_eq!(
+                    m.icmp_type(),
+                    Icmpv6Type::PacketTooBig {
+                        mtu: u32::from(mtu)
+                    }
+                );
+                let h = ip.header();
+                assert!(m.is_checksum_valid(h.source(), h.destination()));
+                // RFC 4443 § 2.4 (c): as much as fits in 1280 bytes.
+                let whole = orig.len() - l3;
+                assert_eq!(m.payload().len(), whole.min(ICMPV6_MAX_PACKET - 48));
+                m.payload().to_vec()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(&quoted[..], &orig[l3..l3 + quoted.len()]);
+        let at = p0.l4_offset - l3;
+        let ports = (
+            u16::from_be_bytes([quoted[at], quoted[at + 1]]),
+            u16::from_be_bytes([quoted[at + 2], quoted[at + 3]]),
+        );
+        assert_eq!(ports, (p0.key.sport, p0.key.dport));
+        out.to_vec()
+    }
+
+    #[test]
+    fn too_big_v4_with_df_says_the_next_hop_mtu() {
+        let seg = Tcp {
+            seq: 7,
+            ack: Some(9),
+            syn: false,
+            fin: false,
+            rst: false,
+        };
+        for vlan in [None, Some(12)] {
+            for tcp in [Some(seg), None] {
+                let f = with_df(&frame(false, vlan, tcp, &[0xab; 1460]), true);
+                let out = too_big_of(&f, 1400);
+                // 14 (+4) Ethernet, 20 IP, 8 ICMP, 20 + 8 quoted.
+                assert_eq!(out.len(), parse(&f).unwrap().l3_offset + 56);
+                // The MTU field, byte for byte: 1400 = 0x0578.
+                let icmp = parse(&f).unwrap().l3_offset + 20;
+                assert_eq!(&out[icmp..icmp + 8][..2], &[3, 4]);
+                assert_eq!(&out[icmp + 4..icmp + 8], &[0, 0, 0x05, 0x78]);
+            }
+        }
+    }
+
+    #[test]
+    fn too_big_v6_says_the_mtu_and_quotes_up_to_1280_bytes() {
+        for vlan in [None, Some(12)] {
+            for tcp in [Some(SYN), None] {
+                let f = frame(true, vlan, tcp, &[0xcd; 1440]);
+                let out = too_big_of(&f, 1400);
+                let l3 = parse(&f).unwrap().l3_offset;
+                assert_eq!(out.len(), l3 + ICMPV6_MAX_PACKET);
+                assert_eq!(&out[l3 + 40..l3 + 48], {
+                    let c = &out[l3 + 42..l3 + 44];
+                    &[2, 0, c[0], c[1], 0, 0, 0x05, 0x78][..]
+                });
+            }
+        }
+        // A short packet is quoted whole.
+        let f = frame(true, None, None, &[1; 100]);
+        let out = too_big_of(&f, 1280);
+        assert_eq!(out.len(), f.len() + 48);
+    }
+
+    #[test]
+    fn too_big_refusals_leave_the_frame_alone() {
+        let big = &[0u8; 1460];
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            // IPv4 without DF: a router fragments it; we drop it.
+            (with_df(&frame(false, None, None, big), false), 1400),
+            (with_df(&frame(false, None, Some(SYN), big), false), 1400),
+            // No link has an MTU below the family's minimum.
+            (with_df(&frame(false, None, None, big), true), 67),
+            (frame(true, None, None, big), 1279),
+        ];
+        for (f, mtu) in cases {
+            let p = parse(&f).unwrap();
+            let mut buf = f.clone();
+            buf.resize(FRAME_CAP, 0x55);
+            let before = buf.clone();
+            assert_eq!(icmp_too_big(&mut buf, f.len(), &p, mtu), None, "mtu {mtu}");
+            assert_eq!(buf, before);
+        }
+        // An ICMP error is never answered with one (RFC 1122 § 3.2.2).
+        let mut f = with_df(&frame(false, None, None, big), true);
+        let mut p = parse(&f).unwrap();
+        p.key.proto = proto::ICMP;
+        f[p.l3_offset + 9] = proto::ICMP;
+        let mut buf = f.clone();
+        buf.resize(FRAME_CAP, 0);
+        assert_eq!(icmp_too_big(&mut buf, f.len(), &p, 1400), None);
+        // The minimum MTUs themselves are answered.
+        too_big_of(&with_df(&frame(false, None, None, big), true), 68);
+        too_big_of(&frame(true, None, None, big), 1280);
     }
 }
 
