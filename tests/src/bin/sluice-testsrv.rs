@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
-//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1]
+//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1] [--size BYTES]
 //! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
+//! sluice-testsrv bulk-put ADDR:PORT --bytes N [--timeout-ms T]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
 //! sluice-testsrv sctp-send ADDR:PORT [--count N] [--src-port P] [--bind IP]
 //! sluice-testsrv sctp-capture --ms N
@@ -22,7 +23,12 @@
 //!   deterministic stream (xorshift64 seeded from `n`) at about `rate` bytes/s
 //!   and closes. The client checks every byte against the same generator and
 //!   prints `ok <bytes> <fnv1a-64 hex>`, so a transfer that crosses a config
-//!   reload is proven intact, not just complete.
+//!   reload is proven intact, not just complete. The other way round, the
+//!   client sends `RECV <n>\n` and then `n` bytes of the same stream; the
+//!   server checks every byte and answers `ok <n> <fnv1a-64 hex>\n` (or
+//!   `bad ...`).
+//! * bulk-put: that upload; prints the server's answer and the path MTU the
+//!   client's kernel holds for the connection: `ok <n> <hex> pmtu=<mtu>`.
 //!
 //! * udp-query: one connected socket, one datagram and one reply per
 //!   `--count`; replies are printed one a line. When a query gets no reply
@@ -30,7 +36,13 @@
 //!   for the flow; exit status 3) or `timeout` (exit status 4) on stdout,
 //!   with details on stderr. `--icmp-detail 1` sets `IP_RECVERR` and, on a
 //!   refusal, first prints the queued ICMP error: `icmp-error errno=111
-//!   origin=2 type=3 code=3 offender=<outer source> quoted=<payload bytes>`.
+//!   origin=2 type=3 code=3 offender=<outer source> quoted=<payload bytes>
+//!   info=<ee_info>` (the MTU, for a too-big error). `--size BYTES` pads
+//!   each query to that many bytes of UDP payload; the kernel sets DF
+//!   (path MTU discovery), so a query too big for the path gets ICMP
+//!   fragmentation needed / packet too big, which the socket reports as
+//!   `too-big (EMSGSIZE)` (exit status 5; with `--icmp-detail 1` after the
+//!   ICMP error line).
 //! * udp-stream: one connected UDP socket sends a datagram every
 //!   `--interval-ms` (default 200), `--count` times, and prints one line per
 //!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
@@ -169,6 +181,7 @@ fn main() -> ExitCode {
         "serve" => serve(&args),
         "udp-query" => udp_query(&args),
         "bulk-get" => bulk_get(&args),
+        "bulk-put" => bulk_put(&args),
         "udp-stream" => udp_stream(&args),
         "sctp-send" => sctp_send(&args),
         "sctp-capture" => sctp_capture(&args),
@@ -286,6 +299,18 @@ fn handle_bulk(s: TcpStream, _name: &str, _peer: SocketAddr) {
         return;
     }
     let mut parts = line.split_whitespace();
+    if line.starts_with("RECV ") {
+        let Some(Ok(n)) = parts.nth(1).map(str::parse::<u64>) else {
+            return;
+        };
+        let answer = match receive_stream(&mut reader, n) {
+            Ok(hash) => format!("ok {n} {hash:016x}\n"),
+            Err(e) => format!("bad {e}\n"),
+        };
+        let mut s = s;
+        let _ = s.write_all(answer.as_bytes());
+        return;
+    }
     let (Some("SEND"), Some(n), Some(rate)) = (parts.next(), parts.next(), parts.next()) else {
         return;
     };
@@ -293,6 +318,85 @@ fn handle_bulk(s: TcpStream, _name: &str, _peer: SocketAddr) {
         return;
     };
     let _ = send_stream(s, n, rate);
+}
+
+/// Reads `n` bytes of the bulk stream for `n` and checks each one; returns
+/// their FNV-1a hash.
+fn receive_stream(r: &mut impl Read, n: u64) -> Result<u64, String> {
+    let mut gen = Stream::new(n);
+    let mut fnv = Fnv::new();
+    let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut got = 0u64;
+    while got < n {
+        let room = (n - got).min(buf.len() as u64) as usize;
+        let k = match r.read(&mut buf[..room]) {
+            Ok(0) => return Err(format!("short: {got} of {n} bytes")),
+            Ok(k) => k,
+            Err(e) => return Err(format!("read after {got} of {n} bytes: {e}")),
+        };
+        gen.fill(&mut want[..k]);
+        if let Some(i) = (0..k).find(|&i| buf[i] != want[i]) {
+            return Err(format!("corrupt byte at offset {}", got + i as u64));
+        }
+        fnv.update(&buf[..k]);
+        got += k as u64;
+    }
+    Ok(fnv.0)
+}
+
+/// `bulk-put`: uploads `--bytes` of the bulk stream and prints the
+/// server's verdict with the connection's path MTU (`IP_MTU`).
+fn bulk_put(args: &Args) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let addr = args.addr()?;
+    let bytes = args.num("bytes", None)?;
+    let timeout = Duration::from_millis(args.num("timeout-ms", Some(30_000))?);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("RECV {bytes}\n").as_bytes())
+        .map_err(|e| format!("send request: {e}"))?;
+    let mut gen = Stream::new(bytes);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let k = (bytes - sent).min(chunk.len() as u64) as usize;
+        gen.fill(&mut chunk[..k]);
+        s.write_all(&chunk[..k])
+            .map_err(|e| format!("write after {sent} of {bytes} bytes: {e}"))?;
+        sent += k as u64;
+    }
+    let mut answer = String::new();
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer after sending {bytes} bytes: {e}"))?;
+    let (level, opt) = match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `mtu` and `len` are valid for an int option; the fd is open.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!("IP_MTU: {}", std::io::Error::last_os_error()));
+    }
+    println!("{} pmtu={mtu}", answer.trim_end());
+    if !answer.starts_with("ok ") {
+        return Err(format!("server: {}", answer.trim_end()));
+    }
+    Ok(())
 }
 
 fn send_stream(mut s: TcpStream, n: u64, rate: u64) -> std::io::Result<()> {
@@ -332,6 +436,7 @@ fn udp_query(args: &Args) -> Res<()> {
     let count = args.num("count", Some(1))?;
     let timeout = Duration::from_millis(args.num("timeout-ms", Some(2000))?);
     let icmp_detail = args.num("icmp-detail", Some(0))? != 0;
+    let size = args.num("size", Some(0))? as usize;
     let s = UdpSocket::bind((args.bind_ip()?, 0)).map_err(|e| format!("bind: {e}"))?;
     // A connected socket only accepts datagrams from `addr`: a reply from
     // any other source (a missing reverse NAT) is never received.
@@ -344,13 +449,17 @@ fn udp_query(args: &Args) -> Res<()> {
     }
     let mut buf = [0u8; 2048];
     for i in 0..count {
-        s.send(format!("query {i}").as_bytes())
-            .map_err(|e| format!("send {i}: {e}"))?;
+        let mut q = format!("query {i}").into_bytes();
+        if q.len() < size {
+            q.resize(size, b'.');
+        }
+        s.send(&q).map_err(|e| format!("send {i}: {e}"))?;
         match s.recv(&mut buf) {
             Ok(n) => println!("{}", String::from_utf8_lossy(&buf[..n])),
             Err(e) => {
                 let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-                if refused && icmp_detail {
+                let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
+                if (refused || too_big) && icmp_detail {
                     match read_icmp_error(&s) {
                         Ok(line) => println!("{line}"),
                         Err(d) => eprintln!("sluice-testsrv udp-query: no ICMP detail: {d}"),
@@ -362,6 +471,8 @@ fn udp_query(args: &Args) -> Res<()> {
                 );
                 let (what, code) = if refused {
                     ("refused (ECONNREFUSED)", UDP_REFUSED)
+                } else if too_big {
+                    ("too-big (EMSGSIZE)", UDP_TOO_BIG)
                 } else if timed_out {
                     ("timeout", UDP_TIMEOUT)
                 } else {
@@ -387,6 +498,9 @@ fn udp_query(args: &Args) -> Res<()> {
 const UDP_REFUSED: i32 = 3;
 /// Exit status of `udp-query` when no reply came within the timeout.
 const UDP_TIMEOUT: i32 = 4;
+/// Exit status of `udp-query` when the socket reported EMSGSIZE (an ICMP
+/// fragmentation needed / packet too big arrived for the flow).
+const UDP_TOO_BIG: i32 = 5;
 
 /// `IP_RECVERR` (`IPV6_RECVERR`): ICMP errors are queued with their details
 /// (`--icmp-detail 1`).
@@ -462,8 +576,8 @@ fn read_icmp_error(s: &UdpSocket) -> Res<String> {
                     _ => "none".to_string(),
                 };
                 return Ok(format!(
-                    "icmp-error errno={} origin={} type={} code={} offender={offender} quoted={n}",
-                    e.ee_errno, e.ee_origin, e.ee_type, e.ee_code
+                    "icmp-error errno={} origin={} type={} code={} offender={offender} quoted={n} info={}",
+                    e.ee_errno, e.ee_origin, e.ee_type, e.ee_code, e.ee_info
                 ));
             }
             c = libc::CMSG_NXTHDR(&msg, c);
