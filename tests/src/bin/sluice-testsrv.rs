@@ -830,7 +830,7 @@ fn sctp_capture(args: &Args) -> Res<()> {
 }
 
 fn from_hex(h: &str) -> Res<Vec<u8>> {
-    if h.len() % 2 != 0 {
+    if !h.len().is_multiple_of(2) {
         return Err(format!("odd-length hex: {h}"));
     }
     (0..h.len())
