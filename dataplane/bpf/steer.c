@@ -94,7 +94,7 @@
 #define MAX_VIPS 65536
 #define MAX_BACKENDS 65536
 #define MAX_SNAT_ADDRS 256
-#define MAX_LOCAL_ADDRS 1024
+#define MAX_LOCAL_ADDRS 4096
 /* IPv6 extension headers skipped in a packet (parse.rs MAX_IPV6_EXT_HEADERS)
  * and in the packet an ICMPv6 error quotes (icmp_error.rs
  * MAX_INNER_EXT_HEADERS). */

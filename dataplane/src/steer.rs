@@ -130,7 +130,7 @@ pub const MAX_BACKENDS: usize = 65536;
 /// Capacity of the `snat_addrs` map.
 pub const MAX_SNAT_ADDRS: usize = 256;
 /// Capacity of the `local_addrs` map.
-pub const MAX_LOCAL_ADDRS: usize = 1024;
+pub const MAX_LOCAL_ADDRS: usize = 4096;
 
 /// Length of a `vips` / `backends` key.
 const L4_KEY_LEN: usize = 20;

@@ -25,7 +25,9 @@
 //! is ignored; a longer one means a truncated frame.
 //!
 //! Fragments are refused ([`ParseError::Fragment`]): only the first carries
-//! the ports, so a load balancer cannot steer the others by 5-tuple.
+//! the ports, so a load balancer cannot steer the others by 5-tuple. The
+//! steering program passes them all to the kernel, so none is steered here
+//! in the first place; the refusal guards against any that come otherwise.
 //!
 //! [`parse`] accepts any byte slice and never panics; every failure is a
 //! [`ParseError`], whose [`ParseError::index`] indexes a drop counter.
