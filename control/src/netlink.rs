@@ -408,16 +408,32 @@ fn probe(dst: IpAddr, ifindex: u32) -> io::Result<()> {
 /// [`NetlinkError::Socket`], [`NetlinkError::Kernel`] or
 /// [`NetlinkError::Decode`].
 pub fn addresses(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-    let request = format!("RTM_GETADDR dump for ifindex {ifindex}");
+    dump_addresses(Some(ifindex))
+}
+
+/// Every address of every interface of the namespace (`ip addr show`),
+/// with prefix lengths, as [`addresses`] reads them.
+///
+/// # Errors
+/// As [`addresses`].
+pub fn all_addresses() -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+    dump_addresses(None)
+}
+
+fn dump_addresses(ifindex: Option<u32>) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+    let request = match ifindex {
+        Some(i) => format!("RTM_GETADDR dump for ifindex {i}"),
+        None => "RTM_GETADDR dump".to_string(),
+    };
     let mut msg = AddressMessage::default();
-    msg.header.index = ifindex;
+    msg.header.index = ifindex.unwrap_or(0);
     let answers = exchange(RouteNetlinkMessage::GetAddress(msg), true, &request)?;
     let mut out = Vec::new();
     for m in answers {
         let RouteNetlinkMessage::NewAddress(a) = m else {
             continue;
         };
-        if a.header.index != ifindex {
+        if ifindex.is_some_and(|i| a.header.index != i) {
             continue;
         }
         let mut local = None;

@@ -308,7 +308,24 @@ fn apply_steer(
     sets: &SteerSets,
     ports: (u16, u16),
 ) -> Result<(), SteerError> {
+    // The host's addresses first, so that no reply to the host's own
+    // connection to a new endpoint is taken meanwhile. Re-read at every
+    // apply (start and each reload).
+    let local = match netlink::all_addresses() {
+        Ok(a) => Some(
+            a.into_iter()
+                .map(|(ip, _)| Addr::from(ip))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => {
+            warn!("cannot list the host's addresses ({e}); keeping the previous set");
+            None
+        }
+    };
     for s in steering.iter_mut() {
+        if let Some(local) = &local {
+            s.set_local_addrs(local)?;
+        }
         s.set_vips(&sets.vips)?;
         s.set_backends(&sets.backends)?;
         s.set_snat(&sets.snat, ports)?;
@@ -748,6 +765,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             Ok(s) => {
                 println!("counter xdp_redirected_{} {}", l.name, s.redirected);
                 println!("counter xdp_passed_{} {}", l.name, s.passed);
+                println!(
+                    "counter xdp_fragments_passed_{} {}",
+                    l.name, s.fragments_passed
+                );
             }
             Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
         }

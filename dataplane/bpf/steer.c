@@ -4,32 +4,52 @@
  *
  * Sends only load-balancer traffic (and ICMP errors about it) to the AF_XDP
  * sockets and passes everything else (ARP, ping, neighbour discovery, SSH,
- * routing protocols, ...) to the kernel.
+ * routing protocols, the host's own connections, fragments, ...) to the
+ * kernel. What it redirects and what the workers' parser
+ * (dataplane/src/wire/parse.rs) accepts follow one case table, in the
+ * module doc of dataplane/src/steer.rs: this program finds the L4 header
+ * exactly where the parser does, and judges a frame by its addresses and
+ * ports only; whether a redirected frame is well-formed (checksums, options,
+ * TCP flags, tags, routing headers) is the parser's and the pipeline's to
+ * decide, which drop and count what they refuse.
  *
  * A frame is redirected to the AF_XDP socket of its receive queue
  * (XSKMAP `xsks`, indexed by ctx->rx_queue_index) when it is TCP, UDP or
  * SCTP over IPv4 or IPv6 and
- *   (a) (dst addr, dst port, proto) is in `vips`            (client → VIP), or
- *   (b) (src addr, src port, proto) is in `backends`        (endpoint → LB), or
+ *   (a) (dst addr, dst port, proto) is in `vips`            (client -> VIP), or
+ *   (b) (src addr, src port, proto) is in `backends` and dst addr is not
+ *       in `local_addrs`           (endpoint -> client, not masqueraded), or
  *   (c) dst addr is in `snat_addrs` and the dst port lies in
- *       [snat_range.lo, snat_range.hi]                     (reply to a SNATed flow).
+ *       [snat_range.lo, snat_range.hi]          (reply to a masqueraded flow).
+ * Rule (b) leaves out replies to the host's own connections (health checks,
+ * an operator's curl to an endpoint): those go to one of the host's
+ * addresses, and a flow of Sluice's only ever gets a reply at a host
+ * address when it is masqueraded, i.e. at a SNAT address with a port in the
+ * SNAT range, which (c) matches. The SNAT range lies outside the kernel's
+ * ip_local_port_range, so the host's own ports never fall in it.
+ *
  * An ICMP error (IPv4: destination unreachable 3, time exceeded 11,
  * parameter problem 12; ICMPv6: destination unreachable 1, packet too big 2,
  * time exceeded 3, parameter problem 4) is redirected when the packet it
  * quotes -- one the load balancer or a client sent -- belongs to such a
- * flow, judged with the same maps in the reverse sense:
- *   (a') (quoted dst addr, quoted dst port, proto) is in `backends`
- *        (an error from/about an endpoint, e.g. its host's port unreachable),
- *   (b') (quoted src addr, quoted src port, proto) is in `vips`
- *        (an error about a reply sent from a VIP, e.g. client unreachable),
- *   (c') quoted src addr is in `snat_addrs` and the quoted src port lies in
- *        the SNAT range                      (an error about a masqueraded packet);
- * i.e. when the quoted packet, reversed, would match (a), (b) or (c). The
- * quote must hold the inner IP header (of the outer family; IPv4 with IHL,
- * first fragment only; IPv6 fixed header with TCP, UDP or SCTP as next
- * header) and 8 bytes of the inner L4 header. Every other ICMP/ICMPv6
- * message (echo, neighbour discovery, router advertisements, errors about
- * host traffic) and ICMP in an IPv4 fragment passes to the kernel.
+ * flow, judged with the same rules in the reverse sense, i.e. when the
+ * quoted packet, reversed, would match (a), (b) or (c). The quote must hold
+ * the inner IP header (of the outer family; IPv4 with IHL, first fragment
+ * only; IPv6 with at most MAX_INNER_EXT extension headers before TCP, UDP or
+ * SCTP) and 8 bytes of the inner L4 header. Every other ICMP/ICMPv6 message
+ * (echo, neighbour discovery, router advertisements, errors about host
+ * traffic) and ICMP in an IPv4 fragment passes to the kernel.
+ *
+ * Parsing, as the parser does: Ethernet with at most one tag (802.1Q or
+ * 802.1ad; a frame with two tags is not IP here and passes); IPv4 with its
+ * options skipped through IHL; IPv6 with up to MAX_EXT Hop-by-Hop,
+ * Routing and Destination Options headers skipped (more than that passes).
+ * Every IPv4 fragment (MF set or a non-zero offset, the first one too) and
+ * every IPv6 packet with a Fragment header passes to the kernel, counted in
+ * stats[3]: the data path has no fragment table yet, and the fragments of
+ * one datagram must not be split between Sluice and the kernel (only the
+ * first carries ports).
+ *
  * If no socket is registered for the queue, bpf_redirect_map falls back to
  * XDP_PASS (kernel >= 5.3), so the kernel never loses a frame to a missing
  * socket.
@@ -41,12 +61,14 @@
  *   bytes 16..18 port in NETWORK byte order (copied from the L4 header as is)
  *   byte  18     IP protocol number
  *   byte  19     zero
- * `snat_addrs` keys are the 16 address bytes alone (value: any byte).
+ * `snat_addrs` and `local_addrs` keys are the 16 address bytes alone
+ * (value: any byte).
  * `snat_range[0]` holds lo and hi as two u16 in HOST byte order (compared
  * after bpf_ntohs); hi == 0 (the initial all-zero value) or lo > hi disables
  * rule (c). Values of `vips` and `backends` are one byte, ignored.
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
- * errors redirected (also counted in [0]).
+ * errors redirected (also counted in [0]), [3] fragments passed (also
+ * counted in [1]).
  *
  * Direct-routing services (forwarding method dr): the client's packets
  * match (a) as for NAT. The backend answers the client directly, from
@@ -59,10 +81,6 @@
  * endpoint's. An ICMP error about such a reply (quoting VIP -> client) is
  * steered by (b'), and the workers hand it to the backend that owns the
  * VIP, unchanged but for the MACs.
- *
- * Parsing: Ethernet, at most one 802.1Q/802.1ad tag, IPv4 (options skipped
- * through IHL; non-first fragments pass, they carry no ports) and IPv6 with
- * the L4 header as the first next header (extension headers pass).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -76,6 +94,12 @@
 #define MAX_VIPS 65536
 #define MAX_BACKENDS 65536
 #define MAX_SNAT_ADDRS 256
+#define MAX_LOCAL_ADDRS 4096
+/* IPv6 extension headers skipped in a packet (parse.rs MAX_IPV6_EXT_HEADERS)
+ * and in the packet an ICMPv6 error quotes (icmp_error.rs
+ * MAX_INNER_EXT_HEADERS). */
+#define MAX_EXT 8
+#define MAX_INNER_EXT 4
 
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
@@ -83,6 +107,12 @@
 #ifndef IPPROTO_ICMPV6
 #define IPPROTO_ICMPV6 58
 #endif
+
+/* IPv6 next-header values (RFC 8200 § 4). */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
 
 #define ICMP_DEST_UNREACH 3
 #define ICMP_TIME_EXCEEDED 11
@@ -111,7 +141,8 @@ enum {
 	STAT_REDIRECTED = 0,
 	STAT_PASSED = 1,
 	STAT_ICMP_REDIRECTED = 2,
-	STAT_MAX = 3,
+	STAT_FRAGMENT_PASSED = 3,
+	STAT_MAX = 4,
 };
 
 struct {
@@ -143,6 +174,13 @@ struct {
 } snat_addrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LOCAL_ADDRS);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -160,6 +198,14 @@ struct {
 struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;
+};
+
+/* The generic start of Hop-by-Hop, Routing and Destination Options headers
+ * (RFC 8200 § 4.3-4.6): next header, length in 8-byte units not counting
+ * the first 8. */
+struct ext_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen;
 };
 
 /* The first four bytes of TCP, UDP and SCTP headers are the ports. */
@@ -215,10 +261,12 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 	if (bpf_map_lookup_elem(&vips, &k))
 		return 1;
 
-	/* (b) from an endpoint */
+	/* (b) from an endpoint to a client; a reply to one of the host's own
+	 * addresses is Sluice's only through (c) */
 	__builtin_memcpy(k.addr, saddr, 16);
 	k.port = p->src;
-	if (bpf_map_lookup_elem(&backends, &k))
+	if (bpf_map_lookup_elem(&backends, &k) &&
+	    !bpf_map_lookup_elem(&local_addrs, daddr))
 		return 1;
 
 	/* (c) reply to a masqueraded flow */
@@ -236,6 +284,35 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 static __always_inline int is_l4_proto(__u8 proto)
 {
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+static __always_inline int is_ext_hdr(__u8 nh)
+{
+	return nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST;
+}
+
+/*
+ * Skips up to `max` IPv6 extension headers of the generic layout starting
+ * at `cur`, whose type is *nexthdr. Returns the header after them, with its
+ * type in *nexthdr, or 0 when a header runs past the frame or more than
+ * `max` follow one another (the parser refuses those, so they pass).
+ */
+static __always_inline void *skip_ext_hdrs(void *cur, void *data_end, __u8 *nexthdr,
+					   const int max)
+{
+	int i;
+
+	for (i = 0; i < max; i++) {
+		struct ext_hdr *eh = cur;
+
+		if (!is_ext_hdr(*nexthdr))
+			return cur;
+		if ((void *)(eh + 1) > data_end)
+			return 0;
+		*nexthdr = eh->nexthdr;
+		cur += ((__u32)eh->hdrlen + 1) * 8;
+	}
+	return is_ext_hdr(*nexthdr) ? 0 : cur;
 }
 
 /*
@@ -266,7 +343,9 @@ static __always_inline int is_lb_icmp_error(void *icmp, void *data_end, int v6)
 		proto = in6->nexthdr;
 		__builtin_memcpy(qsaddr, &in6->saddr, 16);
 		__builtin_memcpy(qdaddr, &in6->daddr, 16);
-		q = (void *)(in6 + 1);
+		q = skip_ext_hdrs((void *)(in6 + 1), data_end, &proto, MAX_INNER_EXT);
+		if (!q)
+			return 0;
 	} else {
 		struct iphdr *in = (void *)(ih + 1);
 		__u32 ihl;
@@ -337,15 +416,12 @@ int sluice_steer(struct xdp_md *ctx)
 		ihl = ip->ihl * 4;
 		if (ip->version != 4 || ihl < sizeof(*ip))
 			return count(STAT_PASSED, XDP_PASS);
-		/* Non-first fragments carry no L4 header. */
-		if (ip->frag_off & bpf_htons(IP_OFFSET))
-			return count(STAT_PASSED, XDP_PASS);
+		/* Every fragment, the first too: see the header comment. */
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			goto fragment;
 		proto = ip->protocol;
-		/* ICMP: only errors about LB flows, and never a fragment (the
-		 * kernel reassembles those). */
+		/* ICMP: only errors about LB flows. */
 		if (proto == IPPROTO_ICMP) {
-			if (ip->frag_off & bpf_htons(IP_MF))
-				return count(STAT_PASSED, XDP_PASS);
 			icmp = (void *)ip + ihl;
 			goto icmp_error;
 		}
@@ -360,14 +436,18 @@ int sluice_steer(struct xdp_md *ctx)
 		if (ip6->version != 6)
 			return count(STAT_PASSED, XDP_PASS);
 		proto = ip6->nexthdr;
+		p = skip_ext_hdrs((void *)(ip6 + 1), data_end, &proto, MAX_EXT);
+		if (!p)
+			return count(STAT_PASSED, XDP_PASS);
+		if (proto == NEXTHDR_FRAGMENT)
+			goto fragment;
 		if (proto == IPPROTO_ICMPV6) {
-			icmp = (void *)(ip6 + 1);
+			icmp = p;
 			icmp_v6 = 1;
 			goto icmp_error;
 		}
 		__builtin_memcpy(saddr, &ip6->saddr, 16);
 		__builtin_memcpy(daddr, &ip6->daddr, 16);
-		p = (void *)(ip6 + 1);
 	} else {
 		return count(STAT_PASSED, XDP_PASS);
 	}
@@ -383,6 +463,10 @@ int sluice_steer(struct xdp_md *ctx)
 	/* Falls back to XDP_PASS when no socket is bound on this queue. */
 	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 	return count(ret == XDP_REDIRECT ? STAT_REDIRECTED : STAT_PASSED, ret);
+
+fragment:
+	count(STAT_FRAGMENT_PASSED, 0);
+	return count(STAT_PASSED, XDP_PASS);
 
 icmp_error:
 	if (!is_lb_icmp_error(icmp, data_end, icmp_v6))

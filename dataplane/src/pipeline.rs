@@ -124,6 +124,12 @@ pub struct Snapshot {
 }
 
 /// Why a frame was dropped; indexes the drop counters.
+///
+/// A frame the parser refuses counts as [`DropReason::Malformed`] when its
+/// structure is broken (truncated, not IP, a bad header length, an
+/// unsupported protocol); the refusals that are a policy or a sign of an
+/// attack have a reason of their own ([`DropReason::from`] a
+/// [`ParseError`]). Either way the parse error is also counted by kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum DropReason {
@@ -159,15 +165,55 @@ pub enum DropReason {
     /// IPv6, or an index is beyond the record's limits: see
     /// `flow_table::layout`).
     FlowUnsupported,
+    /// An IPv4 fragment or an IPv6 packet with a Fragment header. The
+    /// steering program passes every fragment to the kernel (module doc of
+    /// [`crate::steer`]), so this counts only those injected otherwise.
+    Fragment,
+    /// The IPv4 header checksum is wrong or zero ([`ParseError::BadIpChecksum`]).
+    BadIpChecksum,
+    /// An IPv4 option has a broken length ([`ParseError::BadIpOptions`]).
+    BadIpOptions,
+    /// The IPv4 header carries a loose or strict source route
+    /// ([`ParseError::IpSourceRoute`]).
+    IpSourceRoute,
+    /// An IPv6 Routing header with segments left
+    /// ([`ParseError::Ipv6RoutingHeader`]).
+    Ipv6RoutingHeader,
+    /// A TCP flag combination that conntrack calls INVALID (SYN+FIN,
+    /// SYN+RST, no flags, FIN without ACK, ...:
+    /// [`wire::tcp::valid_flag_combination`]). Dropped before the flow
+    /// lookup, so it neither creates nor advances a flow.
+    BadTcpFlags,
+    /// The frame carries an 802.1Q or 802.1ad tag. Sluice serves untagged
+    /// links and would send the frame on with its tag; it drops it instead.
+    VlanTagged,
     /// The packet is larger than the egress interface's MTU
     /// ([`Verdict::TooBig`]); counted whether or not an ICMP error answered
     /// it.
     TooBig,
 }
 
+impl From<ParseError> for DropReason {
+    /// The drop reason of a parse failure.
+    fn from(e: ParseError) -> DropReason {
+        match e {
+            ParseError::Fragment => DropReason::Fragment,
+            ParseError::BadIpChecksum => DropReason::BadIpChecksum,
+            ParseError::BadIpOptions => DropReason::BadIpOptions,
+            ParseError::IpSourceRoute => DropReason::IpSourceRoute,
+            ParseError::Ipv6RoutingHeader => DropReason::Ipv6RoutingHeader,
+            ParseError::Truncated
+            | ParseError::NotIp
+            | ParseError::BadIpHeader
+            | ParseError::UnsupportedProto
+            | ParseError::BadL4Header => DropReason::Malformed,
+        }
+    }
+}
+
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 21;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -183,6 +229,13 @@ impl DropReason {
         DropReason::Rewrite,
         DropReason::BadEgress,
         DropReason::FlowUnsupported,
+        DropReason::Fragment,
+        DropReason::BadIpChecksum,
+        DropReason::BadIpOptions,
+        DropReason::IpSourceRoute,
+        DropReason::Ipv6RoutingHeader,
+        DropReason::BadTcpFlags,
+        DropReason::VlanTagged,
         DropReason::TooBig,
     ];
 
@@ -208,6 +261,13 @@ impl DropReason {
             DropReason::Rewrite => "rewrite",
             DropReason::BadEgress => "bad_egress",
             DropReason::FlowUnsupported => "flow_unsupported",
+            DropReason::Fragment => "fragment",
+            DropReason::BadIpChecksum => "bad_ip_checksum",
+            DropReason::BadIpOptions => "bad_ip_options",
+            DropReason::IpSourceRoute => "ip_source_route",
+            DropReason::Ipv6RoutingHeader => "ipv6_routing_header",
+            DropReason::BadTcpFlags => "bad_tcp_flags",
+            DropReason::VlanTagged => "vlan_tagged",
             DropReason::TooBig => "too_big",
         }
     }
@@ -367,9 +427,12 @@ pub fn process_hashed(
         Ok(p) => p,
         Err(e) => {
             stats.parse_errors[e.index()] += 1;
-            return Verdict::Drop(DropReason::Malformed);
+            return Verdict::Drop(DropReason::from(e));
         }
     };
+    if let Some(r) = refuse(&p) {
+        return Verdict::Drop(r);
+    }
     let key = p.key;
     let (snap, flows, now) = (ctx.snap, ctx.flows, ctx.now);
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
@@ -517,6 +580,21 @@ pub fn process_hashed(
         stats.snat_flows += 1;
     }
     forward(snap, frame, &p, &entry, Direction::Original)
+}
+
+/// Why a well-formed frame must not be forwarded at all, before any table
+/// is read: a tagged frame (it would leave tagged on an untagged link) or a
+/// TCP flag combination no stack sends (it must not create a flow, nor
+/// reach a backend: kube-proxy drops conntrack INVALID in `KUBE-FORWARD`).
+#[inline]
+fn refuse(p: &wire::Parsed) -> Option<DropReason> {
+    if p.vlan.is_some() {
+        return Some(DropReason::VlanTagged);
+    }
+    if p.key.proto == proto::TCP && !wire::tcp::valid_flag_combination(p.tcp_flags) {
+        return Some(DropReason::BadTcpFlags);
+    }
+    None
 }
 
 /// Whether a flow forwards by direct routing: its reply key is its
@@ -821,3 +899,7 @@ mod tests;
 #[cfg(test)]
 #[path = "pipeline_dr_tests.rs"]
 mod dr_tests;
+
+#[cfg(test)]
+#[path = "pipeline_hostile_tests.rs"]
+mod hostile_tests;

@@ -14,25 +14,67 @@
 //! - its (destination address, destination port, protocol) is a virtual
 //!   service ([`Steering::set_vips`]), or
 //! - its (source address, source port, protocol) is an endpoint
-//!   ([`Steering::set_backends`]): a reply from a real server, or
+//!   ([`Steering::set_backends`]) and its destination is not one of the
+//!   host's own addresses ([`Steering::set_local_addrs`]): a real server's
+//!   reply to a client whose address was kept, or
 //! - its destination address is a SNAT address and its destination port lies
 //!   in the SNAT port range ([`Steering::set_snat`]): a reply to a
 //!   masqueraded flow.
+//!
+//! Only flows Sluice owns are taken: an endpoint's reply to a connection
+//! the host opened itself (a health check, an operator's `curl` from the LB
+//! host to a backend) goes to a host address with a port from the kernel's
+//! ephemeral range, which is outside the SNAT range, so it matches none of
+//! the rules and reaches the kernel's socket. A flow of Sluice's gets replies
+//! at a host address only when it is masqueraded, and then at a SNAT
+//! address and port (third rule).
 //!
 //! An ICMP/ICMPv6 error (IPv4 destination unreachable, time exceeded,
 //! parameter problem; IPv6 destination unreachable, packet too big, time
 //! exceeded, parameter problem) is steered too when the packet it quotes
 //! belongs to a load-balanced flow, so that the error can follow the flow
 //! ([`crate::wire::icmp_error`]). The quoted packet was sent by the load
-//! balancer or a client, so the same sets are consulted in the reverse
-//! sense: its (destination, destination port, protocol) is an endpoint, or
-//! its (source, source port, protocol) is a virtual service, or its source
-//! is a SNAT address with the source port in the SNAT range. In short: the
-//! quoted packet, reversed, would be steered. Every other ICMP message
-//! (echo, neighbour discovery, errors about the host's own traffic) and ICMP
-//! in an IPv4 fragment passes. The quote must hold the inner IP header
-//! (IPv4 with options, first fragment; IPv6 with the L4 header as its first
-//! next header) and eight bytes of the L4 header.
+//! balancer or a client, so the same rules are applied in the reverse
+//! sense: the quoted packet, reversed, would be steered. Every other ICMP
+//! message (echo, neighbour discovery, errors about the host's own traffic)
+//! and ICMP in an IPv4 fragment passes. The quote must hold the inner IP
+//! header (IPv4 with options, first fragment; IPv6 with at most four
+//! extension headers before the L4 header) and eight bytes of the L4 header.
+//!
+//! # One case table for the program and the parser
+//!
+//! The program judges a frame by its addresses and ports and nothing else;
+//! the workers' parser ([`crate::wire::parse`]) and the pipeline decide
+//! whether a steered frame is fit to forward, and drop and count what is
+//! not ([`crate::pipeline::DropReason`], printed as `counter drop_NAME N`).
+//! For that split to hold, both must find the L4 header in the same place,
+//! and every frame the program redirects must be one that the pipeline
+//! either handles or drops under a reason of its own, never one it
+//! misreads or loses without a count. Each row below has a parser or
+//! pipeline fixture and a veth test (`tests/tests/steering.rs`,
+//! `tests/tests/malformed.rs`):
+//!
+//! | frame | XDP program | parser / pipeline |
+//! |---|---|---|
+//! | untagged IPv4/IPv6, TCP/UDP/SCTP, matching a rule | redirect | forwarded |
+//! | one 802.1Q or 802.1ad tag, inner packet matching | redirect | dropped: `vlan_tagged` (Sluice serves untagged links; the frame would leave tagged) |
+//! | two tags (QinQ) | pass (not IP after one tag) | `not_ip` (never steered) |
+//! | IPv6 with ≤ 8 Hop-by-Hop / Routing / Destination Options headers | skipped, then the rules | skipped alike, then forwarded |
+//! | more than 8 of them | pass | `bad_ip_header` (never steered) |
+//! | IPv6 Routing header with segments left ≠ 0, matching | redirect | dropped: `ipv6_routing_header` (RFC 8200 § 4.4: this node is not the final destination) |
+//! | IPv6 Hop-by-Hop header after another extension header | redirect | dropped: `malformed` (`parse_bad_ip_header`, § 4.1) |
+//! | IPv4 fragment (first or later), IPv6 Fragment header | pass, counted as `xdp_fragments_passed_IF` | `fragment` (never steered) |
+//! | IPv4 header checksum wrong or zero, matching | redirect | dropped: `bad_ip_checksum` |
+//! | IPv4 LSRR / SSRR option, matching | redirect | dropped: `ip_source_route` |
+//! | IPv4 option with a broken length, matching | redirect | dropped: `bad_ip_options` |
+//! | TCP SYN+FIN, SYN+RST, no flags, FIN without ACK | redirect | dropped: `bad_tcp_flags`, before the flow lookup (no flow is created) |
+//! | endpoint → a host address, port outside the SNAT range | pass (the host's own connection) | — |
+//!
+//! Fragments pass because the data path has no fragment table yet and the
+//! fragments of one datagram must not be split between Sluice and the
+//! kernel (only the first carries ports). So today the kernel gets them: it
+//! reassembles those addressed to the host itself; a fragmented datagram
+//! to a VIP that the host does not own is not load-balanced.
 //!
 //! Direct-routing services need nothing more: the client's packets match
 //! their VIP, and the backends' direct replies (from VIP:port to a client)
@@ -41,10 +83,9 @@
 //! when the LB host is also the backends' gateway (`tests/tests/dr.rs`
 //! checks that none is redirected).
 //!
-//! Non-first IPv4 fragments (no ports) and IPv6 packets whose first next
-//! header is not the L4 header pass to the kernel. A frame for a queue without
-//! a registered socket passes too (`bpf_redirect_map` falls back to
-//! `XDP_PASS`), so nothing is lost while the workers start.
+//! A frame for a queue without a registered socket passes too
+//! (`bpf_redirect_map` falls back to `XDP_PASS`), so nothing is lost while
+//! the workers start.
 //!
 //! We load the program with aya rather than libxdp: the sockets are created
 //! with libxdp's program loading inhibited, the program is attached through a
@@ -55,11 +96,12 @@
 //!
 //! `vips` and `backends` keys are 20 bytes: the address as [`Addr`] (16
 //! bytes, IPv4-mapped), the port in network byte order (as on the wire), the
-//! protocol number, and one zero byte. `snat_addrs` keys are the 16 address
-//! bytes. `snat_range[0]` is `[lo, hi]` as two `u16` in host byte order;
-//! `hi == 0` disables the SNAT rule. `stats` is a per-CPU array of `u64`
-//! counters: `[0]` redirected, `[1]` passed, `[2]` ICMP errors redirected
-//! (also counted in `[0]`).
+//! protocol number, and one zero byte. `snat_addrs` and `local_addrs` keys
+//! are the 16 address bytes. `snat_range[0]` is `[lo, hi]` as two `u16` in
+//! host byte order; `hi == 0` disables the SNAT rule. `stats` is a per-CPU
+//! array of `u64` counters: `[0]` redirected, `[1]` passed, `[2]` ICMP
+//! errors redirected (also counted in `[0]`), `[3]` fragments passed (also
+//! counted in `[1]`).
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -87,6 +129,8 @@ pub const MAX_VIPS: usize = 65536;
 pub const MAX_BACKENDS: usize = 65536;
 /// Capacity of the `snat_addrs` map.
 pub const MAX_SNAT_ADDRS: usize = 256;
+/// Capacity of the `local_addrs` map.
+pub const MAX_LOCAL_ADDRS: usize = 4096;
 
 /// Length of a `vips` / `backends` key.
 const L4_KEY_LEN: usize = 20;
@@ -99,6 +143,8 @@ const STAT_REDIRECTED: u32 = 0;
 const STAT_PASSED: u32 = 1;
 /// Index of the ICMP-errors-redirected counter in `stats`.
 const STAT_ICMP_REDIRECTED: u32 = 2;
+/// Index of the fragments-passed counter in `stats`.
+const STAT_FRAGMENT_PASSED: u32 = 3;
 
 /// How the XDP program is attached to the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +259,9 @@ pub struct SteerStats {
     /// ICMP/ICMPv6 errors about load-balanced flows redirected to an AF_XDP
     /// socket (also counted in `redirected`).
     pub icmp_errors: u64,
+    /// IPv4 fragments and IPv6 packets with a Fragment header passed to the
+    /// kernel (also counted in `passed`).
+    pub fragments_passed: u64,
 }
 
 /// The steering program attached to one interface.
@@ -226,6 +275,7 @@ pub struct Steering {
     vips: HashMap<MapData, L4Key, u8>,
     backends: HashMap<MapData, L4Key, u8>,
     snat_addrs: HashMap<MapData, [u8; 16], u8>,
+    local_addrs: HashMap<MapData, [u8; 16], u8>,
     snat_range: Array<MapData, [u16; 2]>,
     stats: PerCpuArray<MapData, u64>,
     link: Option<aya::programs::xdp::XdpLinkId>,
@@ -349,6 +399,7 @@ impl Steering {
         let vips = open_map(&mut ebpf, &name, "vips", HashMap::try_from)?;
         let backends = open_map(&mut ebpf, &name, "backends", HashMap::try_from)?;
         let snat_addrs = open_map(&mut ebpf, &name, "snat_addrs", HashMap::try_from)?;
+        let local_addrs = open_map(&mut ebpf, &name, "local_addrs", HashMap::try_from)?;
         let snat_range = open_map(&mut ebpf, &name, "snat_range", Array::try_from)?;
         let stats = open_map(&mut ebpf, &name, "stats", PerCpuArray::try_from)?;
 
@@ -359,6 +410,7 @@ impl Steering {
             vips,
             backends,
             snat_addrs,
+            local_addrs,
             snat_range,
             stats,
             link: Some(link),
@@ -462,6 +514,27 @@ impl Steering {
             .map_err(|e| map_err(&self.ifname, "snat_range", "insert", e))
     }
 
+    /// Makes `addrs` the host's own addresses: an endpoint's packet to one
+    /// of them is steered only as a reply to a masqueraded flow (SNAT
+    /// address and port, [`Steering::set_snat`]), so replies to the host's
+    /// own connections to endpoints reach the kernel. Give every address
+    /// of the host, on every interface (the kernel accepts a packet for any
+    /// of them on any interface).
+    ///
+    /// # Errors
+    /// [`SteerError::Capacity`] beyond [`MAX_LOCAL_ADDRS`] (nothing is
+    /// changed then); [`SteerError::Map`] when a map operation fails.
+    pub fn set_local_addrs(&mut self, addrs: &[Addr]) -> Result<(), SteerError> {
+        let want: HashSet<[u8; 16]> = addrs.iter().map(|a| a.0).collect();
+        replace_set(
+            &self.ifname,
+            "local_addrs",
+            &mut self.local_addrs,
+            &want,
+            MAX_LOCAL_ADDRS,
+        )
+    }
+
     /// The program's counters, summed over CPUs.
     ///
     /// # Errors
@@ -478,6 +551,7 @@ impl Steering {
             redirected: sum(STAT_REDIRECTED)?,
             passed: sum(STAT_PASSED)?,
             icmp_errors: sum(STAT_ICMP_REDIRECTED)?,
+            fragments_passed: sum(STAT_FRAGMENT_PASSED)?,
         })
     }
 }

@@ -1,9 +1,13 @@
-//! Ethernet II frames with at most one IEEE 802.1Q tag.
+//! Ethernet II frames with at most one VLAN tag (IEEE 802.1Q C-tag, TPID
+//! 0x8100, or 802.1ad S-tag, TPID 0x88a8).
 //!
 //! Sluice only needs the addresses, the (possibly tagged) EtherType and where
-//! the L3 header starts. A frame whose tag carries another tag (QinQ) reports
-//! the inner tag's TPID as its [`Frame::ethertype`], which the parser treats
-//! as "not IP".
+//! the L3 header starts. One tag of either TPID is read, as the steering
+//! program reads it (`bpf/steer.c`), so that both find the same L3 header; a
+//! frame whose tag carries another tag (QinQ) reports the inner tag's TPID
+//! as its [`Frame::ethertype`], which the parser treats as "not IP". The
+//! data path serves untagged links: the pipeline drops tagged frames
+//! (`DropReason::VlanTagged`) rather than send them on with their tag.
 //!
 //! # No-panic contract
 //!
@@ -19,12 +23,14 @@ use crate::types::Mac;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-/// TPID of an IEEE 802.1Q VLAN tag.
+/// TPID of an IEEE 802.1Q VLAN tag (C-tag).
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// TPID of an IEEE 802.1ad service tag (S-tag, the outer tag of QinQ).
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 
 /// Length of an untagged Ethernet II header.
 pub const HEADER_LEN: usize = 14;
-/// Length of an Ethernet II header with one 802.1Q tag.
+/// Length of an Ethernet II header with one 802.1Q or 802.1ad tag.
 pub const TAGGED_HEADER_LEN: usize = 18;
 
 mod field {
@@ -33,7 +39,7 @@ mod field {
     pub const DST: Range<usize> = 0..6;
     pub const SRC: Range<usize> = 6..12;
     pub const ETHERTYPE: Range<usize> = 12..14;
-    /// Tag control information, present when ETHERTYPE is the VLAN TPID.
+    /// Tag control information, present when ETHERTYPE is a tag TPID.
     pub const TCI: Range<usize> = 14..16;
     pub const INNER_ETHERTYPE: Range<usize> = 16..18;
 }
@@ -64,7 +70,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         Ok(f)
     }
 
-    /// Checks that the header, including an 802.1Q tag if there is one, fits.
+    /// Checks that the header, including a tag if there is one, fits.
     ///
     /// # Errors
     ///
@@ -75,7 +81,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         if len < HEADER_LEN {
             return Err(ParseError::Truncated);
         }
-        if self.outer_ethertype() == ETHERTYPE_VLAN && len < TAGGED_HEADER_LEN {
+        if self.is_tagged() && len < TAGGED_HEADER_LEN {
             return Err(ParseError::Truncated);
         }
         Ok(())
@@ -114,10 +120,10 @@ impl<T: AsRef<[u8]>> Frame<T> {
         self.get16(field::ETHERTYPE)
     }
 
-    /// Whether the frame carries an 802.1Q tag.
+    /// Whether the frame carries a tag (802.1Q or 802.1ad TPID).
     #[inline]
     pub fn is_tagged(&self) -> bool {
-        self.outer_ethertype() == ETHERTYPE_VLAN
+        matches!(self.outer_ethertype(), ETHERTYPE_VLAN | ETHERTYPE_QINQ)
     }
 
     /// The VLAN identifier (the low 12 bits of the TCI), if tagged.
@@ -250,6 +256,25 @@ mod tests {
         assert_eq!(f.ethertype(), ETHERTYPE_IPV6);
         assert_eq!(f.header_len(), 18);
         assert_eq!(f.payload(), &[0xcc, 0xdd]);
+    }
+
+    #[test]
+    fn s_tag_is_a_tag() {
+        let mut b = TAGGED;
+        b[12..14].copy_from_slice(&ETHERTYPE_QINQ.to_be_bytes());
+        let f = Frame::new_checked(&b[..]).unwrap();
+        assert!(f.is_tagged());
+        assert_eq!(f.vlan_id(), Some(100));
+        assert_eq!(f.ethertype(), ETHERTYPE_IPV6);
+        assert_eq!(f.header_len(), 18);
+        assert_eq!(
+            Frame::new_checked(&b[..17]).err(),
+            Some(ParseError::Truncated)
+        );
+        // QinQ: the inner tag's TPID is the payload's EtherType.
+        b[16..18].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        let f = Frame::new_checked(&b[..]).unwrap();
+        assert_eq!(f.ethertype(), ETHERTYPE_VLAN);
     }
 
     #[test]

@@ -39,6 +39,70 @@ const FLAG_MF: u16 = 0x2000;
 /// Fragment offset (in 8-byte units) in the flags/offset word.
 const OFFSET_MASK: u16 = 0x1fff;
 
+/// Option type of End of Option List (RFC 791).
+pub const OPT_END: u8 = 0;
+/// Option type of No Operation (RFC 791).
+pub const OPT_NOP: u8 = 1;
+/// Option type of Record Route (RFC 791).
+pub const OPT_RR: u8 = 7;
+/// Option type of Timestamp (RFC 791).
+pub const OPT_TIMESTAMP: u8 = 68;
+/// Option type of Loose Source and Record Route (RFC 791).
+pub const OPT_LSRR: u8 = 131;
+/// Option type of Strict Source and Record Route (RFC 791).
+pub const OPT_SSRR: u8 = 137;
+
+/// What is wrong with an IPv4 option list ([`check_options`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionsError {
+    /// A loose or strict source route (LSRR, SSRR).
+    SourceRoute,
+    /// An option's length is below 2 (or below its type's minimum), or runs
+    /// past the header.
+    BadLength,
+}
+
+/// Checks an IPv4 option list (the bytes between the fixed header and
+/// IHL * 4) the way the kernel's `ip_options_compile` reads it: End of
+/// Option List ends the list, No Operation is one byte, every other option
+/// is type, length (counting both bytes), data, and must fit; Record Route
+/// and the source routes take at least 3 bytes, Timestamp at least 4.
+///
+/// Source routes are refused whole: a host with the kernel's default
+/// `accept_source_route = 0` drops them (`ip_rcv_options`), and a load
+/// balancer must not let a sender choose the path of a packet it forwards
+/// to a backend, nor the path of the backend's reply (RFC 1812 § 5.2.4.1
+/// allows a router to refuse them; RFC 7126 § 4.3 and § 4.4 advise it).
+///
+/// # Errors
+///
+/// [`OptionsError::SourceRoute`] for LSRR or SSRR;
+/// [`OptionsError::BadLength`] for a broken length.
+pub fn check_options(mut opts: &[u8]) -> Result<(), OptionsError> {
+    while let [kind, rest @ ..] = opts {
+        match *kind {
+            OPT_END => return Ok(()),
+            OPT_NOP => opts = rest,
+            kind => {
+                let len = usize::from(*rest.first().ok_or(OptionsError::BadLength)?);
+                let min = match kind {
+                    OPT_RR | OPT_LSRR | OPT_SSRR => 3,
+                    OPT_TIMESTAMP => 4,
+                    _ => 2,
+                };
+                if len < min || len > opts.len() {
+                    return Err(OptionsError::BadLength);
+                }
+                if matches!(kind, OPT_LSRR | OPT_SSRR) {
+                    return Err(OptionsError::SourceRoute);
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A read/write view of an IPv4 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -423,5 +487,35 @@ mod tests {
         assert_eq!(e.to_header().calc_header_checksum(), p.checksum());
         assert_eq!(e.source(), p.src_addr());
         assert_eq!(e.total_len(), p.total_len());
+    }
+
+    #[test]
+    fn option_lists() {
+        use OptionsError::*;
+        let ok: &[&[u8]] = &[
+            &[],
+            &[OPT_NOP, OPT_NOP, OPT_NOP, OPT_END],
+            &[OPT_END, 0xff, 0xff, 0xff], // after EOL: padding, not read
+            &[OPT_RR, 7, 4, 0, 0, 0, 0, OPT_END],
+            &[OPT_TIMESTAMP, 4, 5, 0],
+            &[148, 4, 0, 0], // Router Alert
+        ];
+        for o in ok {
+            assert_eq!(check_options(o), Ok(()), "{o:?}");
+        }
+        let bad: &[(&[u8], OptionsError)] = &[
+            (&[OPT_LSRR, 7, 4, 198, 18, 0, 9, OPT_END], SourceRoute),
+            (&[OPT_NOP, OPT_SSRR, 7, 4, 198, 18, 0, 9], SourceRoute),
+            (&[OPT_RR], BadLength),          // no length byte
+            (&[OPT_RR, 1, 0, 0], BadLength), // length below 2
+            (&[OPT_RR, 2, 0, 0], BadLength), // below RR's minimum
+            (&[OPT_TIMESTAMP, 3, 0, 0], BadLength),
+            (&[148, 0, 0, 0], BadLength), // zero length (no progress)
+            (&[148, 8, 0, 0], BadLength), // past the header
+            (&[OPT_LSRR, 9, 4, 0], BadLength), // broken beats source route
+        ];
+        for (o, e) in bad {
+            assert_eq!(check_options(o), Err(*e), "{o:?}");
+        }
     }
 }

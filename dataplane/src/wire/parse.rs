@@ -1,18 +1,33 @@
 //! One pass from an Ethernet frame to the flow key and the offsets the
 //! rewriters need.
 //!
-//! The parser reads Ethernet II (with at most one 802.1Q tag), then IPv4 or
-//! IPv6, then the first four bytes of TCP, UDP or SCTP (the ports) or the type
-//! of ICMP/ICMPv6. It stops there: nothing beyond the L4 header is looked at
-//! and no checksum is verified (an incremental rewrite keeps a wrong checksum
-//! wrong, so the receiver still drops a corrupted packet).
+//! The parser reads Ethernet II (with at most one 802.1Q or 802.1ad tag),
+//! then IPv4 or IPv6 (skipping up to [`MAX_IPV6_EXT_HEADERS`] extension
+//! headers), then the first four bytes of TCP, UDP or SCTP (the ports) or
+//! the type of ICMP/ICMPv6. It finds the L4 header exactly where the XDP
+//! steering program does (the case table in [`crate::steer`]), so that every
+//! frame steered to the sockets is either parsed or refused with a counted
+//! reason, never misread.
+//!
+//! Besides its structure it checks what a host or router checks before it
+//! acts on a header, because the load balancer forwards what it accepts:
+//! the IPv4 header checksum (RFC 1122 § 3.2.1.2: a datagram with a bad one
+//! is discarded silently), the IPv4 option list and its source routes
+//! ([`ipv4::check_options`]), and, in IPv6, a Routing header with segments
+//! left, which names a next hop other than this node (RFC 8200 § 4.4; a
+//! Hop-by-Hop header anywhere but first is malformed, § 4.1). Nothing beyond
+//! the L4 header is looked at and L4 checksums are not verified (an
+//! incremental rewrite keeps a wrong checksum wrong, so the receiver still
+//! drops a corrupted segment).
 //!
 //! Lengths come from the IP header, not from the frame: an IPv4 total length
 //! or IPv6 payload length shorter than the frame means Ethernet padding, which
 //! is ignored; a longer one means a truncated frame.
 //!
 //! Fragments are refused ([`ParseError::Fragment`]): only the first carries
-//! the ports, so a load balancer cannot steer the others by 5-tuple.
+//! the ports, so a load balancer cannot steer the others by 5-tuple. The
+//! steering program passes them all to the kernel, so none is steered here
+//! in the first place; the refusal guards against any that come otherwise.
 //!
 //! [`parse`] accepts any byte slice and never panics; every failure is a
 //! [`ParseError`], whose [`ParseError::index`] indexes a drop counter.
@@ -72,11 +87,21 @@ pub enum ParseError {
     /// The L4 header is malformed: TCP data offset below 5 or UDP length
     /// below 8.
     BadL4Header,
+    /// The IPv4 header checksum is wrong (zero included, unless zero is
+    /// right).
+    BadIpChecksum,
+    /// An IPv4 option has a broken length ([`ipv4::OptionsError::BadLength`]).
+    BadIpOptions,
+    /// The IPv4 header carries a loose or strict source route.
+    IpSourceRoute,
+    /// An IPv6 Routing header with segments left: this node is not the
+    /// packet's final destination (RFC 8200 § 4.4).
+    Ipv6RoutingHeader,
 }
 
 impl ParseError {
     /// The number of variants.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 10;
 
     /// Every variant, in [`ParseError::index`] order.
     pub const ALL: [ParseError; ParseError::COUNT] = [
@@ -86,6 +111,10 @@ impl ParseError {
         ParseError::Fragment,
         ParseError::UnsupportedProto,
         ParseError::BadL4Header,
+        ParseError::BadIpChecksum,
+        ParseError::BadIpOptions,
+        ParseError::IpSourceRoute,
+        ParseError::Ipv6RoutingHeader,
     ];
 
     /// A dense index in `0..COUNT`, for counter arrays.
@@ -103,6 +132,10 @@ impl ParseError {
             ParseError::Fragment => "fragment",
             ParseError::UnsupportedProto => "unsupported_proto",
             ParseError::BadL4Header => "bad_l4_header",
+            ParseError::BadIpChecksum => "bad_ip_checksum",
+            ParseError::BadIpOptions => "bad_ip_options",
+            ParseError::IpSourceRoute => "ip_source_route",
+            ParseError::Ipv6RoutingHeader => "ipv6_routing_header",
         }
     }
 }
@@ -141,6 +174,14 @@ fn parse_ipv4(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
     if ip.version() != 4 {
         return Err(ParseError::BadIpHeader);
     }
+    // RFC 1122 § 3.2.1.2: verify the header checksum, discard on failure.
+    if !ip.verify_checksum() {
+        return Err(ParseError::BadIpChecksum);
+    }
+    ipv4::check_options(ip.options()).map_err(|e| match e {
+        ipv4::OptionsError::SourceRoute => ParseError::IpSourceRoute,
+        ipv4::OptionsError::BadLength => ParseError::BadIpOptions,
+    })?;
     // RFC 791: a fragment has MF set or a non-zero offset.
     if ip.is_fragment() {
         return Err(ParseError::Fragment);
@@ -179,7 +220,16 @@ fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
                 if skipped == MAX_IPV6_EXT_HEADERS {
                     return Err(ParseError::BadIpHeader);
                 }
+                // § 4.1: Hop-by-Hop Options only right after the header.
+                if next == ipv6::NEXT_HOP_BY_HOP && skipped > 0 {
+                    return Err(ParseError::BadIpHeader);
+                }
                 let (n, len) = ipv6::ext_header(rest)?;
+                // § 4.4: with segments left (its fourth byte) the packet is
+                // on its way to another node; with none it is ignored.
+                if next == ipv6::NEXT_ROUTING && rest.get(3).is_some_and(|&s| s != 0) {
+                    return Err(ParseError::Ipv6RoutingHeader);
+                }
                 rest = rest.get(len..).ok_or(ParseError::Truncated)?;
                 off += len;
                 next = n;
@@ -239,6 +289,14 @@ mod tests {
     const V4_B: [u8; 4] = [198, 51, 100, 2];
     const V6_A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     const V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    /// Recomputes the checksum of the IPv4 header at offset 14 after a
+    /// fixture edited it.
+    fn fix_v4(f: &mut [u8]) {
+        let hl = usize::from(f[14] & 0x0f) * 4;
+        let c = crate::wire::checksum::ipv4_header(&f[14..14 + hl]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
 
     fn v4_tcp() -> Vec<u8> {
         let mut v = Vec::new();
@@ -340,6 +398,7 @@ mod tests {
         // 4 bytes of chunk.
         v[23] = proto::SCTP;
         v[34..38].copy_from_slice(&[0x0b, 0x59, 0x0b, 0x5a]); // 2905 -> 2906
+        fix_v4(&mut v);
         v
     }
 
@@ -468,15 +527,18 @@ mod tests {
         // First fragment: MF set, offset 0.
         let mut f = v4_udp();
         f[14 + 6] = 0x20;
+        fix_v4(&mut f);
         assert_eq!(parse(&f), Err(ParseError::Fragment));
         // Later fragment: offset 185 (1480 bytes), MF clear.
         let mut f = v4_udp();
         f[14 + 6] = 0x00;
         f[14 + 7] = 185;
+        fix_v4(&mut f);
         assert_eq!(parse(&f), Err(ParseError::Fragment));
         // DF alone is not a fragment.
         let mut f = v4_udp();
         f[14 + 6] = 0x40;
+        fix_v4(&mut f);
         assert!(parse(&f).is_ok());
     }
 
@@ -491,6 +553,7 @@ mod tests {
         g[14] = 0x46;
         let tl = u16::from_be_bytes([g[16], g[17]]) + 4;
         g[16..18].copy_from_slice(&tl.to_be_bytes());
+        fix_v4(&mut g);
         let p = parse(&g).unwrap();
         assert_eq!(p.l4_offset, 38);
         assert_eq!((p.key.sport, p.key.dport), (5353, 53));
@@ -541,10 +604,12 @@ mod tests {
         // GRE.
         let mut f = v4_udp();
         f[14 + 9] = 47;
+        fix_v4(&mut f);
         assert_eq!(parse(&f), Err(ParseError::UnsupportedProto));
         // ICMPv6 over IPv4 and ICMP over IPv6.
         let mut f = v4_udp();
         f[14 + 9] = proto::ICMPV6;
+        fix_v4(&mut f);
         assert_eq!(parse(&f), Err(ParseError::UnsupportedProto));
         let mut f = v6_tcp();
         f[14 + 6] = proto::ICMP;
@@ -611,6 +676,99 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// `v4_udp` with the option bytes `opts` (a multiple of 4) inserted.
+    fn v4_udp_with_options(opts: &[u8]) -> Vec<u8> {
+        assert_eq!(opts.len() % 4, 0);
+        let f = v4_udp();
+        let mut g = f[..34].to_vec();
+        g.extend_from_slice(opts);
+        g.extend_from_slice(&f[34..]);
+        g[14] = 0x45 + (opts.len() / 4) as u8;
+        let tl = u16::from_be_bytes([g[16], g[17]]) + opts.len() as u16;
+        g[16..18].copy_from_slice(&tl.to_be_bytes());
+        fix_v4(&mut g);
+        g
+    }
+
+    #[test]
+    fn ipv4_header_checksum_is_verified() {
+        let good = v4_udp();
+        assert!(parse(&good).is_ok());
+        // One header bit flipped (TTL) without fixing the checksum.
+        let mut f = good.clone();
+        f[14 + 8] ^= 1;
+        assert_eq!(parse(&f), Err(ParseError::BadIpChecksum));
+        // A zero checksum (a sender that never filled it in).
+        let mut f = good.clone();
+        f[24..26].copy_from_slice(&[0, 0]);
+        assert_eq!(parse(&f), Err(ParseError::BadIpChecksum));
+        // The payload is not covered.
+        let mut f = good;
+        f[40] ^= 0xff;
+        assert!(parse(&f).is_ok());
+    }
+
+    #[test]
+    fn ipv4_options_are_checked() {
+        assert!(parse(&v4_udp_with_options(&[1, 1, 1, 0])).is_ok());
+        assert!(parse(&v4_udp_with_options(&[7, 7, 4, 0, 0, 0, 0, 0])).is_ok());
+        // LSRR and SSRR through 198.18.0.9.
+        let lsrr = [0x83, 7, 4, 198, 18, 0, 9, 0];
+        assert_eq!(
+            parse(&v4_udp_with_options(&lsrr)),
+            Err(ParseError::IpSourceRoute)
+        );
+        let ssrr = [1, 0x89, 7, 4, 198, 18, 0, 9];
+        assert_eq!(
+            parse(&v4_udp_with_options(&ssrr)),
+            Err(ParseError::IpSourceRoute)
+        );
+        // An option whose length runs past the header, and one of length 0.
+        assert_eq!(
+            parse(&v4_udp_with_options(&[148, 12, 0, 0])),
+            Err(ParseError::BadIpOptions)
+        );
+        assert_eq!(
+            parse(&v4_udp_with_options(&[148, 0, 0, 0])),
+            Err(ParseError::BadIpOptions)
+        );
+    }
+
+    #[test]
+    fn ipv6_routing_header_with_segments_left_is_refused() {
+        // Turn the Destination Options header of `v6_ext_tcp` into a Routing
+        // header (type 4, segment routing; 16 bytes).
+        let mut f = v6_ext_tcp();
+        let rh = 14 + 40 + 8;
+        f[14 + 40] = ipv6::NEXT_ROUTING;
+        f[rh + 2] = 4; // routing type
+        f[rh + 3] = 0; // segments left
+        let p = parse(&f).unwrap();
+        assert_eq!(p.l4_offset, 14 + 40 + 8 + 16);
+        assert_eq!(p.key.dport, 22);
+        f[rh + 3] = 1;
+        assert_eq!(parse(&f), Err(ParseError::Ipv6RoutingHeader));
+    }
+
+    #[test]
+    fn ipv6_hop_by_hop_only_first() {
+        // Destination Options, then Hop-by-Hop: malformed (RFC 8200 § 4.1).
+        let mut f = v6_ext_tcp();
+        f[14 + 6] = ipv6::NEXT_DEST_OPTS;
+        f[14 + 40] = ipv6::NEXT_HOP_BY_HOP;
+        assert_eq!(parse(&f), Err(ParseError::BadIpHeader));
+    }
+
+    #[test]
+    fn single_s_tag_is_read_like_a_c_tag() {
+        let mut f = vlan_v6_udp();
+        f[12..14].copy_from_slice(&[0x88, 0xa8]);
+        let p = parse(&f).unwrap();
+        assert_eq!(p.vlan, Some(42));
+        assert_eq!(p.l3_offset, 18);
+        assert_eq!(p.key.dport, 2000);
     }
 
     #[test]

@@ -759,6 +759,11 @@ mod tests {
         for (at, bytes) in cases {
             let mut g = f.clone();
             g[at..at + bytes.len()].copy_from_slice(bytes);
+            if at >= 14 {
+                // A bogus address, not a corrupted header.
+                let c = crate::wire::checksum::ipv4_header(&g[14..34]);
+                g[24..26].copy_from_slice(&c.to_be_bytes());
+            }
             let mut buf = g.clone();
             buf.resize(FRAME_CAP, 0);
             let mut q = p;

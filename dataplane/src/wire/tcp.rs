@@ -38,6 +38,33 @@ pub mod tcp_flags {
     pub const CWR: u8 = 0x80;
 }
 
+/// Whether a TCP flag byte is a combination a real stack sends.
+///
+/// The table of Linux conntrack (`tcp_valid_flags` in
+/// `net/netfilter/nf_conntrack_proto_tcp.c`), which marks every other
+/// combination INVALID, and kube-proxy drops INVALID packets in
+/// `KUBE-FORWARD`: SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK,
+/// FIN+ACK+URG, ACK, ACK+URG, each with any of PSH, ECE and CWR. So SYN+FIN,
+/// SYN+RST, a FIN without ACK and a segment with no flags (scanners' "null",
+/// "FIN" and "Xmas" probes) are refused.
+#[inline]
+pub fn valid_flag_combination(flags: u8) -> bool {
+    use tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
+    const VALID: [u8; 9] = [
+        SYN,
+        SYN | URG,
+        SYN | ACK,
+        RST,
+        RST | ACK,
+        FIN | ACK,
+        FIN | ACK | URG,
+        ACK,
+        ACK | URG,
+    ];
+    let f = flags & !(PSH | ECE | CWR);
+    VALID.contains(&f)
+}
+
 mod field {
     use core::ops::Range;
 
@@ -408,5 +435,42 @@ mod tests {
         assert!(p.verify_checksum_v6(&s6, &d6));
         let e = etherparse::TcpSlice::from_slice(&b).unwrap();
         assert_eq!(e.calc_checksum_ipv6(s6, d6).unwrap(), e.checksum());
+    }
+
+    #[test]
+    fn flag_combinations_follow_conntrack() {
+        use tcp_flags::*;
+        for ok in [
+            SYN,
+            SYN | ECE | CWR,
+            SYN | ACK,
+            SYN | ACK | ECE,
+            ACK,
+            ACK | PSH,
+            FIN | ACK,
+            FIN | ACK | PSH,
+            RST,
+            RST | ACK,
+            ACK | URG,
+        ] {
+            assert!(valid_flag_combination(ok), "{ok:#04x}");
+        }
+        for bad in [
+            0,
+            SYN | FIN,
+            SYN | FIN | ACK,
+            SYN | RST,
+            FIN,
+            FIN | PSH | URG,
+            PSH,
+            SYN | FIN | RST | PSH | ACK | URG,
+        ] {
+            assert!(!valid_flag_combination(bad), "{bad:#04x}");
+        }
+        // Exactly 9 combinations of FIN/SYN/RST/ACK/URG, times 8 of the rest.
+        assert_eq!(
+            (0..=255u8).filter(|&f| valid_flag_combination(f)).count(),
+            9 * 8
+        );
     }
 }

@@ -13,6 +13,8 @@
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
 //! sluice-testsrv sctp-send ADDR:PORT [--count N] [--src-port P] [--bind IP]
 //! sluice-testsrv sctp-capture --ms N
+//! sluice-testsrv frame-send --iface IF HEX [HEX ...]
+//! sluice-testsrv frame-capture --iface IF --ms N --marker HEX
 //! ```
 //!
 //! * HTTP: any request gets `200` with body `backend=<name> peer=<ip>:<port>\n`
@@ -54,8 +56,16 @@
 //!   frames with protocol 132 arriving on an `AF_PACKET` socket for `--ms`
 //!   milliseconds and prints `sctp src=IP:PORT dst=IP:PORT chunk=TYPE
 //!   crc=ok|bad` per frame (after `ready`).
+//! * Crafted frames (malformed ones included, which no socket API sends):
+//!   `frame-send` writes each hex-encoded Ethernet frame as is to `--iface`
+//!   through an `AF_PACKET` raw socket, 5 ms apart, and prints `sent N`;
+//!   `frame-capture` reads every frame arriving on `--iface` for `--ms`
+//!   milliseconds and prints `frame <hex>` for each one that contains the
+//!   `--marker` bytes (every frame when the marker is empty, `--marker ""`),
+//!   after `ready`, so a test can prove that a frame it marked did, or did
+//!   not, get through.
 //!
-//! `serve` and `sctp-capture` print `ready` on stdout once their sockets are
+//! `serve`, `sctp-capture` and `frame-capture` print `ready` on stdout once their sockets are
 //! bound. `serve` listens dual-stack where IPv6 is available and prints IPv4
 //! peers in their plain form. Every client mode is bounded in time.
 
@@ -185,6 +195,8 @@ fn main() -> ExitCode {
         "udp-stream" => udp_stream(&args),
         "sctp-send" => sctp_send(&args),
         "sctp-capture" => sctp_capture(&args),
+        "frame-send" => frame_send(&args),
+        "frame-capture" => frame_capture(&args),
         other => Err(format!("unknown command {other}")),
     });
     match result {
@@ -931,6 +943,153 @@ fn sctp_capture(args: &Args) -> Res<()> {
     Ok(())
 }
 
+fn from_hex(h: &str) -> Res<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return Err(format!("odd-length hex: {h}"));
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|e| format!("hex {h}: {e}")))
+        .collect()
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An `AF_PACKET` raw socket bound to `ifname` (all EtherTypes), with a
+/// 100 ms receive timeout.
+fn packet_socket(ifname: &str) -> Res<(Fd, libc::sockaddr_ll)> {
+    let name = std::ffi::CString::new(ifname).map_err(|e| format!("{ifname}: {e}"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!("{ifname}: no such interface"));
+    }
+    let eth_p_all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2) call; the result is checked and owned by `Fd`.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::c_int::from(eth_p_all),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fd = Fd(fd);
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields follow.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = eth_p_all;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the length given.
+    let rc = unsafe {
+        libc::bind(
+            fd.0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "bind {ifname}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO.
+    unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    Ok((fd, sll))
+}
+
+fn frame_send(args: &Args) -> Res<()> {
+    let ifname = args.get("iface").ok_or("--iface is required")?;
+    let frames = args
+        .positional
+        .iter()
+        .map(|h| from_hex(h))
+        .collect::<Res<Vec<_>>>()?;
+    if frames.is_empty() {
+        return Err("no frames given".into());
+    }
+    let (fd, sll) = packet_socket(ifname)?;
+    for f in &frames {
+        // SAFETY: `f` and `sll` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.0,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 || n as usize != f.len() {
+            return Err(format!(
+                "sendto {ifname} ({} bytes): {}",
+                f.len(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    println!("sent {}", frames.len());
+    Ok(())
+}
+
+fn frame_capture(args: &Args) -> Res<()> {
+    let ifname = args.get("iface").ok_or("--iface is required")?;
+    let ms = args.num("ms", None)?;
+    let marker = from_hex(args.get("marker").ok_or("--marker is required")?)?;
+    let (fd, _) = packet_socket(ifname)?;
+    println!("ready");
+    std::io::stdout().flush().ok();
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut buf = [0u8; 9216];
+    while Instant::now() < deadline {
+        // SAFETY: an all-zero sockaddr_ll is valid; recvfrom fills it.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are valid for the lengths given.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut flen,
+            )
+        };
+        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if marker.is_empty() || f.windows(marker.len()).any(|w| w == marker.as_slice()) {
+            println!("frame {}", to_hex(f));
+            std::io::stdout().flush().ok();
+        }
+    }
+    Ok(())
+}
+
 /// `sctp src=.. dst=.. chunk=.. crc=ok|bad` for an IPv4 packet carrying SCTP.
 fn describe_sctp(ip: &[u8]) -> Option<String> {
     if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 132 {
@@ -958,6 +1117,14 @@ fn describe_sctp(ip: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(from_hex("00ff10").unwrap(), vec![0, 0xff, 0x10]);
+        assert_eq!(to_hex(&[0, 0xff, 0x10]), "00ff10");
+        assert!(from_hex("abc").is_err());
+        assert!(from_hex("zz").is_err());
+    }
 
     #[test]
     fn crc32c_check_value() {
