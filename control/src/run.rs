@@ -735,6 +735,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         println!("counter {k} {v}");
     }
     println!("counter flows_live {}", shared.flows.len());
+    for (k, v) in shared.flows.early_drops().named() {
+        println!("counter {k} {v}");
+    }
     for (l, s) in links.iter().zip(steer_stats) {
         if let Ok(s) = s {
             println!("counter xdp_redirected_{} {}", l.name, s.redirected);
