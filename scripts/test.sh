@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build (release binary used by the integration tests)"
 cargo build --release --bins
 export SLUICE_BIN="$PWD/target/release/sluice"
+echo "== loom models of the flow table (dataplane/src/flow_table/loom_tests.rs)"
+# Their own target directory: --cfg loom changes every crate's flags, and
+# sharing target/ would rebuild the normal build afterwards.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test --release -p sluice-dataplane --lib loom
 echo "== tests"
 # Integration tests each build their own uniquely named namespaces; two at a
 # time keeps the 2-core CI machine responsive.

@@ -760,6 +760,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         println!("counter {k} {v}");
     }
     println!("counter flows_live {}", shared.flows.len());
+    for (k, v) in shared.flows.early_drops().named() {
+        println!("counter {k} {v}");
+    }
     for (l, s) in links.iter().zip(steer_stats) {
         match s {
             Ok(s) => {

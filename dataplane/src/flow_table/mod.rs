@@ -89,15 +89,48 @@
 //! # Displacement and the move counter
 //!
 //! A slot on the move is copied to its other bucket first and only then
-//! replaced in its old one, but a reader scanning `b1` then `b2` can still
-//! miss a slot moving from `b2` to `b1` between its two reads. Moves are
-//! therefore rare (only when both buckets are full) and serialised by a
-//! seqcount per store (MemC3's version counter, one for the table): odd
-//! while a move is in progress, bumped when it ends. A lookup that *misses*
-//! compares the counter before and after; if it moved, it scans again. The
-//! insert's re-scan and the unindexing of a dead record do the same, so
-//! neither a duplicate flow nor a stale slot can come from a move. A hit
-//! needs no check: it was validated against its record.
+//! erased from its old one (replaced by the slot it made room for), but a
+//! reader scanning `b1` then `b2` can still miss a slot moving from `b2`
+//! to `b1`: it reads `b1` before the copy lands and `b2` after the erase.
+//! Moves are therefore rare (only when both buckets are full) and
+//! serialised by a seqcount per store (MemC3's version counter): odd while
+//! a move is in progress, bumped when it ends. A pass over a key reads
+//! `b1`, `b2`, and, if the counter was odd when it began, `b1` again. A
+//! pass that misses compares the counter before and after: unchanged, the
+//! miss is final; changed (a move ended, so another thread made progress),
+//! it runs again. A hit needs no check: it was validated against its record.
+//!
+//! *Claim*: a pass during which the counter stays at `c` sees every slot
+//! of its key that was indexed when it began and is not unindexed
+//! meanwhile. If `c` is even, no move overlapped the pass, so no slot
+//! moved. If `c` is odd, exactly one move `M` was in progress throughout
+//! (another needs `c + 1` first), and `M` relocates at most one slot: it
+//! copies `v` from bucket `x` to the other bucket `y` (CAS `0 → v`), then
+//! erases the original (CAS `v → new`), or undoes the copy if the original
+//! vanished (its flow was removed). Take the key's slot `v`:
+//!
+//! * `v` moves `b1 → b2`: the read of `b1` sees it unless the erase came
+//!   first; the erase follows the copy, so the read of `b2` then sees it.
+//! * `v` moves `b2 → b1`: the first read of `b1` sees it if the copy came
+//!   first; else the read of `b2` sees it unless the erase came first; and
+//!   then the copy, which precedes the erase, is in `b1` for the second
+//!   read of `b1`.
+//!
+//! "Came first" is in each slot's modification order: every slot write is
+//! a `SeqCst` CAS, so a read that observes the erase (or anything later in
+//! that slot, all RMWs: a release sequence) synchronises with it and must
+//! see the copy, written before, or something later — which, with the
+//! counter unchanged, can only be an unindexing of the dead flow.
+//!
+//! So a stalled or preempted mover, whose counter stays odd, never makes a
+//! lookup give up or miss: the first pass decides. Lookups, the insert's
+//! re-scan (so a duplicate cannot commit, and a stalled mover does not
+//! cause a spurious `Exists`) and the unindexing of a dead record (so no
+//! stale slot is left behind: clearing either the original or the copy is
+//! enough, because the mover's erase then fails and it undoes its copy, or
+//! its erase replaces the original) all use such passes. A pass retries
+//! only when a move ended during it, so each retry means some other thread
+//! made progress (lock-free, not wait-free).
 //!
 //! # Races
 //!
@@ -118,29 +151,71 @@
 //!   or sees the generation change and skips the slot (a miss). A lookup
 //!   never returns words of a different flow than the key it matched, because
 //!   the key comparison is part of the validated read.
-//! * **A stale [`FlowId`]**: ids are record indices; a `touch` with the id of
-//!   a flow that was removed meanwhile sees an odd generation and returns
-//!   [`FlowState::Close`]; if the record was already reused, it refreshes the
-//!   new occupant (harmless: it delays that flow's expiry by one packet).
+//! * **A stale [`FlowId`]**: between a worker's lookup and its `touch` (or
+//!   `remove`, on a client's RST), another worker may remove or early-drop
+//!   the flow and an insert may reuse its record for another flow. An id is
+//!   therefore the record *and the generation of the validated read*;
+//!   `touch` and `remove` act only while the record still has that
+//!   generation, checked inside the same compare-and-swap on the meta word
+//!   that does the work, so the check cannot go stale before the write. A
+//!   stale id gets [`FlowState::Close`] / `false` and the new flow is left
+//!   alone (modelled with loom in `loom_tests.rs`).
+//!
+//!   *Wrap*: the 16-bit generation advances by 2 per occupant (publish,
+//!   then removal), so an id can be confused with a new flow only if its
+//!   record was freed and reused exactly 32 768·k times between the read
+//!   and the use. Each reuse is a whole remove and insert of that one
+//!   record (an insert and a remove take about 300 ns together in
+//!   `bench/benches/flow_table.rs`, so 32 768 of them about 10 ms even if
+//!   every insert in the store hit that record), while an id is used
+//!   within the processing of the packet that looked it up: the worker
+//!   would have to be descheduled that long at that point, *and* the churn
+//!   land on that record exactly a multiple of 32 768 times. The meta word
+//!   has no room for more bits.
 //!
 //! # Ageing and eviction
 //!
 //! Timeouts per state follow IPVS (`ip_vs_proto_tcp.c`, `tcp_timeouts`). A
 //! flow idle for longer than the timeout of its state is expired: lookups
 //! treat it as a miss, an insert of one of its keys reclaims it, and
-//! [`FlowTable::expire`] sweeps records from a clock hand. When no record is
-//! free, insert samples 8 records from another clock hand and evicts the
-//! oldest one that is expired or not `Established`, the idea of conntrack's
-//! `early_drop` (`nf_conntrack_core.c`); if none qualifies insertion fails
-//! with [`InsertError::Full`]. The same early drop is tried among the flows
-//! of a key's two buckets when even a displacement found no room (not seen
-//! in a 1e7-flow run: see the tests).
+//! [`FlowTable::expire`] sweeps records from a clock hand.
+//!
+//! When no record is free, insert samples 8 records from another clock hand
+//! and evicts one (early drop); the same is tried among the flows of a
+//! key's two buckets when even a displacement found no room (not seen in a
+//! 1e7-flow run: see the tests). The victim is the oldest flow of the
+//! first class present in the sample:
+//!
+//! 1. **expired** flows, of any state: reclaiming them loses nothing;
+//! 2. **embryonic** TCP flows: `SYN_SENT`, `SYN_RECV`, and the `FIN_WAIT`
+//!    and `CLOSE` leftovers of finished connections;
+//! 3. **idle** live UDP, SCTP and ICMP flows, oldest first.
+//!
+//! A live `ESTABLISHED` flow is never early-dropped: if the sample holds
+//! nothing else, insertion fails with [`InsertError::Full`]. This is
+//! conntrack's rule (`early_drop_list` in `nf_conntrack_core.c` skips
+//! `IPS_ASSURED` entries, and a TCP flow is assured once established) and
+//! IPVS's order (`ip_vs_random_dropentry` drops `SYN_RECV` entries first and
+//! established ones only when `todrop_entry` finds them nearly idle): an
+//! evicted established connection is broken at both ends (its next segment
+//! gets a reset or a new backend), while a refused new flow only costs the
+//! client a SYN retransmit. The order is what a flood cannot exploit: new
+//! half-open flows, all a SYN flood creates, only ever displace other
+//! embryonic flows while one is in the sample, never live UDP or
+//! established ones. UDP has no handshake, so a live UDP flow cannot be
+//! told from a spoofed one and gets no such protection against other UDP
+//! (or against a table full of established flows); conntrack, too,
+//! protects a UDP flow only once it has seen replies, which this table
+//! does not record. Evictions are counted by class
+//! ([`FlowTable::early_drops`]; `sluice` prints them as
+//! `early_drop_{expired,embryonic,idle}` counters at exit).
 //!
 //! The table reads no clock: every call that ages takes `now` in seconds
 //! from the caller's monotonic clock, so tests run on a virtual clock.
 
 pub mod layout;
 mod store;
+mod sync;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -150,8 +225,8 @@ use crate::types::{proto, FlowKey, L2Hop};
 
 use layout::{proto_code, proto_of, Layout, V4, V6};
 use store::{
-    is_committed, m_backend, m_proto, m_state, Found, Fresh, Hashed, Store, ST_CLOSE,
-    ST_ESTABLISHED, ST_FIN_WAIT, ST_OTHER, ST_SYN_RECV, ST_SYN_SENT, ST_UDP,
+    is_committed, m_backend, m_generation, m_proto, m_state, Evict, Found, Fresh, Hashed, Store,
+    ST_CLOSE, ST_ESTABLISHED, ST_FIN_WAIT, ST_OTHER, ST_SYN_RECV, ST_SYN_SENT, ST_UDP,
 };
 
 /// TCP flag bits as passed to [`FlowTable::touch`].
@@ -258,14 +333,53 @@ pub struct FlowEntry {
     pub backend: u32,
 }
 
-/// A handle on a flow record, valid until the flow is removed.
+/// A handle on one flow: its record and the generation the record had when
+/// the flow was read. Valid until the flow is removed; after that
+/// [`FlowTable::touch`] and [`FlowTable::remove`] with it do nothing, even
+/// once the record holds another flow (see "Races" in the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowId(u32);
+pub struct FlowId {
+    /// Record index, with [`V6_BIT`] for the IPv6 store.
+    rec: u32,
+    /// The record's (even) generation while it holds this flow.
+    gen: u16,
+}
 
 impl FlowId {
-    /// The record index.
+    /// The record index within its store.
     pub fn index(self) -> usize {
-        self.0 as usize
+        (self.rec & !V6_BIT) as usize
+    }
+
+    /// The record's generation while it holds this flow.
+    pub fn generation(self) -> u16 {
+        self.gen
+    }
+}
+
+/// Flows evicted to make room for new ones, by class, in the order early
+/// drop chooses them (see "Ageing and eviction" in the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EarlyDrops {
+    /// Flows past their timeout, reclaimed by an insert that found no free
+    /// record or index slot.
+    pub expired: u64,
+    /// Half-open or closing TCP flows (`SYN_SENT`, `SYN_RECV`, `FIN_WAIT`,
+    /// `CLOSE`).
+    pub embryonic: u64,
+    /// Live UDP, SCTP and ICMP flows, oldest first, when no flow of the
+    /// classes above was in the sample.
+    pub idle: u64,
+}
+
+impl EarlyDrops {
+    /// `(counter name, value)` pairs, as `sluice` prints them at exit.
+    pub fn named(&self) -> [(&'static str, u64); 3] {
+        [
+            ("early_drop_expired", self.expired),
+            ("early_drop_embryonic", self.embryonic),
+            ("early_drop_idle", self.idle),
+        ]
     }
 }
 
@@ -397,7 +511,10 @@ fn fresh<const N: usize>(words: [u64; N], pcode: u8, backend: u32, init: u8) -> 
 #[inline]
 fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool) -> Hit {
     Hit {
-        id: FlowId(f.ri | if v6 { V6_BIT } else { 0 }),
+        id: FlowId {
+            rec: f.ri | if v6 { V6_BIT } else { 0 },
+            gen: m_generation(f.meta),
+        },
         dir: f.dir,
         entry: L::unpack(&f.words, proto_of(m_proto(f.meta)), m_backend(f.meta)),
         state: public_state(m_state(f.meta)),
@@ -460,7 +577,7 @@ impl FlowTable {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn timeout_of(&self, st: u8) -> u32 {
         self.v4.timeout_of(st)
     }
@@ -597,7 +714,7 @@ impl FlowTable {
             return self
                 .v4
                 .insert(&ho, &hr, fresh(w, pcode, entry.backend, init), now)
-                .map(FlowId);
+                .map(|(rec, gen)| FlowId { rec, gen });
         }
         if let Some(w) = V6::pack(entry) {
             let (Some(o), Some(r)) = (V6::key(&entry.original), V6::key(&entry.reply)) else {
@@ -607,7 +724,10 @@ impl FlowTable {
             return self
                 .v6
                 .insert(&ho, &hr, fresh(w, pcode, entry.backend, init), now)
-                .map(|ri| FlowId(ri | V6_BIT));
+                .map(|(ri, gen)| FlowId {
+                    rec: ri | V6_BIT,
+                    gen,
+                });
         }
         Err(InsertError::Unsupported)
     }
@@ -616,25 +736,38 @@ impl FlowTable {
     /// TCP state from the packet's `tcp_flags` (FIN=1 SYN=2 RST=4 ACK=0x10;
     /// ignored for non-TCP flows). Returns the new state, or
     /// [`FlowState::Close`] if the flow is gone or expired (it is then not
-    /// revived).
+    /// revived). A stale `id`, whose record was reused by another flow
+    /// meanwhile, leaves that flow alone and also returns `Close`.
     ///
     /// Writes the shared record only when the state or the second changes.
     #[inline]
     pub fn touch(&self, id: FlowId, dir: Direction, tcp_flags: u8, now: u32) -> FlowState {
-        let st = if id.0 & V6_BIT == 0 {
-            self.v4.touch(id.0, dir, tcp_flags, now)
+        let st = if id.rec & V6_BIT == 0 {
+            self.v4.touch(id.rec, id.gen, dir, tcp_flags, now)
         } else {
-            self.v6.touch(id.0 & !V6_BIT, dir, tcp_flags, now)
+            self.v6.touch(id.rec & !V6_BIT, id.gen, dir, tcp_flags, now)
         };
         st.map_or(FlowState::Close, public_state)
     }
 
-    /// Removes flow `id`; false if it was already gone.
+    /// Removes flow `id`; false if it was already gone (a stale `id` never
+    /// removes the flow that reused its record).
     pub fn remove(&self, id: FlowId) -> bool {
-        if id.0 & V6_BIT == 0 {
-            self.v4.remove(id.0)
+        if id.rec & V6_BIT == 0 {
+            self.v4.remove(id.rec, id.gen)
         } else {
-            self.v6.remove(id.0 & !V6_BIT)
+            self.v6.remove(id.rec & !V6_BIT, id.gen)
+        }
+    }
+
+    /// Flows early-dropped so far, by class (both stores; never reset).
+    pub fn early_drops(&self) -> EarlyDrops {
+        let [a, b] = [self.v4.early_drops(), self.v6.early_drops()];
+        let sum = |c: Evict| a[c as usize] + b[c as usize];
+        EarlyDrops {
+            expired: sum(Evict::Expired),
+            embryonic: sum(Evict::Embryonic),
+            idle: sum(Evict::Idle),
         }
     }
 
@@ -693,5 +826,7 @@ impl FlowTable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;

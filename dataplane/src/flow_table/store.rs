@@ -2,11 +2,10 @@
 //! the free stack. The module docs of [`flow_table`](super) give the design
 //! and the concurrency argument; this file is the mechanism.
 
-use std::hint::spin_loop;
 use std::marker::PhantomData;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::layout::Layout;
+use super::sync::{fence, spin_loop, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use super::{tcp_next, Direction, InsertError, Timeouts};
 
 /// Index slots per bucket (one 64-byte cache line of `u32`s).
@@ -57,6 +56,13 @@ pub fn m_proto(m: u64) -> u8 {
 fn m_gen(m: u64) -> u64 {
     (m >> 32) & GEN_MASK
 }
+/// The generation of a record's meta word, as a [`FlowId`](super::FlowId)
+/// keeps it: even while the record holds a flow, bumped on every publish
+/// and every removal.
+#[inline]
+pub fn m_generation(m: u64) -> u16 {
+    m_gen(m) as u16
+}
 #[inline]
 pub fn m_backend(m: u64) -> u32 {
     (m >> 48) as u32
@@ -100,6 +106,25 @@ fn age(seen: u32, now: u32) -> u32 {
         d
     }
 }
+
+/// The classes early drop evicts from, in the order it prefers them; the
+/// index of [`Store::early_drops`]. Established TCP flows are in none: they
+/// are never early-dropped (the module docs of [`flow_table`](super) argue
+/// why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Evict {
+    /// Past its state's timeout: reclaiming it loses nothing.
+    Expired = 0,
+    /// TCP not (or no longer) established: `SYN_SENT`, `SYN_RECV`,
+    /// `FIN_WAIT`, `CLOSE`. What a SYN flood creates.
+    Embryonic = 1,
+    /// A live UDP, SCTP or ICMP flow (no handshake tells a live one from a
+    /// spoofed one), oldest first.
+    Idle = 2,
+}
+
+/// Number of [`Evict`] classes.
+pub const EVICT_CLASSES: usize = 3;
 
 /// One flow: the meta word, then the layout's `N` words.
 #[repr(C)]
@@ -155,7 +180,7 @@ pub struct Hashed<K> {
     pub key: K,
     pub b1: usize,
     pub b2: usize,
-    tag: u32,
+    pub tag: u32,
     /// The record [`Store::prefetch_record`] found under the tag in the
     /// home bucket (`u32::MAX`: none): a hint the lookup validates first.
     cand: u32,
@@ -195,6 +220,10 @@ pub struct Store<L: Layout<N>, const N: usize> {
     /// Odd while a displacement moves an index slot between buckets;
     /// incremented by every move (a seqcount: see the module docs).
     moves: AtomicU64,
+    /// Early drops by [`Evict`] class. Evictions are rare (only when the
+    /// store or a key's two buckets are full), so a shared atomic costs
+    /// nothing per packet.
+    early_drops: [AtomicUsize; EVICT_CLASSES],
     seed: [u64; 4],
     timeouts: Timeouts,
     _layout: PhantomData<L>,
@@ -226,6 +255,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             evict_hand: AtomicUsize::new(0),
             sweep_hand: AtomicUsize::new(0),
             moves: AtomicU64::new(0),
+            early_drops: std::array::from_fn(|_| AtomicUsize::new(0)),
             seed,
             timeouts,
             _layout: PhantomData,
@@ -243,6 +273,13 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
 
     pub fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Early drops so far, indexed by [`Evict`] class.
+    pub fn early_drops(&self) -> [u64; EVICT_CLASSES] {
+        self.early_drops
+            .each_ref()
+            .map(|a| a.load(Ordering::Relaxed) as u64)
     }
 
     /// Bytes allocated: records and index.
@@ -353,19 +390,40 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         }
     }
 
+    /// The buckets a pass over `h` reads, in order: `b1`, `b2`, and `b1`
+    /// again if `moving` (a displacement is in progress: see
+    /// [`Store::settled`]).
+    #[inline]
+    fn pass_buckets(h: &Hashed<L::Key>, moving: bool) -> impl Iterator<Item = usize> {
+        let two = h.b2 != h.b1;
+        [
+            Some(h.b1),
+            two.then_some(h.b2),
+            (two && moving).then_some(h.b1),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Calls `f` for every record (other than `skip`) indexed under `h`
     /// whose key equals `h`'s, with a validated read, until `f` returns
-    /// `Some`.
+    /// `Some`; reads `b1` a second time if `moving`.
     fn scan<R>(
         &self,
         h: &Hashed<L::Key>,
         skip: u32,
         order: Ordering,
+        moving: bool,
         mut f: impl FnMut(&Found<N>) -> Option<R>,
     ) -> Option<R> {
         let kp = L::key_proto(&h.key);
-        let second = (h.b2 != h.b1).then_some(h.b2);
-        for b in std::iter::once(h.b1).chain(second) {
+        for (i, b) in Self::pass_buckets(h, moving).enumerate() {
+            #[cfg(all(test, not(loom)))]
+            if i > 0 {
+                hook::between_buckets(h.b1, h.b2, h.tag);
+            }
+            #[cfg(not(all(test, not(loom))))]
+            let _ = i;
             if let Some(r) = self.scan_bucket(b, h, kp, skip, order, &mut f) {
                 return Some(r);
             }
@@ -414,27 +472,29 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         None
     }
 
-    /// Runs `f` until no displacement overlapped it (at most `tries`
-    /// times); `f` returns `Some` to stop early. `None` if every try
-    /// overlapped a move or found nothing.
-    fn stable<R>(&self, tries: usize, mut f: impl FnMut() -> Option<R>) -> (Option<R>, bool) {
-        for _ in 0..tries {
-            let mv = self.moves.load(Ordering::SeqCst);
-            if mv & 1 == 1 {
-                spin_loop();
-                continue;
-            }
-            if let Some(r) = f() {
-                return (Some(r), true);
+    /// Runs the pass `f(moving)` until it finds something (`Some`) or no
+    /// displacement began or ended while it ran; `moving` says a move was
+    /// in progress when the pass began, so the pass must read `b1`, `b2`,
+    /// `b1` ([`Store::pass_buckets`]). A miss is then final: the module docs
+    /// of [`flow_table`](super) prove that such a pass sees every slot of
+    /// its key, the one in flight included. Never gives up on a mover that
+    /// is slow or preempted (the counter stays odd and unchanged, so the
+    /// first pass decides); retries only when a move ended meanwhile, i.e.
+    /// when another thread made progress.
+    #[inline]
+    fn settled<R>(&self, order: Ordering, mut f: impl FnMut(bool) -> Option<R>) -> Option<R> {
+        loop {
+            let mv = self.moves.load(order);
+            if let Some(r) = f(mv & 1 == 1) {
+                return Some(r);
             }
             // The seqlock reader's check: had `f` seen any slot write of a
-            // move, this fence would make the move's odd count visible.
+            // later move, this fence makes that move's count visible.
             fence(Ordering::Acquire);
             if self.moves.load(Ordering::Relaxed) == mv {
-                return (None, true);
+                return None;
             }
         }
-        (None, false)
     }
 
     /// The live flow with key `h`.
@@ -481,27 +541,21 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         }))
     }
 
+    /// The scan of a lookup: a hit, or a miss only when no live flow has
+    /// the key (a slot on the move is found: [`Store::settled`]). The common
+    /// case is one pass over `b1` (and `b2` on a miss) and two loads of the
+    /// move counter.
     fn lookup_scan<R>(
         &self,
         h: &Hashed<L::Key>,
         now: u32,
         hit: &impl Fn(&Found<N>) -> R,
     ) -> Option<R> {
-        let once = |order| {
-            self.scan(h, u32::MAX, order, |f| {
+        self.settled(Ordering::Acquire, |moving| {
+            self.scan(h, u32::MAX, Ordering::Acquire, moving, |f| {
                 (is_committed(f.meta) && !self.is_expired(f.meta, now)).then(|| hit(f))
             })
-        };
-        // The common case: found, or missed while no slot was moving.
-        let mv = self.moves.load(Ordering::Acquire);
-        if let Some(r) = once(Ordering::Acquire) {
-            return Some(r);
-        }
-        fence(Ordering::Acquire);
-        if mv & 1 == 0 && self.moves.load(Ordering::Relaxed) == mv {
-            return None;
-        }
-        self.stable(64, || once(Ordering::SeqCst)).0
+        })
     }
 
     // ---- insert ----
@@ -513,7 +567,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         hr: &Hashed<L::Key>,
         new: Fresh<N>,
         now: u32,
-    ) -> Result<u32, InsertError> {
+    ) -> Result<(u32, u16), InsertError> {
         let Fresh {
             words,
             pcode,
@@ -564,13 +618,13 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             self.withdraw(ri, ho, hr);
             return Err(InsertError::Exists);
         }
-        Ok(ri)
+        Ok((ri, m_generation(pending)))
     }
 
     /// Whether a live (or pending) flow holds `h`'s key; reclaims expired
     /// ones on the way.
     fn precheck(&self, h: &Hashed<L::Key>, now: u32) -> bool {
-        self.scan(h, u32::MAX, Ordering::Acquire, |f| {
+        self.scan(h, u32::MAX, Ordering::Acquire, false, |f| {
             if m_state(f.meta) == ST_PENDING {
                 Some(())
             } else if is_committed(f.meta) {
@@ -587,16 +641,20 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         .is_some()
     }
 
-    /// After claiming our slots: whether we still may commit `ri`. Repeated
-    /// while a displacement overlaps it, so a moving slot is never missed.
+    /// After claiming our slots: whether we still may commit `ri`. Settled
+    /// like a lookup ([`Store::settled`]), so a competitor's slot on the
+    /// move is never missed, and a stalled mover never turns the answer
+    /// into a spurious [`InsertError::Exists`].
     fn rescan(&self, h: &Hashed<L::Key>, ri: u32, now: u32) -> bool {
-        let (lost, stable) = self.stable(64, || self.rescan_once(h, ri, now).then_some(()));
-        lost.is_none() && stable
+        self.settled(Ordering::SeqCst, |moving| {
+            self.rescan_once(h, ri, now, moving).then_some(())
+        })
+        .is_none()
     }
 
     /// One pass of [`Store::rescan`]: true if a competitor wins.
-    fn rescan_once(&self, h: &Hashed<L::Key>, ri: u32, now: u32) -> bool {
-        self.scan(h, ri, Ordering::SeqCst, |f| match m_state(f.meta) {
+    fn rescan_once(&self, h: &Hashed<L::Key>, ri: u32, now: u32, moving: bool) -> bool {
+        self.scan(h, ri, Ordering::SeqCst, moving, |f| match m_state(f.meta) {
             ST_PENDING if f.ri < ri => Some(()),
             ST_PENDING => {
                 let rec = &self.records[f.ri as usize];
@@ -715,25 +773,42 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
                     continue;
                 }
                 for dst in self.buckets[o].0.iter() {
-                    if dst.load(Ordering::Relaxed) == 0
-                        && dst
-                            .compare_exchange(0, v, Ordering::SeqCst, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        // Copied: now replace the original by our slot.
-                        if slot
-                            .compare_exchange(v, val, Ordering::SeqCst, Ordering::Relaxed)
-                            .is_ok()
-                        {
+                    if Self::copy_slot(dst, v) {
+                        if Self::relocate(slot, dst, v, val) {
                             return true;
                         }
-                        // Its flow was unindexed meanwhile: undo the copy.
-                        let _ = dst.compare_exchange(v, 0, Ordering::SeqCst, Ordering::Relaxed);
                         break;
                     }
                 }
             }
         }
+        false
+    }
+
+    /// The first half of a move: copies slot value `v` into the empty
+    /// `dst` of its other bucket; false if `dst` was taken meanwhile.
+    #[inline]
+    fn copy_slot(dst: &AtomicU32, v: u32) -> bool {
+        dst.load(Ordering::Relaxed) == 0
+            && dst
+                .compare_exchange(0, v, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The second half: replaces the original `slot` (still `v`) by `val`,
+    /// the slot it was moved away for. If the flow was unindexed meanwhile
+    /// (the original is no longer `v`), undoes the copy instead and returns
+    /// false. Either way at most one of the two holds `v` afterwards, and
+    /// none if the owner cleared one of them.
+    #[inline]
+    fn relocate(slot: &AtomicU32, dst: &AtomicU32, v: u32, val: u32) -> bool {
+        if slot
+            .compare_exchange(v, val, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        let _ = dst.compare_exchange(v, 0, Ordering::SeqCst, Ordering::Relaxed);
         false
     }
 
@@ -796,11 +871,26 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         }
     }
 
-    /// Among `cands`, claims the best victim: expired first, else not
-    /// established, oldest first. The victim's slots are cleared; the caller
-    /// owns the record (free generation) and must reuse or release it.
+    /// The class early drop would evict committed flow `m` as, or `None`
+    /// if it spares it (a live established TCP flow).
+    fn evict_class(&self, m: u64, now: u32) -> Option<Evict> {
+        if self.is_expired(m, now) {
+            return Some(Evict::Expired);
+        }
+        match m_state(m) {
+            ST_SYN_SENT | ST_SYN_RECV | ST_FIN_WAIT | ST_CLOSE => Some(Evict::Embryonic),
+            ST_ESTABLISHED => None,
+            _ => Some(Evict::Idle),
+        }
+    }
+
+    /// Among `cands`, claims the best victim: the first [`Evict`] class
+    /// present, oldest first within it. The victim's slots are cleared and
+    /// its class counted; the caller owns the record (free generation) and
+    /// must reuse or release it.
     fn early_drop(&self, cands: impl Iterator<Item = u32>, now: u32) -> Option<u32> {
-        let mut best: Option<(bool, u32, u32, u64)> = None; // (!expired, -age, idx, meta)
+        // (class, -age, record, meta): the smallest (class, -age) wins.
+        let mut best: Option<(Evict, u32, u32, u64)> = None;
         for ri in cands {
             let Some(rec) = self.records.get(ri as usize) else {
                 continue;
@@ -809,17 +899,20 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             if !is_committed(m) {
                 continue;
             }
-            let expired = self.is_expired(m, now);
-            if !expired && m_state(m) == ST_ESTABLISHED {
+            let Some(class) = self.evict_class(m, now) else {
                 continue;
-            }
-            let key = (!expired, u32::MAX - age(m_seen(m), now), ri, m);
+            };
+            let key = (class, u32::MAX - age(m_seen(m), now), ri, m);
             if !matches!(best, Some(b) if (b.0, b.1) <= (key.0, key.1)) {
                 best = Some(key);
             }
         }
-        let (_, _, ri, m) = best?;
-        self.kill(ri, m).then_some(ri)
+        let (class, _, ri, m) = best?;
+        if !self.kill(ri, m) {
+            return None;
+        }
+        self.early_drops[class as usize].fetch_add(1, Ordering::Relaxed);
+        Some(ri)
     }
 
     /// Claims record `ri` if its meta is still exactly `m` (so a concurrent
@@ -856,23 +949,27 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         self.unindex_keys(ri, &self.hashed(ko), &self.hashed(kr));
     }
 
-    /// Clears every slot of `ri` under both keys, again while a
-    /// displacement overlapped the pass (a slot being moved is then in
-    /// one of the two buckets, or both, and the next pass finds it).
+    /// Clears every slot of `ri` under both keys. Settled like a lookup
+    /// ([`Store::settled`]): a pass during a move reads `b1`, `b2`, `b1`
+    /// and so finds the slot in flight; a move that ended meanwhile makes
+    /// it run again. A stalled mover does not stall the caller.
     fn unindex_keys(&self, ri: u32, ho: &Hashed<L::Key>, hr: &Hashed<L::Key>) {
-        self.stable(usize::MAX, || {
+        self.settled(Ordering::SeqCst, |moving| {
             for h in [ho, hr] {
-                // A key has one slot, except while a move copies it: stop
-                // at the first; a move that overlapped makes `stable` run
-                // the pass again, which then finds the copy.
+                // A key has one slot, plus its copy while a move copies it:
+                // clearing either is enough, because the mover's erase of
+                // the original then fails and it undoes its copy, or its
+                // erase replaces the original (see `Store::relocate`).
                 let val = slot_val(ri, h.tag);
-                for slot in self.window(h) {
-                    if slot.load(Ordering::SeqCst) == val
-                        && slot
-                            .compare_exchange(val, 0, Ordering::SeqCst, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        break;
+                'key: for b in Self::pass_buckets(h, moving) {
+                    for slot in self.buckets[b].0.iter() {
+                        if slot.load(Ordering::SeqCst) == val
+                            && slot
+                                .compare_exchange(val, 0, Ordering::SeqCst, Ordering::Relaxed)
+                                .is_ok()
+                        {
+                            break 'key;
+                        }
                     }
                 }
             }
@@ -894,12 +991,15 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     }
 
     /// See [`FlowTable::touch`](super::FlowTable::touch); `None` if the
-    /// flow is gone or expired.
-    pub fn touch(&self, ri: u32, dir: Direction, tcp_flags: u8, now: u32) -> Option<u8> {
+    /// flow of generation `gen` is gone (the record is free or holds
+    /// another flow) or expired.
+    pub fn touch(&self, ri: u32, gen: u16, dir: Direction, tcp_flags: u8, now: u32) -> Option<u8> {
         let rec = self.records.get(ri as usize)?;
         let mut m = rec.meta.load(Ordering::Acquire);
         loop {
-            if !is_committed(m) || self.is_expired(m, now) {
+            // The generation is part of the CAS'd word: a removal and reuse
+            // between this check and the CAS changes it, and the CAS fails.
+            if m_generation(m) != gen || !is_committed(m) || self.is_expired(m, now) {
                 return None;
             }
             let st = m_state(m);
@@ -929,21 +1029,14 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         }
     }
 
-    /// Removes record `ri`; false if it was already gone.
-    pub fn remove(&self, ri: u32) -> bool {
+    /// Removes the flow of generation `gen` in record `ri`; false if it
+    /// was already gone (even if the record holds another flow now).
+    pub fn remove(&self, ri: u32, gen: u16) -> bool {
         let Some(rec) = self.records.get(ri as usize) else {
             return false;
         };
-        loop {
-            let m = rec.meta.load(Ordering::Acquire);
-            if !is_committed(m) {
-                return false;
-            }
-            if self.kill(ri, m) {
-                self.release(ri);
-                return true;
-            }
-        }
+        let m = rec.meta.load(Ordering::Acquire);
+        m_generation(m) == gen && self.remove_read(ri, m)
     }
 
     /// Sweeps up to `max_records` records from the clock hand.
@@ -987,7 +1080,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     }
 
     /// Free records (walks the stack; for tests on a quiescent store).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub fn free_len(&self) -> usize {
         let mut n = 0;
         let mut top = self.free_head.load(Ordering::Acquire) as u32;
@@ -999,13 +1092,13 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     }
 
     /// Displacements done so far.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub fn moves(&self) -> u64 {
         self.moves.load(Ordering::Relaxed) / 2
     }
 
     /// Occupied index slots (for tests on a quiescent store).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub fn used_slots(&self) -> usize {
         self.buckets
             .iter()
@@ -1013,4 +1106,114 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             .filter(|s| s.load(Ordering::Relaxed) != 0)
             .count()
     }
+}
+
+/// Test hooks: code a test runs inside a scan, between two of its bucket
+/// reads, to interleave a displacement with it deterministically.
+#[cfg(all(test, not(loom)))]
+pub mod hook {
+    use std::cell::RefCell;
+
+    /// Called with the scanned key's `(b1, b2, tag)`.
+    type Hook = Box<dyn FnMut(usize, usize, u32)>;
+
+    thread_local! {
+        static BETWEEN: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` between the bucket reads of every scan on this thread until
+    /// [`clear`] (not inside itself: scans that `f` makes do not call it).
+    pub fn set(f: impl FnMut(usize, usize, u32) + 'static) {
+        BETWEEN.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    /// Removes the hook of this thread.
+    pub fn clear() {
+        BETWEEN.with(|h| *h.borrow_mut() = None);
+    }
+
+    pub(super) fn between_buckets(b1: usize, b2: usize, tag: u32) {
+        let Some(mut f) = BETWEEN.with(|h| h.borrow_mut().take()) else {
+            return;
+        };
+        f(b1, b2, tag);
+        BETWEEN.with(|h| {
+            let mut h = h.borrow_mut();
+            if h.is_none() {
+                *h = Some(f);
+            }
+        });
+    }
+}
+
+/// A displacement taken apart, so that a test can stop it half-way (the
+/// counter odd, a slot copied and not yet erased, or erased and the counter
+/// not yet bumped), as a preempted mover would leave it. Each step is the
+/// real mover's code.
+#[cfg(all(test, not(loom)))]
+impl<L: Layout<N>, const N: usize> Store<L, N> {
+    /// Every `(bucket, index)` holding the slot of record `ri` under `h`.
+    pub fn slots_of(&self, h: &Hashed<L::Key>, ri: u32) -> Vec<(usize, usize)> {
+        let val = slot_val(ri, h.tag);
+        let mut at = Vec::new();
+        for b in Self::pass_buckets(h, false) {
+            for (i, slot) in self.buckets[b].0.iter().enumerate() {
+                if slot.load(Ordering::SeqCst) == val {
+                    at.push((b, i));
+                }
+            }
+        }
+        at
+    }
+
+    /// Opens a move, as [`Store::displace`] does: the counter goes odd.
+    pub fn begin_move(&self) {
+        let mv = self.moves.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(mv & 1, 0, "a move is already open");
+    }
+
+    /// Closes the open move: the counter goes even.
+    pub fn end_move(&self) {
+        let mv = self.moves.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(mv & 1, 1, "no move is open");
+    }
+
+    /// The move's copy: slot `(b, i)` into the first free slot of its other
+    /// bucket.
+    pub fn copy_to_other(&self, (b, i): (usize, usize)) -> Copied {
+        let v = self.buckets[b].0[i].load(Ordering::SeqCst);
+        assert_ne!(v, 0, "nothing to move");
+        let o = self.alt(b, v & 0xFF);
+        assert_ne!(o, b, "the slot has no other bucket");
+        for (j, dst) in self.buckets[o].0.iter().enumerate() {
+            if Self::copy_slot(dst, v) {
+                return Copied {
+                    from: (b, i),
+                    to: (o, j),
+                    v,
+                };
+            }
+        }
+        panic!("bucket {o} is full");
+    }
+
+    /// The move's erase of the original (replaced by an empty slot here),
+    /// or the undo of the copy if the original changed; true if erased.
+    pub fn erase_original(&self, c: &Copied) -> bool {
+        let slot = &self.buckets[c.from.0].0[c.from.1];
+        let dst = &self.buckets[c.to.0].0[c.to.1];
+        Self::relocate(slot, dst, c.v, 0)
+    }
+}
+
+/// A slot copied by [`Store::copy_to_other`], not yet erased.
+#[cfg(all(test, not(loom)))]
+#[derive(Clone, Copy, Debug)]
+pub struct Copied {
+    /// The original: `(bucket, index)`.
+    pub from: (usize, usize),
+    /// The copy.
+    pub to: (usize, usize),
+    /// The slot value.
+    pub v: u32,
 }

@@ -385,12 +385,16 @@ fn eviction_when_full() {
     t.touch(ids[1], Direction::Original, RST, 11);
     t.touch(ids[2], Direction::Original, RST, 12);
     let id = t.insert(&entry(10), 13).unwrap();
-    assert_eq!(id, ids[1]);
+    assert_eq!(id.index(), ids[1].index());
+    assert_ne!(id, ids[1], "a new generation of the record");
     assert!(t.lookup(&entry(1).original, 13).is_none());
     assert!(t.lookup(&entry(2).original, 13).is_some());
     // An expired established flow goes before a fresh closing one.
     let id = t.insert(&entry(11), 2000).unwrap();
-    assert!(id == ids[0] || id == ids[3], "{id:?}");
+    assert!(
+        id.index() == ids[0].index() || id.index() == ids[3].index(),
+        "{id:?}"
+    );
     assert_eq!(t.len(), 4);
 }
 
@@ -421,8 +425,43 @@ fn stale_id_touch_is_harmless() {
     assert!(t.remove(id));
     assert_eq!(t.touch(id, Direction::Original, ACK, 1), FlowState::Close);
     assert_eq!(
-        t.touch(FlowId(99), Direction::Original, ACK, 1),
+        t.touch(FlowId { rec: 99, gen: 0 }, Direction::Original, ACK, 1),
         FlowState::Close
+    );
+    assert!(!t.remove(FlowId { rec: 99, gen: 0 }));
+}
+
+/// A stale id (the flow was removed and its record reused by another flow,
+/// as happens between a worker's lookup and its touch when another worker
+/// removes or early-drops the flow) must not touch or remove the new flow:
+/// a client's RST must not close someone else's connection.
+#[test]
+fn stale_id_never_acts_on_the_flow_that_reused_its_record() {
+    let t = table(1);
+    let old = t.insert(&entry(1), 0).unwrap();
+    assert!(t.remove(old));
+    let new = t.insert(&entry(2), 0).unwrap();
+    assert_eq!(new.index(), old.index(), "the test needs the record reused");
+    assert_ne!(new.generation(), old.generation());
+    assert_eq!(t.touch(old, Direction::Original, RST, 1), FlowState::Close);
+    assert_eq!(t.touch(old, Direction::Reply, ACK, 5), FlowState::Close);
+    assert!(!t.remove(old));
+    let h = t
+        .lookup(&entry(2).original, 5)
+        .expect("the new flow is intact");
+    assert_eq!((h.id, h.state), (new, FlowState::SynSent));
+    // Untouched by the stale id: it expires on its own clock (SYN_SENT, 120 s
+    // from its insert at 0), not refreshed at 5.
+    assert!(t.lookup(&entry(2).original, 121).is_none());
+    // The same through early drop: a stale id of an evicted flow.
+    let t = table(1);
+    let victim = t.insert(&entry(3), 0).unwrap();
+    let taker = t.insert(&entry(4), 1).unwrap();
+    assert_eq!(taker.index(), victim.index());
+    assert!(!t.remove(victim));
+    assert_eq!(
+        t.touch(taker, Direction::Original, 0, 1),
+        FlowState::SynSent
     );
 }
 
@@ -753,4 +792,332 @@ fn stress_displacement_never_hides_a_live_flow() {
         "no displacement happened: the test lost its point"
     );
     eprintln!("displacements: {}", t.v4.moves());
+}
+
+// ---- a displacement frozen half-way (a preempted mover) ----
+
+/// A table holding flow 1 (original key `k`) with `k`'s slot in its second
+/// bucket if `in_b2`, else in its first; the hashed key and the record.
+fn one_flow_with_slot_in(in_b2: bool) -> (Arc<FlowTable>, FlowEntry, Hashed<layout::Key4>, u32) {
+    let t = Arc::new(table(64));
+    // A flow whose original key has two distinct buckets (almost all do).
+    let (e, h) = (1..)
+        .map(entry)
+        .map(|e| (e, t.v4.hashed(V4::key(&e.original).unwrap())))
+        .find(|(_, h)| h.b1 != h.b2)
+        .unwrap();
+    let ri = t.insert(&e, 0).unwrap().index() as u32;
+    let at = t.v4.slots_of(&h, ri);
+    assert_eq!(at.len(), 1);
+    assert_eq!(at[0].0, h.b1, "a fresh key sits in its first bucket");
+    if in_b2 {
+        // A whole move, as a displacement would do it.
+        t.v4.begin_move();
+        let c = t.v4.copy_to_other(at[0]);
+        assert!(t.v4.erase_original(&c));
+        t.v4.end_move();
+        assert_eq!(t.v4.slots_of(&h, ri), vec![c.to]);
+        assert_eq!(c.to.0, h.b2);
+    }
+    (t, e, h, ri)
+}
+
+fn hits(t: &FlowTable, e: &FlowEntry) -> bool {
+    t.lookup(&e.original, 0).map(|h| h.entry) == Some(*e)
+}
+
+/// Every point a move can stop at (counter odd; slot copied, not erased;
+/// erased, counter not bumped), in both directions: the flow is found.
+#[test]
+fn lookup_hits_at_every_point_of_a_frozen_move() {
+    for in_b2 in [false, true] {
+        let (t, e, h, ri) = one_flow_with_slot_in(in_b2);
+        t.v4.begin_move();
+        assert!(
+            hits(&t, &e),
+            "counter odd, nothing copied (from b2: {in_b2})"
+        );
+        let c = t.v4.copy_to_other(t.v4.slots_of(&h, ri)[0]);
+        assert!(hits(&t, &e), "copied, not erased (from b2: {in_b2})");
+        assert!(t.v4.erase_original(&c));
+        assert!(hits(&t, &e), "erased, counter odd (from b2: {in_b2})");
+        // A miss is still a miss, and still returns while the move is open.
+        assert!(t.lookup(&entry(100_000).original, 0).is_none());
+        t.v4.end_move();
+        assert!(hits(&t, &e));
+    }
+}
+
+/// The race a preempted mover makes: a lookup reads `b1` before the slot's
+/// copy lands there and `b2` after its erase, and the mover then stops with
+/// the counter odd. The lookup must still hit (not give up and miss): the
+/// move begun before the lookup (its first pass reads `b1` again) or
+/// between the lookup's two bucket reads (it retries, the counter moved).
+#[test]
+fn lookup_hits_when_a_move_passes_it_and_freezes() {
+    for begun_before in [true, false] {
+        let (t, e, h, ri) = one_flow_with_slot_in(true);
+        if begun_before {
+            t.v4.begin_move();
+        }
+        let (t2, key) = (t.clone(), (h.b1, h.b2, h.tag));
+        let mut fired = false;
+        store::hook::set(move |b1, b2, tag| {
+            if (b1, b2, tag) != key || fired {
+                return;
+            }
+            fired = true;
+            // Between the lookup's read of b1 and its read of b2: move the
+            // slot from b2 to b1 and stop before bumping the counter.
+            if !begun_before {
+                t2.v4.begin_move();
+            }
+            let c = t2.v4.copy_to_other(t2.v4.slots_of(&h, ri)[0]);
+            assert!(t2.v4.erase_original(&c));
+        });
+        let got = t.lookup(&e.original, 0);
+        store::hook::clear();
+        assert_eq!(t.v4.slots_of(&h, ri).first().map(|s| s.0), Some(h.b1));
+        assert_eq!(
+            got.map(|h| h.entry),
+            Some(e),
+            "a live flow missed (move begun before the lookup: {begun_before})"
+        );
+        t.v4.end_move();
+    }
+}
+
+/// An insert's re-scan does not give up on a frozen move: a new flow is
+/// inserted (no spurious `Exists`), and a duplicate of a flow whose slot
+/// moves under the re-scan is still refused.
+#[test]
+fn insert_rescan_through_a_frozen_move() {
+    let (t, e, h, ri) = one_flow_with_slot_in(true);
+    t.v4.begin_move();
+    let other = t.insert(&entry(5000), 0);
+    assert!(other.is_ok(), "insert during a frozen move: {other:?}");
+    // Same original key as `e`, another reply key: must lose to `e`.
+    let mut dup = e;
+    dup.reply.dport = dup.reply.dport.wrapping_add(1);
+    dup.reply.src = Addr::from_v4([198, 18, 9, 9]);
+    let (t2, key) = (t.clone(), (h.b1, h.b2, h.tag));
+    let mut fired = false;
+    store::hook::set(move |b1, b2, tag| {
+        if (b1, b2, tag) == key && !fired {
+            fired = true;
+            let c = t2.v4.copy_to_other(t2.v4.slots_of(&h, ri)[0]);
+            assert!(t2.v4.erase_original(&c));
+        }
+    });
+    let got = t.insert(&dup, 0);
+    store::hook::clear();
+    assert_eq!(got, Err(InsertError::Exists));
+    t.v4.end_move();
+    assert_eq!(t.lookup(&e.original, 0).map(|h| h.entry), Some(e));
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.v4.used_slots(), 4);
+}
+
+/// Removing a flow whose slot is in the middle of a frozen move returns
+/// (does not wait for the mover) and, once the mover finishes, leaves no
+/// slot of it behind, whichever half of the move was done.
+#[test]
+fn remove_through_a_frozen_move_leaves_no_slot() {
+    for erased in [false, true] {
+        for in_b2 in [false, true] {
+            let (t, e, h, ri) = one_flow_with_slot_in(in_b2);
+            let id = t.lookup(&e.original, 0).unwrap().id;
+            t.v4.begin_move();
+            let c = t.v4.copy_to_other(t.v4.slots_of(&h, ri)[0]);
+            if erased {
+                assert!(t.v4.erase_original(&c));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t2 = t.clone();
+            std::thread::spawn(move || tx.send(t2.remove(id)).unwrap());
+            let removed = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("remove is stuck behind a frozen move");
+            assert!(removed);
+            if !erased {
+                // The mover resumes: its erase or its undo.
+                t.v4.erase_original(&c);
+            }
+            t.v4.end_move();
+            assert_eq!(t.v4.used_slots(), 0, "erased {erased}, from b2 {in_b2}");
+            assert!(t.is_empty());
+        }
+    }
+}
+
+// ---- early drop ----
+
+/// Flow `n` inserted at `at` and brought to `state`.
+fn put(t: &FlowTable, n: u32, state: FlowState, at: u32) -> FlowId {
+    let p = match state {
+        FlowState::Udp => proto::UDP,
+        _ => proto::TCP,
+    };
+    let id = t.insert(&entry_p(n, p), at).unwrap();
+    if p == proto::TCP {
+        drive(t, id, state, at);
+    }
+    id
+}
+
+fn live(t: &FlowTable, n: u32, now: u32) -> bool {
+    t.lookup(&entry_p(n, proto::TCP).original, now).is_some()
+        || t.lookup(&entry_p(n, proto::UDP).original, now).is_some()
+}
+
+/// A full table of live UDP flows and a few embryonic TCP ones, younger
+/// than every UDP flow: new flows evict the embryonic ones first, then
+/// the oldest UDP flow; established flows never; each eviction counted.
+#[test]
+fn early_drop_takes_embryonic_before_live_udp() {
+    // Capacity 8: the eviction sample is the whole table.
+    let t = table(store::EVICT_SAMPLE);
+    for n in 0..5 {
+        put(&t, n, FlowState::Udp, 100 + n);
+    }
+    put(&t, 5, FlowState::Established, 100);
+    put(&t, 6, FlowState::SynSent, 200);
+    put(&t, 7, FlowState::SynRecv, 201);
+    assert_eq!(t.len(), 8);
+    // A SYN flood: each new half-open flow takes the oldest embryonic one,
+    // never a live UDP or established flow, although those are older.
+    for (i, n) in (100..110).enumerate() {
+        let now = 202 + i as u32;
+        put(&t, n, FlowState::SynSent, now);
+        for udp in 0..5 {
+            assert!(live(&t, udp, now), "live UDP flow {udp} evicted by SYN {n}");
+        }
+        assert!(live(&t, 5, now), "established flow evicted");
+        assert!(!live(&t, 6, now), "the oldest embryonic flow stayed");
+    }
+    let d = t.early_drops();
+    assert_eq!((d.expired, d.embryonic, d.idle), (0, 10, 0));
+    // The flood ends (its flows are reset). With only live UDP and
+    // established flows left, the oldest UDP flow (0) goes first.
+    let est = entry_p(5, proto::TCP).original;
+    assert_eq!(
+        t.remove_where(|e| e.original.proto == proto::TCP && e.original != est),
+        2
+    );
+    let left: Vec<u32> = (0..8).filter(|&n| live(&t, n, 300)).collect();
+    assert_eq!(left, vec![0, 1, 2, 3, 4, 5]);
+    put(&t, 200, FlowState::Udp, 300);
+    put(&t, 201, FlowState::Udp, 300);
+    put(&t, 202, FlowState::Udp, 300);
+    assert!(!live(&t, 0, 300), "the oldest UDP flow stayed");
+    assert!((1..5).all(|n| live(&t, n, 300)));
+    assert_eq!(t.early_drops().idle, 1);
+    // New established flows take the UDP ones, oldest first, then nothing:
+    // a table of live established flows is full.
+    for n in 300..307 {
+        put(&t, n, FlowState::Established, 301);
+        assert!(live(&t, 5, 301), "established flow evicted");
+    }
+    assert_eq!(
+        t.insert(&entry_p(400, proto::UDP), 302),
+        Err(InsertError::Full)
+    );
+    let d = t.early_drops();
+    assert_eq!((d.expired, d.embryonic, d.idle), (0, 10, 8));
+    // Expired flows go first of all, whatever their state: established
+    // flow 5 (last seen at 100) is the oldest once expired.
+    assert!(t.insert(&entry_p(401, proto::UDP), 1002).is_ok());
+    assert!(!live(&t, 5, 1002));
+    assert!((300..307).all(|n| live(&t, n, 1002)));
+    assert_eq!(t.early_drops().expired, 1);
+}
+
+/// The class early drop must take a flow of `state` aged `age` as.
+fn class_of(state: FlowState, age: u32, to: &Timeouts) -> Option<usize> {
+    let timeout = match state {
+        FlowState::Udp => to.udp,
+        FlowState::SynSent => to.tcp_syn_sent,
+        FlowState::SynRecv => to.tcp_syn_recv,
+        FlowState::Established => to.tcp_established,
+        FlowState::FinWait => to.tcp_fin_wait,
+        FlowState::Close => to.tcp_close,
+    };
+    if age > timeout {
+        return Some(0);
+    }
+    match state {
+        FlowState::Established => None,
+        FlowState::Udp => Some(2),
+        _ => Some(1),
+    }
+}
+
+/// Seconds since a flow was last seen: mostly within every state's timeout
+/// (so that live flows of several classes meet in a sample), sometimes past.
+fn any_age() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 0..60u32, 1 => 0..1500u32]
+}
+
+fn any_state() -> impl Strategy<Value = FlowState> {
+    prop::sample::select(vec![
+        FlowState::Udp,
+        FlowState::SynSent,
+        FlowState::SynRecv,
+        FlowState::Established,
+        FlowState::FinWait,
+        FlowState::Close,
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    /// Over random mixes of states and ages filling the sample: the victim
+    /// is of the first class present (expired, embryonic, live UDP), the
+    /// oldest of it; so an established or live UDP flow is never evicted
+    /// while an embryonic one is in the sample, and a live established one
+    /// never. Exactly one flow goes, counted under its class.
+    #[test]
+    fn early_drop_order(flows in prop::collection::vec((any_state(), any_age()), store::EVICT_SAMPLE)) {
+        let to = Timeouts::default();
+        let t = table(store::EVICT_SAMPLE);
+        let now = 5000;
+        for (n, &(st, age)) in flows.iter().enumerate() {
+            put(&t, n as u32, st, now - age);
+        }
+        let classes: Vec<_> = flows.iter().map(|&(st, age)| class_of(st, age, &to)).collect();
+        let got = t.insert(&entry_p(99, proto::UDP), now);
+        // Which flows still hold a record (expired ones included).
+        let held: HashSet<(Addr, u16)> = t.v4.each()
+            .map(|(_, m, w)| V4::unpack(&w, proto::TCP, m_backend(m)).original)
+            .map(|k| (k.src, k.sport))
+            .collect();
+        let gone: Vec<usize> = (0..flows.len())
+            .filter(|&n| {
+                let k = entry_p(n as u32, proto::TCP).original;
+                !held.contains(&(k.src, k.sport))
+            })
+            .collect();
+        let d = t.early_drops();
+        match classes.iter().flatten().min().copied() {
+            None => {
+                prop_assert_eq!(got, Err(InsertError::Full));
+                prop_assert!(gone.is_empty(), "gone {:?}", gone);
+                prop_assert_eq!(d, EarlyDrops::default());
+            }
+            Some(class) => {
+                prop_assert!(got.is_ok(), "{:?}", got);
+                prop_assert_eq!(gone.len(), 1, "gone {:?}", gone);
+                let victim = gone[0];
+                prop_assert_eq!(classes[victim], Some(class), "victim {} of {:?}", victim, flows);
+                let oldest = (0..flows.len())
+                    .filter(|&n| classes[n] == Some(class))
+                    .map(|n| flows[n].1)
+                    .max();
+                prop_assert_eq!(Some(flows[victim].1), oldest, "not the oldest: {:?}", flows);
+                let mut want = [0; 3];
+                want[class] = 1;
+                prop_assert_eq!([d.expired, d.embryonic, d.idle], want);
+            }
+        }
+    }
 }
