@@ -11,8 +11,8 @@
  * SCTP over IPv4 or IPv6 and
  *   (a) (dst addr, dst port, proto) is in `vips`            (client → VIP), or
  *   (b) (src addr, src port, proto) is in `backends`        (endpoint → LB), or
- *   (c) dst addr is in `snat_addrs` and the dst port lies in
- *       [snat_range.lo, snat_range.hi]                     (reply to a SNATed flow).
+ *   (c) dst addr is in `snat_addrs` and the dst port lies in one of the
+ *       ranges [lo, hi] of `snat_range`                    (reply to a SNATed flow).
  * An ICMP error (IPv4: destination unreachable 3, time exceeded 11,
  * parameter problem 12; ICMPv6: destination unreachable 1, packet too big 2,
  * time exceeded 3, parameter problem 4) is redirected when the packet it
@@ -23,7 +23,7 @@
  *   (b') (quoted src addr, quoted src port, proto) is in `vips`
  *        (an error about a reply sent from a VIP, e.g. client unreachable),
  *   (c') quoted src addr is in `snat_addrs` and the quoted src port lies in
- *        the SNAT range                      (an error about a masqueraded packet);
+ *        a SNAT range                        (an error about a masqueraded packet);
  * i.e. when the quoted packet, reversed, would match (a), (b) or (c). The
  * quote must hold the inner IP header (of the outer family; IPv4 with IHL,
  * first fragment only; IPv6 fixed header with TCP, UDP or SCTP as next
@@ -42,9 +42,10 @@
  *   byte  18     IP protocol number
  *   byte  19     zero
  * `snat_addrs` keys are the 16 address bytes alone (value: any byte).
- * `snat_range[0]` holds lo and hi as two u16 in HOST byte order (compared
- * after bpf_ntohs); hi == 0 (the initial all-zero value) or lo > hi disables
- * rule (c). Values of `vips` and `backends` are one byte, ignored.
+ * `snat_range[0..MAX_SNAT_RANGES]` each hold lo and hi as two u16 in HOST
+ * byte order (compared after bpf_ntohs); an entry with hi == 0 (the initial
+ * all-zero value) or lo > hi is unused, and with all unused rule (c) is off.
+ * Values of `vips` and `backends` are one byte, ignored.
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]).
  *
@@ -76,6 +77,7 @@
 #define MAX_VIPS 65536
 #define MAX_BACKENDS 65536
 #define MAX_SNAT_ADDRS 256
+#define MAX_SNAT_RANGES 8
 
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
@@ -144,7 +146,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, MAX_SNAT_RANGES);
 	__type(key, __u32);
 	__type(value, struct port_range);
 } snat_range SEC(".maps");
@@ -204,7 +206,6 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 					 const struct ports *p, __u8 proto)
 {
 	struct l4_key k = {};
-	__u32 zero = 0;
 	struct port_range *r;
 
 	/* (a) to a VIP */
@@ -222,13 +223,19 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 		return 1;
 
 	/* (c) reply to a masqueraded flow */
-	r = bpf_map_lookup_elem(&snat_range, &zero);
-	if (r && r->lo <= r->hi && r->hi != 0) {
+	if (bpf_map_lookup_elem(&snat_addrs, daddr)) {
 		__u16 dport = bpf_ntohs(p->dst);
 
-		if (dport >= r->lo && dport <= r->hi &&
-		    bpf_map_lookup_elem(&snat_addrs, daddr))
-			return 1;
+		/* Unrolled: the key's address goes to the helper, so a loop
+		 * counter would live on the stack, unbounded to the verifier. */
+#pragma unroll
+		for (int i = 0; i < MAX_SNAT_RANGES; i++) {
+			__u32 key = i;
+
+			r = bpf_map_lookup_elem(&snat_range, &key);
+			if (r && r->hi != 0 && dport >= r->lo && dport <= r->hi)
+				return 1;
+		}
 	}
 	return 0;
 }
