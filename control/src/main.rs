@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Load-balance the services of a config file on the given interfaces.
-    Run(RunCmd),
+    Run(Box<RunCmd>),
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).

@@ -64,8 +64,9 @@ pub struct PortInfo {
 }
 
 /// When a client's source address is rewritten (kube-proxy's
-/// KUBE-MARK-MASQ for ClusterIP traffic).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// KUBE-MARK-MASQ for ClusterIP traffic). The default masquerades nobody,
+/// over ports 61000-65535 ([`PortRanges::default`]) and the routes' sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MasqPolicy {
     /// Masquerade every client (kube-proxy `--masquerade-all`).
     pub all: bool,
@@ -82,18 +83,6 @@ pub struct MasqPolicy {
     /// Key of the hash that picks a flow's first SNAT probe ([`snat`]),
     /// random per process.
     pub seed: u64,
-}
-
-impl Default for MasqPolicy {
-    fn default() -> Self {
-        MasqPolicy {
-            all: false,
-            cluster_cidrs: Vec::new(),
-            ports: PortRanges::default(),
-            addrs: SnatAddrs::default(),
-            seed: 0,
-        }
-    }
 }
 
 impl MasqPolicy {

@@ -89,15 +89,27 @@ fn a_syn_flood_does_not_exhaust_the_default_snat_ports() {
     let topo = one_backend();
     let sluice = start(&topo, &[]);
     assert!(
-        sluice.logs().contains("ports 1024-32767,61000-65535 (36280 ports"),
+        sluice
+            .logs()
+            .contains("ports 1024-32767,61000-65535 (36280 ports"),
         "capacity not logged:\n{}",
         sluice.logs()
     );
     flood(&topo);
     let failed = clients(&topo, 30);
     let report = sluice.stop();
-    assert!(failed.is_empty(), "{} of 30 refused: {failed:#?}\n{}", failed.len(), report.logs);
-    assert_eq!(counter(&report, "drop_snat_exhausted"), 0, "{:?}", report.counters);
+    assert!(
+        failed.is_empty(),
+        "{} of 30 refused: {failed:#?}\n{}",
+        failed.len(),
+        report.logs
+    );
+    assert_eq!(
+        counter(&report, "drop_snat_exhausted"),
+        0,
+        "{:?}",
+        report.counters
+    );
     assert!(
         counter(&report, "snat_flows") >= 19_000,
         "the flood was not masqueraded: {:?}",
@@ -113,7 +125,12 @@ fn a_syn_flood_that_fills_the_snat_ports_gives_way_to_new_clients() {
     flood(&topo);
     let failed = clients(&topo, 30);
     let report = sluice.stop();
-    assert!(failed.is_empty(), "{} of 30 refused: {failed:#?}\n{}", failed.len(), report.logs);
+    assert!(
+        failed.is_empty(),
+        "{} of 30 refused: {failed:#?}\n{}",
+        failed.len(),
+        report.logs
+    );
     assert!(
         counter(&report, "snat_embryonic_evicted") >= 30,
         "the clients did not take embryonic flows' ports: {:?}",
@@ -131,7 +148,12 @@ fn ports_of_closed_connections_are_reused() {
     let sluice = start(&topo, &["--snat-ports", "61000-61009"]);
     let failed = clients(&topo, 25);
     let report = sluice.stop();
-    assert!(failed.is_empty(), "{} of 25 refused: {failed:#?}\n{}", failed.len(), report.logs);
+    assert!(
+        failed.is_empty(),
+        "{} of 25 refused: {failed:#?}\n{}",
+        failed.len(),
+        report.logs
+    );
     assert!(
         counter(&report, "snat_port_reused") >= 15,
         "{:?}",
