@@ -161,3 +161,53 @@ fn ports_of_closed_connections_are_reused() {
     );
     assert_eq!(counter(&report, "snat_embryonic_evicted"), 0);
 }
+
+#[test]
+fn snat_addresses_are_used_and_foreign_ones_refused() {
+    require_root();
+    let topo = one_backend();
+    let cfg = sluice_tests::k8s::web_http(&[1]);
+    for (args, want) in [
+        (
+            &["--snat-address", "198.18.1.77"][..],
+            "--snat-address 198.18.1.77: not an address of this host",
+        ),
+        (
+            &["--snat-ports", "30000-40000"][..],
+            "--snat-ports 30000-40000 overlaps the host's ephemeral port range 32768-60999",
+        ),
+    ] {
+        let out = Sluice::run_to_exit(&topo, &cfg, args, Duration::from_secs(15));
+        assert!(
+            !out.timed_out() && !out.success(),
+            "sluice started with {args:?}: {out}"
+        );
+        assert!(out.stderr.contains(want), "no `{want}`: {out}");
+    }
+    // Two addresses of the LB's back side, both used, the route's source not.
+    topo.add_address(Role::Lb, "198.18.1.5/24", "back");
+    topo.add_address(Role::Lb, "198.18.1.6/24", "back");
+    let sluice = start(
+        &topo,
+        &[
+            "--snat-address",
+            "198.18.1.5",
+            "--snat-address",
+            "198.18.1.6",
+        ],
+    );
+    let mut peers = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let out = topo.curl("http://198.18.100.10/", Some("198.18.0.2"));
+        let (_, peer, _) =
+            parse_backend_reply(&out.stdout).unwrap_or_else(|| panic!("{out}\n{}", sluice.logs()));
+        peers.insert(peer);
+    }
+    let report = sluice.stop();
+    assert_eq!(
+        peers.into_iter().collect::<Vec<_>>(),
+        vec!["198.18.1.5".to_string(), "198.18.1.6".to_string()],
+        "{}",
+        report.logs
+    );
+}
