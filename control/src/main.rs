@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control::run::{self, RunArgs, RunError};
 use sluice_dataplane::service::ForwardMethod;
+use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::AttachMode;
 use sluice_dataplane::types::Cidr;
 
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Load-balance the services of a config file on the given interfaces.
-    Run(RunCmd),
+    Run(Box<RunCmd>),
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -68,10 +69,18 @@ struct RunCmd {
     /// worker; lowest latency).
     #[arg(long)]
     busy_poll: bool,
-    /// SNAT source port range, LO-HI; keep it outside the kernel's
-    /// net.ipv4.ip_local_port_range.
-    #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
-    snat_ports: (u16, u16),
+    /// SNAT source ports, LO-HI[,LO-HI...] (at most 8 ranges); they must lie
+    /// outside the kernel's net.ipv4.ip_local_port_range. Default: every
+    /// port from 1024 up outside it (1024-32767,61000-65535 with the usual
+    /// 32768-60999).
+    #[arg(long, value_parser = sluice_control::snat::parse_ports)]
+    snat_ports: Option<PortRanges>,
+    /// A local address to masquerade with (repeatable; each must be
+    /// configured on this host). Every address multiplies the SNAT ports
+    /// per backend. Default: the route's preferred source towards each
+    /// backend.
+    #[arg(long = "snat-address")]
+    snat_addresses: Vec<std::net::IpAddr>,
     /// This node's name: endpoints whose nodeName equals it are local
     /// (traffic policies Local). Default: the host name.
     #[arg(long)]
@@ -185,6 +194,7 @@ fn main() -> ExitCode {
                 },
                 busy_poll: r.busy_poll,
                 snat_ports: r.snat_ports,
+                snat_addresses: r.snat_addresses,
                 node_name: r.node_name.or_else(host_name),
                 nodeport_range: r.nodeport_range,
                 dns: r.dns,

@@ -8,8 +8,10 @@
 //! one keeps serving), SIGINT/SIGTERM stop. Once a second it ages the flow
 //! table; every `--stats-interval` it logs the counters.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -23,6 +25,7 @@ use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
 use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy, NextHop, PortInfo, Snapshot};
 use sluice_dataplane::service::{ForwardMethod, ServiceTable, VipKey};
+use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::{AttachMode, SteerError, Steering};
 use sluice_dataplane::types::{Addr, Cidr, L2Hop};
 use sluice_dataplane::worker::{Counters, Shared, Worker, WorkerOpts};
@@ -33,6 +36,7 @@ use crate::config::{self, CompileCtx, Config, ConfigError};
 use crate::dns::{DnsError, DnsServer, DnsZone};
 use crate::health::HealthServer;
 use crate::netlink::{self, Link, NetlinkError};
+use crate::snat::SnatError;
 
 /// What `sluice run` was asked to do.
 #[derive(Clone, Debug)]
@@ -58,8 +62,10 @@ pub struct RunArgs {
     pub xdp_mode: AttachMode,
     /// Spin instead of sleeping when idle.
     pub busy_poll: bool,
-    /// SNAT source port range.
-    pub snat_ports: (u16, u16),
+    /// SNAT source ports (default: outside the host's ephemeral range).
+    pub snat_ports: Option<PortRanges>,
+    /// SNAT addresses (default: the route's source towards each backend).
+    pub snat_addresses: Vec<IpAddr>,
     /// This host's node name (endpoints with this `nodeName` are local).
     pub node_name: Option<String>,
     /// NodePort range.
@@ -118,6 +124,9 @@ pub enum RunError {
     /// Steering program failure.
     #[error("{0}")]
     Steer(#[from] SteerError),
+    /// The SNAT ports or addresses cannot be used.
+    #[error("{0}")]
+    Snat(#[from] SnatError),
     /// AF_XDP socket failure.
     #[error("worker {worker}: {source}")]
     Xsk {
@@ -243,6 +252,7 @@ pub fn compile(
         }
     }
     steer.backends = backends.into_iter().collect();
+    snat.extend(masq.addrs.all().copied());
     steer.snat = snat.into_iter().collect();
     let snapshot = Snapshot {
         services,
@@ -306,7 +316,7 @@ fn first_address(ifindex: u32, v4: bool) -> Option<IpAddr> {
 fn apply_steer(
     steering: &mut [Steering],
     sets: &SteerSets,
-    ports: (u16, u16),
+    ports: &PortRanges,
 ) -> Result<(), SteerError> {
     // The host's addresses first, so that no reply to the host's own
     // connection to a new endpoint is taken meanwhile. Re-read at every
@@ -416,10 +426,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         });
     }
 
+    let (snat_ports, snat_addrs) =
+        crate::snat::resolve(args.snat_ports.as_ref(), &args.snat_addresses)?;
     let masq = MasqPolicy {
         all: args.masquerade_all,
         cluster_cidrs: args.cluster_cidrs.clone(),
-        ports: args.snat_ports,
+        ports: snat_ports,
+        addrs: snat_addrs,
+        seed: RandomState::new().hash_one(0u64),
     };
     let mut version = 1;
     let compiled = compile(version, &cfg, &links, &masq, Duration::from_secs(2))?;
@@ -434,7 +448,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         );
         steering.push(s);
     }
-    apply_steer(&mut steering, &compiled.steer, args.snat_ports)?;
+    apply_steer(&mut steering, &compiled.steer, &masq.ports)?;
 
     // Worker w owns queue q of every interface where q % workers == w.
     let mut ports = Vec::new();
@@ -575,11 +589,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                             // packet of an old or new service reaches the
                             // kernel stack in between; then the new sets.
                             let union = union_sets(&current_steer, &c.steer);
-                            let applied = apply_steer(&mut steering, &union, args.snat_ports)
-                                .and_then(|_| {
+                            let applied =
+                                apply_steer(&mut steering, &union, &masq.ports).and_then(|_| {
                                     let n = c.snapshot.services.len();
                                     shared.publish(c.snapshot);
-                                    apply_steer(&mut steering, &c.steer, args.snat_ports).map(|_| n)
+                                    apply_steer(&mut steering, &c.steer, &masq.ports).map(|_| n)
                                 });
                             match applied {
                                 Ok(n) => {
@@ -664,7 +678,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         c.keep_removed(cur.removed.clone(), &cur.nexthops);
                     }
                     if c.unresolved.len() < unresolved.len()
-                        && apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok()
+                        && apply_steer(&mut steering, &c.steer, &masq.ports).is_ok()
                     {
                         info!(
                             "next hops resolved for {} more backend(s)",
@@ -700,12 +714,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                     if apply_steer(
                         &mut steering,
                         &union_sets(&current_steer, &c.steer),
-                        args.snat_ports,
+                        &masq.ports,
                     )
                     .is_ok()
                     {
                         shared.publish(c.snapshot);
-                        if apply_steer(&mut steering, &c.steer, args.snat_ports).is_ok() {
+                        if apply_steer(&mut steering, &c.steer, &masq.ports).is_ok() {
                             current_steer = c.steer;
                         }
                         unresolved = c.unresolved;

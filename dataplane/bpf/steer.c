@@ -19,14 +19,18 @@
  *   (a) (dst addr, dst port, proto) is in `vips`            (client -> VIP), or
  *   (b) (src addr, src port, proto) is in `backends` and dst addr is not
  *       in `local_addrs`           (endpoint -> client, not masqueraded), or
- *   (c) dst addr is in `snat_addrs` and the dst port lies in
- *       [snat_range.lo, snat_range.hi]          (reply to a masqueraded flow).
+ *   (c) dst addr is in `snat_addrs`, the dst port lies in one of the ranges
+ *       [lo, hi] of `snat_range`, and (src addr, src port, proto) is in
+ *       `backends`                          (reply to a masqueraded flow).
  * Rule (b) leaves out replies to the host's own connections (health checks,
  * an operator's curl to an endpoint): those go to one of the host's
  * addresses, and a flow of Sluice's only ever gets a reply at a host
  * address when it is masqueraded, i.e. at a SNAT address with a port in the
- * SNAT range, which (c) matches. The SNAT range lies outside the kernel's
- * ip_local_port_range, so the host's own ports never fall in it.
+ * SNAT ranges, which (c) matches. The SNAT ranges lie outside the kernel's
+ * ip_local_port_range, so the host's own ports never fall in them; and (c)
+ * asks for an endpoint's source address:port too, so a client reaching a
+ * service of the host's own on a port inside the SNAT ranges (a health
+ * check node port, the metrics port) is not taken either.
  *
  * An ICMP error (IPv4: destination unreachable 3, time exceeded 11,
  * parameter problem 12; ICMPv6: destination unreachable 1, packet too big 2,
@@ -63,9 +67,10 @@
  *   byte  19     zero
  * `snat_addrs` and `local_addrs` keys are the 16 address bytes alone
  * (value: any byte).
- * `snat_range[0]` holds lo and hi as two u16 in HOST byte order (compared
- * after bpf_ntohs); hi == 0 (the initial all-zero value) or lo > hi disables
- * rule (c). Values of `vips` and `backends` are one byte, ignored.
+ * `snat_range[0..MAX_SNAT_RANGES]` each hold lo and hi as two u16 in HOST
+ * byte order (compared after bpf_ntohs); an entry with hi == 0 (the initial
+ * all-zero value) or lo > hi is unused, and with all unused rule (c) is off.
+ * Values of `vips` and `backends` are one byte, ignored.
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]), [3] fragments passed (also
  * counted in [1]).
@@ -100,6 +105,7 @@
  * MAX_INNER_EXT_HEADERS). */
 #define MAX_EXT 8
 #define MAX_INNER_EXT 4
+#define MAX_SNAT_RANGES 8
 
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
@@ -182,7 +188,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, MAX_SNAT_RANGES);
 	__type(key, __u32);
 	__type(value, struct port_range);
 } snat_range SEC(".maps");
@@ -250,7 +256,6 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 					 const struct ports *p, __u8 proto)
 {
 	struct l4_key k = {};
-	__u32 zero = 0;
 	struct port_range *r;
 
 	/* (a) to a VIP */
@@ -265,18 +270,25 @@ static __always_inline int is_lb_traffic(const __u8 saddr[16], const __u8 daddr[
 	 * addresses is Sluice's only through (c) */
 	__builtin_memcpy(k.addr, saddr, 16);
 	k.port = p->src;
-	if (bpf_map_lookup_elem(&backends, &k) &&
-	    !bpf_map_lookup_elem(&local_addrs, daddr))
+	if (!bpf_map_lookup_elem(&backends, &k))
+		return 0;
+	if (!bpf_map_lookup_elem(&local_addrs, daddr))
 		return 1;
 
-	/* (c) reply to a masqueraded flow */
-	r = bpf_map_lookup_elem(&snat_range, &zero);
-	if (r && r->lo <= r->hi && r->hi != 0) {
+	/* (c) from an endpoint, a reply to a masqueraded flow */
+	if (bpf_map_lookup_elem(&snat_addrs, daddr)) {
 		__u16 dport = bpf_ntohs(p->dst);
 
-		if (dport >= r->lo && dport <= r->hi &&
-		    bpf_map_lookup_elem(&snat_addrs, daddr))
-			return 1;
+		/* Unrolled: the key's address goes to the helper, so a loop
+		 * counter would live on the stack, unbounded to the verifier. */
+#pragma unroll
+		for (int i = 0; i < MAX_SNAT_RANGES; i++) {
+			__u32 key = i;
+
+			r = bpf_map_lookup_elem(&snat_range, &key);
+			if (r && r->hi != 0 && dport >= r->lo && dport <= r->hi)
+				return 1;
+		}
 	}
 	return 0;
 }

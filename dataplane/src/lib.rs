@@ -16,6 +16,7 @@ pub mod port;
 pub mod prefetch;
 pub mod sched;
 pub mod service;
+pub mod snat;
 pub mod steer;
 pub mod thp;
 pub mod token_bucket;

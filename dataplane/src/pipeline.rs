@@ -40,6 +40,7 @@ use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError, KeyHa
 use crate::forward::{dr, nat};
 use crate::sched;
 use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
+use crate::snat::{self, Alloc, PortRanges, SnatAddrs};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
 use crate::wire::{self, icmp_error, reply, tcp_flags, ParseError};
 
@@ -67,28 +68,25 @@ pub struct PortInfo {
 }
 
 /// When a client's source address is rewritten (kube-proxy's
-/// KUBE-MARK-MASQ for ClusterIP traffic).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// KUBE-MARK-MASQ for ClusterIP traffic). The default masquerades nobody,
+/// over ports 61000-65535 ([`PortRanges::default`]) and the routes' sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MasqPolicy {
     /// Masquerade every client (kube-proxy `--masquerade-all`).
     pub all: bool,
     /// Clients inside these prefixes (the cluster CIDR) keep their address;
     /// all others are masqueraded. Empty with `all == false`: nobody is.
     pub cluster_cidrs: Vec<Cidr>,
-    /// Inclusive range of SNAT source ports. It must lie outside the
-    /// kernel's `ip_local_port_range` so that the LB host's own
-    /// connections never collide with masqueraded flows.
-    pub ports: (u16, u16),
-}
-
-impl Default for MasqPolicy {
-    fn default() -> Self {
-        MasqPolicy {
-            all: false,
-            cluster_cidrs: Vec::new(),
-            ports: (61000, 65535),
-        }
-    }
+    /// SNAT source ports. They must lie outside the kernel's
+    /// `ip_local_port_range` so that the LB host's own connections never
+    /// collide with masqueraded flows.
+    pub ports: PortRanges,
+    /// SNAT addresses (`--snat-address`); for a family with none, the
+    /// route's preferred source towards the backend ([`NextHop::snat`]).
+    pub addrs: SnatAddrs,
+    /// Key of the hash that picks a flow's first SNAT probe ([`snat`]),
+    /// random per process.
+    pub seed: u64,
 }
 
 impl MasqPolicy {
@@ -306,6 +304,11 @@ pub struct Stats {
     pub new_flows: u64,
     /// Flows created with a masqueraded client.
     pub snat_flows: u64,
+    /// Masqueraded flows that took the SNAT port of a closed flow.
+    pub snat_port_reused: u64,
+    /// Masqueraded flows that took the SNAT port of an embryonic flow,
+    /// evicted for it.
+    pub snat_embryonic_evicted: u64,
     /// New flows rejected (RST / ICMP unreachable) for lack of endpoints.
     pub rejected: u64,
     /// Stray TCP segments of unknown flows answered with a RST.
@@ -346,9 +349,6 @@ pub struct Ctx<'a> {
     /// Seconds on any monotonic clock (ageing compares differences only).
     pub now: u32,
 }
-
-/// How many SNAT ports are tried for one new flow before giving up.
-const SNAT_PROBES: u32 = 64;
 
 /// Processes one frame received on port `ingress`: `buf` is the frame's
 /// whole buffer and `len` the received length.
@@ -548,8 +548,7 @@ pub fn process_hashed(
             nh.hop.port,
         );
     let inserted = if masq {
-        entry.reply.dst = nh.snat;
-        insert_with_snat_port(flows, &mut entry, &snap.masq, now)
+        insert_with_snat_port(flows, &mut entry, &snap.masq, nh.snat, now, stats)
     } else {
         flows.insert(&entry, now).map_err(|e| match e {
             InsertError::Full => DropReason::FlowTableFull,
@@ -801,48 +800,33 @@ fn reject(buf: &mut [u8], len: usize, p: &wire::Parsed) -> Option<usize> {
     }
 }
 
-/// Inserts `entry` choosing a free SNAT source port: start from a hash of
-/// the original tuple and probe linearly through the range, like the
-/// kernel's `nf_nat_l4proto_unique_tuple`; a port is free when no live flow
-/// already owns the resulting reply tuple.
+/// Inserts a masqueraded `entry` with a SNAT address and port
+/// ([`snat::allocate`]): the configured addresses of the backend's family,
+/// else `route_src`, and the policy's ports.
 fn insert_with_snat_port(
     flows: &FlowTable,
     entry: &mut FlowEntry,
     masq: &MasqPolicy,
+    route_src: Addr,
     now: u32,
+    stats: &mut Stats,
 ) -> Result<crate::flow_table::FlowId, DropReason> {
-    let (lo, hi) = masq.ports;
-    let span = u32::from(hi.saturating_sub(lo)) + 1;
-    let start = hash_key(&entry.original) % span;
-    for i in 0..SNAT_PROBES.min(span) {
-        let port = lo + ((start + i) % span) as u16;
-        entry.reply.dport = port;
-        match flows.insert(entry, now) {
-            Ok(id) => return Ok(id),
-            Err(InsertError::Exists) => {
-                if flows.lookup(&entry.original, now).is_some() {
-                    // Not the port: the original tuple itself exists
-                    // (another worker won the race for this flow).
-                    return Err(DropReason::FlowExists);
-                }
-                continue;
-            }
-            Err(InsertError::Full) => return Err(DropReason::FlowTableFull),
-            Err(InsertError::Unsupported) => return Err(DropReason::FlowUnsupported),
-        }
+    let mut addrs = masq.addrs.for_backend(&entry.reply.src);
+    if addrs.is_empty() {
+        addrs = std::slice::from_ref(&route_src);
     }
-    Err(DropReason::SnatExhausted)
-}
-
-/// FNV-1a over the parts of a tuple that identify a client connection.
-#[inline]
-fn hash_key(k: &FlowKey) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in k.src.0.iter().chain(k.sport.to_be_bytes().iter()) {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
+    let space = snat::Space {
+        addrs,
+        ports: &masq.ports,
+        seed: masq.seed,
+    };
+    let (id, how) = snat::allocate(flows, entry, &space, now)?;
+    match how {
+        Alloc::Free => {}
+        Alloc::Reused => stats.snat_port_reused += 1,
+        Alloc::Evicted => stats.snat_embryonic_evicted += 1,
     }
-    h
+    Ok(id)
 }
 
 #[inline]

@@ -396,7 +396,7 @@ fn snat_range_exhaustion_is_a_counted_drop() {
         all: true,
         ..MasqPolicy::default()
     };
-    masq.ports = (61000, 61001);
+    masq.ports = crate::snat::PortRanges::new(&[(61000, 61001)]).unwrap();
     let snap = snapshot(masq, 1);
     let flows = FlowTable::new(1024, Timeouts::default());
     let mut verdicts = Vec::new();

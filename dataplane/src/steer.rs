@@ -97,8 +97,9 @@
 //! `vips` and `backends` keys are 20 bytes: the address as [`Addr`] (16
 //! bytes, IPv4-mapped), the port in network byte order (as on the wire), the
 //! protocol number, and one zero byte. `snat_addrs` and `local_addrs` keys
-//! are the 16 address bytes. `snat_range[0]` is `[lo, hi]` as two `u16` in
-//! host byte order; `hi == 0` disables the SNAT rule. `stats` is a per-CPU
+//! are the 16 address bytes. `snat_range[i]` (up to
+//! [`crate::snat::MAX_RANGES`] entries) is `[lo, hi]` as two `u16` in host
+//! byte order; an entry with `hi == 0` is unused. `stats` is a per-CPU
 //! array of `u64` counters: `[0]` redirected, `[1]` passed, `[2]` ICMP
 //! errors redirected (also counted in `[0]`), `[3]` fragments passed (also
 //! counted in `[1]`).
@@ -113,6 +114,7 @@ use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
 
 use crate::service::VipKey;
+use crate::snat::PortRanges;
 use crate::types::Addr;
 
 /// The compiled steering program.
@@ -483,24 +485,15 @@ impl Steering {
         )
     }
 
-    /// Sets the SNAT (masquerade) addresses and the source-port range the
-    /// data path allocates from, inclusive: replies to those addresses with
-    /// a destination port in the range are steered. An empty `addrs` or
-    /// `ports.1 == 0` turns the rule off.
+    /// Sets the SNAT (masquerade) addresses and the source-port ranges the
+    /// data path allocates from: replies to those addresses with a
+    /// destination port in one of the ranges are steered. An empty `addrs`
+    /// turns the rule off.
     ///
     /// # Errors
-    /// [`SteerError::InvalidPortRange`] when `ports.0 > ports.1`;
     /// [`SteerError::Capacity`] beyond [`MAX_SNAT_ADDRS`];
     /// [`SteerError::Map`] when a map operation fails.
-    pub fn set_snat(&mut self, addrs: &[Addr], ports: (u16, u16)) -> Result<(), SteerError> {
-        let (lo, hi) = ports;
-        if lo > hi {
-            return Err(SteerError::InvalidPortRange {
-                ifname: self.ifname.clone(),
-                lo,
-                hi,
-            });
-        }
+    pub fn set_snat(&mut self, addrs: &[Addr], ports: &PortRanges) -> Result<(), SteerError> {
         let want: HashSet<[u8; 16]> = addrs.iter().map(|a| a.0).collect();
         replace_set(
             &self.ifname,
@@ -509,9 +502,13 @@ impl Steering {
             &want,
             MAX_SNAT_ADDRS,
         )?;
-        self.snat_range
-            .set(0, [lo, hi], 0)
-            .map_err(|e| map_err(&self.ifname, "snat_range", "insert", e))
+        for i in 0..crate::snat::MAX_RANGES {
+            let r = ports.ranges().get(i).map_or([0, 0], |&(lo, hi)| [lo, hi]);
+            self.snat_range
+                .set(i as u32, r, 0)
+                .map_err(|e| map_err(&self.ifname, "snat_range", "insert", e))?;
+        }
+        Ok(())
     }
 
     /// Makes `addrs` the host's own addresses: an endpoint's packet to one

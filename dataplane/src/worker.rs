@@ -82,6 +82,10 @@ pub struct Counters {
     pub new_flows: AtomicU64,
     /// Flows created with SNAT.
     pub snat_flows: AtomicU64,
+    /// Masqueraded flows that reused a closed flow's SNAT port.
+    pub snat_port_reused: AtomicU64,
+    /// Masqueraded flows that evicted an embryonic flow for its SNAT port.
+    pub snat_embryonic_evicted: AtomicU64,
     /// Frames the port could not queue for transmission.
     pub tx_ring_full: AtomicU64,
     /// ICMP fragmentation needed / packet too big answers sent.
@@ -109,6 +113,8 @@ impl Counters {
         bump(&self.new_flows, s.new_flows);
         bump(&self.snat_flows, s.snat_flows);
         bump(&self.icmp_too_big_sent, s.icmp_too_big_sent);
+        bump(&self.snat_port_reused, s.snat_port_reused);
+        bump(&self.snat_embryonic_evicted, s.snat_embryonic_evicted);
         for (a, v) in self.drops.iter().zip(s.drops.iter()) {
             bump(a, *v);
         }
@@ -128,6 +134,11 @@ impl Counters {
             ("affinity_hits".to_string(), l(&self.affinity_hits)),
             ("new_flows".to_string(), l(&self.new_flows)),
             ("snat_flows".to_string(), l(&self.snat_flows)),
+            ("snat_port_reused".to_string(), l(&self.snat_port_reused)),
+            (
+                "snat_embryonic_evicted".to_string(),
+                l(&self.snat_embryonic_evicted),
+            ),
             ("tx_ring_full".to_string(), l(&self.tx_ring_full)),
             ("icmp_too_big_sent".to_string(), l(&self.icmp_too_big_sent)),
         ];

@@ -225,8 +225,9 @@ use crate::types::{proto, FlowKey, L2Hop};
 
 use layout::{proto_code, proto_of, Layout, V4, V6};
 use store::{
-    is_committed, m_backend, m_generation, m_proto, m_state, Evict, Found, Fresh, Hashed, Store,
-    ST_CLOSE, ST_ESTABLISHED, ST_FIN_WAIT, ST_OTHER, ST_SYN_RECV, ST_SYN_SENT, ST_UDP,
+    age, is_committed, m_backend, m_generation, m_proto, m_seen, m_state, Evict, Found, Fresh,
+    Hashed, Store, ST_CLOSE, ST_ESTABLISHED, ST_FIN_WAIT, ST_FIN_WAIT_REPLY, ST_OTHER, ST_SYN_RECV,
+    ST_SYN_SENT, ST_TIME_WAIT, ST_UDP,
 };
 
 /// TCP flag bits as passed to [`FlowTable::touch`].
@@ -287,10 +288,14 @@ pub enum FlowState {
     SynRecv = 2,
     /// The handshake completed (or a mid-stream ACK picked the flow up).
     Established = 3,
-    /// A FIN was seen in either direction.
+    /// A FIN was seen in one direction.
     FinWait = 4,
     /// An RST was seen.
     Close = 5,
+    /// FINs were seen in both directions: both ends have closed (the
+    /// state in which a masqueraded flow's SNAT port may be reused, see
+    /// `snat`).
+    TimeWait = 6,
 }
 
 impl FlowState {
@@ -303,6 +308,7 @@ impl FlowState {
             FlowState::Established => "ESTABLISHED",
             FlowState::FinWait => "FIN_WAIT",
             FlowState::Close => "CLOSE",
+            FlowState::TimeWait => "TIME_WAIT",
         }
     }
 }
@@ -394,6 +400,8 @@ pub struct Hit {
     pub entry: FlowEntry,
     /// Its state at the time of the lookup.
     pub state: FlowState,
+    /// Seconds since its last packet, at the lookup's `now`.
+    pub idle: u32,
 }
 
 /// Why [`FlowTable::insert`] did not insert.
@@ -419,24 +427,30 @@ fn public_state(st: u8) -> FlowState {
         ST_SYN_SENT => FlowState::SynSent,
         ST_SYN_RECV => FlowState::SynRecv,
         ST_ESTABLISHED => FlowState::Established,
-        ST_FIN_WAIT => FlowState::FinWait,
+        ST_FIN_WAIT | ST_FIN_WAIT_REPLY => FlowState::FinWait,
+        ST_TIME_WAIT => FlowState::TimeWait,
         ST_CLOSE => FlowState::Close,
         _ => FlowState::Udp,
     }
 }
 
-/// The simplified TCP state machine (IPVS's `tcp_states` folded onto six
-/// states). RST wins, then FIN, then SYN, then ACK.
+/// The simplified TCP state machine (IPVS's `tcp_states` folded onto seven
+/// states, FIN_WAIT kept apart by the side that sent the first FIN so that
+/// a FIN from each side makes TIME_WAIT). RST wins, then FIN, then SYN,
+/// then ACK.
 pub(crate) fn tcp_next(cur: u8, dir: Direction, flags: u8) -> u8 {
     use tcp_flags::{ACK, FIN, RST, SYN};
     if flags & RST != 0 {
         return ST_CLOSE;
     }
     if flags & FIN != 0 {
-        return if cur == ST_CLOSE {
-            ST_CLOSE
-        } else {
-            ST_FIN_WAIT
+        return match (cur, dir) {
+            (ST_CLOSE | ST_TIME_WAIT, _) => cur,
+            (ST_FIN_WAIT, Direction::Reply) | (ST_FIN_WAIT_REPLY, Direction::Original) => {
+                ST_TIME_WAIT
+            }
+            (_, Direction::Original) if cur != ST_FIN_WAIT_REPLY => ST_FIN_WAIT,
+            _ => ST_FIN_WAIT_REPLY,
         };
     }
     if flags & SYN != 0 {
@@ -446,7 +460,7 @@ pub(crate) fn tcp_next(cur: u8, dir: Direction, flags: u8) -> u8 {
         // A SYN reusing the tuple of a closing flow reopens it (IPVS sTW/sCL
         // + syn); a retransmitted SYN changes nothing.
         return match cur {
-            ST_FIN_WAIT | ST_CLOSE => ST_SYN_SENT,
+            ST_FIN_WAIT | ST_FIN_WAIT_REPLY | ST_TIME_WAIT | ST_CLOSE => ST_SYN_SENT,
             _ => cur,
         };
     }
@@ -509,7 +523,7 @@ fn fresh<const N: usize>(words: [u64; N], pcode: u8, backend: u32, init: u8) -> 
 }
 
 #[inline]
-fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool) -> Hit {
+fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool, now: u32) -> Hit {
     Hit {
         id: FlowId {
             rec: f.ri | if v6 { V6_BIT } else { 0 },
@@ -518,6 +532,7 @@ fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool) -> Hit {
         dir: f.dir,
         entry: L::unpack(&f.words, proto_of(m_proto(f.meta)), m_backend(f.meta)),
         state: public_state(m_state(f.meta)),
+        idle: age(m_seen(f.meta), now),
     }
 }
 
@@ -679,8 +694,12 @@ impl FlowTable {
     #[inline]
     pub fn lookup_hashed(&self, h: &KeyHash, now: u32) -> Option<Hit> {
         match &h.0 {
-            HashOf::V4(h) => self.v4.lookup(h, now, |f| found_hit::<V4, 5>(f, false)),
-            HashOf::V6(h) => self.v6.lookup(h, now, |f| found_hit::<V6, 11>(f, true)),
+            HashOf::V4(h) => self
+                .v4
+                .lookup(h, now, |f| found_hit::<V4, 5>(f, false, now)),
+            HashOf::V6(h) => self
+                .v6
+                .lookup(h, now, |f| found_hit::<V6, 11>(f, true, now)),
         }
     }
 

@@ -36,6 +36,13 @@ pub const ST_FIN_WAIT: u8 = 4;
 pub const ST_CLOSE: u8 = 5;
 /// A flow of a protocol without states (SCTP, ICMP): `other` timeout.
 pub const ST_OTHER: u8 = 6;
+/// A FIN from the reply side only (`ST_FIN_WAIT` is a FIN from the
+/// original side only).
+pub const ST_FIN_WAIT_REPLY: u8 = 7;
+/// FINs seen from both sides: the connection is closed at both ends.
+pub const ST_TIME_WAIT: u8 = 8;
+/// The largest state of a committed record.
+const ST_LAST: u8 = ST_TIME_WAIT;
 const ST_PENDING: u8 = 13;
 const ST_ABORTED: u8 = 14;
 const ST_FREE: u8 = 15;
@@ -94,11 +101,11 @@ fn next_gen(m: u64) -> u64 {
 /// Live means published (even generation) and committed (a real state).
 #[inline]
 pub fn is_committed(m: u64) -> bool {
-    m_gen(m) & 1 == 0 && m_state(m) <= ST_OTHER
+    m_gen(m) & 1 == 0 && m_state(m) <= ST_LAST
 }
 /// Seconds since `seen`, on the 24-bit wrapping clock.
 #[inline]
-fn age(seen: u32, now: u32) -> u32 {
+pub fn age(seen: u32, now: u32) -> u32 {
     let d = (now.wrapping_sub(seen) as u64 & SEEN_MASK) as u32;
     if d >= AGE_LIMIT {
         0
@@ -294,7 +301,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             ST_SYN_SENT => t.tcp_syn_sent,
             ST_SYN_RECV => t.tcp_syn_recv,
             ST_ESTABLISHED => t.tcp_established,
-            ST_FIN_WAIT => t.tcp_fin_wait,
+            ST_FIN_WAIT | ST_FIN_WAIT_REPLY | ST_TIME_WAIT => t.tcp_fin_wait,
             ST_CLOSE => t.tcp_close,
             _ => t.other,
         }
@@ -878,7 +885,8 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             return Some(Evict::Expired);
         }
         match m_state(m) {
-            ST_SYN_SENT | ST_SYN_RECV | ST_FIN_WAIT | ST_CLOSE => Some(Evict::Embryonic),
+            ST_SYN_SENT | ST_SYN_RECV | ST_FIN_WAIT | ST_FIN_WAIT_REPLY | ST_TIME_WAIT
+            | ST_CLOSE => Some(Evict::Embryonic),
             ST_ESTABLISHED => None,
             _ => Some(Evict::Idle),
         }

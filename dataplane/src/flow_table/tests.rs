@@ -305,6 +305,25 @@ fn tcp_transitions() {
     assert_eq!(FlowState::Established.as_str(), "ESTABLISHED");
 }
 
+#[test]
+fn fins_from_both_sides_make_time_wait() {
+    use Direction::{Original as O, Reply as R};
+    for (first, second) in [(O, R), (R, O)] {
+        let t = table(16);
+        let id = t.insert(&entry_p(1, proto::TCP), 0).unwrap();
+        drive(&t, id, FlowState::Established, 0);
+        assert_eq!(t.touch(id, first, FIN | ACK, 0), FlowState::FinWait);
+        assert_eq!(t.touch(id, first, FIN | ACK, 0), FlowState::FinWait); // again
+        assert_eq!(t.touch(id, second, ACK, 0), FlowState::FinWait);
+        assert_eq!(t.touch(id, second, FIN | ACK, 0), FlowState::TimeWait);
+        assert_eq!(t.touch(id, first, FIN | ACK, 0), FlowState::TimeWait);
+        assert_eq!(t.touch(id, first, ACK, 0), FlowState::TimeWait);
+        assert_eq!(t.touch(id, first, RST, 0), FlowState::Close);
+        assert_eq!(t.touch(id, O, SYN, 0), FlowState::SynSent); // reopened
+        assert_eq!(FlowState::TimeWait.as_str(), "TIME_WAIT");
+    }
+}
+
 /// Brings a fresh flow to `target` at time `now`.
 fn drive(t: &FlowTable, id: FlowId, target: FlowState, now: u32) {
     use Direction::{Original as O, Reply as R};
@@ -314,6 +333,7 @@ fn drive(t: &FlowTable, id: FlowId, target: FlowState, now: u32) {
         FlowState::Established => &[(O, SYN), (R, SYN | ACK), (O, ACK)],
         FlowState::FinWait => &[(O, ACK), (O, FIN)],
         FlowState::Close => &[(O, RST)],
+        FlowState::TimeWait => &[(O, ACK), (R, FIN), (O, FIN)],
     };
     for &(d, f) in steps {
         t.touch(id, d, f, now);
@@ -329,6 +349,7 @@ fn expiry_per_state_on_a_virtual_clock() {
         (FlowState::SynRecv, proto::TCP, to.tcp_syn_recv),
         (FlowState::Established, proto::TCP, to.tcp_established),
         (FlowState::FinWait, proto::TCP, to.tcp_fin_wait),
+        (FlowState::TimeWait, proto::TCP, to.tcp_fin_wait),
         (FlowState::Close, proto::TCP, to.tcp_close),
         (FlowState::Udp, proto::UDP, to.udp),
         (FlowState::Udp, proto::SCTP, to.other),

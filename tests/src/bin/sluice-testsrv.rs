@@ -15,6 +15,7 @@
 //! sluice-testsrv sctp-capture --ms N
 //! sluice-testsrv frame-send --iface IF HEX [HEX ...]
 //! sluice-testsrv frame-capture --iface IF --ms N --marker HEX
+//! sluice-testsrv syn-flood ADDR:PORT --src-base IP --sources N --count N --seconds S
 //! ```
 //!
 //! * HTTP: any request gets `200` with body `backend=<name> peer=<ip>:<port>\n`
@@ -64,6 +65,12 @@
 //!   `--marker` bytes (every frame when the marker is empty, `--marker ""`),
 //!   after `ready`, so a test can prove that a frame it marked did, or did
 //!   not, get through.
+//!
+//! * syn-flood: `--count` TCP SYNs (IPv4, crafted over an `IPPROTO_RAW`
+//!   socket, valid checksums) to ADDR:PORT from spoofed sources
+//!   `--src-base` + 0..`--sources` (source port 1024 + k / sources), paced
+//!   evenly over `--seconds`; stops after twice that in any case. Prints
+//!   `sent N secs S`.
 //!
 //! `serve`, `sctp-capture` and `frame-capture` print `ready` on stdout once their sockets are
 //! bound. `serve` listens dual-stack where IPv6 is available and prints IPv4
@@ -197,6 +204,7 @@ fn main() -> ExitCode {
         "sctp-capture" => sctp_capture(&args),
         "frame-send" => frame_send(&args),
         "frame-capture" => frame_capture(&args),
+        "syn-flood" => syn_flood(&args),
         other => Err(format!("unknown command {other}")),
     });
     match result {
@@ -880,6 +888,122 @@ fn sctp_send(args: &Args) -> Res<()> {
     Ok(())
 }
 
+/// The Internet checksum (RFC 1071) over `parts`, concatenated.
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    let bytes = parts.iter().flat_map(|p| p.iter().copied());
+    let mut hi = None;
+    for b in bytes {
+        match hi.take() {
+            None => hi = Some(b),
+            Some(h) => sum += u32::from(u16::from_be_bytes([h, b])),
+        }
+    }
+    if let Some(h) = hi {
+        sum += u32::from(h) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet holding a bare TCP SYN, checksums filled in.
+fn syn_packet(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let c = inet_checksum(&[&p[..20]]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02; // SYN
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let pseudo = [&src[..], &dst[..], &[0, 6, 0, 20]].concat();
+    let c = inet_checksum(&[&pseudo, &p[20..]]);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn syn_flood(args: &Args) -> Res<()> {
+    let SocketAddr::V4(dst) = args.addr()? else {
+        return Err("syn-flood supports IPv4 only".into());
+    };
+    let base: std::net::Ipv4Addr = args
+        .get("src-base")
+        .ok_or("--src-base is required")?
+        .parse()
+        .map_err(|e| format!("--src-base: {e}"))?;
+    let sources = args.num("sources", None)?.max(1);
+    let count = args.num("count", None)?;
+    let seconds: f64 = args
+        .get("seconds")
+        .ok_or("--seconds is required")?
+        .parse()
+        .map_err(|e| format!("--seconds: {e}"))?;
+    // SAFETY: plain socket(2) call; the result is checked and owned by `Fd`.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+    }
+    let fd = Fd(fd);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let to = sin(*dst.ip(), 0);
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds * 2.0 + 1.0);
+    let mut sent = 0u64;
+    for k in 0..count {
+        let due = Duration::from_secs_f64(seconds * k as f64 / count.max(1) as f64);
+        let now = start.elapsed();
+        if now > limit {
+            break;
+        }
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let src = (u32::from(base) + (k % sources) as u32).to_be_bytes();
+        let sport = 1024 + (k / sources) as u16;
+        let seq = (k as u32).wrapping_mul(2_654_435_761);
+        let pkt = syn_packet(src, dst.ip().octets(), sport, dst.port(), seq);
+        // SAFETY: `pkt` and `to` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.0,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            return Err(format!("sendto: {e}"));
+        }
+        sent += 1;
+    }
+    println!("sent {sent} secs {:.3}", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn sctp_capture(args: &Args) -> Res<()> {
     let ms = args.num("ms", None)?;
     let eth_p_ip = (libc::ETH_P_IP as u16).to_be();
@@ -1124,6 +1248,15 @@ mod tests {
         assert_eq!(to_hex(&[0, 0xff, 0x10]), "00ff10");
         assert!(from_hex("abc").is_err());
         assert!(from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn crafted_syn_checksums_verify() {
+        let p = syn_packet([198, 18, 64, 1], [198, 18, 100, 10], 1024, 80, 7);
+        assert_eq!(inet_checksum(&[&p[..20]]), 0, "IPv4 header");
+        let pseudo = [&p[12..20], &[0, 6, 0, 20][..]].concat();
+        assert_eq!(inet_checksum(&[&pseudo, &p[20..]]), 0, "TCP");
+        assert_eq!(p[33], 0x02);
     }
 
     #[test]
