@@ -30,7 +30,12 @@ fn config(idx: &[usize], annotations: &[&str]) -> String {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n  \
          annotations:\n{ann}spec:\n  type: ClusterIP\n  clusterIP: 198.18.100.10\n  ports:\n  \
          - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n---\n{}",
-        endpoint_slice("web-1", "web", &[("http", 8080, "TCP")], &ready_backends(idx))
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &ready_backends(idx)
+        )
     )
 }
 
@@ -95,7 +100,11 @@ fn lc_avoids_servers_with_held_connections() {
     // as inactive (1 each), far below one active connection (256).
     let hits = spread(&topo, 10);
     for h in held.iter_mut() {
-        assert!(h.is_running(), "a held connection ended early: {}", h.cmdline());
+        assert!(
+            h.is_running(),
+            "a held connection ended early: {}",
+            h.cmdline()
+        );
     }
     drop(held);
     let report = sluice.stop();
@@ -127,7 +136,11 @@ fn sh_keeps_each_client_on_one_server() {
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
     for (from, hits) in &per_client {
-        assert_eq!(hits.len(), 1, "{from} reached several servers: {per_client:?}");
+        assert_eq!(
+            hits.len(),
+            1,
+            "{from} reached several servers: {per_client:?}"
+        );
     }
 }
 
@@ -137,7 +150,9 @@ fn mh_moves_about_one_nth_when_a_server_leaves() {
     const N: usize = 5;
     const CLIENTS: usize = 40;
     let topo = topology!(TopologyOpts::default().backends(N));
-    let clients: Vec<String> = (0..CLIENTS).map(|i| format!("198.18.0.{}", 200 + i)).collect();
+    let clients: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("198.18.0.{}", 200 + i))
+        .collect();
     for c in &clients {
         topo.add_address(Role::Client, &format!("{c}/32"), "eth0");
     }
@@ -147,12 +162,15 @@ fn mh_moves_about_one_nth_when_a_server_leaves() {
         &config(&all, &["sluice.dev/scheduler: mh"]),
         &["--workers", "2"],
     );
-    let map = |topo: &Topology| -> Vec<String> {
-        clients.iter().map(|c| hit(topo, Some(c))).collect()
-    };
+    let map =
+        |topo: &Topology| -> Vec<String> { clients.iter().map(|c| hit(topo, Some(c))).collect() };
     let before = map(&topo);
     // Consistent: a second round maps every client the same.
-    assert_eq!(map(&topo), before, "mh is not stable for a fixed set of servers");
+    assert_eq!(
+        map(&topo),
+        before,
+        "mh is not stable for a fixed set of servers"
+    );
     sluice.rewrite_config(&config(&all[..N - 1], &["sluice.dev/scheduler: mh"]));
     let outcome = sluice.reload();
     assert!(matches!(outcome, ReloadOutcome::Applied(_)), "{outcome:?}");
@@ -173,8 +191,17 @@ fn mh_moves_about_one_nth_when_a_server_leaves() {
         100.0 * moved as f64 / CLIENTS as f64,
         100.0 / N as f64
     );
-    assert!(after.iter().all(|b| *b != gone), "{gone} still gets clients: {after:?}");
-    assert_eq!(moved, on_gone, "clients of the staying servers moved: {before:?} -> {after:?}");
+    assert!(
+        after.iter().all(|b| *b != gone),
+        "{gone} still gets clients: {after:?}"
+    );
+    assert_eq!(
+        moved, on_gone,
+        "clients of the staying servers moved: {before:?} -> {after:?}"
+    );
     // About 1/N: the removed server's share of 40 hashed clients.
-    assert!(moved <= CLIENTS / N + 6, "{moved} of {CLIENTS} moved: {before:?} -> {after:?}");
+    assert!(
+        moved <= CLIENTS / N + 6,
+        "{moved} of {CLIENTS} moved: {before:?} -> {after:?}"
+    );
 }
