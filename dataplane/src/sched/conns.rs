@@ -332,6 +332,79 @@ mod tests {
         assert_eq!(c.get(7), (0, 0));
     }
 
+    /// The recount from a real flow table: TCP flows count as active once
+    /// established and inactive before and after; UDP flows inactive;
+    /// expired flows not at all; a flow whose record names a backend index
+    /// that is now another server is not counted.
+    #[test]
+    fn recount_from_the_flow_table() {
+        use crate::flow_table::{tcp_flags as f, Direction, FlowEntry, Timeouts};
+        use crate::sched::testutil::table;
+        use crate::service::SchedKind;
+        use crate::types::{Addr, FlowKey, L2Hop};
+
+        let t = table(SchedKind::LeastConn, &[1, 1]);
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let backend = |i: usize| t.get(0).unwrap().spec.backends[i];
+        let flow = |n: u16, b: usize, p: u8| {
+            let be = backend(b);
+            let original = FlowKey {
+                src: Addr::from_v4([198, 18, 0, 2]),
+                dst: Addr::from_v4([198, 18, 100, 1]),
+                sport: 1000 + n,
+                dport: 80,
+                proto: p,
+            };
+            FlowEntry {
+                original,
+                reply: FlowKey {
+                    src: be.addr,
+                    dst: original.src,
+                    sport: be.port,
+                    dport: original.sport,
+                    proto: p,
+                },
+                orig_hop: L2Hop::default(),
+                reply_hop: L2Hop::default(),
+                service: 0,
+                backend: b as u32,
+            }
+        };
+        let now = 100;
+        // Backend 0: two established TCP flows, one in SYN_SENT, one
+        // closed by a FIN; backend 1: two UDP flows.
+        for n in 0..4 {
+            let id = flows.insert(&flow(n, 0, proto::TCP), now).unwrap();
+            flows.touch(id, Direction::Original, f::SYN, now);
+            if n < 2 || n == 3 {
+                flows.touch(id, Direction::Reply, f::SYN | f::ACK, now);
+                flows.touch(id, Direction::Original, f::ACK, now);
+            }
+            if n == 3 {
+                flows.touch(id, Direction::Original, f::FIN | f::ACK, now);
+            }
+        }
+        for n in 10..12 {
+            flows.insert(&flow(n, 1, proto::UDP), now).unwrap();
+        }
+        // A stale flow naming backend 1 with backend 0's address.
+        let mut stale = flow(20, 0, proto::TCP);
+        stale.backend = 1;
+        flows.insert(&stale, now).unwrap();
+        // Events already counted before the recount are absorbed by it.
+        let c = &t.get(0).unwrap().conns;
+        c.on_new(0);
+        flows.expire(now, 0);
+        recount(&t, &flows);
+        assert_eq!(c.get(0), (2, 2));
+        assert_eq!(c.get(1), (0, 2));
+        // Everything expires silently: the next recount finds nothing.
+        flows.expire(now + 10_000, 0);
+        recount(&t, &flows);
+        assert_eq!(c.get(0), (0, 0));
+        assert_eq!(c.get(1), (0, 0));
+    }
+
     /// IPVS's hysteresis: over the upper threshold until under the lower
     /// one; lower 0 means under 3/4 of upper.
     #[test]
