@@ -205,3 +205,31 @@ fn mh_moves_about_one_nth_when_a_server_leaves() {
         "{moved} of {CLIENTS} moved: {before:?} -> {after:?}"
     );
 }
+
+#[test]
+fn unknown_schedulers_are_refused_at_start() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().servers(false));
+    let cfg = config(&[1, 2], &["sluice.dev/scheduler: fastest"]);
+    let out = Sluice::run_to_exit(&topo, &cfg, &[], Duration::from_secs(15));
+    assert!(!out.timed_out() && !out.success(), "sluice started: {out}");
+    assert!(
+        out.stderr.contains(
+            "metadata.annotations[\"sluice.dev/scheduler\"]: unknown scheduler \"fastest\""
+        ),
+        "error does not name the annotation: {out}"
+    );
+    let cfg = config(&[1, 2], &[]);
+    let out = Sluice::run_to_exit(
+        &topo,
+        &cfg,
+        &["--scheduler", "fastest"],
+        Duration::from_secs(15),
+    );
+    assert!(!out.timed_out() && !out.success(), "sluice started: {out}");
+    assert!(
+        out.stderr
+            .contains("unknown scheduler \"fastest\": one of rr, wrr, lc"),
+        "error does not name the flag's choices: {out}"
+    );
+}
