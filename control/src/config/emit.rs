@@ -27,9 +27,11 @@
 //!
 //! # Backends and policies
 //!
-//! An endpoint is *ready* (weight 1), or *serving and terminating* (weight
+//! An endpoint is *ready* (weight 1, or its `sluice.dev/weights` entry),
+//! or *serving and terminating* (weight
 //! 0, `terminating`: used only when the list has no ready endpoint,
-//! ProxyTerminatingEndpoints), or left out. It is `local` when its
+//! ProxyTerminatingEndpoints), or left out; `sluice.dev/thresholds` sets
+//! its connection thresholds (`sched.rs`). It is `local` when its
 //! `nodeName` is [`CompileCtx::node_name`]. Internal front ends follow
 //! `internalTrafficPolicy`, external ones (NodePort, ExternalIp,
 //! LoadBalancer) `externalTrafficPolicy`:
