@@ -88,6 +88,11 @@ struct RunCmd {
     /// Range nodePorts are allocated from and must lie in.
     #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
     nodeport_range: (u16, u16),
+    /// Scheduler of Services without a `sluice.dev/scheduler` annotation
+    /// (kube-proxy's --ipvs-scheduler): rr wrr lc wlc sed nq sh dh lblc
+    /// lblcr fo ovf mh.
+    #[arg(long, default_value = "rr", value_parser = parse_scheduler)]
+    scheduler: sluice_dataplane::service::SchedKind,
     /// Serve the cluster DNS (<svc>.<ns>.svc.<domain>) on this address,
     /// e.g. 198.18.0.1:53.
     #[arg(long)]
@@ -128,6 +133,15 @@ fn host_name() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+/// `--scheduler NAME`, by `ipvsadm -s` names.
+fn parse_scheduler(s: &str) -> Result<sluice_dataplane::service::SchedKind, String> {
+    use sluice_dataplane::service::SchedKind;
+    SchedKind::from_name(s).ok_or_else(|| {
+        let all: Vec<&str> = SchedKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown scheduler {s:?}: one of {}", all.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -197,6 +211,7 @@ fn main() -> ExitCode {
                 snat_addresses: r.snat_addresses,
                 node_name: r.node_name.or_else(host_name),
                 nodeport_range: r.nodeport_range,
+                scheduler: r.scheduler,
                 dns: r.dns,
                 cluster_domain: r.cluster_domain,
                 affinity_capacity: r.affinity_capacity,

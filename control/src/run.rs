@@ -70,6 +70,8 @@ pub struct RunArgs {
     pub node_name: Option<String>,
     /// NodePort range.
     pub nodeport_range: (u16, u16),
+    /// Default scheduler (`--scheduler`).
+    pub scheduler: sluice_dataplane::service::SchedKind,
     /// Serve the cluster DNS on this address.
     pub dns: Option<SocketAddr>,
     /// Cluster DNS domain.
@@ -402,6 +404,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         node_addrs: node_addrs.clone(),
         local_addrs: node_addrs.clone(),
         nodeport_range: args.nodeport_range,
+        scheduler: args.scheduler,
     };
     let cfg = config::load_file_with(&args.config, &ctx)?;
     info!(
@@ -662,6 +665,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             last_expire = Instant::now();
             let cap = shared.flows.capacity();
             shared.flows.expire(shared.now(), (cap / 8).max(4096));
+            shared
+                .snapshot
+                .load()
+                .services
+                .recount_connections(&shared.flows);
         }
         if !unresolved.is_empty() && last_retry.elapsed() >= Duration::from_secs(5) {
             last_retry = Instant::now();

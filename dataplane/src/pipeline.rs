@@ -36,7 +36,7 @@
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
-use crate::flow_table::{Direction, FlowEntry, FlowTable, Hit, InsertError, KeyHash};
+use crate::flow_table::{Direction, FlowEntry, FlowState, FlowTable, Hit, InsertError, KeyHash};
 use crate::forward::{dr, nat};
 use crate::sched;
 use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
@@ -459,7 +459,8 @@ pub fn process_hashed(
                 return reset_client(snap, buf, len, &p, &hit);
             }
         } else {
-            flows.touch(hit.id, hit.dir, p.tcp_flags, now);
+            let st = flows.touch(hit.id, hit.dir, p.tcp_flags, now);
+            count_transition(snap, &hit, st);
             return forward(snap, &mut buf[..len], &p, &hit.entry, hit.dir);
         }
     }
@@ -574,6 +575,7 @@ pub fn process_hashed(
         Err(r) => return Verdict::Drop(r),
     };
     flows.touch(id, Direction::Original, p.tcp_flags, now);
+    svc.conns.on_new(b_idx);
     stats.new_flows += 1;
     if masq {
         stats.snat_flows += 1;
@@ -594,6 +596,20 @@ fn refuse(p: &wire::Parsed) -> Option<DropReason> {
         return Some(DropReason::BadTcpFlags);
     }
     None
+}
+
+/// Counts a TCP flow entering or leaving ESTABLISHED for its backend's
+/// connection counts ([`crate::sched::conns`]): the state the lookup read
+/// against the state `touch` left. One compare per packet; a write only
+/// at a transition, to the worker's own delta slot.
+#[inline]
+fn count_transition(snap: &Snapshot, hit: &Hit, now: FlowState) {
+    let was = hit.state == FlowState::Established;
+    if was != (now == FlowState::Established) && hit.entry.original.proto == proto::TCP {
+        if let Some(svc) = snap.services.get(hit.entry.service) {
+            svc.conns.on_established(hit.entry.backend as usize, !was);
+        }
+    }
 }
 
 /// Whether a flow forwards by direct routing: its reply key is its

@@ -58,14 +58,132 @@ pub struct BackendSpec {
     pub terminating: bool,
     /// The endpoint runs on this node (`nodeName == --node-name`).
     pub local: bool,
+    /// Upper connection threshold (`ipvsadm -x`): with active + inactive
+    /// connections at or over it the server takes no new flow until it
+    /// falls under [`BackendSpec::lower`]. 0: no threshold.
+    pub upper: u32,
+    /// Lower connection threshold (`ipvsadm -y`); 0 means 3/4 of
+    /// [`BackendSpec::upper`], as the kernel's `ip_vs_unbind_dest` rule.
+    pub lower: u32,
 }
 
-/// Scheduler choice for a service.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+/// Scheduler choice for a service: IPVS's schedulers by their `ipvsadm -s`
+/// names, plus Maglev (`mh`) with a larger table than the kernel's
+/// ([`crate::sched`] has one module per scheduler).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub enum SchedKind {
-    /// Round-robin over backends with non-zero weight.
+    /// `rr`: round-robin over backends with non-zero weight.
     #[default]
     RoundRobin,
+    /// `wrr`: weighted round-robin (the kernel's gcd / max-weight stepping).
+    WeightedRoundRobin,
+    /// `lc`: least connections.
+    LeastConn,
+    /// `wlc`: weighted least connections (IPVS's default).
+    WeightedLeastConn,
+    /// `sed`: shortest expected delay.
+    ShortestExpectedDelay,
+    /// `nq`: never queue.
+    NeverQueue,
+    /// `sh`: source hashing (flags `sh-fallback`, `sh-port`).
+    SourceHash,
+    /// `dh`: destination hashing.
+    DestinationHash,
+    /// `lblc`: locality-based least connections.
+    Lblc,
+    /// `lblcr`: locality-based least connections with replication.
+    Lblcr,
+    /// `fo`: weighted failover.
+    WeightedFailover,
+    /// `ovf`: weighted overflow.
+    WeightedOverflow,
+    /// `mh`: Maglev hashing (flags `mh-fallback`, `mh-port`).
+    Maglev,
+}
+
+impl SchedKind {
+    /// Every scheduler, in the order the README lists them.
+    pub const ALL: [SchedKind; 13] = [
+        SchedKind::RoundRobin,
+        SchedKind::WeightedRoundRobin,
+        SchedKind::LeastConn,
+        SchedKind::WeightedLeastConn,
+        SchedKind::ShortestExpectedDelay,
+        SchedKind::NeverQueue,
+        SchedKind::SourceHash,
+        SchedKind::DestinationHash,
+        SchedKind::Lblc,
+        SchedKind::Lblcr,
+        SchedKind::WeightedFailover,
+        SchedKind::WeightedOverflow,
+        SchedKind::Maglev,
+    ];
+
+    /// The `ipvsadm -s` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedKind::RoundRobin => "rr",
+            SchedKind::WeightedRoundRobin => "wrr",
+            SchedKind::LeastConn => "lc",
+            SchedKind::WeightedLeastConn => "wlc",
+            SchedKind::ShortestExpectedDelay => "sed",
+            SchedKind::NeverQueue => "nq",
+            SchedKind::SourceHash => "sh",
+            SchedKind::DestinationHash => "dh",
+            SchedKind::Lblc => "lblc",
+            SchedKind::Lblcr => "lblcr",
+            SchedKind::WeightedFailover => "fo",
+            SchedKind::WeightedOverflow => "ovf",
+            SchedKind::Maglev => "mh",
+        }
+    }
+
+    /// The scheduler named `name` (`ipvsadm -s` names), if any.
+    pub fn from_name(name: &str) -> Option<SchedKind> {
+        SchedKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether the scheduler reads connection counts (IPVS's
+    /// `activeconns` / `inactconns`).
+    pub fn counts_connections(self) -> bool {
+        matches!(
+            self,
+            SchedKind::LeastConn
+                | SchedKind::WeightedLeastConn
+                | SchedKind::ShortestExpectedDelay
+                | SchedKind::NeverQueue
+                | SchedKind::Lblc
+                | SchedKind::Lblcr
+                | SchedKind::WeightedOverflow
+        )
+    }
+
+    /// The prefix of its flag names (`sh-fallback`, `mh-port`), for the
+    /// two schedulers that take flags.
+    pub fn flag_prefix(self) -> Option<&'static str> {
+        match self {
+            SchedKind::SourceHash => Some("sh"),
+            SchedKind::Maglev => Some("mh"),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SchedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Scheduler flags (`ipvsadm -b`). IPVS gives `sh` and `mh` the same two
+/// bits (`IP_VS_SVC_F_SCHED1`, `_SCHED2`) under their own names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct SchedFlags {
+    /// `sh-fallback` / `mh-fallback`: when the hashed server cannot take
+    /// the flow, probe on to the next usable one instead of refusing.
+    pub fallback: bool,
+    /// `sh-port` / `mh-port`: hash the client's source port too.
+    pub port: bool,
 }
 
 /// Which kind of front end a virtual service is (decides the traffic
@@ -145,6 +263,8 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     /// Scheduler.
     pub sched: SchedKind,
+    /// Its flags (meaningful for `sh` and `mh` only).
+    pub sched_flags: SchedFlags,
     /// Kind of front end.
     pub kind: VipKind,
     /// Masquerading of clients.
@@ -175,6 +295,13 @@ pub struct Service {
     pub affinity_id: u64,
     /// [`crate::affinity::backend_hash`] of each backend, in order.
     pub backend_hashes: Vec<u32>,
+    /// The scheduler's own prebuilt state (wrr cursor, hash tables, the
+    /// Maglev table, lblc caches), built with the table, off the packet
+    /// path.
+    pub(crate) sched_state: crate::sched::State,
+    /// Connection counts per backend, for the schedulers that read them
+    /// and for thresholds ([`crate::sched::conns`]).
+    pub conns: crate::sched::conns::ConnCounts,
 }
 
 /// Error building a table.
@@ -303,11 +430,15 @@ impl ServiceTable {
                 .iter()
                 .map(|b| crate::affinity::backend_hash(&b.addr, b.port))
                 .collect();
+            let sched_state = crate::sched::State::build(&spec);
+            let conns = crate::sched::conns::ConnCounts::for_spec(&spec);
             services.push(Service {
                 spec,
                 rr: AtomicU32::new(0),
                 affinity_id,
                 backend_hashes,
+                sched_state,
+                conns,
             });
         }
         Ok(ServiceTable {
@@ -338,6 +469,13 @@ impl ServiceTable {
     /// All services.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
         self.services.iter()
+    }
+
+    /// Recounts the connections of every service that counts them from
+    /// `flows` ([`crate::sched::conns::recount`]); O(flow-table capacity),
+    /// for the housekeeping thread.
+    pub fn recount_connections(&self, flows: &crate::flow_table::FlowTable) {
+        crate::sched::conns::recount(self, flows);
     }
 
     /// Number of services.

@@ -59,7 +59,11 @@ impl Shared {
     }
 
     /// Publishes a new snapshot; workers pick it up at their next burst.
+    /// Its services' connection counts are recounted from the flow table
+    /// first, so that a new table's least-connection schedulers start from
+    /// the flows that exist (a no-op when no service counts them).
     pub fn publish(&self, snapshot: Snapshot) {
+        snapshot.services.recount_connections(&self.flows);
         self.snapshot.store(Arc::new(snapshot));
     }
 }

@@ -89,6 +89,8 @@ pub(super) struct Svc {
     pub publish_not_ready: bool,
     /// From [`FORWARDING_METHOD_ANNOTATION`].
     pub forward: ForwardMethod,
+    /// From the scheduling annotations (`sched.rs`).
+    pub sched: super::sched::Scheduling,
 }
 
 /// A checked Service port.
@@ -715,6 +717,8 @@ impl<'c> Loader<'c> {
             allocate_node_ports,
         )?;
 
+        let sched = super::sched::scheduling(self, &ctx, &annotations, self.cc.scheduler)?;
+
         let selector = if ty == SvcType::ExternalName {
             BTreeMap::new()
         } else {
@@ -741,6 +745,7 @@ impl<'c> Loader<'c> {
             needs_health_check,
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             forward,
+            sched,
         })
     }
 

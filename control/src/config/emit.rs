@@ -27,9 +27,11 @@
 //!
 //! # Backends and policies
 //!
-//! An endpoint is *ready* (weight 1), or *serving and terminating* (weight
+//! An endpoint is *ready* (weight 1, or its `sluice.dev/weights` entry),
+//! or *serving and terminating* (weight
 //! 0, `terminating`: used only when the list has no ready endpoint,
-//! ProxyTerminatingEndpoints), or left out. It is `local` when its
+//! ProxyTerminatingEndpoints), or left out; `sluice.dev/thresholds` sets
+//! its connection thresholds (`sched.rs`). It is `local` when its
 //! `nodeName` is [`CompileCtx::node_name`]. Internal front ends follow
 //! `internalTrafficPolicy`, external ones (NodePort, ExternalIp,
 //! LoadBalancer) `externalTrafficPolicy`:
@@ -78,8 +80,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_dataplane::service::{
-    BackendSpec, ForwardMethod, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey, VipKind,
-    WhenEmpty,
+    BackendSpec, ForwardMethod, MasqMode, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
 };
 use sluice_dataplane::types::{proto, Addr};
 
@@ -402,8 +403,11 @@ impl Loader<'_> {
             } else {
                 format!("{}/{}:{}", svc.ns, svc.name, sp.name)
             };
-            let all_v4 = backends(groups, sp, true, node);
-            let all_v6 = backends(groups, sp, false, node);
+            let mut all_v4 = backends(groups, sp, true, node);
+            let mut all_v6 = backends(groups, sp, false, node);
+            for b in all_v4.iter_mut().chain(all_v6.iter_mut()) {
+                svc.sched.apply(b);
+            }
             if svc.forward == ForwardMethod::Dr {
                 if let Some(b) = all_v4.iter().chain(&all_v6).find(|b| b.port != sp.port) {
                     return Err(self.err(
@@ -452,7 +456,8 @@ impl Loader<'_> {
                         proto: sp.proto,
                     },
                     backends,
-                    sched: SchedKind::RoundRobin,
+                    sched: svc.sched.kind,
+                    sched_flags: svc.sched.flags,
                     kind,
                     masq,
                     affinity_timeout: svc.affinity,
@@ -537,6 +542,7 @@ fn backends(groups: &[&EpGroup], sp: &SvcPort, v4: bool, node: Option<&str>) -> 
                 weight: u16::from(!terminating),
                 terminating,
                 local: is_local(e, node),
+                ..Default::default()
             });
         }
     }

@@ -59,6 +59,7 @@ mod emit;
 mod error;
 mod k8s;
 mod nodeport;
+mod sched;
 #[cfg(test)]
 mod semantics_tests;
 #[cfg(test)]
@@ -70,11 +71,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_yaml::Value;
-use sluice_dataplane::service::ServiceSpec;
+use sluice_dataplane::service::{SchedKind, ServiceSpec};
 
 use crate::model::{DnsService, HealthCheck};
 
 pub use error::ConfigError;
+pub use sched::{
+    SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION, THRESHOLDS_ANNOTATION, WEIGHTS_ANNOTATION,
+};
 
 /// What the compiled config depends on besides the objects: the host it is
 /// compiled for.
@@ -92,16 +96,20 @@ pub struct CompileCtx {
     /// The node-port range, inclusive (the API server's
     /// `--service-node-port-range`).
     pub nodeport_range: (u16, u16),
+    /// The scheduler of Services without a `sluice.dev/scheduler`
+    /// annotation (`--scheduler`, like kube-proxy's `--ipvs-scheduler`).
+    pub scheduler: SchedKind,
 }
 
 impl Default for CompileCtx {
-    /// No node name, no node or local address, ports 30000-32767.
+    /// No node name, no node or local address, ports 30000-32767, rr.
     fn default() -> CompileCtx {
         CompileCtx {
             node_name: None,
             node_addrs: Vec::new(),
             local_addrs: Vec::new(),
             nodeport_range: (30000, 32767),
+            scheduler: SchedKind::RoundRobin,
         }
     }
 }

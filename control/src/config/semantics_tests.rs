@@ -28,6 +28,7 @@ fn node1() -> CompileCtx {
         node_addrs: vec![ip("198.18.0.1"), ip("198.18.1.1")],
         local_addrs: vec![ip("198.18.0.1"), ip("198.18.1.1"), ip("198.18.0.50")],
         nodeport_range: (30000, 32767),
+        ..Default::default()
     }
 }
 
@@ -56,6 +57,7 @@ fn be(addr: &str, port: u16, weight: u16, local: bool) -> BackendSpec {
         weight,
         terminating: weight == 0,
         local,
+        ..Default::default()
     }
 }
 

@@ -205,7 +205,7 @@ ports:
                     // Serving and terminating: kept with weight 0 (used only
                     // when no endpoint is ready).
                     let mut s = spec("default/web:http", "10.0.0.1", 80, proto::TCP, &[("10.1.0.1", 8080), ("10.1.0.3", 8080)]);
-                    s.backends.insert(1, BackendSpec { addr: v4("10.1.0.2"), port: 8080, weight: 0, terminating: true, local: false });
+                    s.backends.insert(1, BackendSpec { addr: v4("10.1.0.2"), port: 8080, weight: 0, terminating: true, ..Default::default() });
                     s
                 },
                 spec("default/web:dns", "10.0.0.1", 53, proto::UDP, &[]),
