@@ -66,7 +66,16 @@ fn snapshot() -> Snapshot {
     );
     Snapshot {
         services,
-        ports: vec![PortInfo { mac: FRONT_MAC }, PortInfo { mac: BACK_MAC }],
+        ports: vec![
+            PortInfo {
+                mac: FRONT_MAC,
+                mtu: 1500,
+            },
+            PortInfo {
+                mac: BACK_MAC,
+                mtu: 1500,
+            },
+        ],
         nexthops,
         masq: MasqPolicy::default(),
         removed: Default::default(),

@@ -1060,7 +1060,7 @@ fn class_of(state: FlowState, age: u32, to: &Timeouts) -> Option<usize> {
         FlowState::SynSent => to.tcp_syn_sent,
         FlowState::SynRecv => to.tcp_syn_recv,
         FlowState::Established => to.tcp_established,
-        FlowState::FinWait => to.tcp_fin_wait,
+        FlowState::FinWait | FlowState::TimeWait => to.tcp_fin_wait,
         FlowState::Close => to.tcp_close,
     };
     if age > timeout {
