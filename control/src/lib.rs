@@ -8,3 +8,4 @@ pub mod health;
 pub mod model;
 pub mod netlink;
 pub mod run;
+pub mod store;
