@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_control::run::{self, RunArgs, RunError};
+use sluice_control::api::{ApiOpts, DEFAULT_MAX_BODY, DEFAULT_SOCKET};
+use sluice_control::daemon::{self as run, RunArgs, RunError};
 use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::steer::AttachMode;
 use sluice_dataplane::types::Cidr;
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Load-balance the services of a config file on the given interfaces.
-    Run(RunCmd),
+    Run(Box<RunCmd>),
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -32,9 +33,11 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunCmd {
-    /// Kubernetes YAML (Service, Endpoints, EndpointSlice). SIGHUP reloads it.
+    /// Kubernetes YAML (Service, Endpoints, EndpointSlice, Pod), applied at
+    /// start and on each SIGHUP (objects that left the file are deleted).
+    /// Without it Sluice starts empty and is configured through the API.
     #[arg(long, short)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Interface to serve (repeat for several, e.g. a client side and a
     /// backend side).
     #[arg(long = "iface", short = 'i', required = true)]
@@ -89,6 +92,19 @@ struct RunCmd {
     /// Capacity of the session-affinity table (client entries).
     #[arg(long, default_value_t = 1 << 16)]
     affinity_capacity: usize,
+    /// The API's Unix socket (created mode 0600).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+    /// Also serve the API over TCP (for kubectl --server http://ADDR:PORT).
+    /// A non-loopback address needs --api-token-file.
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token every TCP request must carry.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Largest API request body, in bytes (413 above).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
+    api_max_body: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -169,6 +185,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(r) => {
+            let r = *r;
             let args = RunArgs {
                 config: r.config,
                 ifaces: r.ifaces,
@@ -190,6 +207,12 @@ fn main() -> ExitCode {
                 dns: r.dns,
                 cluster_domain: r.cluster_domain,
                 affinity_capacity: r.affinity_capacity,
+                api: ApiOpts {
+                    socket: r.api_socket,
+                    listen: r.api_listen,
+                    token_file: r.api_token_file,
+                    max_body: r.api_max_body,
+                },
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
