@@ -22,6 +22,55 @@ pub fn routes() -> Router<AppState> {
         .route("/apis", get(apis))
         .route("/apis/discovery.k8s.io", get(discovery_group))
         .route("/apis/discovery.k8s.io/v1", get(discovery_v1))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/api/v1", get(openapi_core))
+        .route(
+            "/openapi/v3/apis/discovery.k8s.io/v1",
+            get(openapi_discovery),
+        )
+}
+
+/// The OpenAPI v3 index. Sluice publishes no schemas; its group-version
+/// documents only declare, per kind, the PATCH operation with the
+/// `fieldValidation` query parameter: that is what kubectl's
+/// `QueryParamVerifierV3` (cli-runtime `query_param_verifier_v3.go`) reads
+/// to decide that the server validates, so that `kubectl create/replace
+/// -f` sends the object instead of failing to download a schema.
+async fn openapi_root() -> Json<Value> {
+    Json(json!({"paths": {
+        "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
+        "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1"},
+    }}))
+}
+
+fn openapi_doc(prefix: &str, kinds: &[Kind]) -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for k in kinds {
+        paths.insert(
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", k.plural()),
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": {"group": k.group(), "version": "v1", "kind": k.as_str()},
+                "parameters": [
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
+    }
+    Json(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Sluice", "version": format!("v1.{KUBE_MINOR}")},
+        "paths": paths,
+    }))
+}
+
+async fn openapi_core() -> Json<Value> {
+    openapi_doc("/api/v1", &[Kind::Service, Kind::Endpoints, Kind::Pod])
+}
+
+async fn openapi_discovery() -> Json<Value> {
+    openapi_doc("/apis/discovery.k8s.io/v1", &[Kind::EndpointSlice])
 }
 
 async fn version() -> Json<Value> {
