@@ -1,9 +1,10 @@
 //! Sluice's control plane: the service model and its config file, the
 //! compiler into the dataplane's immutable tables, the desired-state store
 //! and its reconciler, its sources (file, API), kernel lookups (netlink),
-//! the `sluice run` daemon and the CLI.
+//! the `sluice run` daemon and the CLI (`sluice apply/get/delete`).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;

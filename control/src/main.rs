@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control::api::{ApiOpts, DEFAULT_MAX_BODY, DEFAULT_SOCKET};
+use sluice_control::cli::{self, CliError, Output};
 use sluice_control::daemon::{self as run, RunArgs, RunError};
 use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::steer::AttachMode;
@@ -23,6 +24,47 @@ struct Cli {
 enum Cmd {
     /// Load-balance the services of a config file on the given interfaces.
     Run(Box<RunCmd>),
+    /// Create or update objects from files, directories or `-` (stdin),
+    /// through the running sluice's API.
+    Apply {
+        /// File, directory or `-`; repeatable.
+        #[arg(long = "filename", short = 'f', required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List objects of a kind (svc, ep, endpointslices, po), or show one.
+    Get {
+        /// Kind: services/svc, endpoints/ep, endpointslices, pods/po.
+        kind: String,
+        /// One object's name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Delete the objects of files (`-f`), or one object (`KIND NAME`).
+    Delete {
+        /// File, directory or `-`; repeatable.
+        #[arg(long = "filename", short = 'f')]
+        files: Vec<PathBuf>,
+        /// Kind and name (instead of -f).
+        #[arg(num_args = 0..=2)]
+        kind_name: Vec<String>,
+        /// Namespace (with KIND NAME).
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -107,6 +149,27 @@ struct RunCmd {
     api_max_body: usize,
 }
 
+/// The API socket the CLI talks to.
+#[derive(clap::Args, Debug)]
+struct SocketArg {
+    /// The running sluice's API socket.
+    #[arg(long = "api-socket", env = "SLUICE_SOCKET", default_value = DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+}
+
+/// A CLI command's exit: 0, or 1 with its error on stderr.
+fn cli_exit(r: Result<(), CliError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        // Each failed object was reported already.
+        Err(CliError::Some(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpMode {
     /// Native (driver) mode, falling back to generic.
@@ -153,6 +216,40 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Apply { files, socket } => cli_exit(cli::apply(&socket.api_socket, &files)),
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            socket,
+        } => cli_exit(cli::get(
+            &socket.api_socket,
+            &cli::GetArgs {
+                kind: &kind,
+                name: name.as_deref(),
+                namespace: &namespace,
+                all_namespaces,
+                output,
+            },
+        )),
+        Cmd::Delete {
+            files,
+            kind_name,
+            namespace,
+            socket,
+        } => {
+            let kn = match (files.is_empty(), kind_name.as_slice()) {
+                (true, [k, n]) => Some((k.as_str(), n.as_str())),
+                (false, []) => None,
+                _ => {
+                    eprintln!("sluice: delete takes -f FILE... or KIND NAME");
+                    return ExitCode::from(2);
+                }
+            };
+            cli_exit(cli::delete(&socket.api_socket, &files, kn, &namespace))
+        }
         Cmd::Check { config } => match sluice_control::config::load_file(&config) {
             Ok(cfg) => {
                 for s in &cfg.services {
