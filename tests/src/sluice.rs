@@ -5,7 +5,9 @@
 //! containing `sluice ready` once it forwards; SIGHUP re-reads the config and
 //! logs `reload applied` or `reload rejected: <error>`; SIGTERM exits 0 and
 //! prints `counter <name> <value>` lines on stdout; a bad config exits
-//! non-zero with the field named on stderr.
+//! non-zero with the field named on stderr. Each instance gets its own
+//! `--api-socket` (unless the test gives one), so tests run in parallel;
+//! [`Sluice::start_empty`] starts it without `--config`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
