@@ -31,6 +31,15 @@ else
   echo "deps.sh: all packages present"
 fi
 
+# The kubectl test drives the real kubectl: Debian's kubernetes-client
+# (1.20) when the machine has no kubectl of its own.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "deps.sh: installing kubernetes-client (kubectl)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps.sh: cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
   exit 1

@@ -1,11 +1,17 @@
 //! Sluice's control plane: the service model and its config file, the
-//! compiler into the dataplane's immutable tables, kernel lookups
-//! (netlink) and the `sluice run` driver.
+//! compiler into the dataplane's immutable tables, the desired-state store
+//! and its reconciler, its sources (file, API), kernel lookups (netlink),
+//! the `sluice run` daemon and the CLI (`sluice apply/get/delete`).
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dns;
 pub mod health;
 pub mod model;
 pub mod netlink;
-pub mod run;
+pub mod reconcile;
 pub mod snat;
+pub mod source;
+pub mod store;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_control::run::{self, RunArgs, RunError};
+use sluice_control::api::{ApiOpts, DEFAULT_MAX_BODY, DEFAULT_SOCKET};
+use sluice_control::cli::{self, CliError, Output};
+use sluice_control::daemon::{self as run, RunArgs, RunError};
 use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::AttachMode;
@@ -23,6 +25,47 @@ struct Cli {
 enum Cmd {
     /// Load-balance the services of a config file on the given interfaces.
     Run(Box<RunCmd>),
+    /// Create or update objects from files, directories or `-` (stdin),
+    /// through the running sluice's API.
+    Apply {
+        /// File, directory or `-`; repeatable.
+        #[arg(long = "filename", short = 'f', required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List objects of a kind (svc, ep, endpointslices, po), or show one.
+    Get {
+        /// Kind: services/svc, endpoints/ep, endpointslices, pods/po.
+        kind: String,
+        /// One object's name.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Delete the objects of files (`-f`), or one object (`KIND NAME`).
+    Delete {
+        /// File, directory or `-`; repeatable.
+        #[arg(long = "filename", short = 'f')]
+        files: Vec<PathBuf>,
+        /// Kind and name (instead of -f).
+        #[arg(num_args = 0..=2)]
+        kind_name: Vec<String>,
+        /// Namespace (with KIND NAME).
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -33,9 +76,11 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunCmd {
-    /// Kubernetes YAML (Service, Endpoints, EndpointSlice). SIGHUP reloads it.
+    /// Kubernetes YAML (Service, Endpoints, EndpointSlice, Pod), applied at
+    /// start and on each SIGHUP (objects that left the file are deleted).
+    /// Without it Sluice starts empty and is configured through the API.
     #[arg(long, short)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Interface to serve (repeat for several, e.g. a client side and a
     /// backend side).
     #[arg(long = "iface", short = 'i', required = true)]
@@ -103,6 +148,40 @@ struct RunCmd {
     /// Capacity of the session-affinity table (client entries).
     #[arg(long, default_value_t = 1 << 16)]
     affinity_capacity: usize,
+    /// The API's Unix socket (created mode 0600).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+    /// Also serve the API over TCP (for kubectl --server http://ADDR:PORT).
+    /// A non-loopback address needs --api-token-file.
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token every TCP request must carry.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Largest API request body, in bytes (413 above).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
+    api_max_body: usize,
+}
+
+/// The API socket the CLI talks to.
+#[derive(clap::Args, Debug)]
+struct SocketArg {
+    /// The running sluice's API socket.
+    #[arg(long = "api-socket", env = "SLUICE_SOCKET", default_value = DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+}
+
+/// A CLI command's exit: 0, or 1 with its error on stderr.
+fn cli_exit(r: Result<(), CliError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        // Each failed object was reported already.
+        Err(CliError::Some(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -160,6 +239,40 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Apply { files, socket } => cli_exit(cli::apply(&socket.api_socket, &files)),
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            socket,
+        } => cli_exit(cli::get(
+            &socket.api_socket,
+            &cli::GetArgs {
+                kind: &kind,
+                name: name.as_deref(),
+                namespace: &namespace,
+                all_namespaces,
+                output,
+            },
+        )),
+        Cmd::Delete {
+            files,
+            kind_name,
+            namespace,
+            socket,
+        } => {
+            let kn = match (files.is_empty(), kind_name.as_slice()) {
+                (true, [k, n]) => Some((k.as_str(), n.as_str())),
+                (false, []) => None,
+                _ => {
+                    eprintln!("sluice: delete takes -f FILE... or KIND NAME");
+                    return ExitCode::from(2);
+                }
+            };
+            cli_exit(cli::delete(&socket.api_socket, &files, kn, &namespace))
+        }
         Cmd::Check { config } => match sluice_control::config::load_file(&config) {
             Ok(cfg) => {
                 for s in &cfg.services {
@@ -192,6 +305,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(r) => {
+            let r = *r;
             let args = RunArgs {
                 config: r.config,
                 ifaces: r.ifaces,
@@ -215,6 +329,12 @@ fn main() -> ExitCode {
                 dns: r.dns,
                 cluster_domain: r.cluster_domain,
                 affinity_capacity: r.affinity_capacity,
+                api: ApiOpts {
+                    socket: r.api_socket,
+                    listen: r.api_listen,
+                    token_file: r.api_token_file,
+                    max_body: r.api_max_body,
+                },
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -98,7 +98,8 @@ pub struct Counters {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Parse errors by [`ParseError`].
     pub parse_errors: [AtomicU64; ParseError::COUNT],
-    /// Version of the service table this worker last used.
+    /// Version of the service table this worker has loaded (set before the
+    /// first burst that uses it, also while idle).
     pub table_version: AtomicU64,
 }
 
@@ -316,10 +317,19 @@ impl<P: Port> Worker<P> {
     pub fn run(&mut self, shared: &Shared, counters: &Counters) {
         let mut idle: u32 = 0;
         let mut last_tx_dropped = 0;
+        let mut seen = u64::MAX;
         while !shared.stop.load(Ordering::Relaxed) {
             let snap = shared.snapshot.load();
             let elapsed = shared.epoch.elapsed();
             self.now_ms = elapsed.as_millis() as u64;
+            // "Epoch seen": the control plane answers a write once every
+            // worker has loaded its table (one store per new table, on this
+            // worker's own counters, never per packet).
+            let version = snap.services.version();
+            if version != seen {
+                seen = version;
+                counters.table_version.store(version, Ordering::Release);
+            }
             let ctx = Ctx {
                 snap: &snap,
                 flows: &shared.flows,
@@ -338,9 +348,6 @@ impl<P: Port> Worker<P> {
                         .fetch_add(td - last_tx_dropped, Ordering::Relaxed);
                     last_tx_dropped = td;
                 }
-                counters
-                    .table_version
-                    .store(snap.services.version(), Ordering::Relaxed);
             } else {
                 idle = idle.saturating_add(1);
                 if !self.opts.busy_poll && idle > 256 {

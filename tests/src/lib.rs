@@ -25,6 +25,7 @@
 //! 198.18.0.0/15; every command bounded in time; processes ended by PID, only
 //! the ones the harness started.
 
+pub mod api;
 pub mod craft;
 pub mod k8s;
 mod netns;

@@ -5,7 +5,9 @@
 //! containing `sluice ready` once it forwards; SIGHUP re-reads the config and
 //! logs `reload applied` or `reload rejected: <error>`; SIGTERM exits 0 and
 //! prints `counter <name> <value>` lines on stdout; a bad config exits
-//! non-zero with the field named on stderr.
+//! non-zero with the field named on stderr. Each instance gets its own
+//! `--api-socket` (unless the test gives one), so tests run in parallel;
+//! [`Sluice::start_empty`] starts it without `--config`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -140,6 +142,8 @@ impl std::error::Error for MissingCounter {}
 pub struct Sluice {
     proc: Option<BgProcess>,
     config: PathBuf,
+    /// The API's Unix socket (unique per instance, so tests run in parallel).
+    socket: PathBuf,
 }
 
 fn temp_config_path(topo: &Topology) -> PathBuf {
@@ -169,6 +173,33 @@ fn argv<'a>(bin: &'a str, config: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// A unique API socket path for one sluice of `topo`.
+fn temp_socket_path(topo: &Topology) -> PathBuf {
+    temp_config_path(topo).with_extension("sock")
+}
+
+/// `argv` plus `--api-socket SOCKET` unless `args` name one; without a
+/// config (`config == None`) no `--config`.
+fn argv_api<'a>(
+    bin: &'a str,
+    config: Option<&'a str>,
+    socket: &'a str,
+    args: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = match config {
+        Some(c) => argv(bin, c, args),
+        None => {
+            let mut v = vec![bin, "run", "--iface", "front", "--iface", "back"];
+            v.extend_from_slice(args);
+            v
+        }
+    };
+    if !args.contains(&"--api-socket") {
+        v.extend_from_slice(&["--api-socket", socket]);
+    }
+    v
+}
+
 impl Sluice {
     /// Writes `config_yaml` to a temp file, starts sluice in the LB namespace
     /// with `args` appended, and waits up to 20 s for `sluice ready`.
@@ -189,17 +220,39 @@ impl Sluice {
             matches!(lb, Role::Lb | Role::Lb2),
             "sluice runs in an LB namespace, not {lb:?}"
         );
+        Self::start_opt(topo, lb, Some(config_yaml), args)
+    }
+
+    /// Starts sluice without `--config` (it starts empty and is configured
+    /// through its API), with `args` appended; waits for `sluice ready`.
+    ///
+    /// # Panics
+    /// As [`Sluice::start`].
+    pub fn start_empty(topo: &Topology, args: &[&str]) -> Self {
+        Self::start_opt(topo, Role::Lb, None, args)
+    }
+
+    fn start_opt(topo: &Topology, lb: Role, config_yaml: Option<&str>, args: &[&str]) -> Self {
         let bin = sluice_bin();
         let config = temp_config_path(topo);
-        write_atomic(&config, config_yaml);
-        let (b, c) = (bin.to_string_lossy(), config.to_string_lossy());
-        let mut cmd = topo.command(lb, &argv(&b, &c, args));
+        let socket = temp_socket_path(topo);
+        if let Some(y) = config_yaml {
+            write_atomic(&config, y);
+        }
+        let (b, c, s) = (
+            bin.to_string_lossy(),
+            config.to_string_lossy(),
+            socket.to_string_lossy(),
+        );
+        let c = config_yaml.map(|_| c.as_ref());
+        let mut cmd = topo.command(lb, &argv_api(&b, c, &s, args));
         // Plain log lines: the harness matches on their text.
         cmd.env("NO_COLOR", "1");
         let proc = BgProcess::spawn(cmd);
         let mut me = Sluice {
             proc: Some(proc),
             config,
+            socket,
         };
         let p = me.proc.as_mut().expect("just set");
         if !p.wait_for(Pipe::Stderr, 0, "sluice ready", READY_TIMEOUT) {
@@ -229,12 +282,18 @@ impl Sluice {
     ) -> CmdOutput {
         let bin = sluice_bin();
         let config = temp_config_path(topo);
+        let socket = temp_socket_path(topo);
         write_atomic(&config, config_yaml);
-        let (b, c) = (bin.to_string_lossy(), config.to_string_lossy());
-        let mut cmd = topo.command(Role::Lb, &argv(&b, &c, args));
+        let (b, c, s) = (
+            bin.to_string_lossy(),
+            config.to_string_lossy(),
+            socket.to_string_lossy(),
+        );
+        let mut cmd = topo.command(Role::Lb, &argv_api(&b, Some(&c), &s, args));
         cmd.env("NO_COLOR", "1");
         let out = crate::netns::exec_timeout(cmd, timeout);
         let _ = std::fs::remove_file(&config);
+        let _ = std::fs::remove_file(&socket);
         out
     }
 
@@ -250,6 +309,12 @@ impl Sluice {
     /// The log (stderr) so far.
     pub fn logs(&self) -> String {
         self.proc().output(Pipe::Stderr)
+    }
+
+    /// The API's Unix socket (the `--api-socket` the harness gave, unless
+    /// the test gave its own).
+    pub fn api_socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Path of the config file sluice was started with.
@@ -324,6 +389,7 @@ impl Drop for Sluice {
         }
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(self.config.with_extension("yaml.tmp"));
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 

@@ -49,11 +49,12 @@ pub enum ConfigError {
     /// range, a missing required field, an unsupported kind or type, a
     /// duplicate, an Endpoints object whose Service is not in the config, a
     /// node port claimed twice (the reason names the other claimant).
-    #[error("{origin}:{line}: {kind} {object}: {field}: {reason}")]
+    #[error("{}{kind} {object}: {field}: {reason}", location(origin, *line))]
     Invalid {
         /// Where the text came from.
         origin: Arc<str>,
-        /// 1-based line where the YAML document holding the object starts.
+        /// 1-based line where the YAML document holding the object starts
+        /// (0 for an object that came from no file: the API's).
         line: usize,
         /// The object's `kind` (`Service`, `EndpointSlice`, …).
         kind: String,
@@ -77,4 +78,13 @@ pub enum ConfigError {
     /// report the same error.
     #[error("{0}")]
     Table(#[from] TableError),
+}
+
+/// `origin:line: `, or nothing for an object that has no line.
+fn location(origin: &str, line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!("{origin}:{line}: ")
+    }
 }

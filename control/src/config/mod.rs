@@ -209,6 +209,88 @@ pub fn load_str_with(text: &str, origin: &str, ctx: &CompileCtx) -> Result<Confi
     loader.finish()
 }
 
+/// Compiles objects already parsed (the store's, as Kubernetes JSON) for a
+/// host: the same checks and output as [`load_str_with`], without YAML.
+/// Errors name the object and field (origin `origin`, no line).
+///
+/// # Errors
+/// As [`load_str_with`]; a field of the wrong JSON type is
+/// [`ConfigError::Invalid`] naming its path.
+pub fn load_objects<'a>(
+    objects: impl IntoIterator<Item = &'a serde_json::Value>,
+    origin: &str,
+    ctx: &CompileCtx,
+) -> Result<Config, ConfigError> {
+    let (lo, hi) = ctx.nodeport_range;
+    if lo == 0 || lo > hi {
+        return Err(ConfigError::Context(format!(
+            "node-port range {lo}-{hi} is empty or starts at 0"
+        )));
+    }
+    let origin: Arc<str> = Arc::from(origin);
+    let mut loader = compile::Loader::new(origin.clone(), ctx);
+    for obj in objects {
+        let what = describe_json(obj);
+        let object: k8s::Object =
+            serde_path_to_error::deserialize(obj).map_err(|e| ConfigError::Invalid {
+                origin: origin.clone(),
+                line: 0,
+                kind: what.kind.clone(),
+                object: what.object.clone(),
+                field: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
+        loader.add(object, 0, "")?;
+    }
+    loader.finish()
+}
+
+fn describe_json(v: &serde_json::Value) -> Described {
+    let s = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let kind = s(v.get("kind")).unwrap_or_else(|| "object".into());
+    let meta = v.get("metadata");
+    let ns = s(meta.and_then(|m| m.get("namespace")))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let name = s(meta.and_then(|m| m.get("name"))).unwrap_or_else(|| "(unnamed)".into());
+    Described {
+        kind,
+        object: format!("{ns}/{name}"),
+    }
+}
+
+/// Parses a YAML stream (documents and `kind: List`s) into its objects as
+/// JSON, each with the line its document starts on; nothing is checked
+/// but the YAML itself (errors carry `origin:line:column`).
+///
+/// # Errors
+/// [`ConfigError::Yaml`] for YAML that does not parse or cannot be JSON
+/// (a non-string key, a tagged value).
+pub fn parse_objects(
+    text: &str,
+    origin: &str,
+) -> Result<Vec<(usize, serde_json::Value)>, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let origin: Arc<str> = Arc::from(origin);
+    let mut out = Vec::new();
+    for doc in split_documents(text) {
+        let value: serde_json::Value =
+            serde_yaml::from_str(doc.text).map_err(|e| yaml_error(&origin, &doc, &e, ""))?;
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(mut m)
+                if m.get("kind").and_then(|k| k.as_str()) == Some("List") =>
+            {
+                if let Some(serde_json::Value::Array(items)) = m.remove("items") {
+                    out.extend(items.into_iter().map(|i| (doc.line, i)));
+                }
+            }
+            v => out.push((doc.line, v)),
+        }
+    }
+    Ok(out)
+}
+
 /// One YAML document of the input.
 #[derive(Debug, PartialEq, Eq)]
 struct Document<'a> {

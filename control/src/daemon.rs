@@ -1,0 +1,650 @@
+//! `sluice run`: bring the load balancer up, keep it serving, take it down.
+//!
+//! The calling thread checks the arguments, compiles the desired state (the
+//! `--config` file's objects, or nothing), resolves next hops, attaches the
+//! steering XDP program, binds the AF_XDP sockets and starts one pinned
+//! worker per core. Then one current-thread tokio runtime runs the control
+//! plane: signals (SIGHUP re-applies the file, SIGINT/SIGTERM stop), the
+//! timers (flow ageing each second, next-hop retries, forgetting removed
+//! endpoints, counter logs) and the API server. Every change goes through
+//! the [`Reconciler`] (on the runtime's blocking pool, as it compiles and
+//! talks netlink); the packet path never touches the runtime.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::snat::SnatError;
+use sluice_dataplane::affinity::AffinityTable;
+use sluice_dataplane::flow_table::layout::MAX_PORT;
+use sluice_dataplane::flow_table::{FlowTable, Timeouts};
+use sluice_dataplane::pipeline::MasqPolicy;
+use sluice_dataplane::snat::PortRanges;
+use sluice_dataplane::steer::{AttachMode, SteerError, Steering};
+use sluice_dataplane::types::Cidr;
+use sluice_dataplane::worker::{Counters, Shared, Worker, WorkerOpts};
+use sluice_dataplane::xsk::{QueueSpec, XskConfig, XskError, XskPort};
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiError, ApiOpts};
+use crate::config::{self, CompileCtx, ConfigError};
+use crate::dns::{DnsError, DnsServer, DnsZone};
+use crate::health::HealthServer;
+use crate::netlink::{self, Link, NetlinkError};
+use crate::reconcile::compile::apply_steer;
+use crate::reconcile::{self, compile_config, Host, Publisher, Reconciler};
+use crate::source;
+use crate::store::{Store, StoreError};
+
+/// The reconciler as the control tasks share it.
+pub type SharedReconciler = Arc<Mutex<Reconciler>>;
+
+/// What `sluice run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    /// Config file (applied at start and on SIGHUP); none: start empty.
+    pub config: Option<PathBuf>,
+    /// Interfaces served, in port-index order.
+    pub ifaces: Vec<String>,
+    /// Worker count (default: min(cores, queues)).
+    pub workers: Option<usize>,
+    /// Clients inside these prefixes are not masqueraded.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Masquerade every client.
+    pub masquerade_all: bool,
+    /// Flow table capacity.
+    pub flow_capacity: usize,
+    /// Capacity of the connection table for IPv6 flows (default: a quarter
+    /// of `flow_capacity`, at least 64).
+    pub flow_capacity_v6: Option<usize>,
+    /// Seconds between counter logs (0: never).
+    pub stats_interval: u64,
+    /// XDP attach mode.
+    pub xdp_mode: AttachMode,
+    /// Spin instead of sleeping when idle.
+    pub busy_poll: bool,
+    /// SNAT source ports (default: outside the host's ephemeral range).
+    pub snat_ports: Option<PortRanges>,
+    /// SNAT addresses (default: the route's source towards each backend).
+    pub snat_addresses: Vec<IpAddr>,
+    /// This host's node name (endpoints with this `nodeName` are local).
+    pub node_name: Option<String>,
+    /// NodePort range.
+    pub nodeport_range: (u16, u16),
+    /// Default scheduler (`--scheduler`).
+    pub scheduler: sluice_dataplane::service::SchedKind,
+    /// Serve the cluster DNS on this address.
+    pub dns: Option<SocketAddr>,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// Session-affinity table capacity (entries).
+    pub affinity_capacity: usize,
+    /// The API server's sockets and limits.
+    pub api: ApiOpts,
+}
+
+/// Why `sluice run` could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Not running with the privileges AF_XDP and XDP need.
+    #[error("sluice run needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_ADMIN): run it with sudo")]
+    NotRoot,
+    /// An interface is missing or unreadable.
+    #[error("interface {name}: {source}")]
+    Interface {
+        /// The interface.
+        name: String,
+        /// Cause.
+        source: NetlinkError,
+    },
+    /// The same interface was given twice.
+    #[error("interface {0} is given twice")]
+    DuplicateInterface(String),
+    /// More interfaces than a flow record can name.
+    #[error(
+        "{0} interfaces given: a flow record names at most 16 (flow_table::layout::MAX_PORT + 1)"
+    )]
+    TooManyInterfaces(usize),
+    /// A flow-table capacity out of range.
+    #[error("{flag} {value}: must be between 1 and {max}")]
+    FlowCapacity {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest capacity.
+        max: usize,
+    },
+    /// More workers than queues.
+    #[error("--workers {workers}: the interfaces have at most {queues} queue(s); raise them with `ethtool -L IF combined N` or use fewer workers")]
+    TooManyWorkers {
+        /// Workers asked for.
+        workers: usize,
+        /// Largest queue count of the interfaces.
+        queues: u32,
+    },
+    /// Steering program failure.
+    #[error("{0}")]
+    Steer(#[from] SteerError),
+    /// The SNAT ports or addresses cannot be used.
+    #[error("{0}")]
+    Snat(#[from] SnatError),
+    /// AF_XDP socket failure.
+    #[error("worker {worker}: {source}")]
+    Xsk {
+        /// Worker index.
+        worker: usize,
+        /// Cause.
+        source: XskError,
+    },
+    /// The DNS server could not start.
+    #[error("cluster DNS: {0}")]
+    Dns(#[from] DnsError),
+    /// Signal handler installation failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The control plane's async runtime could not start.
+    #[error("starting the control runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The API server could not start.
+    #[error("API: {0}")]
+    Api(ApiError),
+    /// The store refused the first state.
+    #[error("{0}")]
+    Store(String),
+    /// A worker thread could not be started.
+    #[error("starting worker {worker}: {source}")]
+    Spawn {
+        /// Worker index.
+        worker: usize,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the load balancer until SIGINT or SIGTERM.
+///
+/// # Errors
+/// [`RunError`] when it cannot start (bad config, no privileges, missing
+/// interface, XDP or AF_XDP failure, API socket).
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    // Validate the file before anything needs privileges, so that a config
+    // mistake is reported as such everywhere.
+    if let Some(path) = &args.config {
+        config::load_file_with(path, &CompileCtx::default())?;
+    }
+    args.api.check().map_err(RunError::Api)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(RunError::NotRoot);
+    }
+    if args.ifaces.len() > usize::from(MAX_PORT) + 1 {
+        return Err(RunError::TooManyInterfaces(args.ifaces.len()));
+    }
+    let cap_v6 = args
+        .flow_capacity_v6
+        .unwrap_or((args.flow_capacity / 4).max(64));
+    for (flag, value) in [
+        ("--flow-capacity", args.flow_capacity),
+        ("--flow-capacity-v6", cap_v6),
+    ] {
+        if value == 0 || value > FlowTable::MAX_CAPACITY {
+            return Err(RunError::FlowCapacity {
+                flag,
+                value,
+                max: FlowTable::MAX_CAPACITY,
+            });
+        }
+    }
+    let links = open_links(&args.ifaces)?;
+    let node_addrs = node_addresses(&links);
+    let (snat_ports, snat_addrs) =
+        crate::snat::resolve(args.snat_ports.as_ref(), &args.snat_addresses)?;
+    let host = Host {
+        ctx: CompileCtx {
+            node_name: args.node_name.clone(),
+            node_addrs: node_addrs.clone(),
+            local_addrs: node_addrs.clone(),
+            nodeport_range: args.nodeport_range,
+            scheduler: args.scheduler,
+        },
+        masq: MasqPolicy {
+            all: args.masquerade_all,
+            cluster_cidrs: args.cluster_cidrs.clone(),
+            ports: snat_ports,
+            addrs: snat_addrs,
+            seed: RandomState::new().hash_one(0u64),
+        },
+        links: links.clone(),
+    };
+    // The first state: the file's objects, compiled before anything is
+    // attached.
+    let mut store = Store::default();
+    let objects = match &args.config {
+        Some(path) => source::file::read(path, &host.ctx)?,
+        None => Vec::new(),
+    };
+    let first = store
+        .commit(
+            source::file::batch(objects, &store),
+            SystemTime::now(),
+            |objs| {
+                let cfg = compile_config(objs, &host.ctx)?;
+                let c = reconcile::compile_first(&cfg, &host)?;
+                Ok::<_, ConfigError>((cfg, c))
+            },
+        )
+        .map_err(|e| match e {
+            StoreError::Invalid(e) => RunError::Config(e),
+            other => RunError::Store(other.to_string()),
+        })?;
+    let (cfg, compiled) = first.output;
+    info!(
+        "node {}: addresses {}",
+        args.node_name.as_deref().unwrap_or("(no --node-name)"),
+        node_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let max_queues = links.iter().map(|l| l.rx_queues.max(1)).max().unwrap_or(1);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| cores.len().max(1).min(max_queues as usize))
+        .max(1);
+    if workers > max_queues as usize {
+        return Err(RunError::TooManyWorkers {
+            workers,
+            queues: max_queues,
+        });
+    }
+    // The runtime and the signal handlers come first, so that a signal
+    // sent as soon as `sluice ready` is logged is never lost.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let signals = {
+        let _guard = rt.enter();
+        Signals::new().map_err(RunError::Signals)?
+    };
+    let listeners = rt.block_on(api::bind(&args.api)).map_err(RunError::Api)?;
+
+    let mut steering = Vec::new();
+    for l in &links {
+        let s = Steering::attach(&l.name, args.xdp_mode)?;
+        info!(
+            "steering program attached to {} ({:?} mode)",
+            l.name,
+            s.mode()
+        );
+        steering.push(s);
+    }
+    apply_steer(&mut steering, &compiled.steer, &host.masq.ports)?;
+    let ports = open_ports(&links, workers, &mut steering)?;
+
+    let flows = FlowTable::with_capacities(args.flow_capacity, cap_v6, Timeouts::default());
+    info!(
+        "flow table: {} IPv4 + {} IPv6 flows, {} MiB ({} B per IPv4 flow, {} B per IPv6 flow)",
+        args.flow_capacity,
+        cap_v6,
+        flows.memory_bytes() >> 20,
+        FlowTable::BYTES_PER_FLOW_V4,
+        FlowTable::BYTES_PER_FLOW_V6
+    );
+    let affinity = AffinityTable::new(args.affinity_capacity);
+    let shared = Arc::new(Shared::new(compiled.snapshot, flows, affinity));
+    let dns = match args.dns {
+        Some(addr) => {
+            let server = DnsServer::spawn(addr, DnsZone::new(&args.cluster_domain, &cfg.dns)?)?;
+            info!("cluster DNS for {} on {addr}", args.cluster_domain);
+            Some((server, args.cluster_domain.clone()))
+        }
+        None => None,
+    };
+    let mut health = HealthServer::new(node_addrs.clone());
+    if let Err(e) = health.update(&cfg.health_checks) {
+        warn!("health checks: {e}");
+    }
+    let counters: Vec<Arc<Counters>> = (0..workers)
+        .map(|_| Arc::new(Counters::default()))
+        .collect();
+    let handles = start_workers(ports, &shared, &counters, &cores, args.busy_poll)?;
+    let publisher = Publisher::new(
+        host.clone(),
+        steering,
+        shared.clone(),
+        counters.clone(),
+        (compiled.steer, compiled.unresolved),
+        cfg,
+        dns,
+        health,
+    );
+    let rec: SharedReconciler = Arc::new(Mutex::new(Reconciler::new(store, publisher)));
+    info!(
+        "sluice ready: {} virtual services, {} workers on {}",
+        shared.snapshot.load().services.len(),
+        workers,
+        args.ifaces.join(",")
+    );
+
+    rt.block_on(control_loop(
+        &args, &host, &rec, &shared, &counters, signals, listeners,
+    ));
+    rt.shutdown_timeout(Duration::from_secs(2));
+
+    info!("stopping");
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut workers_back = Vec::new();
+    for h in handles {
+        if let Ok(w) = h.join() {
+            workers_back.push(w);
+        }
+    }
+    // Sockets close before the program detaches.
+    drop(workers_back);
+    let parts = match Arc::try_unwrap(rec) {
+        Ok(m) => Some(
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .into_publisher()
+                .into_parts(),
+        ),
+        Err(_) => {
+            error!("a control task still holds the reconciler; the steering program stays attached until exit");
+            None
+        }
+    };
+    let t = totals(&counters);
+    for (k, v) in &t {
+        println!("counter {k} {v}");
+    }
+    println!("counter flows_live {}", shared.flows.len());
+    for (k, v) in shared.flows.early_drops().named() {
+        println!("counter {k} {v}");
+    }
+    if let Some(parts) = parts {
+        let steer_stats: Vec<_> = parts.steering.iter().map(|s| s.stats()).collect();
+        drop(parts);
+        for (l, s) in links.iter().zip(steer_stats) {
+            match s {
+                Ok(s) => {
+                    println!("counter xdp_redirected_{} {}", l.name, s.redirected);
+                    println!("counter xdp_passed_{} {}", l.name, s.passed);
+                    println!(
+                        "counter xdp_fragments_passed_{} {}",
+                        l.name, s.fragments_passed
+                    );
+                }
+                Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
+            }
+        }
+    }
+    api::remove_socket(&args.api);
+    info!("sluice stopped");
+    Ok(())
+}
+
+fn open_links(ifaces: &[String]) -> Result<Vec<Link>, RunError> {
+    let mut links = Vec::new();
+    for (i, name) in ifaces.iter().enumerate() {
+        if ifaces[..i].contains(name) {
+            return Err(RunError::DuplicateInterface(name.clone()));
+        }
+        let l = netlink::link(name).map_err(|source| RunError::Interface {
+            name: name.clone(),
+            source,
+        })?;
+        links.push(l);
+    }
+    Ok(links)
+}
+
+/// Opens the AF_XDP sockets: worker w owns queue q of every interface where
+/// q % workers == w.
+fn open_ports(
+    links: &[Link],
+    workers: usize,
+    steering: &mut [Steering],
+) -> Result<Vec<XskPort>, RunError> {
+    let mut ports = Vec::new();
+    for w in 0..workers {
+        let mut queues = Vec::new();
+        for (p, l) in links.iter().enumerate() {
+            for q in (0..l.rx_queues.max(1)).filter(|q| *q as usize % workers == w) {
+                queues.push(QueueSpec {
+                    port: p as u8,
+                    ifname: l.name.clone(),
+                    queue: q,
+                });
+            }
+        }
+        let port = XskPort::open(&queues, &XskConfig::default())
+            .map_err(|source| RunError::Xsk { worker: w, source })?;
+        for (p, q, fd) in port.sockets() {
+            steering[p as usize].register_socket(q, fd)?;
+        }
+        info!(
+            "worker {w}: {}; UMEM on {}",
+            queues
+                .iter()
+                .map(|q| format!("{}/{}", q.ifname, q.queue))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if port.hugepages() {
+                "huge pages"
+            } else {
+                "normal pages"
+            }
+        );
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+type WorkerHandle = std::thread::JoinHandle<Worker<XskPort>>;
+
+fn start_workers(
+    ports: Vec<XskPort>,
+    shared: &Arc<Shared>,
+    counters: &[Arc<Counters>],
+    cores: &[core_affinity::CoreId],
+    busy_poll: bool,
+) -> Result<Vec<WorkerHandle>, RunError> {
+    let mut handles = Vec::new();
+    for (w, port) in ports.into_iter().enumerate() {
+        let shared = shared.clone();
+        let c = counters[w].clone();
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[w % cores.len()])
+        };
+        let opts = WorkerOpts {
+            burst: 64,
+            busy_poll,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("sluice-w{w}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let mut worker = Worker::new(port, opts);
+                worker.run(&shared, &c);
+                worker
+            })
+            .map_err(|source| RunError::Spawn { worker: w, source })?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// The signals the daemon reacts to.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Runs `f` on the reconciler on the blocking pool (it compiles and talks
+/// netlink), so the runtime keeps serving.
+async fn with_reconciler<T: Send + 'static>(
+    rec: &SharedReconciler,
+    f: impl FnOnce(&mut Reconciler) -> T + Send + 'static,
+) -> Option<T> {
+    let rec = rec.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut r)
+    })
+    .await
+    .ok()
+}
+
+/// Signals, timers and the API, until SIGINT or SIGTERM.
+async fn control_loop(
+    args: &RunArgs,
+    host: &Host,
+    rec: &SharedReconciler,
+    shared: &Arc<Shared>,
+    counters: &[Arc<Counters>],
+    mut signals: Signals,
+    listeners: api::Listeners,
+) {
+    let api = tokio::spawn(api::serve(listeners, rec.clone(), args.api.clone()));
+    let mut expire = tokio::time::interval(Duration::from_secs(1));
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    let mut prune = tokio::time::interval(Duration::from_secs(10));
+    let stats_every = Duration::from_secs(args.stats_interval.max(1));
+    let mut stats =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    for i in [&mut expire, &mut retry, &mut prune, &mut stats] {
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = signals.hup.recv() => match &args.config {
+                Some(path) => reload_file(rec, path.clone(), host.ctx.clone()).await,
+                None => info!("SIGHUP: no --config file to apply"),
+            },
+            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break,
+            _ = expire.tick() => {
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let cap = shared.flows.capacity();
+                    shared.flows.expire(shared.now(), (cap / 8).max(4096));
+                    shared
+                        .snapshot
+                        .load()
+                        .services
+                        .recount_connections(&shared.flows);
+                })
+                .await;
+            }
+            _ = retry.tick() => {
+                with_reconciler(rec, |r| r.publisher().retry_unresolved()).await;
+            }
+            _ = prune.tick() => {
+                with_reconciler(rec, |r| r.publisher().prune_removed()).await;
+            }
+            _ = stats.tick(), if args.stats_interval > 0 => log_stats(counters, shared),
+        }
+    }
+    api.abort();
+}
+
+/// Applies the file's objects (SIGHUP); a bad file changes nothing.
+async fn reload_file(rec: &SharedReconciler, path: PathBuf, ctx: CompileCtx) {
+    with_reconciler(rec, move |r| {
+        let epoch = r.publisher().epoch();
+        let result = source::file::read(&path, &ctx)
+            .map_err(|e| e.to_string())
+            .and_then(|objects| {
+                let b = source::file::batch(objects, r.store());
+                r.apply(b).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(a) => info!(
+                "reload applied version={} services={} flushed_flows={} objects_changed={}",
+                a.commit.output.epoch,
+                a.commit.output.services,
+                a.commit.output.flushed,
+                a.commit.events.len()
+            ),
+            Err(e) => error!("reload rejected: {e}; still serving version={epoch}"),
+        }
+    })
+    .await;
+}
+
+fn log_stats(counters: &[Arc<Counters>], shared: &Shared) {
+    let t = totals(counters);
+    let drops: u64 = t
+        .iter()
+        .filter(|(k, _)| k.starts_with("drop_"))
+        .map(|(_, v)| v)
+        .sum();
+    info!(
+        "stats rx={} tx={} new_flows={} drops={} flows={}",
+        t["rx"],
+        t["tx"],
+        t["new_flows"],
+        drops,
+        shared.flows.len()
+    );
+}
+
+/// Sums the workers' counters by name.
+fn totals(counters: &[Arc<Counters>]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for c in counters {
+        for (k, v) in c.snapshot() {
+            *m.entry(k).or_insert(0) += v;
+        }
+    }
+    m
+}
+
+/// The addresses NodePorts answer on: every address of the served
+/// interfaces but IPv6 link-local ones.
+fn node_addresses(links: &[Link]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for l in links {
+        match netlink::addresses(l.index) {
+            Ok(addrs) => {
+                for (a, _) in addrs {
+                    let link_local =
+                        matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                    if !link_local && !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(e) => warn!("addresses of {}: {e}", l.name),
+        }
+    }
+    out
+}

@@ -1,0 +1,398 @@
+//! Compiling the desired state into what the data path reads: the
+//! service table, next hops from the kernel (route + neighbour), SNAT
+//! sources and the sets the steering XDP program matches; and the carry-over
+//! of removed endpoints from the snapshot in service into the next one.
+//!
+//! This slice compiles the whole object set on every change, behind
+//! [`compile`]; an incremental compiler replaces it without touching the
+//! publish path (`super::Publisher`).
+
+use std::collections::BTreeSet;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
+use sluice_dataplane::service::{ForwardMethod, ServiceTable, VipKey};
+use sluice_dataplane::snat::PortRanges;
+use sluice_dataplane::steer::{SteerError, Steering};
+use sluice_dataplane::types::{Addr, L2Hop};
+use tracing::warn;
+
+use crate::config::{Config, ConfigError};
+use crate::netlink::{self, Link};
+
+/// Sets of addresses the steering program must send to the sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SteerSets {
+    /// Service front ends.
+    pub vips: Vec<VipKey>,
+    /// Backends (address, port, protocol) whose replies come back.
+    pub backends: Vec<(Addr, u16, u8)>,
+    /// The LB's own addresses used as SNAT sources.
+    pub snat: Vec<Addr>,
+}
+
+/// The compiled state for one config version.
+pub struct Compiled {
+    /// What the workers read.
+    pub snapshot: Snapshot,
+    /// What the XDP programs match.
+    pub steer: SteerSets,
+    /// Backends whose next hop could not be resolved (retried later).
+    pub unresolved: Vec<Addr>,
+}
+
+impl Compiled {
+    /// Carries the set of removed endpoints into this compile: the workers
+    /// reset TCP flows still pinned to them, and the steering program keeps
+    /// sending those endpoints' packets to the workers so that a client that
+    /// only receives is reset too (for a direct-routing endpoint that steers
+    /// nothing: its replies come from the VIP, and no packet of its own
+    /// address is LB traffic).
+    ///
+    /// The next hops of removed endpoints are carried over from `old` (the
+    /// snapshot in service) when this compile has none: a direct-routing
+    /// flow names no backend address, so the workers recognise its removed
+    /// backend by its next hop ([`sluice_dataplane::pipeline::dr_flow_endpoint_removed`]).
+    pub(crate) fn keep_removed(
+        &mut self,
+        removed: hashbrown::HashSet<(Addr, u16, u8)>,
+        old: &HashMap<Addr, NextHop>,
+    ) {
+        let steered: HashSet<(Addr, u16, u8)> = self.steer.backends.iter().copied().collect();
+        self.steer
+            .backends
+            .extend(removed.iter().filter(|b| !steered.contains(b)).copied());
+        for (addr, _, _) in removed.iter() {
+            if let (false, Some(nh)) = (self.snapshot.nexthops.contains_key(addr), old.get(addr)) {
+                self.snapshot.nexthops.insert(*addr, *nh);
+            }
+        }
+        self.snapshot.removed = removed;
+    }
+}
+
+/// Compiles `cfg` into a snapshot: service table, next hops from the kernel
+/// (route + neighbour), SNAT sources and the steering sets.
+///
+/// # Errors
+/// A [`ConfigError`] when the table cannot be built (duplicate front ends).
+pub fn compile(
+    version: u64,
+    cfg: &Config,
+    links: &[Link],
+    masq: &MasqPolicy,
+    resolve_timeout: Duration,
+) -> Result<Compiled, ConfigError> {
+    let services = ServiceTable::build(version, cfg.services.clone()).map_err(ConfigError::from)?;
+    let mut nexthops = HashMap::new();
+    let mut unresolved = Vec::new();
+    let mut steer = SteerSets::default();
+    let mut snat = BTreeSet::new();
+    let mut backends = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    let mut nat_addrs = BTreeSet::new();
+    for s in services.services() {
+        steer.vips.push(s.spec.vip);
+        for b in &s.spec.backends {
+            addrs.insert(b.addr);
+            // A direct-routing backend answers the client itself, from the
+            // VIP: nothing from its own address comes back to the LB, so it
+            // is not steered (and needs no SNAT source), and its replies
+            // (source VIP:port, destination a client) match no rule of the
+            // steering program, so they reach the kernel, which routes them.
+            if s.spec.forward == ForwardMethod::Nat {
+                backends.insert((b.addr, b.port, s.spec.vip.proto));
+                nat_addrs.insert(b.addr);
+            }
+        }
+    }
+    for addr in addrs {
+        match resolve_backend(addr, links, resolve_timeout) {
+            Ok(nh) => {
+                if nat_addrs.contains(&addr) {
+                    snat.insert(nh.snat);
+                }
+                nexthops.insert(addr, nh);
+            }
+            Err(e) => {
+                warn!("backend {addr}: next hop not resolved yet ({e}); new flows to it are dropped until it is");
+                unresolved.push(addr);
+            }
+        }
+    }
+    steer.backends = backends.into_iter().collect();
+    snat.extend(masq.addrs.all().copied());
+    steer.snat = snat.into_iter().collect();
+    let snapshot = Snapshot {
+        services,
+        ports: links
+            .iter()
+            // An IP packet is at most 65535 bytes: a larger MTU (lo's
+            // 65536) limits nothing.
+            .map(|l| PortInfo {
+                mac: l.mac,
+                mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
+            })
+            .collect(),
+        nexthops,
+        masq: masq.clone(),
+        removed: Default::default(),
+    };
+    Ok(Compiled {
+        snapshot,
+        steer,
+        unresolved,
+    })
+}
+
+/// Where `addr` is reached: the route's interface (which must be one that
+/// sluice serves), the next hop's MAC and the route's preferred source.
+pub(crate) fn resolve_backend(
+    addr: Addr,
+    links: &[Link],
+    timeout: Duration,
+) -> Result<NextHop, String> {
+    let ip = addr.to_ip();
+    let nh = netlink::resolve(ip, timeout).map_err(|e| e.to_string())?;
+    let Some(port) = links.iter().position(|l| l.index == nh.ifindex) else {
+        return Err(format!(
+            "the kernel routes it via interface index {} which sluice does not serve",
+            nh.ifindex
+        ));
+    };
+    let src = match nh.src {
+        Some(s) => s,
+        None => first_address(links[port].index, ip.is_ipv4()).ok_or_else(|| {
+            format!(
+                "{} has no address of {ip}'s family to masquerade with",
+                links[port].name
+            )
+        })?,
+    };
+    Ok(NextHop {
+        hop: L2Hop {
+            port: port as u8,
+            mac: nh.mac,
+        },
+        snat: Addr::from(src),
+    })
+}
+
+pub(crate) fn first_address(ifindex: u32, v4: bool) -> Option<IpAddr> {
+    netlink::addresses(ifindex)
+        .ok()?
+        .into_iter()
+        .map(|(a, _)| a)
+        .find(|a| a.is_ipv4() == v4)
+}
+
+pub(crate) fn apply_steer(
+    steering: &mut [Steering],
+    sets: &SteerSets,
+    ports: &PortRanges,
+) -> Result<(), SteerError> {
+    // The host's addresses first, so that no reply to the host's own
+    // connection to a new endpoint is taken meanwhile. Re-read at every
+    // apply (start and each change).
+    let local = match netlink::all_addresses() {
+        Ok(a) => Some(
+            a.into_iter()
+                .map(|(ip, _)| Addr::from(ip))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => {
+            warn!("cannot list the host's addresses ({e}); keeping the previous set");
+            None
+        }
+    };
+    for s in steering.iter_mut() {
+        if let Some(local) = &local {
+            s.set_local_addrs(local)?;
+        }
+        s.set_vips(&sets.vips)?;
+        s.set_backends(&sets.backends)?;
+        s.set_snat(&sets.snat, ports)?;
+    }
+    Ok(())
+}
+
+/// The removed endpoints that left more than `ttl` before `now`: every
+/// flow they had has timed out by then, so they need no resets any more.
+pub(crate) fn expired_removals<K: Copy + Eq + std::hash::Hash>(
+    since: &HashMap<K, Instant>,
+    now: Instant,
+    ttl: Duration,
+) -> Vec<K> {
+    since
+        .iter()
+        .filter(|(_, t)| now.saturating_duration_since(**t) > ttl)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Every (address, port, protocol) a flow of `snap` may be forwarded to.
+/// The (next hop, port, protocol) of every backend of a direct-routing
+/// service in `snap`: how a DR flow's backend is recognised (its record
+/// holds the next hop, not the backend's address).
+pub(crate) fn live_dr_hops(snap: &Snapshot) -> HashSet<(L2Hop, u16, u8)> {
+    snap.services
+        .services()
+        .filter(|s| s.spec.forward == ForwardMethod::Dr)
+        .flat_map(|s| {
+            s.spec.backends.iter().filter_map(move |b| {
+                let nh = snap.nexthops.get(&b.addr)?;
+                Some((nh.hop, b.port, s.spec.vip.proto))
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn live_backends(snap: &Snapshot) -> HashSet<(Addr, u16, u8)> {
+    snap.services
+        .services()
+        .flat_map(|s| {
+            s.spec
+                .backends
+                .iter()
+                .map(move |b| (b.addr, b.port, s.spec.vip.proto))
+        })
+        .collect()
+}
+
+pub(crate) fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
+    let vips: BTreeSet<_> = a
+        .vips
+        .iter()
+        .chain(&b.vips)
+        .map(|v| (v.addr, v.port, v.proto))
+        .collect();
+    let backends: BTreeSet<_> = a.backends.iter().chain(&b.backends).copied().collect();
+    let snat: BTreeSet<_> = a.snat.iter().chain(&b.snat).copied().collect();
+    SteerSets {
+        vips: vips
+            .into_iter()
+            .map(|(addr, port, proto)| VipKey { addr, port, proto })
+            .collect(),
+        backends: backends.into_iter().collect(),
+        snat: snat.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_endpoints_are_forgotten_after_their_flows() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1020);
+        let mut since = HashMap::new();
+        since.insert(1u32, t0);
+        since.insert(2u32, t0 + Duration::from_secs(1016));
+        let at = t0 + Duration::from_secs(1021);
+        assert_eq!(expired_removals(&since, at, ttl), vec![1]);
+        assert!(expired_removals(&since, t0 + ttl, ttl).is_empty());
+        assert!(expired_removals(&HashMap::<u32, Instant>::new(), at, ttl).is_empty());
+    }
+
+    #[test]
+    fn removed_endpoints_stay_steered_and_in_the_snapshot() {
+        let x = (Addr::from_v4([198, 18, 1, 11]), 8080, 6);
+        let y = (Addr::from_v4([198, 18, 1, 12]), 8080, 6);
+        let mut c = Compiled {
+            snapshot: Snapshot::default(),
+            steer: SteerSets {
+                backends: vec![x],
+                ..SteerSets::default()
+            },
+            unresolved: Vec::new(),
+        };
+        let hop = |m| NextHop {
+            hop: L2Hop {
+                port: 1,
+                mac: [2, 0, 0, 0, 1, m],
+            },
+            snat: Addr::from_v4([198, 18, 1, 1]),
+        };
+        c.snapshot.nexthops.insert(x.0, hop(0x11));
+        let old: HashMap<Addr, NextHop> =
+            [(x.0, hop(0x99)), (y.0, hop(0x12))].into_iter().collect();
+        c.keep_removed([x, y].into_iter().collect(), &old);
+        assert_eq!(c.steer.backends, vec![x, y], "steered once each");
+        assert!(c.snapshot.removed.contains(&x) && c.snapshot.removed.contains(&y));
+        // The removed endpoint's next hop is carried over (DR flows are
+        // matched by it); one this compile resolved is kept as resolved.
+        assert_eq!(c.snapshot.nexthops[&y.0], hop(0x12));
+        assert_eq!(c.snapshot.nexthops[&x.0], hop(0x11));
+    }
+
+    #[test]
+    fn dr_backends_are_not_steered_but_their_hops_are_known() {
+        use sluice_dataplane::service::{BackendSpec, ServiceSpec};
+        let spec = |port, forward| ServiceSpec {
+            name: format!("default/web:{port}"),
+            vip: VipKey {
+                addr: Addr::from_v4([198, 18, 100, 10]),
+                port,
+                proto: 6,
+            },
+            backends: vec![BackendSpec {
+                addr: Addr::from_v4([198, 18, 1, 11]),
+                port,
+                weight: 1,
+                ..Default::default()
+            }],
+            forward,
+            ..Default::default()
+        };
+        let services = ServiceTable::build(
+            1,
+            vec![spec(80, ForwardMethod::Dr), spec(81, ForwardMethod::Nat)],
+        )
+        .unwrap();
+        let mut snap = Snapshot {
+            services,
+            ..Snapshot::default()
+        };
+        let hop = L2Hop {
+            port: 1,
+            mac: [2, 0, 0, 0, 1, 0x11],
+        };
+        snap.nexthops.insert(
+            Addr::from_v4([198, 18, 1, 11]),
+            NextHop {
+                hop,
+                snat: Addr::from_v4([198, 18, 1, 1]),
+            },
+        );
+        let dr = live_dr_hops(&snap);
+        assert!(dr.contains(&(hop, 80, 6)));
+        assert!(!dr.contains(&(hop, 81, 6)), "the NAT service is not DR");
+    }
+
+    #[test]
+    fn union_keeps_both_sides_once() {
+        let v = |p| VipKey {
+            addr: Addr::from_v4([198, 18, 100, 10]),
+            port: p,
+            proto: 6,
+        };
+        let a = SteerSets {
+            vips: vec![v(80), v(81)],
+            backends: vec![(Addr::from_v4([198, 18, 1, 11]), 8080, 6)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let b = SteerSets {
+            vips: vec![v(81), v(82)],
+            backends: vec![(Addr::from_v4([198, 18, 1, 12]), 8080, 6)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let u = union_sets(&a, &b);
+        assert_eq!(u.vips.len(), 3);
+        assert_eq!(u.backends.len(), 2);
+        assert_eq!(u.snat.len(), 1);
+    }
+}

@@ -1,0 +1,414 @@
+//! The reconciler: the one path from a change of the desired state to the
+//! workers.
+//!
+//! store batch → compile the state after it ([`compile`]) → steering maps
+//! (the union of old and new sets while the swap happens, so no packet of
+//! an old or new service falls through to the kernel in between) → next
+//! hops → publish the snapshot by epoch swap → wait until every worker has
+//! loaded the new epoch → answer. A batch that does not compile is refused
+//! before anything is published, and the store is left as it was
+//! ([`Store::commit`] validates the whole batch).
+//!
+//! The timers (next-hop retries, forgetting removed endpoints) republish
+//! through the same [`Publisher::swap`].
+
+pub mod compile;
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hashbrown::HashMap;
+use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy};
+use sluice_dataplane::steer::{SteerError, Steering};
+use sluice_dataplane::types::{proto, Addr};
+use sluice_dataplane::worker::{Counters, Shared};
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
+
+use crate::config::{self, CompileCtx, Config, ConfigError};
+use crate::dns::{DnsServer, DnsZone};
+use crate::health::HealthServer;
+use crate::netlink::Link;
+use crate::store::{Batch, Commit, Event, Key, Store, StoreError, Stored};
+use compile::{
+    apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Compiled, SteerSets,
+};
+
+/// How long a compile waits for a new backend's next hop.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a retry or prune waits for a next hop.
+const RETRY_RESOLVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a write waits for the workers to load its table.
+const SEEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the compile depends on besides the objects: the host.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The served interfaces, in port-index order.
+    pub links: Vec<Link>,
+    /// Masquerading policy.
+    pub masq: MasqPolicy,
+    /// Node name, addresses and node-port range.
+    pub ctx: CompileCtx,
+}
+
+/// Why a change could not be published. Nothing was published.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The objects do not compile.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The steering maps could not take the new sets.
+    #[error("updating the steering maps: {0}")]
+    Steer(#[from] SteerError),
+}
+
+/// The config the store's objects compile to.
+///
+/// # Errors
+/// As [`config::load_objects`].
+pub fn compile_config(
+    objects: &BTreeMap<Key, Stored>,
+    ctx: &CompileCtx,
+) -> Result<Config, ConfigError> {
+    config::load_objects(objects.values().map(|s| &*s.object), "store", ctx)
+}
+
+/// The first compile, before the data path exists.
+///
+/// # Errors
+/// As [`compile::compile`].
+pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError> {
+    compile::compile(1, cfg, &host.links, &host.masq, RESOLVE_TIMEOUT)
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    /// The epoch (service-table version) now in service.
+    pub epoch: u64,
+    /// Virtual services in it.
+    pub services: usize,
+    /// UDP/SCTP flows to removed endpoints flushed.
+    pub flushed: usize,
+}
+
+/// The data path's side of the reconciler: steering maps, the published
+/// snapshot, DNS and health servers, and what the last publish left
+/// (unresolved next hops, removed endpoints).
+pub struct Publisher {
+    host: Host,
+    steering: Vec<Steering>,
+    shared: Arc<Shared>,
+    counters: Vec<Arc<Counters>>,
+    epoch: u64,
+    current_steer: SteerSets,
+    unresolved: Vec<Addr>,
+    applied: Config,
+    /// When each removed endpoint left; forgotten once its flows must be gone.
+    removed_since: HashMap<(Addr, u16, u8), Instant>,
+    removed_ttl: Duration,
+    dns: Option<(DnsServer, String)>,
+    health: HealthServer,
+}
+
+/// The parts a publisher hands back at shutdown.
+pub struct Parts {
+    /// The steering programs (detach on drop).
+    pub steering: Vec<Steering>,
+    /// DNS server.
+    pub dns: Option<DnsServer>,
+    /// Health-check server.
+    pub health: HealthServer,
+}
+
+impl Publisher {
+    /// A publisher around the data path started with `first` (epoch 1),
+    /// compiled from `applied`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        host: Host,
+        steering: Vec<Steering>,
+        shared: Arc<Shared>,
+        counters: Vec<Arc<Counters>>,
+        first: (SteerSets, Vec<Addr>),
+        applied: Config,
+        dns: Option<(DnsServer, String)>,
+        health: HealthServer,
+    ) -> Publisher {
+        let removed_ttl = {
+            let t = shared.flows.timeouts();
+            Duration::from_secs(u64::from(t.tcp_established) + u64::from(t.tcp_fin_wait))
+        };
+        Publisher {
+            host,
+            steering,
+            shared,
+            counters,
+            epoch: 1,
+            current_steer: first.0,
+            unresolved: first.1,
+            applied,
+            removed_since: HashMap::new(),
+            removed_ttl,
+            dns,
+            health,
+        }
+    }
+
+    /// The epoch in service.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Compiles `cfg` for the next epoch and carries the removed endpoints
+    /// (those of the table in service that `cfg` lacks, and earlier ones
+    /// not back, but not those in `forget`) into it.
+    fn prepare(
+        &self,
+        cfg: &Config,
+        forget: &HashSet<(Addr, u16, u8)>,
+        timeout: Duration,
+    ) -> Result<Compiled, ConfigError> {
+        let mut c = compile::compile(
+            self.epoch + 1,
+            cfg,
+            &self.host.links,
+            &self.host.masq,
+            timeout,
+        )?;
+        let live = live_backends(&c.snapshot);
+        let old = self.shared.snapshot.load();
+        let removed: hashbrown::HashSet<_> = live_backends(&old)
+            .into_iter()
+            .chain(old.removed.iter().copied())
+            .filter(|b| !live.contains(b) && !forget.contains(b))
+            .collect();
+        c.keep_removed(removed, &old.nexthops);
+        Ok(c)
+    }
+
+    /// The one publish: steer the union, swap the snapshot in, steer the
+    /// new sets, flush UDP/SCTP flows of removed endpoints, update DNS and
+    /// health checks.
+    ///
+    /// # Errors
+    /// [`SteerError`] when the union could not be steered; then nothing was
+    /// published.
+    fn swap(&mut self, c: Compiled, cfg: Config) -> Result<Published, SteerError> {
+        let union = union_sets(&self.current_steer, &c.steer);
+        apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
+        let live = live_backends(&c.snapshot);
+        let live_dr = live_dr_hops(&c.snapshot);
+        let services = c.snapshot.services.len();
+        let epoch = c.snapshot.services.version();
+        self.shared.publish(c.snapshot);
+        self.epoch = epoch;
+        match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
+            Ok(()) => self.current_steer = c.steer,
+            Err(e) => {
+                // The union (a superset) stays; nothing is lost but the
+                // pruning of old entries, retried at the next change.
+                warn!("steering maps keep the old entries too: {e}");
+                self.current_steer = union;
+            }
+        }
+        self.unresolved = c.unresolved;
+        {
+            let snap = self.shared.snapshot.load();
+            self.removed_since.retain(|k, _| snap.removed.contains(k));
+            for k in snap.removed.iter() {
+                self.removed_since.entry(*k).or_insert_with(Instant::now);
+            }
+        }
+        // UDP/SCTP flows to endpoints that left are flushed (kube-proxy's
+        // conntrack cleanup), so the client's next datagram is scheduled
+        // anew. TCP ones stay until their next segment, which resets the
+        // client.
+        let flushed = self.shared.flows.remove_where(|e| {
+            e.reply.proto != proto::TCP
+                && if is_dr_flow(e) {
+                    // Named by next hop, not address (keep_removed).
+                    !live_dr.contains(&(e.orig_hop, e.original.dport, e.original.proto))
+                } else {
+                    !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
+                }
+        });
+        if let Some((d, domain)) = &self.dns {
+            match DnsZone::new(domain, &cfg.dns) {
+                Ok(z) => d.update(z),
+                Err(e) => error!("cluster DNS zone not updated: {e}"),
+            }
+        }
+        if let Err(e) = self.health.update(&cfg.health_checks) {
+            warn!("health checks: {e}");
+        }
+        self.applied = cfg;
+        Ok(Published {
+            epoch,
+            services,
+            flushed,
+        })
+    }
+
+    /// Compiles and publishes `cfg`.
+    ///
+    /// # Errors
+    /// [`ApplyError`]; nothing was published.
+    pub fn publish(&mut self, cfg: Config) -> Result<Published, ApplyError> {
+        let c = self.prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)?;
+        Ok(self.swap(c, cfg)?)
+    }
+
+    /// Waits until every worker has loaded `epoch` (or a later one); false
+    /// after `timeout`.
+    pub fn wait_seen(&self, epoch: u64, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self
+                .counters
+                .iter()
+                .all(|c| c.table_version.load(Ordering::Acquire) >= epoch)
+            {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Retries the next hops still unresolved; republishes if some were.
+    pub fn retry_unresolved(&mut self) {
+        if self.unresolved.is_empty() {
+            return;
+        }
+        let Ok(c) = self.prepare(&self.applied, &HashSet::new(), RETRY_RESOLVE_TIMEOUT) else {
+            return;
+        };
+        if c.unresolved.len() < self.unresolved.len() {
+            let more = self.unresolved.len() - c.unresolved.len();
+            if self.swap(c, self.applied.clone()).is_ok() {
+                info!("next hops resolved for {more} more backend(s)");
+            }
+        }
+    }
+
+    /// Forgets the removed endpoints whose flows must have timed out.
+    pub fn prune_removed(&mut self) {
+        let gone: HashSet<_> =
+            expired_removals(&self.removed_since, Instant::now(), self.removed_ttl)
+                .into_iter()
+                .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let Ok(c) = self.prepare(&self.applied, &gone, RETRY_RESOLVE_TIMEOUT) else {
+            return;
+        };
+        if self.swap(c, self.applied.clone()).is_ok() {
+            info!(
+                "forgot {} endpoint(s) removed more than {:?} ago",
+                gone.len(),
+                self.removed_ttl
+            );
+        }
+    }
+
+    /// Whether removed endpoints are still remembered.
+    pub fn has_removed(&self) -> bool {
+        !self.removed_since.is_empty()
+    }
+
+    /// Whether next hops are still unresolved.
+    pub fn has_unresolved(&self) -> bool {
+        !self.unresolved.is_empty()
+    }
+
+    /// Takes the publisher apart for shutdown.
+    pub fn into_parts(self) -> Parts {
+        Parts {
+            steering: self.steering,
+            dns: self.dns.map(|(d, _)| d),
+            health: self.health,
+        }
+    }
+}
+
+/// What a committed write did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The store's commit (events, revision).
+    pub commit: Commit<Published>,
+    /// Whether every worker loaded the new table before the answer.
+    pub seen: bool,
+}
+
+/// The store and the publisher: every write goes through [`Reconciler::apply`].
+pub struct Reconciler {
+    store: Store,
+    publisher: Publisher,
+    events: broadcast::Sender<Event>,
+}
+
+impl Reconciler {
+    /// A reconciler over a store already compiled into the data path.
+    pub fn new(store: Store, publisher: Publisher) -> Reconciler {
+        let (events, _) = broadcast::channel(4096);
+        Reconciler {
+            store,
+            publisher,
+            events,
+        }
+    }
+
+    /// The desired state.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The publisher.
+    pub fn publisher(&mut self) -> &mut Publisher {
+        &mut self.publisher
+    }
+
+    /// A receiver of every event committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Validates, compiles and publishes `batch`, then waits until the
+    /// workers have loaded the new table.
+    ///
+    /// # Errors
+    /// A [`StoreError`]; the store and the data path are unchanged.
+    pub fn apply(&mut self, batch: Batch) -> Result<Applied, StoreError<ApplyError>> {
+        let ctx = self.publisher.host.ctx.clone();
+        let publisher = &mut self.publisher;
+        let commit = self.store.commit(batch, SystemTime::now(), |objects| {
+            let cfg = compile_config(objects, &ctx)?;
+            publisher.publish(cfg)
+        })?;
+        let seen = self.publisher.wait_seen(commit.output.epoch, SEEN_TIMEOUT);
+        if !seen {
+            warn!(
+                "epoch {}: not every worker loaded the table within {SEEN_TIMEOUT:?}",
+                commit.output.epoch
+            );
+        }
+        for e in &commit.events {
+            // No receiver is no error.
+            let _ = self.events.send(e.clone());
+        }
+        Ok(Applied { commit, seen })
+    }
+
+    /// Takes the reconciler apart for shutdown.
+    pub fn into_publisher(self) -> Publisher {
+        self.publisher
+    }
+}
