@@ -3,7 +3,7 @@
 # chain shape), nftables DNAT (verdict map + numgen) and a raw AF_XDP
 # MAC-rewriting forwarder (the ceiling), on veth, in one run.
 #
-#   sudo scripts/bench.sh [sluice-bench run options...]
+#   scripts/bench.sh [sluice-bench run options...]
 #
 # Builds the release binaries (sluice, sluice-bench), then runs
 # `sluice-bench run` with CSV and PNG output in bench-results/ (or

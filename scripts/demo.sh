@@ -12,7 +12,7 @@ VIP=198.18.100.10
 REQUESTS=${REQUESTS:-9}
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "demo.sh: needs root (network namespaces, XDP, AF_XDP): run it with sudo" >&2
+  echo "demo.sh: needs root (network namespaces, XDP, AF_XDP): run it as root" >&2
   exit 1
 fi
 
@@ -21,6 +21,7 @@ echo "== building (release)"
 cargo build --release --bins -q
 BIN=$PWD/target/release
 LOG=$(mktemp -t sluice-demo.XXXXXX)
+SOCK="$LOG.sock"
 
 pids=()
 cleanup() {
@@ -28,7 +29,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   scripts/topology.sh down "$PREFIX" >/dev/null 2>&1
-  rm -f "$LOG"
+  rm -f "$LOG" "$LOG.out" "$SOCK"
 }
 trap cleanup EXIT INT TERM
 
@@ -42,10 +43,10 @@ for i in 1 2 3; do
   pids+=($!)
 done
 
-echo "== sluice run --config examples/demo.yaml --iface front --iface back --cluster-cidr 198.18.1.0/24"
+echo "== sluice run --config examples/demo.yaml --iface front --iface back --cluster-cidr 198.18.1.0/24 --api-socket $SOCK"
 ip netns exec "$PREFIX-lb" "$BIN/sluice" run --config examples/demo.yaml \
   --iface front --iface back --workers 1 --cluster-cidr 198.18.1.0/24 --stats-interval 0 \
-  >"$LOG.out" 2>"$LOG" &
+  --api-socket "$SOCK" >"$LOG.out" 2>"$LOG" &
 sluice_pid=$!
 pids+=($sluice_pid)
 for _ in $(seq 1 100); do
@@ -64,6 +65,18 @@ done
 
 echo "== UDP request to $VIP:5353"
 ip netns exec "$PREFIX-client" "$BIN/sluice-testsrv" udp-query "$VIP:5353" --count 3 --timeout-ms 1000 | sed 's/^/  /'
+
+echo "== the objects, through the API: sluice get svc / endpointslices -o wide"
+"$BIN/sluice" get svc --api-socket "$SOCK" | sed 's/^/  /'
+"$BIN/sluice" get endpointslices -o wide --api-socket "$SOCK" | sed 's/^/  /'
+
+echo "== a live change: sluice apply -f examples/demo-change.yaml (198.18.1.13 not ready)"
+"$BIN/sluice" apply -f examples/demo-change.yaml --api-socket "$SOCK" | sed 's/^/  /'
+echo "== 6 more HTTP requests: only b1 and b2 answer; no restart, no reload"
+for i in $(seq 1 6); do
+  printf '  request %d -> ' "$i"
+  ip netns exec "$PREFIX-client" curl -sS --max-time 3 "http://$VIP/"
+done
 
 echo "== stopping sluice; its counters:"
 kill -TERM "$sluice_pid"

@@ -14,7 +14,7 @@ PKGS=(
 )
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "deps.sh: needs root to install packages (run it with sudo)" >&2
+  echo "deps.sh: needs root to install packages (run it as root)" >&2
   exit 1
 fi
 

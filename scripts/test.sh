@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test.sh: the integration tests need root and CAP_NET_ADMIN: run scripts/test.sh as root (sudo)" >&2
+  echo "test.sh: the integration tests need root and CAP_NET_ADMIN: run scripts/test.sh as root" >&2
   exit 1
 fi
 
