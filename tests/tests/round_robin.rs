@@ -2,8 +2,9 @@
 //!
 //! With one worker the scheduler sees every new flow in order, so 30
 //! connections over 3 ready endpoints land exactly 10 on each (kube-proxy's
-//! IPVS default `rr`). With two workers each has its own cursor, so only
-//! "every connection succeeds and every backend is used" is promised.
+//! IPVS default `rr`). With two workers the cursor is shared (one atomic per
+//! service) but their picks can interleave, so only "every connection
+//! succeeds and every backend is used" is promised.
 
 use std::collections::BTreeMap;
 
