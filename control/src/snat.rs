@@ -70,7 +70,7 @@ pub enum SnatError {
     TooManyAddrs(usize),
     /// The host's addresses could not be listed.
     #[error("listing the host's addresses: {0}")]
-    ListAddrs(std::io::Error),
+    ListAddrs(#[from] crate::netlink::NetlinkError),
 }
 
 /// Parses `--snat-ports`: `LO-HI` ranges separated by commas.
@@ -163,49 +163,19 @@ pub fn check_addresses(given: &[IpAddr], host: &[IpAddr]) -> Result<SnatAddrs, S
     Ok(SnatAddrs::new(&addrs))
 }
 
-/// Every address configured on any interface of the host (`getifaddrs`).
+/// Every address configured on any interface of the host (one rtnetlink
+/// address dump, the same one the steering program's `local_addrs` set is
+/// filled from).
 ///
 /// # Errors
-/// The OS error of `getifaddrs`.
+/// [`SnatError::ListAddrs`] when the dump fails.
 pub fn host_addresses() -> Result<Vec<IpAddr>, SnatError> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `head`, which is a valid
-    // out-pointer; on success the list is freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(SnatError::ListAddrs(std::io::Error::last_os_error()));
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned,
-        // alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: a non-null ifa_addr points to a sockaddr whose family
-            // says which sockaddr_* it is; only those two are read.
-            let ip = unsafe {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ))
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(ip) = ip.filter(|ip| !out.contains(ip)) {
-                out.push(ip);
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
+    let mut out: Vec<IpAddr> = crate::netlink::all_addresses()?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    out.sort();
+    out.dedup();
     Ok(out)
 }
 
