@@ -32,15 +32,20 @@
 //! it holds across reloads. The backend of a DR flow is identified by its
 //! next hop (the MAC its packets go to) and the service port
 //! ([`dr_flow_endpoint_removed`]).
+//!
+//! FULLNAT ([`ForwardMethod::FullNat`], [`fullnat`]): a NAT flow whose
+//! client is always translated, to one of the service's local addresses
+//! and a port of this worker's share ([`Ctx::share`]); everything after
+//! the insert (both directions, ICMP errors, resets) is NAT's.
 
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
 use crate::flow_table::{Direction, FlowEntry, FlowState, FlowTable, Hit, InsertError, KeyHash};
-use crate::forward::{dr, nat};
+use crate::forward::{dr, fullnat, nat};
 use crate::sched;
 use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
-use crate::snat::{self, Alloc, PortRanges, SnatAddrs};
+use crate::snat::{self, Alloc, PortRanges, Share, SnatAddrs};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
 use crate::wire::{self, icmp_error, reply, tcp_flags, ParseError};
 
@@ -348,6 +353,9 @@ pub struct Ctx<'a> {
     pub affinity: &'a AffinityTable,
     /// Seconds on any monotonic clock (ageing compares differences only).
     pub now: u32,
+    /// The part of the SNAT port space this worker hands out to FULLNAT
+    /// flows ([`Share::WHOLE`] for a single worker or a test).
+    pub share: Share,
 }
 
 /// Processes one frame received on port `ingress`: `buf` is the frame's
@@ -538,17 +546,27 @@ pub fn process_hashed(
     };
 
     // DR never masquerades: the backend answers the client itself, from
-    // the VIP, so there is nothing to translate back.
-    let masq = !direct
-        && must_masquerade(
-            snap,
-            spec.masq,
-            &key.src,
-            &backend.addr,
-            ingress,
-            nh.hop.port,
-        );
-    let inserted = if masq {
+    // the VIP, so there is nothing to translate back. FULLNAT always does.
+    let full = spec.forward == ForwardMethod::FullNat;
+    let masq = full
+        || !direct
+            && must_masquerade(
+                snap,
+                spec.masq,
+                &key.src,
+                &backend.addr,
+                ingress,
+                nh.hop.port,
+            );
+    let inserted = if full {
+        let space = snat::Space {
+            addrs: fullnat::sources(spec, &snap.masq.addrs, &backend.addr, &nh.snat),
+            ports: &snap.masq.ports,
+            share: ctx.share,
+            seed: snap.masq.seed,
+        };
+        allocate_counted(flows, &mut entry, &space, now, stats)
+    } else if masq {
         insert_with_snat_port(flows, &mut entry, &snap.masq, nh.snat, now, stats)
     } else {
         flows.insert(&entry, now).map_err(|e| match e {
@@ -834,9 +852,21 @@ fn insert_with_snat_port(
     let space = snat::Space {
         addrs,
         ports: &masq.ports,
+        share: Share::WHOLE,
         seed: masq.seed,
     };
-    let (id, how) = snat::allocate(flows, entry, &space, now)?;
+    allocate_counted(flows, entry, &space, now, stats)
+}
+
+/// [`snat::allocate`], counting how the port was found.
+fn allocate_counted(
+    flows: &FlowTable,
+    entry: &mut FlowEntry,
+    space: &snat::Space<'_>,
+    now: u32,
+    stats: &mut Stats,
+) -> Result<crate::flow_table::FlowId, DropReason> {
+    let (id, how) = snat::allocate(flows, entry, space, now)?;
     match how {
         Alloc::Free => {}
         Alloc::Reused => stats.snat_port_reused += 1,
@@ -903,3 +933,7 @@ mod dr_tests;
 #[cfg(test)]
 #[path = "pipeline_hostile_tests.rs"]
 mod hostile_tests;
+
+#[cfg(test)]
+#[path = "pipeline_fullnat_tests.rs"]
+mod fullnat_tests;
