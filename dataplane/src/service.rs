@@ -245,6 +245,13 @@ pub enum ForwardMethod {
     /// to the local address and are translated back both ways
     /// ([`crate::forward::fullnat`]).
     FullNat,
+    /// IP-in-IP tunnelling (IPVS `-i`): the client's packet, unchanged,
+    /// goes out inside an outer IPv4 (protocol 4) or IPv6 (next header 41)
+    /// header to the backend, which decapsulates it, owns the VIP and
+    /// answers the client directly; as for DR the backend port must equal
+    /// the service port and clients are never masqueraded
+    /// ([`crate::forward::ipip`]).
+    Tunnel,
 }
 
 impl ForwardMethod {
@@ -254,6 +261,7 @@ impl ForwardMethod {
             ForwardMethod::Nat => "nat",
             ForwardMethod::Dr => "dr",
             ForwardMethod::FullNat => "fullnat",
+            ForwardMethod::Tunnel => "ipip",
         }
     }
 
@@ -264,6 +272,7 @@ impl ForwardMethod {
             ForwardMethod::Nat => "Masq",
             ForwardMethod::Dr => "Route",
             ForwardMethod::FullNat => "FullNat",
+            ForwardMethod::Tunnel => "Tunnel",
         }
     }
 }
@@ -346,6 +355,17 @@ pub enum TableError {
         "service {service}: direct routing cannot remap port {port} to backend port {backend_port}"
     )]
     DrPortRemap {
+        /// The service.
+        service: String,
+        /// The VIP's port.
+        port: u16,
+        /// The offending backend port.
+        backend_port: u16,
+    },
+    /// An IPIP service has a backend on another port than the VIP's: the
+    /// inner packet is sent unchanged, so it cannot remap ports.
+    #[error("service {service}: ipip tunnelling cannot remap port {port} to backend port {backend_port}")]
+    TunnelPortRemap {
         /// The service.
         service: String,
         /// The VIP's port.
@@ -470,6 +490,15 @@ impl ServiceTable {
                 });
             }
             check_local_addrs(&spec)?;
+            if spec.forward == ForwardMethod::Tunnel {
+                if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+                    return Err(TableError::TunnelPortRemap {
+                        service: spec.name.clone(),
+                        port: spec.vip.port,
+                        backend_port: b.port,
+                    });
+                }
+            }
             if spec.forward == ForwardMethod::Dr {
                 if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
                     return Err(TableError::DrPortRemap {
@@ -692,6 +721,28 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("2001:db8::5"), "{e}");
+    }
+
+    #[test]
+    fn tunnel_port_remap_refused() {
+        let mut s = spec("a", [198, 18, 100, 1], 8080, &[[198, 18, 1, 11]]);
+        s.forward = ForwardMethod::Tunnel;
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        s.vip.port = 80;
+        let e = ServiceTable::build(1, vec![s]).unwrap_err();
+        assert!(matches!(
+            e,
+            TableError::TunnelPortRemap {
+                port: 80,
+                backend_port: 8080,
+                ..
+            }
+        ));
+        assert!(
+            e.to_string()
+                .contains("ipip tunnelling cannot remap port 80"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //!   the client always translated to one of the service's local addresses
 //!   and a port of the worker's share.
 //!
-//! DPVS's TOA (the client's address in a TCP option) is not done;
-//! IP-in-IP encapsulation (`ipip.rs`) is planned as a sibling module behind
-//! the same shape.
+//! - [`ipip`]: IP-in-IP tunnelling (IPVS `-i`): the packet goes out
+//!   unchanged inside an outer IPv4/IPv6 header to the real server.
+//!
+//! DPVS's TOA (the client's address in a TCP option) is not done.
 
 pub mod dr;
 pub mod fullnat;
+pub mod ipip;
 pub mod nat;
