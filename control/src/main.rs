@@ -284,6 +284,9 @@ fn main() -> ExitCode {
                         ForwardMethod::FullNat => {
                             ", forwarding fullnat (clients translated to local addresses)"
                         }
+                        ForwardMethod::Tunnel => {
+                            ", forwarding ipip (backends decapsulate and own the VIP)"
+                        }
                     };
                     println!(
                         "{} {} -> {} backends{method}",

@@ -1342,3 +1342,34 @@ fn fullnat_takes_local_addresses_of_each_front_ends_family() {
     let r = invalid(&svc_fullnat("fullnat", " , "), LA_FIELD);
     assert!(r.contains("lists no address"), "{r}");
 }
+
+#[test]
+fn ipip_follows_the_dr_rules() {
+    let ep = slice(
+        "web-1",
+        &[("10.1.0.1", "node1", READY)],
+        "[{name: http, port: 80}]",
+    );
+    let cfg = load(
+        &(svc_method(
+            "ipip",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+    );
+    let s = &cfg.services[0];
+    assert_eq!(
+        (s.forward, s.masq),
+        (ForwardMethod::Tunnel, MasqMode::Never)
+    );
+    let r = invalid(
+        &(svc_method(
+            "ipip",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 81}]}",
+        ) + &ep),
+        "spec.ports[0].targetPort",
+    );
+    assert!(
+        r.contains("forwarding method ipip (ipip tunnelling cannot remap ports)"),
+        "{r}"
+    );
+}
