@@ -136,7 +136,7 @@ fn requests_are_tunnelled_to_the_real_servers_which_answer_directly() {
     let sluice = Sluice::start(&topo, &config(), &["--workers", "1"]);
 
     // Capture the first encapsulated frame that reaches b1.
-    let mut cap = topo.spawn(
+    let cap = topo.spawn(
         Role::Backend(1),
         &[
             "timeout",
