@@ -76,6 +76,7 @@ fn populate(
             flows,
             affinity: &aff,
             now: 1,
+            share: sluice_dataplane::snat::Share::WHOLE,
         });
         w.port().clear_sent();
         i = end;
@@ -165,6 +166,7 @@ fn bench(c: &mut Criterion) {
                     flows: &flows,
                     affinity: &aff,
                     now: 2,
+                    share: sluice_dataplane::snat::Share::WHOLE,
                 })
             })
         });
@@ -179,6 +181,7 @@ fn bench(c: &mut Criterion) {
                     flows: &flows,
                     affinity: &aff,
                     now: 2,
+                    share: sluice_dataplane::snat::Share::WHOLE,
                 })
             })
         });
@@ -205,6 +208,7 @@ fn bench(c: &mut Criterion) {
                         flows: &flows,
                         affinity: &aff,
                         now: 2,
+                        share: sluice_dataplane::snat::Share::WHOLE,
                     });
                     total += t.elapsed();
                     if next % 65_536 < BURST as u32 {
@@ -235,6 +239,7 @@ fn bench_services(c: &mut Criterion) {
             flows: &flows,
             affinity: &aff,
             now: 2,
+            share: sluice_dataplane::snat::Share::WHOLE,
         };
         let mut w = worker();
         let mut k = 0;
@@ -300,6 +305,7 @@ fn bench_scaling(c: &mut Criterion) {
         flows: &flows,
         affinity: &aff,
         now: 2,
+        share: sluice_dataplane::snat::Share::WHOLE,
     };
     for (name, port, frames) in [("established", 0u8, &hits), ("reply", 1, &replies)] {
         for w in [1usize, 2] {

@@ -463,6 +463,7 @@ fn start_workers(
     busy_poll: bool,
 ) -> Result<Vec<WorkerHandle>, RunError> {
     let mut handles = Vec::new();
+    let ports_len = ports.len();
     for (w, port) in ports.into_iter().enumerate() {
         let shared = shared.clone();
         let c = counters[w].clone();
@@ -474,6 +475,7 @@ fn start_workers(
         let opts = WorkerOpts {
             burst: 64,
             busy_poll,
+            share: sluice_dataplane::snat::Share::new(w, ports_len),
         };
         let h = std::thread::Builder::new()
             .name(format!("sluice-w{w}"))

@@ -281,6 +281,12 @@ fn main() -> ExitCode {
                     let method = match s.forward {
                         ForwardMethod::Nat => "",
                         ForwardMethod::Dr => ", forwarding dr (backends own the VIP)",
+                        ForwardMethod::FullNat => {
+                            ", forwarding fullnat (clients translated to local addresses)"
+                        }
+                        ForwardMethod::Tunnel => {
+                            ", forwarding ipip (backends decapsulate and own the VIP)"
+                        }
                     };
                     println!(
                         "{} {} -> {} backends{method}",
@@ -290,6 +296,9 @@ fn main() -> ExitCode {
                     );
                     for b in &s.backends {
                         println!("  {}:{} weight {}", b.addr, b.port, b.weight);
+                    }
+                    for a in &s.local_addrs {
+                        println!("  local address {a}");
                     }
                 }
                 println!(

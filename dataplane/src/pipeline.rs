@@ -32,15 +32,28 @@
 //! it holds across reloads. The backend of a DR flow is identified by its
 //! next hop (the MAC its packets go to) and the service port
 //! ([`dr_flow_endpoint_removed`]).
+//!
+//! FULLNAT ([`ForwardMethod::FullNat`], [`fullnat`]): a NAT flow whose
+//! client is always translated, to one of the service's local addresses
+//! and a port of this worker's share ([`Ctx::share`]); everything after
+//! the insert (both directions, ICMP errors, resets) is NAT's.
+//!
+//! IPIP ([`ForwardMethod::Tunnel`], [`ipip`]): scheduled and recorded as a
+//! DR flow (its reply key is the original reversed, the backend answers
+//! the client directly), but the client's packets leave encapsulated to
+//! the backend's address, from the route's source towards it
+//! ([`tunnel_ends`]), as [`Verdict::TxLen`] with the grown length. ICMP
+//! errors about such a flow are forwarded as DR's (MAC only), not
+//! tunnelled.
 
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
 use crate::flow_table::{Direction, FlowEntry, FlowState, FlowTable, Hit, InsertError, KeyHash};
-use crate::forward::{dr, nat};
+use crate::forward::{dr, fullnat, ipip, nat};
 use crate::sched;
 use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
-use crate::snat::{self, Alloc, PortRanges, SnatAddrs};
+use crate::snat::{self, Alloc, PortRanges, Share, SnatAddrs};
 use crate::types::{proto, Addr, Cidr, FlowKey, L2Hop, Mac};
 use crate::wire::{self, icmp_error, reply, tcp_flags, ParseError};
 
@@ -280,8 +293,8 @@ pub enum Verdict {
     /// ICMP unreachable) of this many bytes: send it back out the port it
     /// came in on.
     Reply(usize),
-    /// Send the frame, cut to this length, on this port (a translated
-    /// segment turned into a reset).
+    /// Send the frame, with this new length, on this port (a translated
+    /// segment turned into a reset, or an encapsulated packet).
     TxLen(u8, usize),
     /// Drop it and count why.
     Drop(DropReason),
@@ -348,6 +361,9 @@ pub struct Ctx<'a> {
     pub affinity: &'a AffinityTable,
     /// Seconds on any monotonic clock (ageing compares differences only).
     pub now: u32,
+    /// The part of the SNAT port space this worker hands out to FULLNAT
+    /// flows ([`Share::WHOLE`] for a single worker or a test).
+    pub share: Share,
 }
 
 /// Processes one frame received on port `ingress`: `buf` is the frame's
@@ -461,7 +477,7 @@ pub fn process_hashed(
         } else {
             let st = flows.touch(hit.id, hit.dir, p.tcp_flags, now);
             count_transition(snap, &hit, st);
-            return forward(snap, &mut buf[..len], &p, &hit.entry, hit.dir);
+            return forward_buf(snap, buf, len, &p, &hit.entry, hit.dir);
         }
     }
     // A new flow: it must be addressed to a service.
@@ -512,7 +528,7 @@ pub fn process_hashed(
         return Verdict::Drop(DropReason::NoNextHop);
     };
     let frame = &mut buf[..len];
-    let direct = spec.forward == ForwardMethod::Dr;
+    let direct = matches!(spec.forward, ForwardMethod::Dr | ForwardMethod::Tunnel);
     let mut entry = FlowEntry {
         original: key,
         reply: if direct {
@@ -538,17 +554,27 @@ pub fn process_hashed(
     };
 
     // DR never masquerades: the backend answers the client itself, from
-    // the VIP, so there is nothing to translate back.
-    let masq = !direct
-        && must_masquerade(
-            snap,
-            spec.masq,
-            &key.src,
-            &backend.addr,
-            ingress,
-            nh.hop.port,
-        );
-    let inserted = if masq {
+    // the VIP, so there is nothing to translate back. FULLNAT always does.
+    let full = spec.forward == ForwardMethod::FullNat;
+    let masq = full
+        || !direct
+            && must_masquerade(
+                snap,
+                spec.masq,
+                &key.src,
+                &backend.addr,
+                ingress,
+                nh.hop.port,
+            );
+    let inserted = if full {
+        let space = snat::Space {
+            addrs: fullnat::sources(spec, &snap.masq.addrs, &backend.addr, &nh.snat),
+            ports: &snap.masq.ports,
+            share: ctx.share,
+            seed: snap.masq.seed,
+        };
+        allocate_counted(flows, &mut entry, &space, now, stats)
+    } else if masq {
         insert_with_snat_port(flows, &mut entry, &snap.masq, nh.snat, now, stats)
     } else {
         flows.insert(&entry, now).map_err(|e| match e {
@@ -567,7 +593,7 @@ pub fn process_hashed(
             return match flows.lookup(&key, now) {
                 Some(hit) if hit.dir == Direction::Original => {
                     flows.touch(hit.id, hit.dir, p.tcp_flags, now);
-                    forward(snap, frame, &p, &hit.entry, Direction::Original)
+                    forward_buf(snap, buf, len, &p, &hit.entry, Direction::Original)
                 }
                 _ => Verdict::Drop(DropReason::FlowExists),
             };
@@ -580,7 +606,7 @@ pub fn process_hashed(
     if masq {
         stats.snat_flows += 1;
     }
-    forward(snap, frame, &p, &entry, Direction::Original)
+    forward_buf(snap, buf, len, &p, &entry, Direction::Original)
 }
 
 /// Why a well-formed frame must not be forwarded at all, before any table
@@ -677,6 +703,95 @@ fn forward(
         Direction::Reply => e.original.reversed(),
     };
     emit(snap, frame, p, &to, hop)
+}
+
+/// Where the packets of an IPIP flow are tunnelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TunnelEnds {
+    /// Not a flow of an IPIP service.
+    NotTunnel,
+    /// To this real server, from this source (the route's).
+    To { dst: Addr, src: Addr },
+    /// An IPIP flow whose backend is no longer in the service under its
+    /// index with the same next hop (a reload renumbered it): dropped
+    /// rather than sent unencapsulated.
+    Lost,
+}
+
+/// The outer addresses of a flow of an IPIP service: a DR-shaped flow
+/// whose service (by index, still with the flow's VIP) tunnels; the real
+/// server is the flow's backend, checked against the next hop recorded in
+/// the flow.
+#[inline]
+fn tunnel_ends(snap: &Snapshot, e: &FlowEntry) -> TunnelEnds {
+    if !is_dr_flow(e) {
+        return TunnelEnds::NotTunnel;
+    }
+    let Some(svc) = snap.services.get(e.service) else {
+        return TunnelEnds::NotTunnel;
+    };
+    let vip = &svc.spec.vip;
+    if svc.spec.forward != ForwardMethod::Tunnel
+        || (vip.addr, vip.port) != (e.original.dst, e.original.dport)
+    {
+        return TunnelEnds::NotTunnel;
+    }
+    match svc
+        .spec
+        .backends
+        .get(e.backend as usize)
+        .and_then(|b| Some((b.addr, snap.nexthops.get(&b.addr)?)))
+    {
+        Some((dst, nh)) if nh.hop == e.orig_hop => TunnelEnds::To { dst, src: nh.snat },
+        _ => TunnelEnds::Lost,
+    }
+}
+
+/// [`forward`] over the whole buffer (`len` bytes received): an IPIP flow's
+/// client packets grow by the outer header.
+#[inline]
+fn forward_buf(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    len: usize,
+    p: &wire::Parsed,
+    e: &FlowEntry,
+    dir: Direction,
+) -> Verdict {
+    if dir == Direction::Original {
+        match tunnel_ends(snap, e) {
+            TunnelEnds::NotTunnel => {}
+            TunnelEnds::To { dst, src } => {
+                return emit_tunnel(snap, buf, len, p, e.orig_hop, dst, src)
+            }
+            TunnelEnds::Lost => return Verdict::Drop(DropReason::NoNextHop),
+        }
+    }
+    forward(snap, &mut buf[..len], p, e, dir)
+}
+
+/// Sends the frame encapsulated to `dst` from `src` ([`ipip::encapsulate`]);
+/// too big for the egress MTU once encapsulated: [`Verdict::TooBig`] with
+/// the MTU left for the inner packet.
+fn emit_tunnel(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    len: usize,
+    p: &wire::Parsed,
+    hop: L2Hop,
+    dst: Addr,
+    src: Addr,
+) -> Verdict {
+    let Some(port) = snap.ports.get(hop.port as usize) else {
+        return Verdict::Drop(DropReason::BadEgress);
+    };
+    if let Some(mtu) = ipip::too_big(p.ip_version, len.saturating_sub(p.l3_offset), port.mtu) {
+        return Verdict::TooBig(mtu);
+    }
+    match ipip::encapsulate(buf, len, src, dst, port.mac, hop.mac) {
+        Ok(n) => Verdict::TxLen(hop.port, n),
+        Err(_) => Verdict::Drop(DropReason::Rewrite),
+    }
 }
 
 /// Forwards an ICMP error about a packet of a known flow to the other end
@@ -834,9 +949,21 @@ fn insert_with_snat_port(
     let space = snat::Space {
         addrs,
         ports: &masq.ports,
+        share: Share::WHOLE,
         seed: masq.seed,
     };
-    let (id, how) = snat::allocate(flows, entry, &space, now)?;
+    allocate_counted(flows, entry, &space, now, stats)
+}
+
+/// [`snat::allocate`], counting how the port was found.
+fn allocate_counted(
+    flows: &FlowTable,
+    entry: &mut FlowEntry,
+    space: &snat::Space<'_>,
+    now: u32,
+    stats: &mut Stats,
+) -> Result<crate::flow_table::FlowId, DropReason> {
+    let (id, how) = snat::allocate(flows, entry, space, now)?;
     match how {
         Alloc::Free => {}
         Alloc::Reused => stats.snat_port_reused += 1,
@@ -903,3 +1030,11 @@ mod dr_tests;
 #[cfg(test)]
 #[path = "pipeline_hostile_tests.rs"]
 mod hostile_tests;
+
+#[cfg(test)]
+#[path = "pipeline_fullnat_tests.rs"]
+mod fullnat_tests;
+
+#[cfg(test)]
+#[path = "pipeline_ipip_tests.rs"]
+mod ipip_tests;

@@ -135,6 +135,7 @@ impl Env {
             flows: &self.flows,
             affinity: &self.aff,
             now,
+            share: crate::snat::Share::WHOLE,
         };
         let v = process(&ctx, &mut buf, frame.len(), ingress, &mut self.stats);
         self.stats.count(v);

@@ -98,6 +98,7 @@ fn run_on(snap: &Snapshot, flows: &FlowTable, frame: &[u8]) -> (Verdict, Stats) 
         flows,
         affinity: &aff,
         now: 1,
+        share: crate::snat::Share::WHOLE,
     };
     let mut buf = [0u8; 2048];
     buf[..frame.len()].copy_from_slice(frame);

@@ -215,6 +215,7 @@ fn run_with(
         flows,
         affinity: aff,
         now,
+        share: crate::snat::Share::WHOLE,
     };
     let v = process(&ctx, &mut buf, frame.len(), ingress, stats);
     stats.count(v);
@@ -972,6 +973,7 @@ fn worker_over_mem_port_round_robins_thirty_flows_and_leaks_no_frame() {
         flows: &flows,
         affinity: &aff,
         now: 1,
+        share: crate::snat::Share::WHOLE,
     };
     assert_eq!(w.poll_once(&ctx), 31);
     let mut per_backend = [0usize; 3];

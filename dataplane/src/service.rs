@@ -239,6 +239,19 @@ pub enum ForwardMethod {
     /// the backend port must equal the service port and clients are never
     /// masqueraded ([`crate::forward::dr`]).
     Dr,
+    /// Full NAT (DPVS's FULLNAT): every client is SNATed to one of the
+    /// service's local addresses ([`ServiceSpec::local_addrs`]) and a port
+    /// of the worker's share, and DNATed to the backend; replies come back
+    /// to the local address and are translated back both ways
+    /// ([`crate::forward::fullnat`]).
+    FullNat,
+    /// IP-in-IP tunnelling (IPVS `-i`): the client's packet, unchanged,
+    /// goes out inside an outer IPv4 (protocol 4) or IPv6 (next header 41)
+    /// header to the backend, which decapsulates it, owns the VIP and
+    /// answers the client directly; as for DR the backend port must equal
+    /// the service port and clients are never masqueraded
+    /// ([`crate::forward::ipip`]).
+    Tunnel,
 }
 
 impl ForwardMethod {
@@ -247,6 +260,19 @@ impl ForwardMethod {
         match self {
             ForwardMethod::Nat => "nat",
             ForwardMethod::Dr => "dr",
+            ForwardMethod::FullNat => "fullnat",
+            ForwardMethod::Tunnel => "ipip",
+        }
+    }
+
+    /// The name `ipvsadm -Ln` shows in its Forward column (DPVS's for
+    /// FULLNAT).
+    pub fn ipvs_name(self) -> &'static str {
+        match self {
+            ForwardMethod::Nat => "Masq",
+            ForwardMethod::Dr => "Route",
+            ForwardMethod::FullNat => "FullNat",
+            ForwardMethod::Tunnel => "Tunnel",
         }
     }
 }
@@ -280,6 +306,12 @@ pub struct ServiceSpec {
     /// is ignored (DR cannot masquerade) and every backend port must equal
     /// the VIP's port ([`ServiceTable::build`] refuses others).
     pub forward: ForwardMethod,
+    /// FULLNAT local addresses (DPVS's `--add-laddr`), of the VIP's
+    /// family, each one the host's own (the control plane checks that):
+    /// the sources clients are translated to. Empty: the run-wide
+    /// `--snat-address`es, else the route's preferred source towards the
+    /// backend. Only with [`ForwardMethod::FullNat`].
+    pub local_addrs: Vec<Addr>,
 }
 
 /// A virtual service inside a built table.
@@ -330,6 +362,17 @@ pub enum TableError {
         /// The offending backend port.
         backend_port: u16,
     },
+    /// An IPIP service has a backend on another port than the VIP's: the
+    /// inner packet is sent unchanged, so it cannot remap ports.
+    #[error("service {service}: ipip tunnelling cannot remap port {port} to backend port {backend_port}")]
+    TunnelPortRemap {
+        /// The service.
+        service: String,
+        /// The VIP's port.
+        port: u16,
+        /// The offending backend port.
+        backend_port: u16,
+    },
     /// A backend's address family differs from its VIP's.
     #[error("service {service}: backend {backend} is not of the VIP's address family")]
     FamilyMismatch {
@@ -337,6 +380,22 @@ pub enum TableError {
         service: String,
         /// The offending backend address.
         backend: Addr,
+    },
+    /// A local address of another family than the VIP's.
+    #[error("service {service}: local address {addr} is not of the VIP's address family")]
+    LocalAddrFamily {
+        /// The service.
+        service: String,
+        /// The offending local address.
+        addr: Addr,
+    },
+    /// Local addresses on a service that does not forward by FULLNAT.
+    #[error("service {service}: local addresses are used by forwarding method fullnat only, not {method}")]
+    LocalAddrsWithoutFullNat {
+        /// The service.
+        service: String,
+        /// Its forwarding method.
+        method: &'static str,
     },
     /// More backends behind one front end than a flow record can name.
     #[error("service {service}: {count} backends, at most {max} per service port")]
@@ -356,6 +415,31 @@ pub enum TableError {
         /// The limit ([`crate::flow_table::layout::MAX_SERVICE`] + 1).
         max: usize,
     },
+}
+
+/// FULLNAT local addresses: only with that method, and of the VIP's
+/// family.
+fn check_local_addrs(spec: &ServiceSpec) -> Result<(), TableError> {
+    if spec.local_addrs.is_empty() {
+        return Ok(());
+    }
+    if spec.forward != ForwardMethod::FullNat {
+        return Err(TableError::LocalAddrsWithoutFullNat {
+            service: spec.name.clone(),
+            method: spec.forward.as_str(),
+        });
+    }
+    match spec
+        .local_addrs
+        .iter()
+        .find(|a| a.is_v4() != spec.vip.addr.is_v4())
+    {
+        Some(a) => Err(TableError::LocalAddrFamily {
+            service: spec.name.clone(),
+            addr: *a,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// An immutable, versioned set of services, indexed by front end.
@@ -404,6 +488,16 @@ impl ServiceTable {
                     service: spec.name.clone(),
                     backend: b.addr,
                 });
+            }
+            check_local_addrs(&spec)?;
+            if spec.forward == ForwardMethod::Tunnel {
+                if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+                    return Err(TableError::TunnelPortRemap {
+                        service: spec.name.clone(),
+                        port: spec.vip.port,
+                        backend_port: b.port,
+                    });
+                }
             }
             if spec.forward == ForwardMethod::Dr {
                 if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
@@ -600,6 +694,55 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("cannot remap port 80"));
+    }
+
+    #[test]
+    fn local_addrs_need_fullnat_and_the_vips_family() {
+        let mut s = spec("a", [198, 18, 100, 1], 80, &[[198, 18, 1, 11]]);
+        s.local_addrs = vec![Addr::from_v4([198, 18, 0, 5])];
+        let e = ServiceTable::build(1, vec![s.clone()]).unwrap_err();
+        assert_eq!(
+            e,
+            TableError::LocalAddrsWithoutFullNat {
+                service: "a".into(),
+                method: "nat"
+            }
+        );
+        s.forward = ForwardMethod::FullNat;
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        let v6 = Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        s.local_addrs.push(v6);
+        let e = ServiceTable::build(1, vec![s]).unwrap_err();
+        assert_eq!(
+            e,
+            TableError::LocalAddrFamily {
+                service: "a".into(),
+                addr: v6
+            }
+        );
+        assert!(e.to_string().contains("2001:db8::5"), "{e}");
+    }
+
+    #[test]
+    fn tunnel_port_remap_refused() {
+        let mut s = spec("a", [198, 18, 100, 1], 8080, &[[198, 18, 1, 11]]);
+        s.forward = ForwardMethod::Tunnel;
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        s.vip.port = 80;
+        let e = ServiceTable::build(1, vec![s]).unwrap_err();
+        assert!(matches!(
+            e,
+            TableError::TunnelPortRemap {
+                port: 80,
+                backend_port: 8080,
+                ..
+            }
+        ));
+        assert!(
+            e.to_string()
+                .contains("ipip tunnelling cannot remap port 80"),
+            "{e}"
+        );
     }
 
     #[test]

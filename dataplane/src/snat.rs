@@ -86,6 +86,22 @@
 //!
 //! Counted: [`Alloc::Reused`] as `snat_port_reused`, [`Alloc::Evicted`]
 //! as `snat_embryonic_evicted`; failure as `drop_snat_exhausted`.
+//!
+//! # Per-worker shares (FULLNAT)
+//!
+//! Two workers never end up with the same reply tuple: the flow table's
+//! insert is the arbiter (a second insert of a taken reply tuple fails and
+//! the loser probes on). FULLNAT, DPVS's model (`sa_pool`, one slice of the
+//! port space per lcore), also partitions the ports, so that two workers do
+//! not even probe for the same (address, port): a [`Share`] gives worker
+//! `i` of `n` the ports whose rank in [`PortRanges`] is `i` modulo `n`.
+//! Replies still find their flow on any queue, since the table is shared;
+//! the share only keeps the workers' probes apart, so that under load one
+//! worker's insert never loses a race to another's and the per-worker
+//! capacity is exact (`addresses × ports / n`). Masqueraded NAT flows use
+//! the whole space ([`Share::WHOLE`]): their capacity is counted per
+//! backend, and halving it per worker would halve what one busy queue can
+//! hold.
 
 use std::fmt;
 
@@ -229,6 +245,19 @@ impl PortRanges {
         })
     }
 
+    /// The rank of `port` in ascending order (the inverse of
+    /// [`PortRanges::nth`]), or `None` if it is not one of them.
+    pub fn rank(&self, port: u16) -> Option<u32> {
+        let mut before = 0u32;
+        for &(lo, hi) in &self.ranges {
+            if (lo..=hi).contains(&port) {
+                return Some(before + u32::from(port - lo));
+            }
+            before += u32::from(hi - lo) + 1;
+        }
+        None
+    }
+
     /// The `i`-th port in ascending order (`i < len()`; wraps otherwise).
     #[inline]
     pub fn nth(&self, i: u32) -> u16 {
@@ -309,6 +338,68 @@ pub enum Alloc {
     Evicted,
 }
 
+/// One worker's slice of the SNAT ports (module doc, "Per-worker
+/// shares"): the ports whose rank is `index` modulo `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    index: u32,
+    count: u32,
+}
+
+impl Default for Share {
+    /// [`Share::WHOLE`].
+    fn default() -> Share {
+        Share::WHOLE
+    }
+}
+
+impl Share {
+    /// Every port (one worker, or a flow kind that is not partitioned).
+    pub const WHOLE: Share = Share { index: 0, count: 1 };
+
+    /// Worker `index` of `count` (`count` 0 is taken as 1, `index` modulo
+    /// `count`).
+    pub fn new(index: usize, count: usize) -> Share {
+        let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+        let index = u32::try_from(index % count as usize).unwrap_or(0);
+        Share { index, count }
+    }
+
+    /// This worker's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Number of workers sharing the ports.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// How many of `ports` are this share's.
+    #[inline]
+    pub fn len(&self, ports: &PortRanges) -> u32 {
+        ports.len().saturating_sub(self.index).div_ceil(self.count)
+    }
+
+    /// Whether this share has none of `ports` (more workers than ports).
+    pub fn is_empty(&self, ports: &PortRanges) -> bool {
+        self.len(ports) == 0
+    }
+
+    /// The `j`-th of this share's ports (`j < len(ports)`).
+    #[inline]
+    pub fn nth(&self, ports: &PortRanges, j: u32) -> u16 {
+        ports.nth(j.saturating_mul(self.count).saturating_add(self.index))
+    }
+
+    /// Whether `port` is one of this share's `ports`.
+    pub fn owns(&self, ports: &PortRanges, port: u16) -> bool {
+        ports
+            .rank(port)
+            .is_some_and(|r| r % self.count == self.index)
+    }
+}
+
 /// The source choices for one masqueraded flow.
 #[derive(Clone, Copy, Debug)]
 pub struct Space<'a> {
@@ -316,6 +407,8 @@ pub struct Space<'a> {
     pub addrs: &'a [Addr],
     /// Ports to choose from.
     pub ports: &'a PortRanges,
+    /// The part of `ports` this worker hands out ([`Share::WHOLE`]: all).
+    pub share: Share,
     /// Hash key (random per process).
     pub seed: u64,
 }
@@ -323,7 +416,7 @@ pub struct Space<'a> {
 impl Space<'_> {
     /// Number of (address, port) pairs.
     pub fn len(&self) -> u64 {
-        self.addrs.len() as u64 * u64::from(self.ports.len())
+        self.addrs.len() as u64 * u64::from(self.share.len(self.ports))
     }
 
     /// Whether there is none.
@@ -333,10 +426,10 @@ impl Space<'_> {
 
     #[inline]
     fn at(&self, i: u64) -> (Addr, u16) {
-        let n = u64::from(self.ports.len());
+        let n = u64::from(self.share.len(self.ports));
         (
             self.addrs[(i / n) as usize % self.addrs.len()],
-            self.ports.nth((i % n) as u32),
+            self.share.nth(self.ports, (i % n) as u32),
         )
     }
 }

@@ -53,6 +53,7 @@ fn alloc(
     let space = Space {
         addrs,
         ports: p,
+        share: Share::WHOLE,
         seed: 7,
     };
     allocate(t, e, &space, now)
@@ -415,4 +416,65 @@ proptest! {
             prop_assert_eq!(replies.len(), n, "two live flows share a reply tuple");
         }
     }
+}
+
+#[test]
+fn shares_partition_the_ports_exactly() {
+    let r = PortRanges::new(&[(5, 7), (100, 101), (65535, 65535)]).unwrap();
+    for port in [5, 7, 100, 65535] {
+        assert_eq!(r.nth(r.rank(port).unwrap()), port);
+    }
+    assert_eq!(r.rank(8), None);
+    for n in 1..=7usize {
+        let mut seen = Vec::new();
+        for w in 0..n {
+            let s = Share::new(w, n);
+            let mine: Vec<u16> = (0..s.len(&r)).map(|j| s.nth(&r, j)).collect();
+            assert!(mine.iter().all(|&p| s.owns(&r, p)), "{n} {w} {mine:?}");
+            for other in 0..n {
+                if other != w {
+                    assert!(mine.iter().all(|&p| !Share::new(other, n).owns(&r, p)));
+                }
+            }
+            seen.extend(mine);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![5, 6, 7, 100, 101, 65535], "{n} workers");
+    }
+    assert!(Share::new(6, 7).is_empty(&r));
+    assert_eq!(Share::new(9, 0), Share::WHOLE);
+}
+
+/// Two workers allocating for the same clients and backend hand out
+/// disjoint ports, each from its own share, and each exhausts exactly its
+/// half.
+#[test]
+fn workers_allocate_only_from_their_share() {
+    let t = table();
+    let p = ports(20000, 20099);
+    let mut got = [HashSet::new(), HashSet::new()];
+    for c in 0..60u16 {
+        for (w, set) in got.iter_mut().enumerate() {
+            let share = Share::new(w, 2);
+            let space = Space {
+                addrs: &[SNAT_A],
+                ports: &p,
+                share,
+                seed: 7,
+            };
+            let mut e = entry(c * 2 + w as u16, 1000);
+            match allocate(&t, &mut e, &space, 0) {
+                Ok(_) => {
+                    assert!(share.owns(&p, e.reply.dport), "{}", e.reply.dport);
+                    assert!(set.insert(e.reply.dport));
+                }
+                Err(r) => {
+                    assert_eq!(r, DropReason::SnatExhausted);
+                    assert_eq!(set.len(), 50, "worker {w} exhausted early");
+                }
+            }
+        }
+    }
+    assert_eq!((got[0].len(), got[1].len()), (50, 50));
+    assert!(got[0].is_disjoint(&got[1]));
 }

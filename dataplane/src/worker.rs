@@ -195,6 +195,9 @@ pub struct WorkerOpts {
     pub burst: usize,
     /// Never sleep: spin on the rings (lowest latency, a full core).
     pub busy_poll: bool,
+    /// This worker's slice of the SNAT ports for FULLNAT flows
+    /// ([`crate::snat::Share::new`]`(worker, workers)`).
+    pub share: crate::snat::Share,
 }
 
 impl Default for WorkerOpts {
@@ -202,6 +205,7 @@ impl Default for WorkerOpts {
         WorkerOpts {
             burst: 64,
             busy_poll: false,
+            share: crate::snat::Share::WHOLE,
         }
     }
 }
@@ -335,6 +339,7 @@ impl<P: Port> Worker<P> {
                 flows: &shared.flows,
                 affinity: &shared.affinity,
                 now: elapsed.as_secs() as u32,
+                share: self.opts.share,
             };
             let n = self.poll_once(&ctx);
             if n > 0 {
@@ -479,6 +484,7 @@ mod tests {
             flows,
             affinity: &aff,
             now: (now_ms / 1000) as u32,
+            share: crate::snat::Share::WHOLE,
         };
         for f in frames {
             assert!(w.port().inject(0, f));

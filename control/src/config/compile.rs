@@ -25,8 +25,17 @@ pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// The annotation that picks a Service's forwarding method: `nat` (the
-/// default, kube-proxy's DNAT) or `dr` (direct routing, IPVS `-g`).
+/// default, kube-proxy's DNAT), `dr` (direct routing, IPVS `-g`),
+/// `fullnat` (DPVS's FULLNAT) or `ipip` (IP-in-IP tunnelling, IPVS `-i`).
 pub const FORWARDING_METHOD_ANNOTATION: &str = "sluice.dev/forwarding-method";
+
+/// The annotation that gives a FULLNAT Service its local addresses
+/// (DPVS's `--add-laddr`): comma-separated addresses of the host's own,
+/// either family; each front end uses those of its own family.
+pub const LOCAL_ADDRESSES_ANNOTATION: &str = "sluice.dev/local-addresses";
+
+/// The methods [`FORWARDING_METHOD_ANNOTATION`] accepts, for messages.
+const METHODS: &str = "\"nat\", \"dr\", \"fullnat\" or \"ipip\"";
 
 /// Where an object came from, to build errors about it.
 #[derive(Clone, Debug)]
@@ -89,6 +98,8 @@ pub(super) struct Svc {
     pub publish_not_ready: bool,
     /// From [`FORWARDING_METHOD_ANNOTATION`].
     pub forward: ForwardMethod,
+    /// From [`LOCAL_ADDRESSES_ANNOTATION`] (both families).
+    pub local_addrs: Vec<Addr>,
     /// From the scheduling annotations (`sched.rs`).
     pub sched: super::sched::Scheduling,
 }
@@ -717,6 +728,7 @@ impl<'c> Loader<'c> {
             allocate_node_ports,
         )?;
 
+        let local_addrs = self.local_addresses(&ctx, &annotations, forward)?;
         let sched = super::sched::scheduling(self, &ctx, &annotations, self.cc.scheduler)?;
 
         let selector = if ty == SvcType::ExternalName {
@@ -745,8 +757,54 @@ impl<'c> Loader<'c> {
             needs_health_check,
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             forward,
+            local_addrs,
             sched,
         })
+    }
+
+    /// The [`LOCAL_ADDRESSES_ANNOTATION`]: addresses, comma-separated,
+    /// without duplicates, on a `fullnat` Service only. Whether the host
+    /// owns them is checked when the config is applied
+    /// (`reconcile::compile`), where the host's addresses are known.
+    fn local_addresses(
+        &self,
+        ctx: &Ctx,
+        annotations: &BTreeMap<String, serde_yaml::Value>,
+        method: ForwardMethod,
+    ) -> Result<Vec<Addr>, ConfigError> {
+        let f = format!("metadata.annotations[\"{LOCAL_ADDRESSES_ANNOTATION}\"]");
+        let text = match annotations.get(LOCAL_ADDRESSES_ANNOTATION) {
+            None => return Ok(Vec::new()),
+            Some(serde_yaml::Value::String(v)) => v,
+            Some(_) => {
+                return Err(self.err(ctx, &f, "must be a string of comma-separated addresses"))
+            }
+        };
+        if method != ForwardMethod::FullNat {
+            return Err(self.err(
+                ctx,
+                &f,
+                format!(
+                    "local addresses need forwarding method fullnat ({FORWARDING_METHOD_ANNOTATION}: fullnat), not {}",
+                    method.as_str()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let ip: std::net::IpAddr = part
+                .parse()
+                .map_err(|_| self.err(ctx, &f, format!("{part:?} is not an IP address")))?;
+            let a = Addr::from(ip);
+            if out.contains(&a) {
+                return Err(self.err(ctx, &f, format!("{part} is listed twice")));
+            }
+            out.push(a);
+        }
+        if out.is_empty() {
+            return Err(self.err(ctx, &f, "lists no address"));
+        }
+        Ok(out)
     }
 
     /// The [`FORWARDING_METHOD_ANNOTATION`], checked against what direct
@@ -782,31 +840,33 @@ impl<'c> Loader<'c> {
             Some(serde_yaml::Value::String(v)) => match v.trim() {
                 "nat" => ForwardMethod::Nat,
                 "dr" => ForwardMethod::Dr,
+                "fullnat" => ForwardMethod::FullNat,
+                "ipip" => ForwardMethod::Tunnel,
                 other => {
-                    return Err(self.err(
-                        ctx,
-                        &f,
-                        format!("must be \"nat\" or \"dr\", got {other:?}"),
-                    ))
+                    return Err(self.err(ctx, &f, format!("must be {METHODS}, got {other:?}")))
                 }
             },
-            Some(_) => return Err(self.err(ctx, &f, "must be a string: \"nat\" or \"dr\"")),
+            Some(_) => return Err(self.err(ctx, &f, format!("must be a string: {METHODS}"))),
         };
-        if method == ForwardMethod::Nat {
-            return Ok(method);
-        }
+        // FULLNAT rewrites ports as NAT does: nothing more to check. IPIP
+        // sends the packet unchanged, as DR: the same rules.
+        let (m, how) = match method {
+            ForwardMethod::Dr => ("dr", "direct routing"),
+            ForwardMethod::Tunnel => ("ipip", "ipip tunnelling"),
+            _ => return Ok(method),
+        };
         if ty == SvcType::ExternalName || headless {
             return Err(self.err(
                 ctx,
                 &f,
-                "dr needs a cluster IP to forward: headless and ExternalName services forward nothing",
+                format!("{m} needs a cluster IP to forward: headless and ExternalName services forward nothing"),
             ));
         }
         if ty == SvcType::NodePort {
             return Err(self.err(
                 ctx,
                 "spec.type",
-                format!("{type_name} cannot use forwarding method dr: a node port differs from the port the backends listen on, and direct routing cannot remap ports (use ClusterIP, externalIPs or LoadBalancer)"),
+                format!("{type_name} cannot use forwarding method {m}: a node port differs from the port the backends listen on, and {how} cannot remap ports (use ClusterIP, externalIPs or LoadBalancer)"),
             ));
         }
         for (i, sp) in ports.iter().enumerate() {
@@ -815,7 +875,7 @@ impl<'c> Loader<'c> {
                     return Err(self.err(
                         ctx,
                         format!("spec.ports[{i}].targetPort"),
-                        format!("must equal port {} with forwarding method dr (direct routing cannot remap ports), got {t}", sp.port),
+                        format!("must equal port {} with forwarding method {m} ({how} cannot remap ports), got {t}", sp.port),
                     ));
                 }
             }
@@ -823,7 +883,7 @@ impl<'c> Loader<'c> {
                 return Err(self.err(
                     ctx,
                     format!("spec.ports[{i}].nodePort"),
-                    "may not be set with forwarding method dr: direct routing cannot remap ports",
+                    format!("may not be set with forwarding method {m}: {how} cannot remap ports"),
                 ));
             }
         }
@@ -831,7 +891,7 @@ impl<'c> Loader<'c> {
             return Err(self.err(
                 ctx,
                 "spec.allocateLoadBalancerNodePorts",
-                "must be false with forwarding method dr: node ports would differ from the port the backends listen on, and direct routing cannot remap ports",
+                format!("must be false with forwarding method {m}: node ports would differ from the port the backends listen on, and {how} cannot remap ports"),
             ));
         }
         Ok(method)

@@ -408,14 +408,14 @@ impl Loader<'_> {
             for b in all_v4.iter_mut().chain(all_v6.iter_mut()) {
                 svc.sched.apply(b);
             }
-            if svc.forward == ForwardMethod::Dr {
+            if matches!(svc.forward, ForwardMethod::Dr | ForwardMethod::Tunnel) {
                 if let Some(b) = all_v4.iter().chain(&all_v6).find(|b| b.port != sp.port) {
                     return Err(self.err(
                         &svc.ctx,
                         format!("spec.ports[{j}].targetPort"),
                         format!(
-                            "forwarding method dr cannot remap ports: endpoint {} listens on {} for this port, the service port is {}",
-                            b.addr, b.port, sp.port
+                            "forwarding method {} cannot remap ports: endpoint {} listens on {} for this port, the service port is {}",
+                            svc.forward.as_str(), b.addr, b.port, sp.port
                         ),
                     ));
                 }
@@ -443,7 +443,7 @@ impl Loader<'_> {
                         },
                     ),
                 };
-                if svc.forward == ForwardMethod::Dr {
+                if matches!(svc.forward, ForwardMethod::Dr | ForwardMethod::Tunnel) {
                     // The backend answers the client directly: nothing to
                     // translate back, so never SNAT (compile.rs).
                     masq = MasqMode::Never;
@@ -472,6 +472,14 @@ impl Loader<'_> {
                     },
                     when_empty,
                     forward: svc.forward,
+                    // Each front end takes the local addresses of its own
+                    // family (a dual-stack Service lists both).
+                    local_addrs: svc
+                        .local_addrs
+                        .iter()
+                        .filter(|a| a.is_v4() == addr.is_v4())
+                        .copied()
+                        .collect(),
                 }
             };
             for &ip in &svc.ips {

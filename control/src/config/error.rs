@@ -78,6 +78,21 @@ pub enum ConfigError {
     /// report the same error.
     #[error("{0}")]
     Table(#[from] TableError),
+
+    /// A FULLNAT local address (`sluice.dev/local-addresses`) that no
+    /// interface of the host has: the kernel would not answer ARP for it,
+    /// so the backends' replies to it would never arrive.
+    #[error("service {service}: local address {addr} is not an address of this host (replies to it would never reach it); add it to an interface first")]
+    LocalAddrNotOwn {
+        /// The service (`namespace/name:port`).
+        service: String,
+        /// The address.
+        addr: std::net::IpAddr,
+    },
+
+    /// The host's addresses could not be listed to check local addresses.
+    #[error("listing the host's addresses to check FULLNAT local addresses: {0}")]
+    HostAddrs(String),
 }
 
 /// `origin:line: `, or nothing for an object that has no line.

@@ -1187,7 +1187,10 @@ fn dr_refuses_what_it_cannot_do() {
         ) + &ep),
         DR_FIELD,
     );
-    assert_eq!(r, "must be \"nat\" or \"dr\", got \"tun\"");
+    assert_eq!(
+        r,
+        "must be \"nat\", \"dr\", \"fullnat\" or \"ipip\", got \"tun\""
+    );
     let r = invalid(
         &(svc_method(
             "1",
@@ -1299,5 +1302,74 @@ fn load_file_with_reads_the_file() {
         .services
         .len(),
         2
+    );
+}
+
+fn svc_fullnat(method: &str, local: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, annotations: {{sluice.dev/forwarding-method: {method}, sluice.dev/local-addresses: '{local}'}}}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n")
+        + &slice("web-1", &[("10.1.0.1", "node1", READY)], "[{name: http, port: 8080}]")
+}
+
+const LA_FIELD: &str = "metadata.annotations[\"sluice.dev/local-addresses\"]";
+
+#[test]
+fn fullnat_takes_local_addresses_of_each_front_ends_family() {
+    let cfg = load(&svc_fullnat(
+        "fullnat",
+        "198.18.1.5, 2001:db8:1::5,198.18.1.6",
+    ));
+    let s = &cfg.services[0];
+    assert_eq!(s.forward, ForwardMethod::FullNat);
+    assert_eq!(s.backends[0].port, 8080, "FULLNAT remaps ports");
+    let want: Vec<Addr> = ["198.18.1.5", "198.18.1.6"]
+        .iter()
+        .map(|a| Addr::from(a.parse::<IpAddr>().unwrap()))
+        .collect();
+    assert_eq!(s.local_addrs, want);
+    // Without the annotation: none of its own (the run-wide set applies).
+    let plain = svc_method(
+        "fullnat",
+        "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+    );
+    assert!(load(&plain).services[0].local_addrs.is_empty());
+
+    let r = invalid(&svc_fullnat("nat", "198.18.1.5"), LA_FIELD);
+    assert!(r.contains("need forwarding method fullnat"), "{r}");
+    let r = invalid(&svc_fullnat("fullnat", "198.18.1.5,nope"), LA_FIELD);
+    assert!(r.contains("\"nope\" is not an IP address"), "{r}");
+    let r = invalid(&svc_fullnat("fullnat", "198.18.1.5,198.18.1.5"), LA_FIELD);
+    assert!(r.contains("listed twice"), "{r}");
+    let r = invalid(&svc_fullnat("fullnat", " , "), LA_FIELD);
+    assert!(r.contains("lists no address"), "{r}");
+}
+
+#[test]
+fn ipip_follows_the_dr_rules() {
+    let ep = slice(
+        "web-1",
+        &[("10.1.0.1", "node1", READY)],
+        "[{name: http, port: 80}]",
+    );
+    let cfg = load(
+        &(svc_method(
+            "ipip",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}",
+        ) + &ep),
+    );
+    let s = &cfg.services[0];
+    assert_eq!(
+        (s.forward, s.masq),
+        (ForwardMethod::Tunnel, MasqMode::Never)
+    );
+    let r = invalid(
+        &(svc_method(
+            "ipip",
+            "{clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 81}]}",
+        ) + &ep),
+        "spec.ports[0].targetPort",
+    );
+    assert!(
+        r.contains("forwarding method ipip (ipip tunnelling cannot remap ports)"),
+        "{r}"
     );
 }

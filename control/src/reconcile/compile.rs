@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
-use sluice_dataplane::service::{ForwardMethod, ServiceTable, VipKey};
+use sluice_dataplane::service::{ForwardMethod, ServiceSpec, ServiceTable, VipKey};
 use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::{SteerError, Steering};
 use sluice_dataplane::types::{Addr, L2Hop};
@@ -86,6 +86,7 @@ pub fn compile(
     masq: &MasqPolicy,
     resolve_timeout: Duration,
 ) -> Result<Compiled, ConfigError> {
+    check_local_addrs_owned(&cfg.services)?;
     let services = ServiceTable::build(version, cfg.services.clone()).map_err(ConfigError::from)?;
     let mut nexthops = HashMap::new();
     let mut unresolved = Vec::new();
@@ -103,11 +104,14 @@ pub fn compile(
             // is not steered (and needs no SNAT source), and its replies
             // (source VIP:port, destination a client) match no rule of the
             // steering program, so they reach the kernel, which routes them.
-            if s.spec.forward == ForwardMethod::Nat {
+            if matches!(s.spec.forward, ForwardMethod::Nat | ForwardMethod::FullNat) {
                 backends.insert((b.addr, b.port, s.spec.vip.proto));
                 nat_addrs.insert(b.addr);
             }
         }
+        // FULLNAT replies come back to the local addresses: rule (c) of the
+        // steering program takes them there, on the SNAT ports only.
+        snat.extend(s.spec.local_addrs.iter().copied());
     }
     for addr in addrs {
         match resolve_backend(addr, links, resolve_timeout) {
@@ -146,6 +150,30 @@ pub fn compile(
         steer,
         unresolved,
     })
+}
+
+/// Refuses a FULLNAT local address that is not one of the host's own,
+/// naming it (one address dump, only when some service has local
+/// addresses).
+fn check_local_addrs_owned(specs: &[ServiceSpec]) -> Result<(), ConfigError> {
+    if specs.iter().all(|s| s.local_addrs.is_empty()) {
+        return Ok(());
+    }
+    let host = crate::snat::host_addresses().map_err(|e| ConfigError::HostAddrs(e.to_string()))?;
+    local_addrs_owned(specs, &host)
+}
+
+/// [`check_local_addrs_owned`] against the host's addresses `host`.
+fn local_addrs_owned(specs: &[ServiceSpec], host: &[IpAddr]) -> Result<(), ConfigError> {
+    for s in specs {
+        if let Some(a) = s.local_addrs.iter().find(|a| !host.contains(&a.to_ip())) {
+            return Err(ConfigError::LocalAddrNotOwn {
+                service: s.name.clone(),
+                addr: a.to_ip(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where `addr` is reached: the route's interface (which must be one that
@@ -240,7 +268,7 @@ pub(crate) fn expired_removals<K: Copy + Eq + std::hash::Hash>(
 pub(crate) fn live_dr_hops(snap: &Snapshot) -> HashSet<(L2Hop, u16, u8)> {
     snap.services
         .services()
-        .filter(|s| s.spec.forward == ForwardMethod::Dr)
+        .filter(|s| matches!(s.spec.forward, ForwardMethod::Dr | ForwardMethod::Tunnel))
         .flat_map(|s| {
             s.spec.backends.iter().filter_map(move |b| {
                 let nh = snap.nexthops.get(&b.addr)?;
@@ -371,6 +399,84 @@ mod tests {
         let dr = live_dr_hops(&snap);
         assert!(dr.contains(&(hop, 80, 6)));
         assert!(!dr.contains(&(hop, 81, 6)), "the NAT service is not DR");
+    }
+
+    fn fullnat_config(local: &[Addr]) -> Config {
+        use sluice_dataplane::service::BackendSpec;
+        let spec = ServiceSpec {
+            name: "default/web:80".into(),
+            vip: VipKey {
+                addr: Addr::from_v4([198, 18, 100, 10]),
+                port: 80,
+                proto: 6,
+            },
+            backends: vec![BackendSpec {
+                addr: Addr::from_v4([198, 18, 1, 11]),
+                port: 8080,
+                weight: 1,
+                ..Default::default()
+            }],
+            forward: ForwardMethod::FullNat,
+            local_addrs: local.to_vec(),
+            ..Default::default()
+        };
+        Config {
+            services: vec![spec],
+            dns: Vec::new(),
+            health_checks: Vec::new(),
+            objects: Default::default(),
+        }
+    }
+
+    /// A FULLNAT service's backends are steered (their replies come back)
+    /// and its local addresses join the SNAT set of rule (c).
+    #[test]
+    fn fullnat_backends_and_local_addresses_are_steered() {
+        // 127.0.0.1 is the host's own wherever the test runs.
+        let lo = Addr::from_v4([127, 0, 0, 1]);
+        let c = compile(
+            1,
+            &fullnat_config(&[lo]),
+            &[],
+            &MasqPolicy::default(),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        assert_eq!(
+            c.steer.backends,
+            vec![(Addr::from_v4([198, 18, 1, 11]), 8080, 6)]
+        );
+        assert!(c.steer.snat.contains(&lo), "{:?}", c.steer.snat);
+    }
+
+    /// A local address the host does not own is refused, named.
+    #[test]
+    fn a_local_address_the_host_does_not_own_is_refused() {
+        let foreign = Addr::from_v4([198, 19, 255, 254]);
+        let host: Vec<IpAddr> = vec!["198.18.1.5".parse().unwrap()];
+        let cfg = fullnat_config(&[Addr::from_v4([198, 18, 1, 5]), foreign]);
+        let e = local_addrs_owned(&cfg.services, &host).unwrap_err();
+        assert!(matches!(e, ConfigError::LocalAddrNotOwn { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("198.19.255.254") && msg.contains("default/web:80"),
+            "{msg}"
+        );
+        assert!(local_addrs_owned(
+            &fullnat_config(&[Addr::from_v4([198, 18, 1, 5])]).services,
+            &host
+        )
+        .is_ok());
+        // And through compile, against the real host (198.19.255.254 is
+        // nobody's here).
+        let r = compile(
+            1,
+            &cfg,
+            &[],
+            &MasqPolicy::default(),
+            Duration::from_millis(1),
+        );
+        assert!(matches!(r, Err(ConfigError::LocalAddrNotOwn { .. })));
     }
 
     #[test]

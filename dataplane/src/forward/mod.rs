@@ -10,9 +10,16 @@
 //! - [`dr`]: direct routing (IPVS `-g`): only the Ethernet addresses change;
 //!   the real server owns the VIP and answers the client directly.
 //!
-//! FULLNAT with TCP option carrying the client address, and IP-in-IP
-//! encapsulation (`ipip.rs`) are planned as sibling modules behind the same
-//! shape.
+//! - [`fullnat`]: FULLNAT (DPVS `--fullnat`): NAT of both addresses with
+//!   the client always translated to one of the service's local addresses
+//!   and a port of the worker's share.
+//!
+//! - [`ipip`]: IP-in-IP tunnelling (IPVS `-i`): the packet goes out
+//!   unchanged inside an outer IPv4/IPv6 header to the real server.
+//!
+//! DPVS's TOA (the client's address in a TCP option) is not done.
 
 pub mod dr;
+pub mod fullnat;
+pub mod ipip;
 pub mod nat;
