@@ -242,6 +242,11 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    fn plan_commit(store: &mut Store, view: &View, keys: &[Key]) -> Result<(), String> {
+        let b = plan(view, keys, store).batch;
+        commit(store, b)
+    }
+
     fn upsert(view: &mut View, (k, v): (Key, Value)) -> Vec<Key> {
         view.upsert(k, v)
     }
@@ -281,7 +286,7 @@ mod tests {
         let keys = upsert(&mut view, slice("web-1", "web", "198.18.1.11"));
         let mut all = view.with_slices(&svc("web", "").0);
         all.extend(keys);
-        commit(&mut store, plan(&view, &all, &store).batch).unwrap();
+        plan_commit(&mut store, &view, &all).unwrap();
         let keys = view.remove(&svc("web", "").0);
         let p = plan(&view, &keys, &store);
         assert_eq!(p.batch.writes.len(), 2, "{:?}", p.batch);
@@ -295,7 +300,7 @@ mod tests {
         let mut view = View::default();
         let mut keys = upsert(&mut view, svc("a", "198.18.100.10"));
         keys.extend(upsert(&mut view, svc("b", "198.18.100.11")));
-        commit(&mut store, plan(&view, &keys, &store).batch).unwrap();
+        plan_commit(&mut store, &view, &keys).unwrap();
         // The API wrote another Service.
         let mut b = Batch::default();
         b.push(Write::Upsert {
@@ -306,7 +311,7 @@ mod tests {
         commit(&mut store, b).unwrap();
         // While the watch was broken, b was deleted in the cluster.
         let keys = view.replace_kind(Kind::Service, vec![svc("a", "198.18.100.10")]);
-        commit(&mut store, plan(&view, &keys, &store).batch).unwrap();
+        plan_commit(&mut store, &view, &keys).unwrap();
         assert_eq!(
             names(&store),
             [
@@ -346,7 +351,7 @@ mod tests {
             must_exist: true,
         });
         commit(&mut store, b).unwrap();
-        commit(&mut store, plan(&view, &keys, &store).batch).unwrap();
+        plan_commit(&mut store, &view, &keys).unwrap();
         let s = store.get(&svc("web", "").0).unwrap();
         assert_eq!(&*s.owner, OWNER);
         assert_eq!(s.object["spec"]["clusterIP"], "198.18.100.20");
