@@ -20,7 +20,7 @@
 //! * the fake itself, checked with the real kubectl (`get`, `get -w`).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -64,7 +64,7 @@ fn fake(topo: &Topology) -> (FakeApiServer, PathBuf) {
     (fake, path)
 }
 
-fn start(topo: &Topology, kubeconfig: &PathBuf, extra: &[&str]) -> Sluice {
+fn start(topo: &Topology, kubeconfig: &Path, extra: &[&str]) -> Sluice {
     let kc = kubeconfig.to_string_lossy();
     let mut args = vec!["--workers", "1", "--kubeconfig", &kc];
     args.extend_from_slice(extra);
