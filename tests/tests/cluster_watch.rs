@@ -5,8 +5,8 @@
 //!
 //! * a Service and its EndpointSlice created in the cluster serve; a slice
 //!   modified (an endpoint not ready, another added) moves new connections;
-//!   the Service deleted → its VIP rejects (no Service, nothing steered to
-//!   the kernel's closed port... the client's connection fails);
+//!   the Service deleted → its VIP is no longer steered and every new
+//!   connection to it fails;
 //! * a 410 Gone mid-watch → relist, and an object deleted while the watch
 //!   could not see it is gone after the relist;
 //! * a dropped connection → a new watch from the last version (no relist),
