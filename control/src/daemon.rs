@@ -6,7 +6,8 @@
 //! worker per core. Then one current-thread tokio runtime runs the control
 //! plane: signals (SIGHUP re-applies the file, SIGINT/SIGTERM stop), the
 //! timers (flow ageing each second, next-hop retries, forgetting removed
-//! endpoints, counter logs) and the API server. Every change goes through
+//! endpoints, counter logs), the API server and, when asked, the cluster
+//! watch (`source::cluster`). Every change goes through
 //! the [`Reconciler`] (on the runtime's blocking pool, as it compiles and
 //! talks netlink); the packet path never touches the runtime.
 
@@ -87,6 +88,8 @@ pub struct RunArgs {
     pub affinity_capacity: usize,
     /// The API server's sockets and limits.
     pub api: ApiOpts,
+    /// The cluster to follow (`--kubeconfig`, `--cluster-watch`), if any.
+    pub cluster: Option<source::cluster::ClusterSource>,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -158,6 +161,9 @@ pub enum RunError {
     /// The API server could not start.
     #[error("API: {0}")]
     Api(ApiError),
+    /// The cluster watch could not start (kubeconfig, client).
+    #[error("{0}")]
+    Cluster(#[from] source::cluster::ClusterError),
     /// The store refused the first state.
     #[error("{0}")]
     Store(String),
@@ -280,6 +286,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         Signals::new().map_err(RunError::Signals)?
     };
     let listeners = rt.block_on(api::bind(&args.api)).map_err(RunError::Api)?;
+    let cluster = match &args.cluster {
+        Some(src) => Some(rt.block_on(source::cluster::client(src))?),
+        None => None,
+    };
 
     let mut steering = Vec::new();
     for l in &links {
@@ -339,9 +349,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         args.ifaces.join(",")
     );
 
+    let watch_stats = Arc::new(source::cluster::WatchStats::default());
+    let watch =
+        cluster.map(|c| rt.spawn(source::cluster::follow(c, rec.clone(), watch_stats.clone())));
     rt.block_on(control_loop(
         &args, &host, &rec, &shared, &counters, signals, listeners,
     ));
+    if let Some(w) = watch {
+        w.abort();
+    }
     rt.shutdown_timeout(Duration::from_secs(2));
 
     info!("stopping");
@@ -372,6 +388,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     println!("counter flows_live {}", shared.flows.len());
     for (k, v) in shared.flows.early_drops().named() {
+        println!("counter {k} {v}");
+    }
+    for (k, v) in watch_stats.named() {
         println!("counter {k} {v}");
     }
     if let Some(parts) = parts {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control::api::{ApiOpts, DEFAULT_MAX_BODY, DEFAULT_SOCKET};
 use sluice_control::cli::{self, CliError, Output};
 use sluice_control::daemon::{self as run, RunArgs, RunError};
+use sluice_control::source::cluster::ClusterSource;
 use sluice_dataplane::service::ForwardMethod;
 use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::AttachMode;
@@ -161,6 +162,16 @@ struct RunCmd {
     /// Largest API request body, in bytes (413 above).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     api_max_body: usize,
+    /// Follow the Services and EndpointSlices of the cluster this
+    /// kubeconfig file names (its current context).
+    #[arg(long, conflicts_with = "cluster_watch")]
+    kubeconfig: Option<PathBuf>,
+    /// Follow the cluster found as kubectl finds it: the in-cluster service
+    /// account when KUBERNETES_SERVICE_HOST is set, else $KUBECONFIG or
+    /// ~/.kube/config. Never implied: without this flag or --kubeconfig no
+    /// cluster is followed.
+    #[arg(long)]
+    cluster_watch: bool,
 }
 
 /// The API socket the CLI talks to.
@@ -343,6 +354,11 @@ fn main() -> ExitCode {
                     listen: r.api_listen,
                     token_file: r.api_token_file,
                     max_body: r.api_max_body,
+                },
+                cluster: match (r.kubeconfig, r.cluster_watch) {
+                    (Some(path), _) => Some(ClusterSource::Kubeconfig(path)),
+                    (None, true) => Some(ClusterSource::Infer),
+                    (None, false) => None,
                 },
             };
             match run::run(args) {

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod craft;
+pub mod fake_apiserver;
 pub mod k8s;
 mod netns;
 mod sluice;
