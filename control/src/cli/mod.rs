@@ -7,6 +7,7 @@
 //! `Status`.
 
 pub mod client;
+pub mod ipvsadm;
 pub mod table;
 
 use std::io::Read;
