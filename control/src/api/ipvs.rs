@@ -187,6 +187,7 @@ enum BatchWrite {
     /// Replace one that must still be at `resourceVersion`.
     Replace {
         object: Value,
+        #[serde(rename = "resourceVersion")]
         resource_version: String,
     },
     /// Delete one.
