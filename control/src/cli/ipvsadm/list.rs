@@ -5,7 +5,6 @@
 //! quirk, sorted by a top-down merge sort as glibc's `qsort` (`msort`) does,
 //! so even that inconsistent comparison orders the same way.
 
-use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -329,9 +328,4 @@ pub fn msort<T: Copy>(v: &mut [T], cmp: &dyn Fn(&T, &T) -> i32) {
     merged.extend_from_slice(&v[i..n1]);
     merged.extend_from_slice(&v[j..n]);
     v.copy_from_slice(&merged);
-}
-
-/// Orders like [`cmp_services`] for callers that want an [`Ordering`].
-pub fn ordering(r: i32) -> Ordering {
-    r.cmp(&0)
 }
