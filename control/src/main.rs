@@ -1,6 +1,6 @@
 //! `sluice`: the load balancer's command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -234,7 +234,51 @@ fn parse_scheduler(s: &str) -> Result<sluice_dataplane::service::SchedKind, Stri
     })
 }
 
+/// `ipvsadm ARGS` (the binary under that name, e.g. a symlink) or
+/// `sluice ipvsadm ARGS`: ipvsadm's own syntax, so it bypasses clap. The
+/// daemon is found through `--api-socket PATH` (anywhere in ARGS) or
+/// `SLUICE_SOCKET`.
+fn ipvsadm_args() -> Option<(String, Vec<String>)> {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let arg0 = argv.first().cloned().unwrap_or_default();
+    let base = Path::new(&arg0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if base == "ipvsadm" {
+        argv.remove(0);
+        Some((arg0, argv))
+    } else if argv.get(1).map(String::as_str) == Some("ipvsadm") {
+        Some(("ipvsadm".to_owned(), argv.split_off(2)))
+    } else {
+        None
+    }
+}
+
+fn run_ipvsadm(prog: &str, mut args: Vec<String>) -> ExitCode {
+    let mut socket = std::env::var_os("SLUICE_SOCKET")
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--api-socket" || a.starts_with("--api-socket="))
+    {
+        let a = args.remove(i);
+        match a.strip_prefix("--api-socket=") {
+            Some(v) => socket = PathBuf::from(v),
+            None if i < args.len() => socket = PathBuf::from(args.remove(i)),
+            None => {
+                eprintln!("--api-socket: missing argument");
+                return ExitCode::from(255);
+            }
+        }
+    }
+    ExitCode::from(cli::ipvsadm::main(prog, &args, &socket))
+}
+
 fn main() -> ExitCode {
+    if let Some((prog, args)) = ipvsadm_args() {
+        return run_ipvsadm(&prog, args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -23,8 +23,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-/// The kinds of object the store holds. More come with later sources
-/// (IPVS `VirtualService`).
+/// The kinds of object the store holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// `v1` Service.
@@ -35,15 +34,19 @@ pub enum Kind {
     EndpointSlice,
     /// `v1` Pod.
     Pod,
+    /// `sluice.dev/v1` VirtualService: an IPVS virtual service
+    /// (`config/virtual_service.rs`).
+    VirtualService,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Service,
         Kind::Endpoints,
         Kind::EndpointSlice,
         Kind::Pod,
+        Kind::VirtualService,
     ];
 
     /// The `kind` field.
@@ -53,6 +56,7 @@ impl Kind {
             Kind::Endpoints => "Endpoints",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
+            Kind::VirtualService => "VirtualService",
         }
     }
 
@@ -60,6 +64,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::VirtualService => "sluice.dev/v1",
             _ => "v1",
         }
     }
@@ -68,6 +73,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::VirtualService => "sluice.dev",
             _ => "",
         }
     }
@@ -79,6 +85,7 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::EndpointSlice => "endpointslices",
             Kind::Pod => "pods",
+            Kind::VirtualService => "virtualservices",
         }
     }
 
@@ -89,6 +96,7 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::EndpointSlice => "endpointslice",
             Kind::Pod => "pod",
+            Kind::VirtualService => "virtualservice",
         }
     }
 
@@ -99,6 +107,7 @@ impl Kind {
             Kind::Endpoints => &["ep"],
             Kind::EndpointSlice => &[],
             Kind::Pod => &["po"],
+            Kind::VirtualService => &["vs"],
         }
     }
 
@@ -164,7 +173,7 @@ impl Key {
             Some(Value::String(k)) => Kind::from_kind(k).ok_or_else(|| {
                 bad(
                     "kind",
-                    format!("unsupported kind {k:?} (Service, Endpoints, EndpointSlice or Pod)"),
+                    format!("unsupported kind {k:?} (Service, Endpoints, EndpointSlice, Pod or VirtualService)"),
                 )
             })?,
             _ => return Err(bad("kind", "required".into())),

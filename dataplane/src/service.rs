@@ -298,6 +298,10 @@ pub struct ServiceSpec {
     /// `sessionAffinity: ClientIP` idle timeout in seconds (None: no
     /// affinity).
     pub affinity_timeout: Option<u32>,
+    /// Persistence netmask as a prefix length (`ipvsadm -M`): clients whose
+    /// addresses agree in their first `affinity_prefix` bits share one
+    /// affinity entry. None: the whole address.
+    pub affinity_prefix: Option<u8>,
     /// Allowed client prefixes (`loadBalancerSourceRanges`); empty = all.
     pub source_ranges: Vec<crate::types::Cidr>,
     /// Behaviour without usable endpoints.

@@ -22,6 +22,9 @@ pub fn routes() -> Router<AppState> {
         .route("/apis", get(apis))
         .route("/apis/discovery.k8s.io", get(discovery_group))
         .route("/apis/discovery.k8s.io/v1", get(discovery_v1))
+        .route("/apis/sluice.dev", get(sluice_group))
+        .route("/apis/sluice.dev/v1", get(sluice_v1))
+        .route("/openapi/v3/apis/sluice.dev/v1", get(openapi_sluice))
         .route("/openapi/v3", get(openapi_root))
         .route("/openapi/v3/api/v1", get(openapi_core))
         .route(
@@ -40,6 +43,7 @@ async fn openapi_root() -> Json<Value> {
     Json(json!({"paths": {
         "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
         "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1"},
+        "apis/sluice.dev/v1": {"serverRelativeURL": "/openapi/v3/apis/sluice.dev/v1"},
     }}))
 }
 
@@ -73,6 +77,10 @@ async fn openapi_discovery() -> Json<Value> {
     openapi_doc("/apis/discovery.k8s.io/v1", &[Kind::EndpointSlice])
 }
 
+async fn openapi_sluice() -> Json<Value> {
+    openapi_doc("/apis/sluice.dev/v1", &[Kind::VirtualService])
+}
+
 async fn version() -> Json<Value> {
     Json(json!({
         "major": "1",
@@ -95,23 +103,36 @@ async fn api() -> Json<Value> {
     }))
 }
 
-fn group() -> Value {
+fn group(name: &str) -> Value {
     json!({
-        "name": "discovery.k8s.io",
-        "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
+        "name": name,
+        "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
+        "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"},
     })
 }
 
 async fn apis() -> Json<Value> {
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group()]}))
+    Json(
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            group("discovery.k8s.io"),
+            group("sluice.dev"),
+        ]}),
+    )
 }
 
-async fn discovery_group() -> Json<Value> {
-    let mut g = group();
+fn api_group(name: &str) -> Json<Value> {
+    let mut g = group(name);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Json(g)
+}
+
+async fn discovery_group() -> Json<Value> {
+    api_group("discovery.k8s.io")
+}
+
+async fn sluice_group() -> Json<Value> {
+    api_group("sluice.dev")
 }
 
 fn resource(k: Kind) -> Value {
@@ -140,4 +161,8 @@ async fn core_v1() -> Json<Value> {
 
 async fn discovery_v1() -> Json<Value> {
     resource_list("discovery.k8s.io/v1", &[Kind::EndpointSlice])
+}
+
+async fn sluice_v1() -> Json<Value> {
+    resource_list("sluice.dev/v1", &[Kind::VirtualService])
 }

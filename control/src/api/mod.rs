@@ -16,6 +16,7 @@
 //! objects ([`status`]).
 
 pub mod discovery;
+pub mod ipvs;
 pub mod objects;
 pub mod patch;
 pub mod status;
@@ -223,6 +224,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
     Router::new()
         .merge(discovery::routes())
         .merge(objects::routes())
+        .merge(ipvs::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
 }

@@ -1,6 +1,7 @@
 //! The object routes: get, list, create, replace, patch, delete and watch
 //! of Services, Endpoints, Pods (`/api/v1`) and EndpointSlices
-//! (`/apis/discovery.k8s.io/v1`), namespaced and cluster-wide.
+//! (`/apis/discovery.k8s.io/v1`) and VirtualServices (`/apis/sluice.dev/v1`),
+//! namespaced and cluster-wide.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,6 +34,18 @@ pub fn routes() -> Router<AppState> {
                 .put(replace_core)
                 .patch(patch_core)
                 .delete(delete_core),
+        )
+        .route("/apis/sluice.dev/v1/{resource}", get(list_all_sluice))
+        .route(
+            "/apis/sluice.dev/v1/namespaces/{ns}/{resource}",
+            get(list_sluice).post(create_sluice),
+        )
+        .route(
+            "/apis/sluice.dev/v1/namespaces/{ns}/{resource}/{name}",
+            get(get_sluice)
+                .put(replace_sluice)
+                .patch(patch_sluice)
+                .delete(delete_sluice),
         )
         .route("/apis/discovery.k8s.io/v1/{resource}", get(list_all_disc))
         .route(
@@ -185,6 +198,16 @@ group_handlers!(
     replace_core,
     patch_core,
     delete_core
+);
+group_handlers!(
+    "sluice.dev",
+    list_all_sluice,
+    list_sluice,
+    create_sluice,
+    get_sluice,
+    replace_sluice,
+    patch_sluice,
+    delete_sluice
 );
 group_handlers!(
     "discovery.k8s.io",

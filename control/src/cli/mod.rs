@@ -7,6 +7,7 @@
 //! `Status`.
 
 pub mod client;
+pub mod ipvsadm;
 pub mod table;
 
 use std::io::Read;
@@ -52,7 +53,7 @@ pub enum CliError {
         reason: String,
     },
     /// A kind name the CLI does not know.
-    #[error("unknown kind {0:?} (services/svc, endpoints/ep, endpointslices, pods/po)")]
+    #[error("unknown kind {0:?} (services/svc, endpoints/ep, endpointslices, pods/po, virtualservices/vs)")]
     Kind(String),
     /// The server refused a request (its `Status` message).
     #[error("{0}")]

@@ -79,6 +79,14 @@ pub fn rows(kind: Kind, items: &[Value], wide: bool, namespaces: bool) -> Vec<Ve
         Kind::EndpointSlice => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
         Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
         Kind::Pod => vec!["NAME", "IP", "NODE", "AGE"],
+        Kind::VirtualService => vec![
+            "NAME",
+            "PROTOCOL",
+            "ADDRESS",
+            "SCHEDULER",
+            "REAL-SERVERS",
+            "AGE",
+        ],
     };
     if wide && kind == Kind::Service {
         header.push("SELECTOR");
@@ -187,6 +195,7 @@ pub fn rows(kind: Kind, items: &[Value], wide: bool, namespaces: bool) -> Vec<Ve
                 r.push(none_if_empty(str_at(o, "/spec/nodeName").to_owned()));
                 r.push(age(o, now));
             }
+            Kind::VirtualService => virtual_service_row(o, &mut r, now),
         }
         if namespaces {
             r.insert(0, str_at(o, "/metadata/namespace").to_owned());
@@ -194,6 +203,31 @@ pub fn rows(kind: Kind, items: &[Value], wide: bool, namespaces: bool) -> Vec<Ve
         out.push(r);
     }
     out
+}
+
+/// PROTOCOL, ADDRESS (`addr:port` or `fwmark N`), SCHEDULER, REAL-SERVERS, AGE.
+fn virtual_service_row(o: &Value, r: &mut Vec<String>, now: SystemTime) {
+    let spec = o.get("spec").unwrap_or(&Value::Null);
+    let addr = match (spec.get("fwmark"), str_at(o, "/spec/address")) {
+        (Some(m), _) => format!("fwmark {m}"),
+        (None, a) if a.contains(':') => format!("[{a}]:{}", spec["port"]),
+        (None, a) => format!("{a}:{}", spec["port"]),
+    };
+    let proto = str_at(o, "/spec/protocol");
+    r.push(if proto.is_empty() { "TCP" } else { proto }.to_owned());
+    r.push(addr);
+    let sched = str_at(o, "/spec/scheduler");
+    r.push(if sched.is_empty() { "wlc" } else { sched }.to_owned());
+    let servers = spec
+        .get("realServers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|rs| rs.get("address")?.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    r.push(none_if_empty(servers));
+    r.push(age(o, now));
 }
 
 #[cfg(test)]

@@ -1248,7 +1248,7 @@ pub(super) const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 /// Its maximum (one day), as the API server validates.
 const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 
-fn parse_ip(raw: &str) -> Result<Addr, String> {
+pub(super) fn parse_ip(raw: &str) -> Result<Addr, String> {
     match raw.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => Err(format!(
             "IPv4-mapped IPv6 addresses are not supported, got {raw:?}; write the IPv4 address"
@@ -1298,7 +1298,7 @@ fn port_number(n: i64) -> Result<u16, String> {
 }
 
 /// RFC 1123 label: what Kubernetes requires of namespaces and port names.
-fn is_dns_label(s: &str) -> bool {
+pub(super) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -1309,7 +1309,7 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 bytes.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

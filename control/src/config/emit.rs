@@ -461,6 +461,7 @@ impl Loader<'_> {
                     kind,
                     masq,
                     affinity_timeout: svc.affinity,
+                    affinity_prefix: None,
                     source_ranges: if kind == VipKind::LoadBalancer {
                         svc.source_ranges
                             .iter()

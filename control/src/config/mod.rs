@@ -19,6 +19,9 @@
 //! * `Pod` (v1): a Service with a selector and neither Endpoints nor
 //!   EndpointSlices gets the endpoints the endpoints controller would write
 //!   from the matching Pods.
+//! * `VirtualService` (sluice.dev/v1): an IPVS virtual service with its real
+//!   servers (`virtual_service.rs`), compiled beside the Services; a front
+//!   end claimed by both is refused, naming both.
 //!
 //! Unknown fields (`metadata.uid`, `managedFields`, …) are ignored; wrong
 //! YAML types, out-of-range values, unsupported kinds, duplicates and
@@ -64,6 +67,7 @@ mod sched;
 mod semantics_tests;
 #[cfg(test)]
 mod tests;
+pub mod virtual_service;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -203,10 +207,89 @@ pub fn load_str_with(text: &str, origin: &str, ctx: &CompileCtx) -> Result<Confi
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let origin: Arc<str> = Arc::from(origin);
     let mut loader = compile::Loader::new(origin.clone(), ctx);
+    let mut virtuals = Vec::new();
     for doc in split_documents(text) {
-        load_document(&mut loader, &origin, &doc)?;
+        load_document(&mut loader, &mut virtuals, &origin, &doc)?;
     }
-    loader.finish()
+    with_virtuals(loader.finish()?, virtuals, &origin)
+}
+
+/// A checked `VirtualService` with the line its document starts on.
+struct Virtual {
+    def: virtual_service::VsDef,
+    line: usize,
+    prefix: String,
+}
+
+fn vs_error(
+    origin: &Arc<str>,
+    line: usize,
+    object: String,
+    prefix: &str,
+    e: virtual_service::FieldError,
+) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.clone(),
+        line,
+        kind: virtual_service::KIND.to_owned(),
+        object,
+        field: format!("{prefix}{}", e.field),
+        reason: e.reason,
+    }
+}
+
+/// Checks a `VirtualService` and keeps it for [`with_virtuals`].
+fn add_virtual(
+    out: &mut Vec<Virtual>,
+    origin: &Arc<str>,
+    vs: &virtual_service::VirtualService,
+    line: usize,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let def = virtual_service::check(vs)
+        .map_err(|e| vs_error(origin, line, virtual_service::object_name(vs), prefix, e))?;
+    out.push(Virtual {
+        def,
+        line,
+        prefix: prefix.to_owned(),
+    });
+    Ok(())
+}
+
+/// Adds the compiled `VirtualService`s to a config: each name once, and no
+/// front end claimed twice (by two of them, or by one and a Service: the
+/// table error names both).
+fn with_virtuals(
+    mut cfg: Config,
+    virtuals: Vec<Virtual>,
+    origin: &Arc<str>,
+) -> Result<Config, ConfigError> {
+    if virtuals.is_empty() {
+        return Ok(cfg);
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for v in &virtuals {
+        let object = format!("{}/{}", v.def.ns, v.def.name);
+        if let Some(first) = seen.insert(object.clone(), v.line) {
+            return Err(vs_error(
+                origin,
+                v.line,
+                object,
+                &v.prefix,
+                virtual_service::FieldError {
+                    field: "metadata.name".into(),
+                    reason: format!("duplicate VirtualService (first at line {first})"),
+                },
+            ));
+        }
+        let spec = v
+            .def
+            .compile()
+            .map_err(|e| vs_error(origin, v.line, object, &v.prefix, e))?;
+        cfg.services.push(spec);
+    }
+    sluice_dataplane::service::ServiceTable::build(0, cfg.services.clone())?;
+    Ok(cfg)
 }
 
 /// Compiles objects already parsed (the store's, as Kubernetes JSON) for a
@@ -229,8 +312,22 @@ pub fn load_objects<'a>(
     }
     let origin: Arc<str> = Arc::from(origin);
     let mut loader = compile::Loader::new(origin.clone(), ctx);
+    let mut virtuals = Vec::new();
     for obj in objects {
         let what = describe_json(obj);
+        if what.kind == virtual_service::KIND {
+            let vs: virtual_service::VirtualService = serde_path_to_error::deserialize(obj)
+                .map_err(|e| ConfigError::Invalid {
+                    origin: origin.clone(),
+                    line: 0,
+                    kind: what.kind.clone(),
+                    object: what.object.clone(),
+                    field: e.path().to_string(),
+                    reason: e.inner().to_string(),
+                })?;
+            add_virtual(&mut virtuals, &origin, &vs, 0, "")?;
+            continue;
+        }
         let object: k8s::Object =
             serde_path_to_error::deserialize(obj).map_err(|e| ConfigError::Invalid {
                 origin: origin.clone(),
@@ -242,7 +339,7 @@ pub fn load_objects<'a>(
             })?;
         loader.add(object, 0, "")?;
     }
-    loader.finish()
+    with_virtuals(loader.finish()?, virtuals, &origin)
 }
 
 fn describe_json(v: &serde_json::Value) -> Described {
@@ -381,11 +478,19 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
 }
 
 /// The kinds this loader understands.
-const KINDS: [&str; 5] = ["Service", "Endpoints", "EndpointSlice", "Pod", "List"];
+const KINDS: [&str; 6] = [
+    "Service",
+    "Endpoints",
+    "EndpointSlice",
+    "Pod",
+    virtual_service::KIND,
+    "List",
+];
 
 /// Parses and checks one document, handing its objects to the loader.
 fn load_document(
     loader: &mut compile::Loader<'_>,
+    virtuals: &mut Vec<Virtual>,
     origin: &Arc<str>,
     doc: &Document<'_>,
 ) -> Result<(), ConfigError> {
@@ -399,6 +504,11 @@ fn load_document(
     }
     let top = describe(&value);
     check_kind(origin, doc.line, &value, "", &top)?;
+    if top.kind == virtual_service::KIND {
+        let vs: virtual_service::VirtualService = serde_yaml::from_str(doc.text)
+            .map_err(|e| yaml_error(origin, doc, &e, &format!("{} {}: ", top.kind, top.object)))?;
+        return add_virtual(virtuals, origin, &vs, doc.line, "");
+    }
     let mut items = Vec::new();
     if top.kind == "List" {
         if let Some(Value::Sequence(seq)) = value.get("items") {
@@ -418,6 +528,9 @@ fn load_document(
                 }
                 items.push(what);
             }
+        }
+        if items.iter().any(|i| i.kind == virtual_service::KIND) {
+            return load_mixed_list(loader, virtuals, origin, doc, &value, &items);
         }
     }
 
@@ -442,6 +555,41 @@ fn load_document(
     } else {
         loader.add(object, doc.line, "")
     }
+}
+
+/// A `List` holding `VirtualService`s: each item is read on its own, from
+/// the parsed value (errors name the item and the document's line).
+fn load_mixed_list(
+    loader: &mut compile::Loader<'_>,
+    virtuals: &mut Vec<Virtual>,
+    origin: &Arc<str>,
+    doc: &Document<'_>,
+    value: &Value,
+    items: &[Described],
+) -> Result<(), ConfigError> {
+    let Some(Value::Sequence(seq)) = value.get("items") else {
+        return Ok(());
+    };
+    for (i, (item, what)) in seq.iter().zip(items).enumerate() {
+        let prefix = format!("items[{i}].");
+        let bad = |e: serde_yaml::Error| ConfigError::Invalid {
+            origin: origin.clone(),
+            line: doc.line,
+            kind: what.kind.clone(),
+            object: what.object.clone(),
+            field: prefix.trim_end_matches('.').to_owned(),
+            reason: e.to_string(),
+        };
+        if what.kind == virtual_service::KIND {
+            let vs: virtual_service::VirtualService =
+                serde_yaml::from_value(item.clone()).map_err(bad)?;
+            add_virtual(virtuals, origin, &vs, doc.line, &prefix)?;
+        } else {
+            let obj: k8s::Object = serde_yaml::from_value(item.clone()).map_err(bad)?;
+            loader.add(obj, doc.line, &prefix)?;
+        }
+    }
+    Ok(())
 }
 
 /// Kind and `namespace/name` of an untyped object, for error messages.
@@ -478,10 +626,10 @@ fn check_kind(
         Value::Mapping(_) => match v.get("kind") {
             Some(Value::String(k)) if KINDS.contains(&k.as_str()) => return Ok(()),
             Some(Value::String(k)) => format!(
-                "unsupported kind {k:?} (Sluice reads Service, Endpoints, EndpointSlice, Pod and List)"
+                "unsupported kind {k:?} (Sluice reads Service, Endpoints, EndpointSlice, Pod, VirtualService and List)"
             ),
             Some(Value::Null) | None => {
-                "required (Service, Endpoints, EndpointSlice, Pod or List)".to_owned()
+                "required (Service, Endpoints, EndpointSlice, Pod, VirtualService or List)".to_owned()
             }
             Some(_) => "must be a string".to_owned(),
         },

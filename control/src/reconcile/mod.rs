@@ -159,6 +159,12 @@ impl Publisher {
         }
     }
 
+    /// The snapshot the workers read now (for listings such as
+    /// `ipvsadm -L`: connection counts live in its service table).
+    pub fn snapshot(&self) -> Arc<sluice_dataplane::pipeline::Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
     /// The epoch in service.
     pub fn epoch(&self) -> u64 {
         self.epoch

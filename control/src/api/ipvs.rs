@@ -1,0 +1,288 @@
+//! The IPVS view of what the daemon serves, for `ipvsadm`:
+//!
+//! * `GET /apis/sluice.dev/v1/ipvs`: every virtual service of the published
+//!   table — from VirtualServices *and* from Kubernetes Services (each
+//!   front end of theirs, as kube-proxy's IPVS mode creates them) — with
+//!   scheduler, flags, persistence and real servers with their method,
+//!   weight, thresholds and ActiveConn/InActConn (read from the table's
+//!   connection counts; zero for services whose scheduler counts nothing
+//!   and that have no threshold, since the data path keeps no counts for
+//!   them).
+//! * `POST /apis/sluice.dev/v1/ipvs`: a batch of VirtualService writes
+//!   committed all together or not at all (one store batch, validated
+//!   whole), which is how `ipvsadm -R` restores atomically and how every
+//!   `ipvsadm` command writes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sluice_dataplane::service::{ForwardMethod, Service};
+use sluice_dataplane::types::proto;
+
+use super::status::{self, Status};
+use super::AppState;
+use crate::config::virtual_service::KIND;
+use crate::store::{Batch, Key, Kind, UpsertMode, Write};
+
+/// Where an IPVS service comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `VirtualService` or `Service`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One real server as `ipvsadm -L` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsDest {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// `Masq`, `Route`, `Tunnel`, `Local`.
+    pub method: String,
+    /// Weight.
+    pub weight: u32,
+    /// Upper threshold.
+    pub upper: u32,
+    /// Lower threshold.
+    pub lower: u32,
+    /// Established TCP connections.
+    pub active: u32,
+    /// Other connections.
+    pub inactive: u32,
+}
+
+/// One virtual service as `ipvsadm -L` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsService {
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Address.
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Firewall mark (0: none).
+    #[serde(default)]
+    pub fwmark: u32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Flags by name (`sh-port`, `flag-1`).
+    pub flags: Vec<String>,
+    /// Persistence timeout (s), if persistent.
+    pub persistent: Option<u32>,
+    /// Persistence prefix length (None: the whole address).
+    pub netmask: Option<u8>,
+    /// Real servers, in the table's order.
+    pub dests: Vec<IpvsDest>,
+    /// Its object.
+    pub origin: Origin,
+}
+
+/// The routes.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/apis/sluice.dev/v1/ipvs", get(view).post(batch))
+}
+
+/// The object a compiled service's name points to: `VirtualService ns/name`
+/// or a Service port's `ns/name:port`.
+fn origin(spec_name: &str) -> Origin {
+    let (kind, rest) = match spec_name
+        .strip_prefix(KIND)
+        .and_then(|r| r.strip_prefix(' '))
+    {
+        Some(r) => (KIND, r),
+        None => ("Service", spec_name.split(':').next().unwrap_or(spec_name)),
+    };
+    let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
+    Origin {
+        kind: kind.to_owned(),
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The IPVS view of one compiled service.
+pub fn service_view(s: &Service) -> IpvsService {
+    let spec = &s.spec;
+    let prefix = spec.sched.flag_prefix();
+    let mut flags = Vec::new();
+    let name = |p: Option<&str>, f: &str, n: &str| match p {
+        Some(p) => format!("{p}-{f}"),
+        None => format!("flag-{n}"),
+    };
+    if spec.sched_flags.fallback {
+        flags.push(name(prefix, "fallback", "1"));
+    }
+    if spec.sched_flags.port {
+        flags.push(name(prefix, "port", "2"));
+    }
+    let method = match spec.forward {
+        ForwardMethod::Nat => "Masq",
+        ForwardMethod::Dr => "Route",
+    };
+    IpvsService {
+        protocol: spec.vip.proto,
+        addr: spec.vip.addr.to_ip(),
+        port: spec.vip.port,
+        fwmark: 0,
+        scheduler: spec.sched.as_str().to_owned(),
+        flags,
+        persistent: spec.affinity_timeout,
+        netmask: spec.affinity_prefix,
+        dests: spec
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let (active, inactive) = s.conns.get(i);
+                IpvsDest {
+                    addr: b.addr.to_ip(),
+                    port: b.port,
+                    method: method.to_owned(),
+                    weight: u32::from(b.weight),
+                    upper: b.upper,
+                    lower: b.lower,
+                    active,
+                    inactive,
+                }
+            })
+            .collect(),
+        origin: origin(&spec.name),
+    }
+}
+
+async fn view(State(s): State<AppState>) -> Response {
+    let snap = {
+        let mut rec = s.rec.lock().unwrap_or_else(|p| p.into_inner());
+        rec.publisher().snapshot()
+    };
+    let services: Vec<IpvsService> = snap
+        .services
+        .services()
+        .filter(|s| matches!(s.spec.vip.proto, proto::TCP | proto::UDP | proto::SCTP))
+        .map(service_view)
+        .collect();
+    Json(json!({"kind": "IpvsList", "apiVersion": "sluice.dev/v1", "items": services}))
+        .into_response()
+}
+
+/// One write of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+enum BatchWrite {
+    /// Create a VirtualService that must not exist.
+    Create { object: Value },
+    /// Replace one that must still be at `resourceVersion`.
+    Replace {
+        object: Value,
+        #[serde(rename = "resourceVersion")]
+        resource_version: String,
+    },
+    /// Delete one.
+    Delete { namespace: String, name: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody {
+    writes: Vec<BatchWrite>,
+}
+
+fn to_write(w: BatchWrite, owner: &Arc<str>) -> Result<Write, Status> {
+    let is_vs = |o: &Value| o.get("kind").and_then(Value::as_str) == Some(KIND);
+    let not_vs = || Status::bad_request("a batch writes VirtualService objects only".into());
+    Ok(match w {
+        BatchWrite::Create { object } if is_vs(&object) => Write::Upsert {
+            object,
+            owner: owner.clone(),
+            mode: UpsertMode::Create,
+        },
+        BatchWrite::Replace {
+            object,
+            resource_version,
+        } if is_vs(&object) => {
+            let rv = resource_version.parse().map_err(|_| {
+                Status::bad_request(format!("{resource_version:?} is not a resource version"))
+            })?;
+            Write::Upsert {
+                object,
+                owner: owner.clone(),
+                mode: UpsertMode::Replace(Some(rv)),
+            }
+        }
+        BatchWrite::Delete { namespace, name } => Write::Delete {
+            key: Key::new(Kind::VirtualService, &namespace, &name),
+            must_exist: true,
+        },
+        _ => return Err(not_vs()),
+    })
+}
+
+async fn batch(State(s): State<AppState>, body: Bytes) -> Response {
+    let parsed: BatchBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return Status::bad_request(format!("not a batch: {e}")).into_response(),
+    };
+    let owner: Arc<str> = Arc::from("ipvsadm");
+    let mut b = Batch::default();
+    for w in parsed.writes {
+        match to_write(w, &owner) {
+            Ok(w) => {
+                b.push(w);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    let n = b.writes.len();
+    let rec = s.rec.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
+        r.apply(b).map(|a| a.commit.revision)
+    })
+    .await;
+    match done {
+        Ok(Ok(rev)) => (
+            StatusCode::OK,
+            Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
+                "message": format!("{n} write(s) committed"), "metadata": {"resourceVersion": rev.to_string()}})),
+        )
+            .into_response(),
+        Ok(Err(e)) => status::from_store(e, None).into_response(),
+        Err(e) => Status::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let o = origin("VirtualService ipvs/tcp-198-18-0-1-80");
+        assert_eq!(
+            (o.kind.as_str(), o.namespace.as_str(), o.name.as_str()),
+            ("VirtualService", "ipvs", "tcp-198-18-0-1-80")
+        );
+        let o = origin("default/web:http");
+        assert_eq!(
+            (o.kind.as_str(), o.namespace.as_str(), o.name.as_str()),
+            ("Service", "default", "web")
+        );
+    }
+}
