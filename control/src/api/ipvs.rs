@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_dataplane::service::{ForwardMethod, Service};
+use sluice_dataplane::service::Service;
 use sluice_dataplane::types::proto;
 
 use super::status::{self, Status};
@@ -128,10 +128,7 @@ pub fn service_view(s: &Service) -> IpvsService {
     if spec.sched_flags.port {
         flags.push(name(prefix, "port", "2"));
     }
-    let method = match spec.forward {
-        ForwardMethod::Nat => "Masq",
-        ForwardMethod::Dr => "Route",
-    };
+    let method = spec.forward.ipvs_name();
     IpvsService {
         protocol: spec.vip.proto,
         addr: spec.vip.addr.to_ip(),

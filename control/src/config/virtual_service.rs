@@ -184,9 +184,9 @@ pub enum Method {
     Masq,
     /// Direct routing (`-g`, shown `Route`).
     Route,
-    /// IPIP (`-i`, shown `Tunnel`): parsed, not served yet.
+    /// IPIP (`-i`, shown `Tunnel`): [`ForwardMethod::Tunnel`].
     Tunnel,
-    /// FULLNAT (DPVS's `FullNat`): parsed, not served yet.
+    /// FULLNAT (DPVS's `FullNat`): [`ForwardMethod::FullNat`].
     FullNat,
 }
 
@@ -633,15 +633,6 @@ impl VsDef {
         let mut methods = self.real_servers.iter().map(|r| r.method);
         let method = methods.next().unwrap_or(Method::Masq);
         for (i, rs) in self.real_servers.iter().enumerate() {
-            if matches!(rs.method, Method::Tunnel | Method::FullNat) {
-                return Err(ferr(
-                    format!("spec.realServers[{i}].method"),
-                    format!(
-                        "forwarding method {} is not supported yet",
-                        rs.method.as_str()
-                    ),
-                ));
-            }
             if rs.method != method {
                 return Err(ferr(
                     format!("spec.realServers[{i}].method"),
@@ -654,8 +645,10 @@ impl VsDef {
             }
         }
         let forward = match method {
+            Method::Masq => ForwardMethod::Nat,
             Method::Route => ForwardMethod::Dr,
-            _ => ForwardMethod::Nat,
+            Method::Tunnel => ForwardMethod::Tunnel,
+            Method::FullNat => ForwardMethod::FullNat,
         };
         Ok(ServiceSpec {
             name: self.spec_name(),
@@ -686,6 +679,9 @@ impl VsDef {
             source_ranges: Vec::new(),
             when_empty: WhenEmpty::Reject,
             forward,
+            // FULLNAT sources: the run-wide --snat-address set (per-service
+            // local addresses, DPVS's --add-laddr, are not in the object yet).
+            local_addrs: Vec::new(),
         })
     }
 }
@@ -770,10 +766,19 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_and_fullnat_compile_to_their_methods() {
+        for (m, want) in [("tunnel", ForwardMethod::Tunnel), ("fullnat", ForwardMethod::FullNat)] {
+            let spec = format!(
+                "{{address: 198.18.0.1, port: 80, realServers: [{{address: 198.18.1.1, method: {m}}}]}}"
+            );
+            let s = def(&spec).expect(&spec).compile().expect(&spec);
+            assert_eq!(s.forward, want, "{spec}");
+        }
+    }
+
+    #[test]
     fn unsupported_yet_is_refused_at_compile() {
         let cases = [
-            ("{address: 198.18.0.1, port: 80, realServers: [{address: 198.18.1.1, method: tunnel}]}", "forwarding method tunnel is not supported yet"),
-            ("{address: 198.18.0.1, port: 80, realServers: [{address: 198.18.1.1, method: fullnat}]}", "forwarding method fullnat is not supported yet"),
             ("{address: 198.18.0.1, port: 80, realServers: [{address: 198.18.1.1, method: masq}, {address: 198.18.1.2, method: route}]}", "different methods"),
             ("{fwmark: 7, persistence: {}}", "firewall-mark services are not supported yet"),
             ("{address: 198.18.0.1, port: 0, persistence: {}}", "port 0"),

@@ -302,6 +302,9 @@ const LONG: &[(&str, Code, Arg)] = &[
     ("masquerading", Code::Char('m'), Arg::None),
     ("ipip", Code::Char('i'), Arg::None),
     ("gatewaying", Code::Char('g'), Arg::None),
+    // DPVS's FULLNAT real servers (long option only: DPVS's -b would
+    // clash with ipvsadm's --sched-flags).
+    ("fullnat", Code::FullNat, Arg::None),
     ("weight", Code::Char('w'), Arg::Required),
     ("u-threshold", Code::Char('x'), Arg::Required),
     ("l-threshold", Code::Char('y'), Arg::Required),
@@ -348,6 +351,7 @@ enum Code {
     Sctp,
     Pe,
     Sort,
+    FullNat,
     Flag(usize),
 }
 
@@ -665,6 +669,10 @@ fn option(p: &mut Parsed, o: Occ, flags_arg: &mut Option<String>) -> Result<(), 
             *flags_arg = Some(v);
         }
         Code::Sort => {}
+        Code::FullNat => {
+            set(p, opt::FORWARD)?;
+            p.dest.method = Method::FullNat;
+        }
         Code::Flag(f) => {
             set(p, f)?;
             flag_value(f, &v)?;

@@ -128,6 +128,7 @@ fn method_switch(m: &str) -> &'static str {
     match m {
         "Masq" => "-m",
         "Tunnel" => "-i",
+        "FullNat" => "--fullnat",
         _ => "-g",
     }
 }
