@@ -221,7 +221,12 @@ fn lookup(addr: Addr, links: &[Link], probe: bool) -> Entry {
 /// The data path's hop from the kernel's route and neighbour: the route's
 /// interface (one that sluice serves), the MAC, and the route's preferred
 /// source (or the interface's first address of the family).
-fn to_hop(ip: IpAddr, route: &netlink::Route, mac: [u8; 6], links: &[Link]) -> Result<NextHop, String> {
+fn to_hop(
+    ip: IpAddr,
+    route: &netlink::Route,
+    mac: [u8; 6],
+    links: &[Link],
+) -> Result<NextHop, String> {
     let Some(port) = links.iter().position(|l| l.index == route.ifindex) else {
         return Err(format!(
             "the kernel routes it via interface index {} which sluice does not serve",
@@ -340,7 +345,8 @@ impl Watch {
         for g in [RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
             sock.add_membership(g).map_err(err("subscribe"))?;
         }
-        sock.set_non_blocking(true).map_err(err("set non-blocking"))?;
+        sock.set_non_blocking(true)
+            .map_err(err("set non-blocking"))?;
         // SAFETY: `sock` owns its descriptor (netlink_sys::Socket closes it
         // on drop only), moves into the AsyncFd and is never closed or
         // replaced while the AsyncFd holds it, so `as_raw_fd` names the
@@ -374,7 +380,9 @@ impl Watch {
             let mut guard = match fd.readable().await {
                 Ok(g) => g,
                 Err(e) => {
-                    warn!("neighbour events: the socket failed ({e}); next hops follow compiles only");
+                    warn!(
+                        "neighbour events: the socket failed ({e}); next hops follow compiles only"
+                    );
                     return;
                 }
             };
@@ -433,12 +441,17 @@ mod tests {
     #[test]
     fn neighbour_and_route_events_are_gathered() {
         let mut n = NeighbourMessage::default();
-        n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            Ipv4Addr::new(198, 18, 1, 11),
-        )));
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                Ipv4Addr::new(198, 18, 1, 11),
+            )));
         let mut c = Changes::default();
-        c.add_datagram(&datagram(vec![RouteNetlinkMessage::NewNeighbour(n.clone())]));
-        assert!(c.neighbours.contains(&IpAddr::V4(Ipv4Addr::new(198, 18, 1, 11))));
+        c.add_datagram(&datagram(vec![RouteNetlinkMessage::NewNeighbour(
+            n.clone(),
+        )]));
+        assert!(c
+            .neighbours
+            .contains(&IpAddr::V4(Ipv4Addr::new(198, 18, 1, 11))));
         assert!(!c.routes);
         c.add_datagram(&datagram(vec![
             RouteNetlinkMessage::DelNeighbour(n),
@@ -456,9 +469,10 @@ mod tests {
         let mut c = Changes::default();
         for i in 0..=MAX_PENDING as u32 {
             let mut n = NeighbourMessage::default();
-            n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                Ipv4Addr::from(0xc612_0000 + i),
-            )));
+            n.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    Ipv4Addr::from(0xc612_0000 + i),
+                )));
             c.add(&RouteNetlinkMessage::NewNeighbour(n));
         }
         assert!(c.routes && c.neighbours.is_empty());

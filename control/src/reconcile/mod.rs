@@ -234,19 +234,32 @@ impl Publisher {
                 flushed: 0,
             });
         }
+        // Unchanged sets leave the maps alone (most endpoint changes).
+        let steer_changed = c.steer != self.current_steer;
         let union = union_sets(&self.current_steer, &c.steer);
-        apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
+        if steer_changed {
+            apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
+        }
         let live = live_backends(&c.snapshot);
         let live_dr = live_dr_hops(&c.snapshot);
+        // Flows need flushing only when an endpoint left.
+        let left = {
+            let old = self.shared.snapshot.load();
+            !live_backends(&old).is_subset(&live) || !live_dr_hops(&old).is_subset(&live_dr)
+        };
         self.shared.publish(c.snapshot);
         self.epoch = epoch;
-        match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
-            Ok(()) => self.current_steer = c.steer,
-            Err(e) => {
-                // The union (a superset) stays; nothing is lost but the
-                // pruning of old entries, retried at the next change.
-                warn!("steering maps keep the old entries too: {e}");
-                self.current_steer = union;
+        if !steer_changed {
+            self.current_steer = c.steer;
+        } else {
+            match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
+                Ok(()) => self.current_steer = c.steer,
+                Err(e) => {
+                    // The union (a superset) stays; nothing is lost but the
+                    // pruning of old entries, retried at the next change.
+                    warn!("steering maps keep the old entries too: {e}");
+                    self.current_steer = union;
+                }
             }
         }
         self.unresolved = c.unresolved;
@@ -268,15 +281,21 @@ impl Publisher {
                 flushed: 0,
             });
         };
-        let flushed = self.shared.flows.remove_where(|e| {
-            e.reply.proto != proto::TCP
-                && if is_dr_flow(e) {
-                    // Named by next hop, not address (keep_removed).
-                    !live_dr.contains(&(e.orig_hop, e.original.dport, e.original.proto))
-                } else {
-                    !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
-                }
-        });
+        let flushed = if !left {
+            0
+        } else {
+            let snap = self.shared.snapshot.load();
+            self.shared.flows.remove_where(|e| {
+                e.reply.proto != proto::TCP
+                    && if is_dr_flow(e) {
+                        // Named by next hop, not address (keep_removed).
+                        let hop = snap.current_hop(e.orig_hop);
+                        !live_dr.contains(&(hop, e.original.dport, e.original.proto))
+                    } else {
+                        !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
+                    }
+            })
+        };
         if let Some((d, domain)) = &self.dns {
             match DnsZone::new(domain, &cfg.dns) {
                 Ok(z) => d.update(z),
@@ -480,12 +499,7 @@ impl Publisher {
 /// Records that flows pinned to `old` go to `new` from now on: earlier
 /// moves that ended at `old` now end at `new` too, and `new` itself is
 /// nobody's old hop any more (it is current again).
-fn note_moved(
-    moved: &mut HashMap<L2Hop, (L2Hop, Instant)>,
-    old: L2Hop,
-    new: L2Hop,
-    now: Instant,
-) {
+fn note_moved(moved: &mut HashMap<L2Hop, (L2Hop, Instant)>, old: L2Hop, new: L2Hop, now: Instant) {
     if old == new {
         return;
     }
