@@ -441,6 +441,7 @@ mod tests {
     #[test]
     fn neighbour_and_route_events_are_gathered() {
         let mut n = NeighbourMessage::default();
+        n.header.family = netlink_packet_route::AddressFamily::Inet;
         n.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 Ipv4Addr::new(198, 18, 1, 11),
