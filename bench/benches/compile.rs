@@ -19,6 +19,8 @@ use sluice_dataplane::service::ServiceTable;
 /// A Service and its EndpointSlice (3 endpoints) for service number `i`.
 fn objects(i: u32) -> [Value; 2] {
     let name = format!("svc{i}");
+    // 198.(18|19).x.y: the 198.18.0.0/15 range, one VIP per service.
+    let vip = format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
     let ep = |k: u32| {
         let n = i * 3 + k;
         format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
