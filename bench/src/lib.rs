@@ -97,6 +97,7 @@ fn snapshot_of(vips: impl Iterator<Item = ([u8; 4], u16)>, masq: MasqPolicy) -> 
             .collect(),
         masq,
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

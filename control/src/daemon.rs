@@ -38,6 +38,7 @@ use crate::config::{self, CompileCtx, ConfigError};
 use crate::dns::{DnsError, DnsServer, DnsZone};
 use crate::health::HealthServer;
 use crate::netlink::{self, Link, NetlinkError};
+use crate::nexthop;
 use crate::reconcile::compile::apply_steer;
 use crate::reconcile::{self, compile_config, Host, Publisher, Reconciler};
 use crate::source;
@@ -231,6 +232,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             seed: RandomState::new().hash_one(0u64),
         },
         links: links.clone(),
+        hops: Default::default(),
     };
     // The first state: the file's objects, compiled before anything is
     // attached.
@@ -564,6 +566,7 @@ async fn control_loop(
     for i in [&mut expire, &mut retry, &mut prune, &mut stats] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    let (hops, hops_task) = follow_next_hops(rec).await;
     loop {
         tokio::select! {
             _ = signals.hup.recv() => match &args.config {
@@ -589,12 +592,51 @@ async fn control_loop(
                 with_reconciler(rec, |r| r.publisher().retry_unresolved()).await;
             }
             _ = prune.tick() => {
-                with_reconciler(rec, |r| r.publisher().prune_removed()).await;
+                with_reconciler(rec, |r| {
+                    r.publisher().prune_removed();
+                    r.publisher().prune_moved();
+                })
+                .await;
+            }
+            changes = async { hops.as_ref().map(|w| w.next()).expect("guarded").await }, if hops.is_some() => {
+                with_reconciler(rec, move |r| {
+                    r.publisher().follow_kernel(&changes);
+                })
+                .await;
             }
             _ = stats.tick(), if args.stats_interval > 0 => log_stats(counters, shared),
         }
     }
     api.abort();
+    if let Some(t) = hops_task {
+        t.abort();
+    }
+}
+
+/// Subscribes to the kernel's neighbour and route events
+/// ([`nexthop::Watch`]) and catches up with what moved since the first
+/// compile; without the subscription, next hops follow compiles and the
+/// retry timer only.
+async fn follow_next_hops(
+    rec: &SharedReconciler,
+) -> (Option<nexthop::Watch>, Option<tokio::task::JoinHandle<()>>) {
+    match nexthop::Watch::open() {
+        Ok((w, task)) => {
+            let all = nexthop::Changes {
+                routes: true,
+                ..Default::default()
+            };
+            with_reconciler(rec, move |r| {
+                r.publisher().follow_kernel(&all);
+            })
+            .await;
+            (Some(w), Some(task))
+        }
+        Err(e) => {
+            warn!("neighbour events: {e}; next hops are re-read at compiles and retries only");
+            (None, None)
+        }
+    }
 }
 
 /// Applies the file's objects (SIGHUP); a bad file changes nothing.

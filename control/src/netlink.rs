@@ -380,7 +380,7 @@ pub fn resolve(dst: IpAddr, timeout: Duration) -> Result<NextHop, NetlinkError> 
 
 /// Sends one empty UDP datagram to `dst`:9 so that the kernel resolves the
 /// next hop's MAC (ARP / neighbour solicitation) as for any packet.
-fn probe(dst: IpAddr, ifindex: u32) -> io::Result<()> {
+pub(crate) fn probe(dst: IpAddr, ifindex: u32) -> io::Result<()> {
     let (bind, to): (SocketAddr, SocketAddr) = match dst {
         IpAddr::V4(a) => ((Ipv4Addr::UNSPECIFIED, 0).into(), (a, 9).into()),
         IpAddr::V6(a) => {

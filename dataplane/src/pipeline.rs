@@ -132,6 +132,25 @@ pub struct Snapshot {
     /// must still hold the removed backend's next hop (the control plane
     /// carries it over).
     pub removed: HashSet<(Addr, u16, u8)>,
+    /// Next hops that moved while flows were pinned to them: old hop (as a
+    /// flow record holds it) → the hop that replaced it, as when a pod
+    /// restarts on the same address with a new MAC. Flow records keep the
+    /// hop of their first packet; this map makes established flows follow
+    /// the kernel's neighbour table. Usually empty (one length check per
+    /// packet towards a backend); the control plane forgets an entry once
+    /// the flows that could hold its old hop have timed out.
+    pub moved: HashMap<L2Hop, L2Hop>,
+}
+
+impl Snapshot {
+    /// The hop a flow pinned to `hop` uses now ([`Snapshot::moved`]).
+    #[inline]
+    pub fn current_hop(&self, hop: L2Hop) -> L2Hop {
+        if self.moved.is_empty() {
+            return hop;
+        }
+        self.moved.get(&hop).copied().unwrap_or(hop)
+    }
 }
 
 /// Why a frame was dropped; indexes the drop counters.
@@ -673,7 +692,7 @@ pub fn dr_flow_endpoint_removed(snap: &Snapshot, e: &FlowEntry, proto: u8) -> bo
             && snap
                 .nexthops
                 .get(&addr)
-                .is_some_and(|nh| nh.hop == e.orig_hop)
+                .is_some_and(|nh| nh.hop == snap.current_hop(e.orig_hop))
     })
 }
 
@@ -692,7 +711,7 @@ fn forward(
     dir: Direction,
 ) -> Verdict {
     let hop = match dir {
-        Direction::Original => e.orig_hop,
+        Direction::Original => snap.current_hop(e.orig_hop),
         Direction::Reply => e.reply_hop,
     };
     if is_dr_flow(e) {
@@ -819,7 +838,7 @@ fn follow_icmp_error(
         // for the MACs (`ip_vs_in_icmp` through the DR transmitter).
         let hop = match hit.dir {
             Direction::Reply => hit.entry.reply_hop,
-            Direction::Original => hit.entry.orig_hop,
+            Direction::Original => ctx.snap.current_hop(hit.entry.orig_hop),
         };
         return emit_dr(ctx.snap, frame, p, hop);
     }
@@ -827,7 +846,7 @@ fn follow_icmp_error(
         // About a packet we sent towards the backend: goes to the client.
         Direction::Reply => (hit.entry.original, hit.entry.reply_hop),
         // About a packet we sent towards the client: goes to the backend.
-        Direction::Original => (hit.entry.reply, hit.entry.orig_hop),
+        Direction::Original => (hit.entry.reply, ctx.snap.current_hop(hit.entry.orig_hop)),
     };
     let Some(port) = ctx.snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);

@@ -71,6 +71,7 @@ fn dr_snapshot(masq: MasqPolicy, n: u8) -> Snapshot {
         nexthops,
         masq,
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

@@ -79,6 +79,7 @@ fn snapshot() -> Snapshot {
         nexthops,
         masq: MasqPolicy::default(),
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

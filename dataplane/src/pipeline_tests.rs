@@ -80,6 +80,7 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
         nexthops,
         masq,
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

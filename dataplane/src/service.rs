@@ -8,6 +8,7 @@
 //! inside it.
 
 use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -447,9 +448,19 @@ fn check_local_addrs(spec: &ServiceSpec) -> Result<(), TableError> {
 }
 
 /// An immutable, versioned set of services, indexed by front end.
+///
+/// The services and their index sit behind one [`Arc`], so that a new
+/// epoch that changes only what lies beside the table (next hops, removed
+/// endpoints) shares it whole ([`ServiceTable::with_version`]), keeping the
+/// schedulers' cursors and connection counts.
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     version: u64,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     services: Vec<Service>,
     by_vip: HashMap<VipKey, u32>,
 }
@@ -541,9 +552,17 @@ impl ServiceTable {
         }
         Ok(ServiceTable {
             version,
-            services,
-            by_vip,
+            inner: Arc::new(Inner { services, by_vip }),
         })
+    }
+
+    /// The same services under another version: shares every service (and
+    /// its scheduler state) with `self`; O(1).
+    pub fn with_version(&self, version: u64) -> ServiceTable {
+        ServiceTable {
+            version,
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// The version this table was built as (increases with every reload).
@@ -554,19 +573,19 @@ impl ServiceTable {
     /// The service behind a front end, with its index.
     #[inline]
     pub fn lookup(&self, vip: &VipKey) -> Option<(u32, &Service)> {
-        let idx = *self.by_vip.get(vip)?;
-        Some((idx, &self.services[idx as usize]))
+        let idx = *self.inner.by_vip.get(vip)?;
+        Some((idx, &self.inner.services[idx as usize]))
     }
 
     /// A service by index.
     #[inline]
     pub fn get(&self, idx: u32) -> Option<&Service> {
-        self.services.get(idx as usize)
+        self.inner.services.get(idx as usize)
     }
 
     /// All services.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.iter()
+        self.inner.services.iter()
     }
 
     /// Recounts the connections of every service that counts them from
@@ -578,12 +597,12 @@ impl ServiceTable {
 
     /// Number of services.
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.inner.services.len()
     }
 
     /// Whether there is no service.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.inner.services.is_empty()
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -22,6 +21,7 @@ use tracing::warn;
 
 use crate::config::{Config, ConfigError};
 use crate::netlink::{self, Link};
+use crate::nexthop::NextHopCache;
 
 /// Sets of addresses the steering program must send to the sockets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,8 +74,9 @@ impl Compiled {
     }
 }
 
-/// Compiles `cfg` into a snapshot: service table, next hops from the kernel
-/// (route + neighbour), SNAT sources and the steering sets.
+/// Compiles `cfg` into a snapshot: service table, next hops (from `hops`,
+/// which resolves only backends it has not seen), SNAT sources and the
+/// steering sets.
 ///
 /// # Errors
 /// A [`ConfigError`] when the table cannot be built (duplicate front ends).
@@ -84,12 +85,11 @@ pub fn compile(
     cfg: &Config,
     links: &[Link],
     masq: &MasqPolicy,
+    hops: &mut NextHopCache,
     resolve_timeout: Duration,
 ) -> Result<Compiled, ConfigError> {
     check_local_addrs_owned(&cfg.services)?;
     let services = ServiceTable::build(version, cfg.services.clone()).map_err(ConfigError::from)?;
-    let mut nexthops = HashMap::new();
-    let mut unresolved = Vec::new();
     let mut steer = SteerSets::default();
     let mut snat = BTreeSet::new();
     let mut backends = BTreeSet::new();
@@ -113,18 +113,13 @@ pub fn compile(
         // steering program takes them there, on the SNAT ports only.
         snat.extend(s.spec.local_addrs.iter().copied());
     }
-    for addr in addrs {
-        match resolve_backend(addr, links, resolve_timeout) {
-            Ok(nh) => {
-                if nat_addrs.contains(&addr) {
-                    snat.insert(nh.snat);
-                }
-                nexthops.insert(addr, nh);
-            }
-            Err(e) => {
-                warn!("backend {addr}: next hop not resolved yet ({e}); new flows to it are dropped until it is");
-                unresolved.push(addr);
-            }
+    let (nexthops, unresolved) = hops.resolve_all(&addrs, links, resolve_timeout);
+    for addr in &unresolved {
+        warn!("backend {addr}: next hop not resolved yet; new flows to it are dropped until it is");
+    }
+    for (addr, nh) in &nexthops {
+        if nat_addrs.contains(addr) {
+            snat.insert(nh.snat);
         }
     }
     steer.backends = backends.into_iter().collect();
@@ -144,6 +139,7 @@ pub fn compile(
         nexthops,
         masq: masq.clone(),
         removed: Default::default(),
+        moved: Default::default(),
     };
     Ok(Compiled {
         snapshot,
@@ -175,48 +171,6 @@ fn local_addrs_owned(specs: &[ServiceSpec], host: &[IpAddr]) -> Result<(), Confi
     }
     Ok(())
 }
-
-/// Where `addr` is reached: the route's interface (which must be one that
-/// sluice serves), the next hop's MAC and the route's preferred source.
-pub(crate) fn resolve_backend(
-    addr: Addr,
-    links: &[Link],
-    timeout: Duration,
-) -> Result<NextHop, String> {
-    let ip = addr.to_ip();
-    let nh = netlink::resolve(ip, timeout).map_err(|e| e.to_string())?;
-    let Some(port) = links.iter().position(|l| l.index == nh.ifindex) else {
-        return Err(format!(
-            "the kernel routes it via interface index {} which sluice does not serve",
-            nh.ifindex
-        ));
-    };
-    let src = match nh.src {
-        Some(s) => s,
-        None => first_address(links[port].index, ip.is_ipv4()).ok_or_else(|| {
-            format!(
-                "{} has no address of {ip}'s family to masquerade with",
-                links[port].name
-            )
-        })?,
-    };
-    Ok(NextHop {
-        hop: L2Hop {
-            port: port as u8,
-            mac: nh.mac,
-        },
-        snat: Addr::from(src),
-    })
-}
-
-pub(crate) fn first_address(ifindex: u32, v4: bool) -> Option<IpAddr> {
-    netlink::addresses(ifindex)
-        .ok()?
-        .into_iter()
-        .map(|(a, _)| a)
-        .find(|a| a.is_ipv4() == v4)
-}
-
 pub(crate) fn apply_steer(
     steering: &mut [Steering],
     sets: &SteerSets,

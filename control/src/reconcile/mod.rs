@@ -9,8 +9,15 @@
 //! before anything is published, and the store is left as it was
 //! ([`Store::commit`] validates the whole batch).
 //!
-//! The timers (next-hop retries, forgetting removed endpoints) republish
-//! through the same [`Publisher::swap`].
+//! Next hops come from one cache per daemon ([`crate::nexthop`]): a
+//! compile resolves only backends it has not seen, and the kernel's
+//! neighbour and route events move the others ([`Publisher::follow_kernel`]),
+//! which republishes the same service table (shared, not rebuilt) with the
+//! new hops and the old → new map that established flows follow
+//! ([`Snapshot::moved`](sluice_dataplane::pipeline::Snapshot::moved)).
+//!
+//! The timers (next-hop retries, forgetting removed endpoints) and the
+//! kernel's events republish through the same [`Publisher::swap`].
 
 pub mod compile;
 
@@ -21,9 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
-use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy};
+use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy, Snapshot};
 use sluice_dataplane::steer::{SteerError, Steering};
-use sluice_dataplane::types::{proto, Addr};
+use sluice_dataplane::types::{proto, Addr, L2Hop};
 use sluice_dataplane::worker::{Counters, Shared};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
@@ -32,6 +39,7 @@ use crate::config::{self, CompileCtx, Config, ConfigError};
 use crate::dns::{DnsServer, DnsZone};
 use crate::health::HealthServer;
 use crate::netlink::Link;
+use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Store, StoreError, Stored};
 use compile::{
     apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Compiled, SteerSets,
@@ -53,6 +61,8 @@ pub struct Host {
     pub masq: MasqPolicy,
     /// Node name, addresses and node-port range.
     pub ctx: CompileCtx,
+    /// Backend next hops, kept current by the kernel's events.
+    pub hops: SharedCache,
 }
 
 /// Why a change could not be published. Nothing was published.
@@ -82,7 +92,8 @@ pub fn compile_config(
 /// # Errors
 /// As [`compile::compile`].
 pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError> {
-    compile::compile(1, cfg, &host.links, &host.masq, RESOLVE_TIMEOUT)
+    let mut hops = host.hops.lock().unwrap_or_else(|p| p.into_inner());
+    compile::compile(1, cfg, &host.links, &host.masq, &mut hops, RESOLVE_TIMEOUT)
 }
 
 /// What a publish did.
@@ -111,6 +122,9 @@ pub struct Publisher {
     /// When each removed endpoint left; forgotten once its flows must be gone.
     removed_since: HashMap<(Addr, u16, u8), Instant>,
     removed_ttl: Duration,
+    /// Hops that moved (old → new, and when), for [`Snapshot::moved`];
+    /// forgotten after `removed_ttl`, when no flow can hold the old one.
+    moved: HashMap<L2Hop, (L2Hop, Instant)>,
     dns: Option<(DnsServer, String)>,
     health: HealthServer,
 }
@@ -154,6 +168,7 @@ impl Publisher {
             applied,
             removed_since: HashMap::new(),
             removed_ttl,
+            moved: HashMap::new(),
             dns,
             health,
         }
@@ -179,13 +194,18 @@ impl Publisher {
         forget: &HashSet<(Addr, u16, u8)>,
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
-        let mut c = compile::compile(
-            self.epoch + 1,
-            cfg,
-            &self.host.links,
-            &self.host.masq,
-            timeout,
-        )?;
+        let mut c = {
+            let mut hops = self.host.hops.lock().unwrap_or_else(|p| p.into_inner());
+            compile::compile(
+                self.epoch + 1,
+                cfg,
+                &self.host.links,
+                &self.host.masq,
+                &mut hops,
+                timeout,
+            )?
+        };
+        c.snapshot.moved = self.moved_hops();
         let live = live_backends(&c.snapshot);
         let old = self.shared.snapshot.load();
         let removed: hashbrown::HashSet<_> = live_backends(&old)
@@ -199,27 +219,53 @@ impl Publisher {
 
     /// The one publish: steer the union, swap the snapshot in, steer the
     /// new sets, flush UDP/SCTP flows of removed endpoints, update DNS and
-    /// health checks.
+    /// health checks. `cfg` is `None` when only next hops changed (the
+    /// same services and endpoints): then there is nothing to flush and no
+    /// DNS or health change.
     ///
     /// # Errors
     /// [`SteerError`] when the union could not be steered; then nothing was
     /// published.
-    fn swap(&mut self, c: Compiled, cfg: Config) -> Result<Published, SteerError> {
-        let union = union_sets(&self.current_steer, &c.steer);
-        apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
-        let live = live_backends(&c.snapshot);
-        let live_dr = live_dr_hops(&c.snapshot);
+    fn swap(&mut self, c: Compiled, cfg: Option<Config>) -> Result<Published, SteerError> {
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
+        if cfg.is_none() && c.steer == self.current_steer {
+            // Only next hops changed: the steering maps stay as they are.
+            self.shared.publish(c.snapshot);
+            self.epoch = epoch;
+            self.unresolved = c.unresolved;
+            return Ok(Published {
+                epoch,
+                services,
+                flushed: 0,
+            });
+        }
+        // Unchanged sets leave the maps alone (most endpoint changes).
+        let steer_changed = c.steer != self.current_steer;
+        let union = union_sets(&self.current_steer, &c.steer);
+        if steer_changed {
+            apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
+        }
+        let live = live_backends(&c.snapshot);
+        let live_dr = live_dr_hops(&c.snapshot);
+        // Flows need flushing only when an endpoint left.
+        let left = {
+            let old = self.shared.snapshot.load();
+            !live_backends(&old).is_subset(&live) || !live_dr_hops(&old).is_subset(&live_dr)
+        };
         self.shared.publish(c.snapshot);
         self.epoch = epoch;
-        match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
-            Ok(()) => self.current_steer = c.steer,
-            Err(e) => {
-                // The union (a superset) stays; nothing is lost but the
-                // pruning of old entries, retried at the next change.
-                warn!("steering maps keep the old entries too: {e}");
-                self.current_steer = union;
+        if !steer_changed {
+            self.current_steer = c.steer;
+        } else {
+            match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
+                Ok(()) => self.current_steer = c.steer,
+                Err(e) => {
+                    // The union (a superset) stays; nothing is lost but the
+                    // pruning of old entries, retried at the next change.
+                    warn!("steering maps keep the old entries too: {e}");
+                    self.current_steer = union;
+                }
             }
         }
         self.unresolved = c.unresolved;
@@ -234,15 +280,28 @@ impl Publisher {
         // conntrack cleanup), so the client's next datagram is scheduled
         // anew. TCP ones stay until their next segment, which resets the
         // client.
-        let flushed = self.shared.flows.remove_where(|e| {
-            e.reply.proto != proto::TCP
-                && if is_dr_flow(e) {
-                    // Named by next hop, not address (keep_removed).
-                    !live_dr.contains(&(e.orig_hop, e.original.dport, e.original.proto))
-                } else {
-                    !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
-                }
-        });
+        let Some(cfg) = cfg else {
+            return Ok(Published {
+                epoch,
+                services,
+                flushed: 0,
+            });
+        };
+        let flushed = if !left {
+            0
+        } else {
+            let snap = self.shared.snapshot.load();
+            self.shared.flows.remove_where(|e| {
+                e.reply.proto != proto::TCP
+                    && if is_dr_flow(e) {
+                        // Named by next hop, not address (keep_removed).
+                        let hop = snap.current_hop(e.orig_hop);
+                        !live_dr.contains(&(hop, e.original.dport, e.original.proto))
+                    } else {
+                        !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
+                    }
+            })
+        };
         if let Some((d, domain)) = &self.dns {
             match DnsZone::new(domain, &cfg.dns) {
                 Ok(z) => d.update(z),
@@ -266,7 +325,7 @@ impl Publisher {
     /// [`ApplyError`]; nothing was published.
     pub fn publish(&mut self, cfg: Config) -> Result<Published, ApplyError> {
         let c = self.prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)?;
-        Ok(self.swap(c, cfg)?)
+        Ok(self.swap(c, Some(cfg))?)
     }
 
     /// Waits until every worker has loaded `epoch` (or a later one); false
@@ -298,10 +357,78 @@ impl Publisher {
         };
         if c.unresolved.len() < self.unresolved.len() {
             let more = self.unresolved.len() - c.unresolved.len();
-            if self.swap(c, self.applied.clone()).is_ok() {
+            if self.swap(c, None).is_ok() {
                 info!("next hops resolved for {more} more backend(s)");
             }
         }
+    }
+
+    /// Follows the kernel: re-reads the backends that `changes` concern
+    /// and, when a hop moved or resolved, republishes the table in service
+    /// (shared, same services) with the new hops. Established flows
+    /// pinned to an old hop follow it through [`Snapshot::moved`].
+    pub fn follow_kernel(&mut self, changes: &Changes) -> Option<Published> {
+        let moved = {
+            let mut hops = self.host.hops.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = hops.refresh(changes, &self.host.links);
+            for m in &moved {
+                if let Some(old) = m.old {
+                    if !hops.hop_in_use(old.hop, &m.addr) {
+                        note_moved(&mut self.moved, old.hop, m.new.hop, Instant::now());
+                    }
+                }
+            }
+            moved
+        };
+        if moved.is_empty() {
+            return None;
+        }
+        let old = self.shared.snapshot.load();
+        let mut nexthops = old.nexthops.clone();
+        let mut steer = self.current_steer.clone();
+        for m in &moved {
+            info!(
+                "backend {}: next hop now {:02x?} on port {} (was {:?})",
+                m.addr,
+                m.new.hop.mac,
+                m.new.hop.port,
+                m.old.map(|o| o.hop.mac)
+            );
+            nexthops.insert(m.addr, m.new);
+            if !steer.snat.contains(&m.new.snat) {
+                steer.snat.push(m.new.snat);
+            }
+        }
+        let c = Compiled {
+            snapshot: Snapshot {
+                services: old.services.with_version(self.epoch + 1),
+                ports: old.ports.clone(),
+                nexthops,
+                masq: old.masq.clone(),
+                removed: old.removed.clone(),
+                moved: self.moved_hops(),
+            },
+            steer,
+            unresolved: self
+                .unresolved
+                .iter()
+                .filter(|a| !moved.iter().any(|m| m.addr == **a))
+                .copied()
+                .collect(),
+        };
+        drop(old);
+        match self.swap(c, None) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("next hops not republished: {e}");
+                None
+            }
+        }
+    }
+
+    /// The moved hops as the snapshot carries them.
+    fn moved_hops(&self) -> HashMap<L2Hop, L2Hop> {
+        self.moved.iter().map(|(k, (v, _))| (*k, *v)).collect()
     }
 
     /// Forgets the removed endpoints whose flows must have timed out.
@@ -316,12 +443,42 @@ impl Publisher {
         let Ok(c) = self.prepare(&self.applied, &gone, RETRY_RESOLVE_TIMEOUT) else {
             return;
         };
-        if self.swap(c, self.applied.clone()).is_ok() {
+        if self.swap(c, Some(self.applied.clone())).is_ok() {
             info!(
                 "forgot {} endpoint(s) removed more than {:?} ago",
                 gone.len(),
                 self.removed_ttl
             );
+        }
+    }
+
+    /// Forgets the moved hops that no flow can hold any more; republishes
+    /// if one was.
+    pub fn prune_moved(&mut self) {
+        let now = Instant::now();
+        let ttl = self.removed_ttl;
+        let before = self.moved.len();
+        self.moved
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) <= ttl);
+        if self.moved.len() == before {
+            return;
+        }
+        let old = self.shared.snapshot.load();
+        let c = Compiled {
+            snapshot: Snapshot {
+                services: old.services.with_version(self.epoch + 1),
+                ports: old.ports.clone(),
+                nexthops: old.nexthops.clone(),
+                masq: old.masq.clone(),
+                removed: old.removed.clone(),
+                moved: self.moved_hops(),
+            },
+            steer: self.current_steer.clone(),
+            unresolved: self.unresolved.clone(),
+        };
+        drop(old);
+        if let Err(e) = self.swap(c, None) {
+            warn!("moved next hops not pruned: {e}");
         }
     }
 
@@ -343,6 +500,23 @@ impl Publisher {
             health: self.health,
         }
     }
+}
+
+/// Records that flows pinned to `old` go to `new` from now on: earlier
+/// moves that ended at `old` now end at `new` too, and `new` itself is
+/// nobody's old hop any more (it is current again).
+fn note_moved(moved: &mut HashMap<L2Hop, (L2Hop, Instant)>, old: L2Hop, new: L2Hop, now: Instant) {
+    if old == new {
+        return;
+    }
+    for (to, since) in moved.values_mut() {
+        if *to == old {
+            *to = new;
+            *since = now;
+        }
+    }
+    moved.remove(&new);
+    moved.insert(old, (new, now));
 }
 
 /// What a committed write did.
