@@ -761,7 +761,10 @@ fn tunnel_ends(snap: &Snapshot, e: &FlowEntry) -> TunnelEnds {
         .get(e.backend as usize)
         .and_then(|b| Some((b.addr, snap.nexthops.get(&b.addr)?)))
     {
-        Some((dst, nh)) if nh.hop == e.orig_hop => TunnelEnds::To { dst, src: nh.snat },
+        // The flow's hop as the kernel's neighbour events have moved it.
+        Some((dst, nh)) if nh.hop == snap.current_hop(e.orig_hop) => {
+            TunnelEnds::To { dst, src: nh.snat }
+        }
         _ => TunnelEnds::Lost,
     }
 }
