@@ -11,6 +11,7 @@ pub mod dns;
 pub mod health;
 pub mod model;
 pub mod netlink;
+pub mod persist;
 pub mod reconcile;
 pub mod snat;
 pub mod source;
