@@ -40,7 +40,7 @@ use crate::netlink::{self, Link, NetlinkError};
 use crate::reconcile::compile::apply_steer;
 use crate::reconcile::{self, compile_config, Host, Publisher, Reconciler};
 use crate::source;
-use crate::store::{Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// The reconciler as the control tasks share it.
 pub type SharedReconciler = Arc<Mutex<Reconciler>>;
@@ -87,6 +87,9 @@ pub struct RunArgs {
     pub affinity_capacity: usize,
     /// The API server's sockets and limits.
     pub api: ApiOpts,
+    /// Where the applied object set is kept across restarts
+    /// ([`crate::persist`]).
+    pub state_dir: PathBuf,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -226,27 +229,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         },
         links: links.clone(),
     };
-    // The first state: the file's objects, compiled before anything is
-    // attached.
-    let mut store = Store::default();
-    let objects = match &args.config {
-        Some(path) => source::file::read(path, &host.ctx)?,
-        None => Vec::new(),
-    };
-    let first = store
-        .commit(
-            source::file::batch(objects, &store),
-            SystemTime::now(),
-            |objs| {
-                let cfg = compile_config(objs, &host.ctx)?;
-                let c = reconcile::compile_first(&cfg, &host)?;
-                Ok::<_, ConfigError>((cfg, c))
-            },
-        )
-        .map_err(|e| match e {
-            StoreError::Invalid(e) => RunError::Config(e),
-            other => RunError::Store(other.to_string()),
-        })?;
+    // The first state: the saved state with the file's objects applied on
+    // top, compiled before anything is attached ([`first_state`]).
+    let (store, first) = first_state(&args, &host)?;
     let (cfg, compiled) = first.output;
     info!(
         "node {}: addresses {}",
@@ -281,15 +266,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let listeners = rt.block_on(api::bind(&args.api)).map_err(RunError::Api)?;
 
+    // Attach last: the programs are loaded, the sockets registered, the
+    // sets filled and the workers running before any program steers a
+    // frame (`attach_all` below).
     let mut steering = Vec::new();
     for l in &links {
-        let s = Steering::attach(&l.name, args.xdp_mode)?;
-        info!(
-            "steering program attached to {} ({:?} mode)",
-            l.name,
-            s.mode()
-        );
-        steering.push(s);
+        steering.push(Steering::load(&l.name, args.xdp_mode)?);
     }
     apply_steer(&mut steering, &compiled.steer, &host.masq.ports)?;
     let ports = open_ports(&links, workers, &mut steering)?;
@@ -321,6 +303,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .map(|_| Arc::new(Counters::default()))
         .collect();
     let handles = start_workers(ports, &shared, &counters, &cores, args.busy_poll)?;
+    wait_workers_running(&counters);
+    attach_all(&mut steering)?;
+    let persister =
+        crate::persist::Persister::spawn(args.state_dir.clone()).map_err(RunError::Runtime)?;
+    persister.submit(crate::persist::Pending::of(&store));
     let publisher = Publisher::new(
         host.clone(),
         steering,
@@ -331,7 +318,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         dns,
         health,
     );
-    let rec: SharedReconciler = Arc::new(Mutex::new(Reconciler::new(store, publisher)));
+    let mut rec = Reconciler::new(store, publisher);
+    rec.set_persister(persister.clone());
+    let rec: SharedReconciler = Arc::new(Mutex::new(rec));
     info!(
         "sluice ready: {} virtual services, {} workers on {}",
         shared.snapshot.load().services.len(),
@@ -345,6 +334,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     rt.shutdown_timeout(Duration::from_secs(2));
 
     info!("stopping");
+    persister.flush();
     shared.stop.store(true, Ordering::Relaxed);
     let mut workers_back = Vec::new();
     for h in handles {
@@ -393,6 +383,102 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     api::remove_socket(&args.api);
     info!("sluice stopped");
+    Ok(())
+}
+
+/// The store and first commit `sluice run` starts from.
+///
+/// Precedence: the state saved by the previous run ([`crate::persist`])
+/// is restored whole (every object with its owner), then the `--config`
+/// file is applied on top as on a SIGHUP: its objects replace saved ones of
+/// the same key, and objects the file wrote before but no longer holds are
+/// deleted; objects written through the API stay. A saved state that, with
+/// the file, does not compile is moved aside (`state.json.rejected-TIME`)
+/// and the file alone is used; a corrupt one was already
+/// ([`crate::persist::restore`]).
+fn first_state(
+    args: &RunArgs,
+    host: &Host,
+) -> Result<
+    (
+        Store,
+        Commit<(config::Config, reconcile::compile::Compiled)>,
+    ),
+    RunError,
+> {
+    let objects = match &args.config {
+        Some(path) => source::file::read(path, &host.ctx)?,
+        None => Vec::new(),
+    };
+    let restored = match crate::persist::restore(&args.state_dir) {
+        crate::persist::Restore::Restored(s) => Some(s),
+        _ => None,
+    };
+    if let Some(mut store) = restored {
+        match commit_first(&mut store, objects.clone(), host) {
+            Ok(c) => return Ok((store, c)),
+            Err(RunError::Config(e)) => {
+                let path = crate::persist::state_path(&args.state_dir);
+                let kept = crate::persist::set_aside(&path, "rejected")
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|e| format!("(not moved: {e})"));
+                error!("the saved state does not compile with the config: {e}; kept as {kept}; starting from the config file alone");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut store = Store::default();
+    let c = commit_first(&mut store, objects, host)?;
+    Ok((store, c))
+}
+
+fn commit_first(
+    store: &mut Store,
+    objects: Vec<serde_json::Value>,
+    host: &Host,
+) -> Result<Commit<(config::Config, reconcile::compile::Compiled)>, RunError> {
+    let batch = source::file::batch(objects, store);
+    store
+        .commit(batch, SystemTime::now(), |objs| {
+            let cfg = compile_config(objs, &host.ctx)?;
+            let c = reconcile::compile_first(&cfg, host)?;
+            Ok::<_, ConfigError>((cfg, c))
+        })
+        .map_err(|e| match e {
+            StoreError::Invalid(e) => RunError::Config(e),
+            other => RunError::Store(other.to_string()),
+        })
+}
+
+/// How long the start waits for every worker to enter its loop.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every worker has loaded the first table (it stores the
+/// table's version as it enters its loop, before its first burst).
+fn wait_workers_running(counters: &[Arc<Counters>]) {
+    let start = std::time::Instant::now();
+    while !counters
+        .iter()
+        .all(|c| c.table_version.load(Ordering::Acquire) >= 1)
+    {
+        if start.elapsed() > WORKER_START_TIMEOUT {
+            warn!("not every worker started within {WORKER_START_TIMEOUT:?}; attaching anyway");
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Attaches every interface's steering program: the last step of the start.
+fn attach_all(steering: &mut [Steering]) -> Result<(), RunError> {
+    for s in steering {
+        s.attach_link()?;
+        info!(
+            "steering program attached to {} ({:?} mode)",
+            s.ifname(),
+            s.mode()
+        );
+    }
     Ok(())
 }
 

@@ -161,6 +161,10 @@ struct RunCmd {
     /// Largest API request body, in bytes (413 above).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     api_max_body: usize,
+    /// Directory of the saved object set (state.json), restored at start
+    /// before the data path attaches.
+    #[arg(long, default_value = sluice_control::persist::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 /// The API socket the CLI talks to.
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
                     token_file: r.api_token_file,
                     max_body: r.api_max_body,
                 },
+                state_dir: r.state_dir,
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

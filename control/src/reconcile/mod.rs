@@ -353,6 +353,8 @@ pub struct Reconciler {
     store: Store,
     publisher: Publisher,
     events: broadcast::Sender<Event>,
+    /// Saves every committed state (`--state-dir`), off this thread.
+    persister: Option<crate::persist::Persister>,
 }
 
 impl Reconciler {
@@ -363,7 +365,14 @@ impl Reconciler {
             store,
             publisher,
             events,
+            persister: None,
         }
+    }
+
+    /// Hands every committed state to `p` from now on ([`crate::persist`]:
+    /// the write is batched and never delays the answer).
+    pub fn set_persister(&mut self, p: crate::persist::Persister) {
+        self.persister = Some(p);
     }
 
     /// The desired state.
@@ -399,6 +408,9 @@ impl Reconciler {
                 "epoch {}: not every worker loaded the table within {SEEN_TIMEOUT:?}",
                 commit.output.epoch
             );
+        }
+        if let (Some(p), false) = (&self.persister, commit.events.is_empty()) {
+            p.submit(crate::persist::Pending::of(&self.store));
         }
         for e in &commit.events {
             // No receiver is no error.
