@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// Where the applied object set is kept across restarts
     /// ([`crate::persist`]).
     pub state_dir: PathBuf,
+    /// Prometheus `/metrics` address.
+    pub metrics_bind: SocketAddr,
+    /// `/healthz` address.
+    pub healthz_bind: SocketAddr,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -161,6 +165,9 @@ pub enum RunError {
     /// The API server could not start.
     #[error("API: {0}")]
     Api(ApiError),
+    /// The metrics or healthz address could not be bound.
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::BindError),
     /// The store refused the first state.
     #[error("{0}")]
     Store(String),
@@ -265,6 +272,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         Signals::new().map_err(RunError::Signals)?
     };
     let listeners = rt.block_on(api::bind(&args.api)).map_err(RunError::Api)?;
+    let metrics_listeners =
+        rt.block_on(crate::metrics::bind(args.metrics_bind, args.healthz_bind))?;
+    sluice_dataplane::traffic::set_slots(workers);
 
     // Attach last: the programs are loaded, the sockets registered, the
     // sets filled and the workers running before any program steers a
@@ -318,8 +328,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         dns,
         health,
     );
+    let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    let mut publisher = publisher;
+    publisher.set_stats(stats.clone());
+    let sync = crate::metrics::Sync::default();
     let mut rec = Reconciler::new(store, publisher);
     rec.set_persister(persister.clone());
+    rec.set_sync(sync.clone());
+    let sources = crate::metrics::Sources { stats, sync };
+    let metrics_task = rt.spawn(crate::metrics::serve(metrics_listeners, sources));
     let rec: SharedReconciler = Arc::new(Mutex::new(rec));
     info!(
         "sluice ready: {} virtual services, {} workers on {}",
@@ -331,6 +348,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     rt.block_on(control_loop(
         &args, &host, &rec, &shared, &counters, signals, listeners,
     ));
+    metrics_task.abort();
     rt.shutdown_timeout(Duration::from_secs(2));
 
     info!("stopping");
@@ -567,6 +585,7 @@ fn start_workers(
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
+                sluice_dataplane::traffic::bind_worker(w);
                 let mut worker = Worker::new(port, opts);
                 worker.run(&shared, &c);
                 worker

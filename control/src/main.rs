@@ -165,6 +165,14 @@ struct RunCmd {
     /// before the data path attaches.
     #[arg(long, default_value = sluice_control::persist::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (kube-proxy's
+    /// flag and default).
+    #[arg(long, default_value = sluice_control::metrics::DEFAULT_METRICS_ADDR)]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Serve the health check at http://ADDR:PORT/healthz (kube-proxy's
+    /// flag and default).
+    #[arg(long, default_value = sluice_control::metrics::DEFAULT_HEALTHZ_ADDR)]
+    healthz_bind_address: std::net::SocketAddr,
 }
 
 /// The API socket the CLI talks to.
@@ -340,6 +348,8 @@ fn main() -> ExitCode {
                     max_body: r.api_max_body,
                 },
                 state_dir: r.state_dir,
+                metrics_bind: r.metrics_bind_address,
+                healthz_bind: r.healthz_bind_address,
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

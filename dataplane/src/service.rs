@@ -302,6 +302,8 @@ pub struct Service {
     /// Connection counts per backend, for the schedulers that read them
     /// and for thresholds ([`crate::sched::conns`]).
     pub conns: crate::sched::conns::ConnCounts,
+    /// New flows, packets and bytes per backend ([`crate::traffic`]).
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// Error building a table.
@@ -432,6 +434,7 @@ impl ServiceTable {
                 .collect();
             let sched_state = crate::sched::State::build(&spec);
             let conns = crate::sched::conns::ConnCounts::for_spec(&spec);
+            let traffic = crate::traffic::Traffic::new(spec.backends.len());
             services.push(Service {
                 spec,
                 rr: AtomicU32::new(0),
@@ -439,6 +442,7 @@ impl ServiceTable {
                 backend_hashes,
                 sched_state,
                 conns,
+                traffic,
             });
         }
         Ok(ServiceTable {

@@ -113,6 +113,8 @@ pub struct Publisher {
     removed_ttl: Duration,
     dns: Option<(DnsServer, String)>,
     health: HealthServer,
+    /// Traffic totals across swaps; every publish goes through it.
+    stats: Option<crate::stats::Stats>,
 }
 
 /// The parts a publisher hands back at shutdown.
@@ -156,7 +158,19 @@ impl Publisher {
             removed_ttl,
             dns,
             health,
+            stats: None,
         }
+    }
+
+    /// Publishes through `s` from now on, so that traffic totals survive
+    /// table swaps ([`crate::stats`]).
+    pub fn set_stats(&mut self, s: crate::stats::Stats) {
+        self.stats = Some(s);
+    }
+
+    /// The traffic totals, once [`Publisher::set_stats`] was called.
+    pub fn stats(&self) -> Option<&crate::stats::Stats> {
+        self.stats.as_ref()
     }
 
     /// The epoch in service.
@@ -205,7 +219,10 @@ impl Publisher {
         let live_dr = live_dr_hops(&c.snapshot);
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
-        self.shared.publish(c.snapshot);
+        match &self.stats {
+            Some(s) => s.swap(c.snapshot),
+            None => self.shared.publish(c.snapshot),
+        }
         self.epoch = epoch;
         match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
             Ok(()) => self.current_steer = c.steer,
@@ -355,6 +372,8 @@ pub struct Reconciler {
     events: broadcast::Sender<Event>,
     /// Saves every committed state (`--state-dir`), off this thread.
     persister: Option<crate::persist::Persister>,
+    /// Apply-to-visible latencies (`sluice_sync_duration_seconds`).
+    sync: Option<crate::metrics::Sync>,
 }
 
 impl Reconciler {
@@ -366,7 +385,13 @@ impl Reconciler {
             publisher,
             events,
             persister: None,
+            sync: None,
         }
+    }
+
+    /// Records each write's apply-to-visible latency in `s`.
+    pub fn set_sync(&mut self, s: crate::metrics::Sync) {
+        self.sync = Some(s);
     }
 
     /// Hands every committed state to `p` from now on ([`crate::persist`]:
@@ -396,6 +421,7 @@ impl Reconciler {
     /// # Errors
     /// A [`StoreError`]; the store and the data path are unchanged.
     pub fn apply(&mut self, batch: Batch) -> Result<Applied, StoreError<ApplyError>> {
+        let arrived = Instant::now();
         let ctx = self.publisher.host.ctx.clone();
         let publisher = &mut self.publisher;
         let commit = self.store.commit(batch, SystemTime::now(), |objects| {
@@ -408,6 +434,9 @@ impl Reconciler {
                 "epoch {}: not every worker loaded the table within {SEEN_TIMEOUT:?}",
                 commit.output.epoch
             );
+        }
+        if let (Some(s), true) = (&self.sync, seen) {
+            s.observe(arrived.elapsed());
         }
         if let (Some(p), false) = (&self.persister, commit.events.is_empty()) {
             p.submit(crate::persist::Pending::of(&self.store));
