@@ -66,6 +66,15 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Per-service and per-backend traffic (new flows, packets, bytes,
+    /// active flows) of the running sluice.
+    Stats {
+        /// Output format (table, or json).
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -251,6 +260,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Stats { output, socket } => cli_exit(cli::stats::stats(&socket.api_socket, output)),
         Cmd::Apply { files, socket } => cli_exit(cli::apply(&socket.api_socket, &files)),
         Cmd::Get {
             kind,

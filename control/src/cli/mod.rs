@@ -7,6 +7,7 @@
 //! `Status`.
 
 pub mod client;
+pub mod stats;
 pub mod table;
 
 use std::io::Read;
