@@ -96,7 +96,10 @@ mod tests {
                 "inPackets": 10, "outPackets": 8, "inBytes": 700, "outBytes": 900, "activeFlows": 1}]}]});
         let r = rows(&v);
         assert_eq!(r.len(), 3);
-        assert_eq!(r[1][..5], ["default/web:http", "TCP/198.18.100.10:80", "-", "-", "3"]);
+        assert_eq!(
+            r[1][..5],
+            ["default/web:http", "TCP/198.18.100.10:80", "-", "-", "3"]
+        );
         assert_eq!(r[2][2], "198.18.1.11:8080");
         assert_eq!(r[2][9], "1");
     }
