@@ -222,6 +222,26 @@ fn metrics_parse_and_count_every_connection() {
     assert_eq!(svc["conns"], N as u64);
     assert_eq!(svc["inPackets"].as_u64(), Some(pkts_in as u64));
     assert_eq!(j["workers"].as_array().map(Vec::len), Some(1));
+    // And `sluice stats` prints them as a table.
+    let bin = sluice_tests::sluice_bin();
+    let sock = sluice.api_socket().to_string_lossy().into_owned();
+    let out = topo.exec(
+        Role::Lb,
+        &[&bin.to_string_lossy(), "stats", "--api-socket", &sock],
+        Duration::from_secs(10),
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let head = out.stdout.lines().next().unwrap_or("");
+    assert!(
+        head.starts_with("SERVICE") && head.contains("CONNS"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("TCP/198.18.100.10:80") && out.stdout.contains("198.18.1.12:8080"),
+        "{}",
+        out.stdout
+    );
     let _ = sluice.stop();
 }
 
