@@ -42,7 +42,7 @@ use crate::nexthop;
 use crate::reconcile::compile::apply_steer;
 use crate::reconcile::{self, compile_config, Host, Publisher, Reconciler};
 use crate::source;
-use crate::store::{Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// The reconciler as the control tasks share it.
 pub type SharedReconciler = Arc<Mutex<Reconciler>>;
@@ -91,6 +91,13 @@ pub struct RunArgs {
     pub api: ApiOpts,
     /// The cluster to follow (`--kubeconfig`, `--cluster-watch`), if any.
     pub cluster: Option<source::cluster::ClusterSource>,
+    /// Where the applied object set is kept across restarts
+    /// ([`crate::persist`]).
+    pub state_dir: PathBuf,
+    /// Prometheus `/metrics` address.
+    pub metrics_bind: SocketAddr,
+    /// `/healthz` address.
+    pub healthz_bind: SocketAddr,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -165,6 +172,9 @@ pub enum RunError {
     /// The cluster watch could not start (kubeconfig, client).
     #[error("{0}")]
     Cluster(#[from] source::cluster::ClusterError),
+    /// The metrics or healthz address could not be bound.
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::BindError),
     /// The store refused the first state.
     #[error("{0}")]
     Store(String),
@@ -234,27 +244,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         links: links.clone(),
         hops: Default::default(),
     };
-    // The first state: the file's objects, compiled before anything is
-    // attached.
-    let mut store = Store::default();
-    let objects = match &args.config {
-        Some(path) => source::file::read(path, &host.ctx)?,
-        None => Vec::new(),
-    };
-    let first = store
-        .commit(
-            source::file::batch(objects, &store),
-            SystemTime::now(),
-            |objs| {
-                let cfg = compile_config(objs, &host.ctx)?;
-                let c = reconcile::compile_first(&cfg, &host)?;
-                Ok::<_, ConfigError>((cfg, c))
-            },
-        )
-        .map_err(|e| match e {
-            StoreError::Invalid(e) => RunError::Config(e),
-            other => RunError::Store(other.to_string()),
-        })?;
+    // The first state: the saved state with the file's objects applied on
+    // top, compiled before anything is attached ([`first_state`]).
+    let (store, first) = first_state(&args, &host)?;
     let (cfg, compiled) = first.output;
     info!(
         "node {}: addresses {}",
@@ -292,16 +284,16 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         Some(src) => Some(rt.block_on(source::cluster::client(src))?),
         None => None,
     };
+    let metrics_listeners =
+        rt.block_on(crate::metrics::bind(args.metrics_bind, args.healthz_bind))?;
+    sluice_dataplane::traffic::set_slots(workers);
 
+    // Attach last: the programs are loaded, the sockets registered, the
+    // sets filled and the workers running before any program steers a
+    // frame (`attach_all` below).
     let mut steering = Vec::new();
     for l in &links {
-        let s = Steering::attach(&l.name, args.xdp_mode)?;
-        info!(
-            "steering program attached to {} ({:?} mode)",
-            l.name,
-            s.mode()
-        );
-        steering.push(s);
+        steering.push(Steering::load(&l.name, args.xdp_mode)?);
     }
     apply_steer(&mut steering, &compiled.steer, &host.masq.ports)?;
     let ports = open_ports(&links, workers, &mut steering)?;
@@ -333,6 +325,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .map(|_| Arc::new(Counters::default()))
         .collect();
     let handles = start_workers(ports, &shared, &counters, &cores, args.busy_poll)?;
+    wait_workers_running(&counters);
+    attach_all(&mut steering)?;
+    let persister =
+        crate::persist::Persister::spawn(args.state_dir.clone()).map_err(RunError::Runtime)?;
+    persister.submit(crate::persist::Pending::of(&store));
     let publisher = Publisher::new(
         host.clone(),
         steering,
@@ -343,7 +340,16 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         dns,
         health,
     );
-    let rec: SharedReconciler = Arc::new(Mutex::new(Reconciler::new(store, publisher)));
+    let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    let mut publisher = publisher;
+    publisher.set_stats(stats.clone());
+    let sync = crate::metrics::Sync::default();
+    let mut rec = Reconciler::new(store, publisher);
+    rec.set_persister(persister.clone());
+    rec.set_sync(sync.clone());
+    let sources = crate::metrics::Sources { stats, sync };
+    let metrics_task = rt.spawn(crate::metrics::serve(metrics_listeners, sources));
+    let rec: SharedReconciler = Arc::new(Mutex::new(rec));
     info!(
         "sluice ready: {} virtual services, {} workers on {}",
         shared.snapshot.load().services.len(),
@@ -360,9 +366,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     if let Some(w) = watch {
         w.abort();
     }
+    metrics_task.abort();
     rt.shutdown_timeout(Duration::from_secs(2));
 
     info!("stopping");
+    persister.flush();
     shared.stop.store(true, Ordering::Relaxed);
     let mut workers_back = Vec::new();
     for h in handles {
@@ -414,6 +422,102 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     api::remove_socket(&args.api);
     info!("sluice stopped");
+    Ok(())
+}
+
+/// The store and first commit `sluice run` starts from.
+///
+/// Precedence: the state saved by the previous run ([`crate::persist`])
+/// is restored whole (every object with its owner), then the `--config`
+/// file is applied on top as on a SIGHUP: its objects replace saved ones of
+/// the same key, and objects the file wrote before but no longer holds are
+/// deleted; objects written through the API stay. A saved state that, with
+/// the file, does not compile is moved aside (`state.json.rejected-TIME`)
+/// and the file alone is used; a corrupt one was already
+/// ([`crate::persist::restore`]).
+fn first_state(
+    args: &RunArgs,
+    host: &Host,
+) -> Result<
+    (
+        Store,
+        Commit<(config::Config, reconcile::compile::Compiled)>,
+    ),
+    RunError,
+> {
+    let objects = match &args.config {
+        Some(path) => source::file::read(path, &host.ctx)?,
+        None => Vec::new(),
+    };
+    let restored = match crate::persist::restore(&args.state_dir) {
+        crate::persist::Restore::Restored(s) => Some(s),
+        _ => None,
+    };
+    if let Some(mut store) = restored {
+        match commit_first(&mut store, objects.clone(), host) {
+            Ok(c) => return Ok((store, c)),
+            Err(RunError::Config(e)) => {
+                let path = crate::persist::state_path(&args.state_dir);
+                let kept = crate::persist::set_aside(&path, "rejected")
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|e| format!("(not moved: {e})"));
+                error!("the saved state does not compile with the config: {e}; kept as {kept}; starting from the config file alone");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut store = Store::default();
+    let c = commit_first(&mut store, objects, host)?;
+    Ok((store, c))
+}
+
+fn commit_first(
+    store: &mut Store,
+    objects: Vec<serde_json::Value>,
+    host: &Host,
+) -> Result<Commit<(config::Config, reconcile::compile::Compiled)>, RunError> {
+    let batch = source::file::batch(objects, store);
+    store
+        .commit(batch, SystemTime::now(), |objs| {
+            let cfg = compile_config(objs, &host.ctx)?;
+            let c = reconcile::compile_first(&cfg, host)?;
+            Ok::<_, ConfigError>((cfg, c))
+        })
+        .map_err(|e| match e {
+            StoreError::Invalid(e) => RunError::Config(e),
+            other => RunError::Store(other.to_string()),
+        })
+}
+
+/// How long the start waits for every worker to enter its loop.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every worker has loaded the first table (it stores the
+/// table's version as it enters its loop, before its first burst).
+fn wait_workers_running(counters: &[Arc<Counters>]) {
+    let start = std::time::Instant::now();
+    while !counters
+        .iter()
+        .all(|c| c.table_version.load(Ordering::Acquire) >= 1)
+    {
+        if start.elapsed() > WORKER_START_TIMEOUT {
+            warn!("not every worker started within {WORKER_START_TIMEOUT:?}; attaching anyway");
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Attaches every interface's steering program: the last step of the start.
+fn attach_all(steering: &mut [Steering]) -> Result<(), RunError> {
+    for s in steering {
+        s.attach_link()?;
+        info!(
+            "steering program attached to {} ({:?} mode)",
+            s.ifname(),
+            s.mode()
+        );
+    }
     Ok(())
 }
 
@@ -504,6 +608,7 @@ fn start_workers(
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
+                sluice_dataplane::traffic::bind_worker(w);
                 let mut worker = Worker::new(port, opts);
                 worker.run(&shared, &c);
                 worker

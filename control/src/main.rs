@@ -67,6 +67,15 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Per-service and per-backend traffic (new flows, packets, bytes,
+    /// active flows) of the running sluice.
+    Stats {
+        /// Output format (table, or json).
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -172,6 +181,18 @@ struct RunCmd {
     /// cluster is followed.
     #[arg(long)]
     cluster_watch: bool,
+    /// Directory of the saved object set (state.json), restored at start
+    /// before the data path attaches.
+    #[arg(long, default_value = sluice_control::persist::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (kube-proxy's
+    /// flag and default).
+    #[arg(long, default_value = sluice_control::metrics::DEFAULT_METRICS_ADDR)]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Serve the health check at http://ADDR:PORT/healthz (kube-proxy's
+    /// flag and default).
+    #[arg(long, default_value = sluice_control::metrics::DEFAULT_HEALTHZ_ADDR)]
+    healthz_bind_address: std::net::SocketAddr,
 }
 
 /// The API socket the CLI talks to.
@@ -294,6 +315,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Stats { output, socket } => cli_exit(cli::stats::stats(&socket.api_socket, output)),
         Cmd::Apply { files, socket } => cli_exit(cli::apply(&socket.api_socket, &files)),
         Cmd::Get {
             kind,
@@ -404,6 +426,9 @@ fn main() -> ExitCode {
                     (None, true) => Some(ClusterSource::Infer),
                     (None, false) => None,
                 },
+                state_dir: r.state_dir,
+                metrics_bind: r.metrics_bind_address,
+                healthz_bind: r.healthz_bind_address,
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

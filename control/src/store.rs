@@ -385,6 +385,26 @@ impl Store {
         }
     }
 
+    /// A store holding exactly `objects` at `revision`, as a previous run
+    /// left them ([`crate::persist`]): uids, creation times and resource
+    /// versions are kept; the watch history starts empty at `revision`
+    /// (a watch from before it gets [`StoreError::Gone`] and relists).
+    pub fn restored(objects: BTreeMap<Key, Stored>, revision: u64) -> Store {
+        let revision = objects
+            .values()
+            .map(|s| s.resource_version)
+            .max()
+            .unwrap_or(0)
+            .max(revision);
+        Store {
+            objects,
+            revision,
+            history: VecDeque::new(),
+            history_cap: DEFAULT_HISTORY,
+            compacted: revision,
+        }
+    }
+
     /// The current resource version (that of the last write).
     pub fn revision(&self) -> u64 {
         self.revision

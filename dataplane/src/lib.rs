@@ -20,6 +20,7 @@ pub mod snat;
 pub mod steer;
 pub mod thp;
 pub mod token_bucket;
+pub mod traffic;
 pub mod types;
 pub mod wire;
 pub mod worker;

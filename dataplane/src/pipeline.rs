@@ -354,6 +354,10 @@ pub struct Stats {
     pub drops: [u64; DropReason::COUNT],
     /// Parse failures by [`ParseError`].
     pub parse_errors: [u64; ParseError::COUNT],
+    /// Packets of flows whose service or backend index no longer names
+    /// their front end and backend in the table in service (renumbered by
+    /// a reload): not counted per backend ([`crate::traffic`]).
+    pub traffic_unattributed: u64,
 }
 
 impl Stats {
@@ -496,6 +500,13 @@ pub fn process_hashed(
         } else {
             let st = flows.touch(hit.id, hit.dir, p.tcp_flags, now);
             count_transition(snap, &hit, st);
+            count_traffic(
+                snap,
+                &hit.entry,
+                hit.dir,
+                len.saturating_sub(p.l3_offset),
+                stats,
+            );
             return forward_buf(snap, buf, len, &p, &hit.entry, hit.dir);
         }
     }
@@ -612,6 +623,13 @@ pub fn process_hashed(
             return match flows.lookup(&key, now) {
                 Some(hit) if hit.dir == Direction::Original => {
                     flows.touch(hit.id, hit.dir, p.tcp_flags, now);
+                    count_traffic(
+                        snap,
+                        &hit.entry,
+                        hit.dir,
+                        len.saturating_sub(p.l3_offset),
+                        stats,
+                    );
                     forward_buf(snap, buf, len, &p, &hit.entry, Direction::Original)
                 }
                 _ => Verdict::Drop(DropReason::FlowExists),
@@ -621,6 +639,7 @@ pub fn process_hashed(
     };
     flows.touch(id, Direction::Original, p.tcp_flags, now);
     svc.conns.on_new(b_idx);
+    svc.traffic.on_new(b_idx, len.saturating_sub(p.l3_offset));
     stats.new_flows += 1;
     if masq {
         stats.snat_flows += 1;
@@ -654,6 +673,30 @@ fn count_transition(snap: &Snapshot, hit: &Hit, now: FlowState) {
         if let Some(svc) = snap.services.get(hit.entry.service) {
             svc.conns.on_established(hit.entry.backend as usize, !was);
         }
+    }
+}
+
+/// Counts a packet of a known flow for its backend ([`crate::traffic`]),
+/// in the table in service, after checking that the flow's indices still
+/// name its front end (and, for NAT, its backend's address and port): a
+/// reload that renumbered them must not move the packet to another
+/// service's figures. Reads only the service the flow names, which its
+/// packets keep in cache.
+#[inline]
+fn count_traffic(snap: &Snapshot, e: &FlowEntry, dir: Direction, bytes: usize, stats: &mut Stats) {
+    let b = e.backend as usize;
+    let ok = snap.services.get(e.service).filter(|svc| {
+        let v = &svc.spec.vip;
+        v.addr == e.original.dst
+            && v.port == e.original.dport
+            && v.proto == e.original.proto
+            && svc.spec.backends.get(b).is_some_and(|be| {
+                is_dr_flow(e) || (be.addr == e.reply.src && be.port == e.reply.sport)
+            })
+    });
+    match ok {
+        Some(svc) => svc.traffic.on_packet(b, dir == Direction::Original, bytes),
+        None => stats.traffic_unattributed += 1,
     }
 }
 
@@ -784,7 +827,7 @@ fn forward_buf(
         match tunnel_ends(snap, e) {
             TunnelEnds::NotTunnel => {}
             TunnelEnds::To { dst, src } => {
-                return emit_tunnel(snap, buf, len, p, e.orig_hop, dst, src)
+                return emit_tunnel(snap, buf, len, p, snap.current_hop(e.orig_hop), dst, src)
             }
             TunnelEnds::Lost => return Verdict::Drop(DropReason::NoNextHop),
         }

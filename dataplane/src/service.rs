@@ -339,6 +339,8 @@ pub struct Service {
     /// Connection counts per backend, for the schedulers that read them
     /// and for thresholds ([`crate::sched::conns`]).
     pub conns: crate::sched::conns::ConnCounts,
+    /// New flows, packets and bytes per backend ([`crate::traffic`]).
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// Error building a table.
@@ -541,6 +543,7 @@ impl ServiceTable {
                 .collect();
             let sched_state = crate::sched::State::build(&spec);
             let conns = crate::sched::conns::ConnCounts::for_spec(&spec);
+            let traffic = crate::traffic::Traffic::new(spec.backends.len());
             services.push(Service {
                 spec,
                 rr: AtomicU32::new(0),
@@ -548,12 +551,20 @@ impl ServiceTable {
                 backend_hashes,
                 sched_state,
                 conns,
+                traffic,
             });
         }
         Ok(ServiceTable {
             version,
             inner: Arc::new(Inner { services, by_vip }),
         })
+    }
+
+    /// Whether both tables hold the same services (one came from the other
+    /// by [`ServiceTable::with_version`]): their per-service state, traffic
+    /// counters included, is one and the same.
+    pub fn shares_services_with(&self, other: &ServiceTable) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The same services under another version: shares every service (and

@@ -294,10 +294,24 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Loads the steering program and attaches it to `ifname`.
+    /// Loads the steering program and attaches it to `ifname`
+    /// ([`Steering::load`], then [`Steering::attach_link`]).
     ///
     /// The maps start empty: every frame passes until sockets and services
     /// are registered.
+    ///
+    /// # Errors
+    /// As [`Steering::load`] and [`Steering::attach_link`].
+    pub fn attach(ifname: &str, mode: AttachMode) -> Result<Steering, SteerError> {
+        let mut s = Steering::load(ifname, mode)?;
+        s.attach_link()?;
+        Ok(s)
+    }
+
+    /// Loads the steering program and creates its maps for `ifname`,
+    /// without attaching it: nothing is steered until
+    /// [`Steering::attach_link`]. Sockets can be registered and sets
+    /// filled meanwhile.
     ///
     /// # Errors
     /// [`SteerError::PermissionDenied`] without root / `CAP_NET_ADMIN` +
@@ -305,7 +319,7 @@ impl Steering {
     /// another XDP program holds the interface; [`SteerError::Load`] when the
     /// object or the verifier fails; [`SteerError::Attach`] when the mode is
     /// not supported.
-    pub fn attach(ifname: &str, mode: AttachMode) -> Result<Steering, SteerError> {
+    pub fn load(ifname: &str, mode: AttachMode) -> Result<Steering, SteerError> {
         let name = ifname.to_string();
         if ifname.is_empty() || ifname.contains('\0') || if_index(ifname) == 0 {
             return Err(SteerError::NoSuchInterface { ifname: name });
@@ -350,53 +364,7 @@ impl Steering {
             }
         })?;
 
-        let tries: &[AttachMode] = match mode {
-            AttachMode::Native => &[AttachMode::Native],
-            AttachMode::Generic => &[AttachMode::Generic],
-            AttachMode::Auto => &[AttachMode::Native, AttachMode::Generic],
-        };
-        let mut attached = None;
-        for (i, &m) in tries.iter().enumerate() {
-            let flags = match m {
-                AttachMode::Generic => XdpFlags::SKB_MODE,
-                _ => XdpFlags::DRV_MODE,
-            };
-            match prog.attach(ifname, flags) {
-                Ok(id) => {
-                    attached = Some((id, m));
-                    break;
-                }
-                Err(e) => {
-                    let errno = os_error(&e);
-                    if errno == Some(libc::EPERM) {
-                        return Err(SteerError::PermissionDenied {
-                            ifname: name,
-                            op: "attaching the XDP program",
-                        });
-                    }
-                    if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
-                        return Err(SteerError::Busy { ifname: name });
-                    }
-                    if let ProgramError::UnknownInterface { .. } = e {
-                        return Err(SteerError::NoSuchInterface { ifname: name });
-                    }
-                    if i + 1 == tries.len() {
-                        return Err(SteerError::Attach {
-                            ifname: name,
-                            mode: m,
-                            source: Box::new(e),
-                        });
-                    }
-                    tracing::debug!(ifname, mode = ?m, error = %e, "XDP attach failed, trying the next mode");
-                }
-            }
-        }
-        let Some((link, mode)) = attached else {
-            unreachable!("every attach mode list is non-empty and the last failure returns")
-        };
-        tracing::info!(ifname, ?mode, "XDP steering program attached");
-
-        // From here on, an early return drops `ebpf`, which detaches the link.
+        // From here on, an early return drops `ebpf` (nothing is attached yet).
         let xsks = open_map(&mut ebpf, &name, "xsks", XskMap::try_from)?;
         let vips = open_map(&mut ebpf, &name, "vips", HashMap::try_from)?;
         let backends = open_map(&mut ebpf, &name, "backends", HashMap::try_from)?;
@@ -415,9 +383,87 @@ impl Steering {
             local_addrs,
             snat_range,
             stats,
-            link: Some(link),
+            link: None,
             ebpf,
         })
+    }
+
+    /// Attaches the loaded program to its interface (`mode` as given to
+    /// [`Steering::load`]): from now on it steers frames. `sluice run`
+    /// calls it last, once every socket is registered, every worker runs
+    /// and the first table is in the maps, so that the first frame it
+    /// redirects meets a worker (the frames before it reach the kernel,
+    /// which holds no VIP).
+    ///
+    /// # Errors
+    /// As [`Steering::attach`].
+    pub fn attach_link(&mut self) -> Result<(), SteerError> {
+        if self.link.is_some() {
+            return Ok(());
+        }
+        let (ifname, mode) = (self.ifname.clone(), self.mode);
+        let name = ifname.clone();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG)
+            .ok_or_else(|| SteerError::Load {
+                ifname: name.clone(),
+                source: format!("program `{PROG}` missing from the object").into(),
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| SteerError::Load {
+                ifname: name.clone(),
+                source: Box::new(e),
+            })?;
+        let tries: &[AttachMode] = match mode {
+            AttachMode::Native => &[AttachMode::Native],
+            AttachMode::Generic => &[AttachMode::Generic],
+            AttachMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+        };
+        let mut attached = None;
+        for (i, &m) in tries.iter().enumerate() {
+            let flags = match m {
+                AttachMode::Generic => XdpFlags::SKB_MODE,
+                _ => XdpFlags::DRV_MODE,
+            };
+            match prog.attach(&ifname, flags) {
+                Ok(id) => {
+                    attached = Some((id, m));
+                    break;
+                }
+                Err(e) => {
+                    let errno = os_error(&e);
+                    if errno == Some(libc::EPERM) {
+                        return Err(SteerError::PermissionDenied {
+                            ifname: name.clone(),
+                            op: "attaching the XDP program",
+                        });
+                    }
+                    if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
+                        return Err(SteerError::Busy { ifname: name });
+                    }
+                    if let ProgramError::UnknownInterface { .. } = e {
+                        return Err(SteerError::NoSuchInterface { ifname: name });
+                    }
+                    if i + 1 == tries.len() {
+                        return Err(SteerError::Attach {
+                            ifname: name.clone(),
+                            mode: m,
+                            source: Box::new(e),
+                        });
+                    }
+                    tracing::debug!(ifname = %ifname, mode = ?m, error = %e, "XDP attach failed, trying the next mode");
+                }
+            }
+        }
+        let Some((link, mode)) = attached else {
+            unreachable!("every attach mode list is non-empty and the last failure returns")
+        };
+        tracing::info!(ifname = %ifname, ?mode, "XDP steering program attached");
+
+        self.link = Some(link);
+        self.mode = mode;
+        Ok(())
     }
 
     /// The interface the program is attached to.

@@ -101,6 +101,17 @@ pub struct Counters {
     /// Version of the service table this worker has loaded (set before the
     /// first burst that uses it, also while idle).
     pub table_version: AtomicU64,
+    /// Packets not counted per backend (`Stats::traffic_unattributed`).
+    pub traffic_unattributed: AtomicU64,
+    /// The worker's heartbeat: milliseconds since [`Shared::epoch`] at its
+    /// last loop turn (at least every poll timeout, 10 ms, when idle).
+    /// `/healthz` reads it.
+    pub heartbeat_ms: AtomicU64,
+    /// Bursts that received frames, and frames in them (mean burst size).
+    pub bursts: AtomicU64,
+    /// Loop turns that received nothing (idle ratio = idle / (idle +
+    /// bursts)).
+    pub idle_polls: AtomicU64,
 }
 
 impl Counters {
@@ -120,6 +131,7 @@ impl Counters {
         bump(&self.icmp_too_big_sent, s.icmp_too_big_sent);
         bump(&self.snat_port_reused, s.snat_port_reused);
         bump(&self.snat_embryonic_evicted, s.snat_embryonic_evicted);
+        bump(&self.traffic_unattributed, s.traffic_unattributed);
         for (a, v) in self.drops.iter().zip(s.drops.iter()) {
             bump(a, *v);
         }
@@ -146,6 +158,10 @@ impl Counters {
             ),
             ("tx_ring_full".to_string(), l(&self.tx_ring_full)),
             ("icmp_too_big_sent".to_string(), l(&self.icmp_too_big_sent)),
+            (
+                "traffic_unattributed".to_string(),
+                l(&self.traffic_unattributed),
+            ),
         ];
         for r in DropReason::ALL {
             v.push((format!("drop_{}", r.as_str()), l(&self.drops[r.index()])));
@@ -342,7 +358,14 @@ impl<P: Port> Worker<P> {
                 share: self.opts.share,
             };
             let n = self.poll_once(&ctx);
+            // Worker-owned lines: plain relaxed stores, once per turn.
+            let own = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+            own(&counters.heartbeat_ms, self.now_ms);
             if n > 0 {
+                own(
+                    &counters.bursts,
+                    counters.bursts.load(Ordering::Relaxed) + 1,
+                );
                 idle = 0;
                 let s = self.take_stats();
                 counters.add(&s);
@@ -354,6 +377,10 @@ impl<P: Port> Worker<P> {
                     last_tx_dropped = td;
                 }
             } else {
+                own(
+                    &counters.idle_polls,
+                    counters.idle_polls.load(Ordering::Relaxed) + 1,
+                );
                 idle = idle.saturating_add(1);
                 if !self.opts.busy_poll && idle > 256 {
                     drop(snap);

@@ -197,7 +197,18 @@ fn argv_api<'a>(
     if !args.contains(&"--api-socket") {
         v.extend_from_slice(&["--api-socket", socket]);
     }
+    if !args.contains(&"--state-dir") {
+        // The socket's unique path, as a directory: never the shared
+        // default, so tests neither see nor leave each other's state.
+        v.extend_from_slice(&["--state-dir", state_dir_of(socket)]);
+    }
     v
+}
+
+/// The state directory the harness gives a sluice whose socket is `socket`
+/// (removed with it on drop).
+fn state_dir_of(socket: &str) -> &str {
+    socket.strip_suffix(".sock").unwrap_or(socket)
 }
 
 impl Sluice {
@@ -294,6 +305,7 @@ impl Sluice {
         let out = crate::netns::exec_timeout(cmd, timeout);
         let _ = std::fs::remove_file(&config);
         let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_dir_all(state_dir_of(&socket.to_string_lossy()));
         out
     }
 
@@ -390,6 +402,7 @@ impl Drop for Sluice {
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(self.config.with_extension("yaml.tmp"));
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(state_dir_of(&self.socket.to_string_lossy()));
     }
 }
 

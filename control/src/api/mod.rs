@@ -225,8 +225,36 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(discovery::routes())
         .merge(objects::routes())
         .merge(ipvs::routes())
+        .route(STATS_PATH, axum::routing::get(stats))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
+}
+
+/// The stats route: per service port, per backend and per worker
+/// figures ([`crate::stats::Report`]), for `sluice stats` and ipvsadm.
+pub const STATS_PATH: &str = "/apis/sluice.dev/v1/stats";
+
+async fn stats(State(s): State<AppState>) -> Response {
+    let rec = s.rec.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let stats = {
+            let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
+            r.publisher().stats().cloned()
+        };
+        stats.map(|s| s.report())
+    })
+    .await
+    .ok()
+    .flatten();
+    match report {
+        Some(r) => axum::Json(r).into_response(),
+        None => status::Status::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "no data path to report on".into(),
+        )
+        .into_response(),
+    }
 }
 
 async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {

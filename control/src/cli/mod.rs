@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod ipvsadm;
+pub mod stats;
 pub mod table;
 
 use std::io::Read;

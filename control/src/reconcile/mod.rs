@@ -127,6 +127,8 @@ pub struct Publisher {
     moved: HashMap<L2Hop, (L2Hop, Instant)>,
     dns: Option<(DnsServer, String)>,
     health: HealthServer,
+    /// Traffic totals across swaps; every publish goes through it.
+    stats: Option<crate::stats::Stats>,
 }
 
 /// The parts a publisher hands back at shutdown.
@@ -171,6 +173,7 @@ impl Publisher {
             moved: HashMap::new(),
             dns,
             health,
+            stats: None,
         }
     }
 
@@ -178,6 +181,27 @@ impl Publisher {
     /// `ipvsadm -L`: connection counts live in its service table).
     pub fn snapshot(&self) -> Arc<sluice_dataplane::pipeline::Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Publishes through `s` from now on, so that traffic totals survive
+    /// table swaps ([`crate::stats`]).
+    pub fn set_stats(&mut self, s: crate::stats::Stats) {
+        self.stats = Some(s);
+    }
+
+    /// The traffic totals, once [`Publisher::set_stats`] was called.
+    pub fn stats(&self) -> Option<&crate::stats::Stats> {
+        self.stats.as_ref()
+    }
+
+    /// Puts `snap` in service: through the traffic totals when they are
+    /// kept ([`Publisher::set_stats`]), so no packet count is lost at the
+    /// swap.
+    fn publish_snapshot(&self, snap: sluice_dataplane::pipeline::Snapshot) {
+        match &self.stats {
+            Some(s) => s.swap(snap),
+            None => self.shared.publish(snap),
+        }
     }
 
     /// The epoch in service.
@@ -231,7 +255,7 @@ impl Publisher {
         let epoch = c.snapshot.services.version();
         if cfg.is_none() && c.steer == self.current_steer {
             // Only next hops changed: the steering maps stay as they are.
-            self.shared.publish(c.snapshot);
+            self.publish_snapshot(c.snapshot);
             self.epoch = epoch;
             self.unresolved = c.unresolved;
             return Ok(Published {
@@ -253,7 +277,7 @@ impl Publisher {
             let old = self.shared.snapshot.load();
             !live_backends(&old).is_subset(&live) || !live_dr_hops(&old).is_subset(&live_dr)
         };
-        self.shared.publish(c.snapshot);
+        self.publish_snapshot(c.snapshot);
         self.epoch = epoch;
         if !steer_changed {
             self.current_steer = c.steer;
@@ -533,6 +557,10 @@ pub struct Reconciler {
     store: Store,
     publisher: Publisher,
     events: broadcast::Sender<Event>,
+    /// Saves every committed state (`--state-dir`), off this thread.
+    persister: Option<crate::persist::Persister>,
+    /// Apply-to-visible latencies (`sluice_sync_duration_seconds`).
+    sync: Option<crate::metrics::Sync>,
 }
 
 impl Reconciler {
@@ -543,7 +571,20 @@ impl Reconciler {
             store,
             publisher,
             events,
+            persister: None,
+            sync: None,
         }
+    }
+
+    /// Records each write's apply-to-visible latency in `s`.
+    pub fn set_sync(&mut self, s: crate::metrics::Sync) {
+        self.sync = Some(s);
+    }
+
+    /// Hands every committed state to `p` from now on ([`crate::persist`]:
+    /// the write is batched and never delays the answer).
+    pub fn set_persister(&mut self, p: crate::persist::Persister) {
+        self.persister = Some(p);
     }
 
     /// The desired state.
@@ -567,6 +608,7 @@ impl Reconciler {
     /// # Errors
     /// A [`StoreError`]; the store and the data path are unchanged.
     pub fn apply(&mut self, batch: Batch) -> Result<Applied, StoreError<ApplyError>> {
+        let arrived = Instant::now();
         let ctx = self.publisher.host.ctx.clone();
         let publisher = &mut self.publisher;
         let commit = self.store.commit(batch, SystemTime::now(), |objects| {
@@ -579,6 +621,12 @@ impl Reconciler {
                 "epoch {}: not every worker loaded the table within {SEEN_TIMEOUT:?}",
                 commit.output.epoch
             );
+        }
+        if let (Some(s), true) = (&self.sync, seen) {
+            s.observe(arrived.elapsed());
+        }
+        if let (Some(p), false) = (&self.persister, commit.events.is_empty()) {
+            p.submit(crate::persist::Pending::of(&self.store));
         }
         for e in &commit.events {
             // No receiver is no error.

@@ -1,0 +1,476 @@
+//! The applied object set on disk (`--state-dir`, default `/var/lib/sluice`),
+//! so that a restart — also after `kill -9` — serves what was served before,
+//! from its first packet.
+//!
+//! **Format.** One JSON file, `state.json`: `{"format": "sluice-state",
+//! "version": 1, "revision": N, "objects": [{"owner": ..., "object": ...}]}`,
+//! every object as the API returns it (uid, resourceVersion,
+//! creationTimestamp kept) with its owner (field manager), which is what the
+//! file source needs to delete only what it wrote. A file that does not
+//! parse, is truncated, is not this format or has another version is
+//! refused whole ([`PersistError`]); the daemon moves it aside
+//! ([`set_aside`]: `state.json.corrupt-<unix time>`, never over an existing
+//! file) and starts from the config file alone, saying so.
+//!
+//! **Atomic.** Each write goes to `state.json.tmp`, is fsynced, renamed over
+//! `state.json` and the directory fsynced ([`write_atomic`]): a crash leaves
+//! either the old file or the new one, never half of one.
+//!
+//! **Batched.** The reconciler hands every committed state to a
+//! [`Persister`], which keeps only the newest one pending and writes it from
+//! its own thread; while a write (and its two fsyncs) runs, further commits
+//! replace the pending state, so a burst of N writes costs one or two file
+//! writes, not N ([`Coalescer`]). Nothing of this runs on the packet path,
+//! and no API answer waits for it.
+//!
+//! **The durability point.** An API write is answered once its table is
+//! visible to the workers (the reconciler waits for that), *not* once it is
+//! on disk: the answer's latency stays that of the publish, and an fsync
+//! (milliseconds on a loaded disk) is not paid per request. What a crash
+//! right after an answer can lose is the last few milliseconds of writes;
+//! the file on disk is always a whole, earlier state. A graceful stop
+//! (SIGTERM) flushes the pending state before exiting ([`Persister::flush`]).
+//! This is the trade kube-proxy and IPVS make (neither persists at all), with
+//! etcd's stronger point available later by waiting on [`Persister::flush`].
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::store::{Key, Store, Stored};
+
+/// The default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+/// The state file's name inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+/// The `format` field.
+const FORMAT: &str = "sluice-state";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Why a state file was refused, or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// Reading or writing failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The file is not a whole, valid state (truncated, garbage, a bad
+    /// object).
+    #[error("{}: not a valid state file: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file is of another format version.
+    #[error("{}: state format version {found}, this sluice reads version {VERSION}", path.display())]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in it.
+        found: u64,
+    },
+}
+
+/// One object as stored on disk.
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    owner: std::borrow::Cow<'a, str>,
+    object: std::borrow::Cow<'a, Value>,
+}
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    format: &'static str,
+    version: u32,
+    revision: u64,
+    objects: Vec<Entry<'a>>,
+}
+
+/// A state to write: the store's objects (shared, so taking it is a
+/// pointer copy per object) and its revision.
+#[derive(Clone, Debug, Default)]
+pub struct Pending {
+    /// The store's resource version.
+    pub revision: u64,
+    /// The objects with their owners.
+    pub objects: Vec<(Arc<str>, Arc<Value>)>,
+}
+
+impl Pending {
+    /// The state of `store`.
+    pub fn of(store: &Store) -> Pending {
+        Pending {
+            revision: store.revision(),
+            objects: store
+                .objects()
+                .values()
+                .map(|s| (s.owner.clone(), s.object.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The file's bytes for `p`.
+pub fn encode(p: &Pending) -> Vec<u8> {
+    let out = FileOut {
+        format: FORMAT,
+        version: VERSION,
+        revision: p.revision,
+        objects: p
+            .objects
+            .iter()
+            .map(|(o, v)| Entry {
+                owner: std::borrow::Cow::Borrowed(o),
+                object: std::borrow::Cow::Borrowed(v),
+            })
+            .collect(),
+    };
+    // Serialising a Value tree with string keys cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// The store `bytes` (read from `path`) describe.
+///
+/// # Errors
+/// [`PersistError::Corrupt`] or [`PersistError::Version`].
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Store, PersistError> {
+    let corrupt = |reason: String| PersistError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if v.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(corrupt(format!("no \"format\": \"{FORMAT}\" field")));
+    }
+    match v.get("version").and_then(Value::as_u64) {
+        Some(n) if n == u64::from(VERSION) => {}
+        Some(found) => {
+            return Err(PersistError::Version {
+                path: path.to_owned(),
+                found,
+            })
+        }
+        None => return Err(corrupt("no \"version\" number".into())),
+    }
+    let revision = v
+        .get("revision")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| corrupt("no \"revision\" number".into()))?;
+    let entries = v
+        .get("objects")
+        .and_then(Value::as_array)
+        .ok_or_else(|| corrupt("no \"objects\" list".into()))?;
+    let mut objects = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (key, stored) = entry(e).map_err(|r| corrupt(format!("objects[{i}]: {r}")))?;
+        if objects.insert(key.clone(), stored).is_some() {
+            return Err(corrupt(format!("objects[{i}]: {key} twice")));
+        }
+    }
+    Ok(Store::restored(objects, revision))
+}
+
+fn entry(e: &Value) -> Result<(Key, Stored), String> {
+    let owner = e
+        .get("owner")
+        .and_then(Value::as_str)
+        .ok_or("no \"owner\" string")?;
+    let object = e.get("object").ok_or("no \"object\"")?;
+    let key = Key::of(object).map_err(|err| err.to_string())?;
+    let resource_version = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no metadata.resourceVersion")?;
+    Ok((
+        key,
+        Stored {
+            object: Arc::new(object.clone()),
+            owner: Arc::from(owner),
+            resource_version,
+        },
+    ))
+}
+
+/// The state file of `dir`.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+/// Reads the state of `dir`; `Ok(None)` when there is none yet.
+///
+/// # Errors
+/// [`PersistError`]: unreadable, corrupt, or another version.
+pub fn load(dir: &Path) -> Result<Option<Store>, PersistError> {
+    let path = state_path(dir);
+    match fs::read(&path) {
+        Ok(bytes) => decode(&path, &bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PersistError::Io { path, source }),
+    }
+}
+
+/// Moves a refused state file aside as `<name>.<why>-<unix time>` (with a
+/// `.N` suffix if that exists: nothing is ever overwritten) and returns the
+/// new path.
+///
+/// # Errors
+/// [`PersistError::Io`] when it cannot be renamed.
+pub fn set_aside(path: &Path, why: &str) -> Result<PathBuf, PersistError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| STATE_FILE.into());
+    let base = path.with_file_name(format!("{name}.{why}-{secs}"));
+    let mut to = base.clone();
+    let mut n = 1;
+    while to.exists() {
+        to = PathBuf::from(format!("{}.{n}", base.display()));
+        n += 1;
+    }
+    fs::rename(path, &to).map_err(|source| PersistError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(to)
+}
+
+/// Writes `bytes` as `dir/state.json` atomically: temp file, fsync,
+/// rename, fsync of the directory. Creates `dir` (mode 0700) if missing.
+///
+/// # Errors
+/// [`PersistError::Io`]; the old file is then intact.
+pub fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PersistError::Io { path, source }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    let path = state_path(dir);
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+/// The batching core, without threads: commits [`Coalescer::submit`] the
+/// newest state, the writer [`Coalescer::take`]s what is pending (the
+/// newest only) when it is free.
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    pending: Option<Pending>,
+    /// A write is running (taken, not yet [`Coalescer::done`]).
+    busy: bool,
+    /// States submitted, and files written, so far.
+    submitted: u64,
+    written: u64,
+}
+
+impl Coalescer {
+    /// A new state replaces any pending one.
+    pub fn submit(&mut self, p: Pending) {
+        self.pending = Some(p);
+        self.submitted += 1;
+    }
+
+    /// The state to write now, if any; marks the writer busy.
+    pub fn take(&mut self) -> Option<Pending> {
+        let p = self.pending.take()?;
+        self.busy = true;
+        Some(p)
+    }
+
+    /// The write of the last taken state finished.
+    pub fn done(&mut self) {
+        self.busy = false;
+        self.written += 1;
+    }
+
+    /// Nothing pending and no write running.
+    pub fn idle(&self) -> bool {
+        self.pending.is_none() && !self.busy
+    }
+
+    /// (states submitted, files written).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.submitted, self.written)
+    }
+}
+
+struct Inner {
+    state: Mutex<Coalescer>,
+    wake: Condvar,
+}
+
+/// The writer thread and its queue of one.
+#[derive(Clone)]
+pub struct Persister {
+    inner: Arc<Inner>,
+}
+
+impl Persister {
+    /// Starts the writer thread writing into `dir`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn(dir: PathBuf) -> io::Result<Persister> {
+        Persister::with_sink(move |p| write_atomic(&dir, &encode(p)))
+    }
+
+    /// Starts a writer thread that hands each state to `sink` (tests count
+    /// the writes).
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn with_sink(
+        mut sink: impl FnMut(&Pending) -> Result<(), PersistError> + Send + 'static,
+    ) -> io::Result<Persister> {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(Coalescer::default()),
+            wake: Condvar::new(),
+        });
+        let me = inner.clone();
+        std::thread::Builder::new()
+            .name("sluice-persist".into())
+            .spawn(move || loop {
+                let p = {
+                    let mut c = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        if let Some(p) = c.take() {
+                            break p;
+                        }
+                        c = me.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                if let Err(e) = sink(&p) {
+                    warn!("state not saved (revision {}): {e}", p.revision);
+                }
+                me.state.lock().unwrap_or_else(|e| e.into_inner()).done();
+                me.wake.notify_all();
+            })?;
+        Ok(Persister { inner })
+    }
+
+    /// Queues `p` to be written (replacing a state not written yet).
+    pub fn submit(&self, p: Pending) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .submit(p);
+        self.inner.wake.notify_all();
+    }
+
+    /// Waits until every submitted state is written (or failed).
+    pub fn flush(&self) {
+        let mut c = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !c.idle() {
+            c = self.inner.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// (states submitted, files written) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts()
+    }
+}
+
+/// What start-up found in the state directory.
+#[derive(Debug)]
+pub enum Restore {
+    /// No state file: a first start.
+    Fresh,
+    /// The state of the previous run.
+    Restored(Store),
+    /// The file was refused and moved aside.
+    Refused {
+        /// Why.
+        error: PersistError,
+        /// Where it is now (`None`: it could not be moved either).
+        kept: Option<PathBuf>,
+    },
+}
+
+/// Reads `dir`'s state for the start, moving a refused file aside and
+/// logging what happened.
+pub fn restore(dir: &Path) -> Restore {
+    match load(dir) {
+        Ok(None) => {
+            info!("state dir {}: no saved state", dir.display());
+            Restore::Fresh
+        }
+        Ok(Some(store)) => {
+            info!(
+                "state dir {}: restored {} objects (revision {})",
+                dir.display(),
+                store.objects().len(),
+                store.revision()
+            );
+            Restore::Restored(store)
+        }
+        Err(e @ PersistError::Io { .. }) => {
+            tracing::error!("{e}; starting from the config file alone");
+            Restore::Refused {
+                error: e,
+                kept: None,
+            }
+        }
+        Err(error) => {
+            let kept = match set_aside(&state_path(dir), "corrupt") {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!("moving the refused state file aside: {e}");
+                    None
+                }
+            };
+            tracing::error!(
+                "state file refused: {error}; kept as {}; starting from the config file alone",
+                kept.as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(not moved)".into())
+            );
+            Restore::Refused { error, kept }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;
