@@ -15,6 +15,7 @@
 //! the workers have loaded the new table. Errors are Kubernetes `Status`
 //! objects ([`status`]).
 
+pub mod checks;
 pub mod discovery;
 pub mod objects;
 pub mod patch;
@@ -223,6 +224,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
     Router::new()
         .merge(discovery::routes())
         .merge(objects::routes())
+        .merge(checks::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
 }

@@ -91,6 +91,10 @@ pub(super) struct Svc {
     pub forward: ForwardMethod,
     /// From the scheduling annotations (`sched.rs`).
     pub sched: super::sched::Scheduling,
+    /// From the health-check annotations (`check.rs`).
+    pub check: Option<crate::check::ServiceCheck>,
+    /// From the persistence-netmask annotation (`persistence.rs`).
+    pub affinity_prefix: Option<u8>,
 }
 
 /// A checked Service port.
@@ -718,6 +722,9 @@ impl<'c> Loader<'c> {
         )?;
 
         let sched = super::sched::scheduling(self, &ctx, &annotations, self.cc.scheduler)?;
+        let check = super::check::health_check(self, &ctx, &annotations)?;
+        let affinity_prefix =
+            super::persistence::netmask(self, &ctx, &annotations, affinity.is_some())?;
 
         let selector = if ty == SvcType::ExternalName {
             BTreeMap::new()
@@ -746,6 +753,8 @@ impl<'c> Loader<'c> {
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             forward,
             sched,
+            check,
+            affinity_prefix,
         })
     }
 

@@ -10,7 +10,10 @@
 //! ([`Store::commit`] validates the whole batch).
 //!
 //! The timers (next-hop retries, forgetting removed endpoints) republish
-//! through the same [`Publisher::swap`].
+//! through the same [`Publisher::swap`], and so do health-check results
+//! ([`Publisher::republish_health`]): every compile applies the checks'
+//! overlay ([`Checks::overlay`]) to the configured state, so a server's
+//! health survives config changes and needs none.
 
 pub mod compile;
 
@@ -28,6 +31,7 @@ use sluice_dataplane::worker::{Counters, Shared};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
+use crate::check::{Checks, Target};
 use crate::config::{self, CompileCtx, Config, ConfigError};
 use crate::dns::{DnsServer, DnsZone};
 use crate::health::HealthServer;
@@ -113,6 +117,11 @@ pub struct Publisher {
     removed_ttl: Duration,
     dns: Option<(DnsServer, String)>,
     health: HealthServer,
+    /// Real-server health checks: the registry the probes update.
+    checks: Checks,
+    /// The down targets the compiles apply (a copy of the registry's,
+    /// taken at each publish, so a change is seen as one).
+    health_down: HashSet<Target>,
 }
 
 /// The parts a publisher hands back at shutdown.
@@ -143,7 +152,11 @@ impl Publisher {
             let t = shared.flows.timeouts();
             Duration::from_secs(u64::from(t.tcp_established) + u64::from(t.tcp_fin_wait))
         };
+        let checks = Checks::default();
+        checks.set_targets(&applied);
         Publisher {
+            checks,
+            health_down: HashSet::new(),
             host,
             steering,
             shared,
@@ -173,9 +186,10 @@ impl Publisher {
         forget: &HashSet<(Addr, u16, u8)>,
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
+        let cfg = Checks::overlay(cfg, &self.health_down);
         let mut c = compile::compile(
             self.epoch + 1,
-            cfg,
+            &cfg,
             &self.host.links,
             &self.host.masq,
             timeout,
@@ -246,6 +260,7 @@ impl Publisher {
         if let Err(e) = self.health.update(&cfg.health_checks) {
             warn!("health checks: {e}");
         }
+        self.checks.set_targets(&cfg);
         self.applied = cfg;
         Ok(Published {
             epoch,
@@ -259,8 +274,38 @@ impl Publisher {
     /// # Errors
     /// [`ApplyError`]; nothing was published.
     pub fn publish(&mut self, cfg: Config) -> Result<Published, ApplyError> {
-        let c = self.prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)?;
-        Ok(self.swap(c, cfg)?)
+        let before = std::mem::replace(&mut self.health_down, self.checks.down());
+        let r = self
+            .prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)
+            .map_err(ApplyError::from)
+            .and_then(|c| Ok(self.swap(c, cfg)?));
+        if r.is_err() {
+            self.health_down = before;
+        }
+        r
+    }
+
+    /// The real-server health checks.
+    pub fn checks(&self) -> &Checks {
+        &self.checks
+    }
+
+    /// Republishes the config in service with the checks' current overlay,
+    /// if it differs from the one published; None when it does not.
+    pub fn republish_health(&mut self) -> Option<Result<Published, ApplyError>> {
+        if self.checks.down() == self.health_down {
+            return None;
+        }
+        let r = self.publish(self.applied.clone());
+        match &r {
+            Ok(p) => info!(
+                "health checks: epoch {} published, {} real server(s) down",
+                p.epoch,
+                self.health_down.len()
+            ),
+            Err(e) => error!("health checks: republish failed: {e}"),
+        }
+        Some(r)
     }
 
     /// Waits until every worker has loaded `epoch` (or a later one); false
@@ -374,6 +419,11 @@ impl Reconciler {
     /// The publisher.
     pub fn publisher(&mut self) -> &mut Publisher {
         &mut self.publisher
+    }
+
+    /// The publisher, to read.
+    pub fn publisher_ref(&self) -> &Publisher {
+        &self.publisher
     }
 
     /// A receiver of every event committed from now on.
