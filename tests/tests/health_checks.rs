@@ -19,7 +19,8 @@ use sluice_tests::{
 };
 
 /// 500 ms between probes; fall 3, rise 2.
-const CHECK: &str = "http path=/healthz status=200 interval=500ms timeout=400ms rise=2 fall=3";
+const CHECK: &str =
+    "http path=/healthz status=200 port=8080 interval=500ms timeout=400ms rise=2 fall=3";
 const INTERVAL: Duration = Duration::from_millis(500);
 /// Slack on top of fall × interval and rise × interval (a loaded 2-core
 /// machine, the API poll, the republish).
@@ -220,7 +221,7 @@ fn a_wrong_http_status_counts_as_down() {
     let topo = topology!(TopologyOpts::default().servers(false).backends(2));
     let _servers: Vec<BgProcess> = (1..=2).map(|i| serve(&topo, i, ALL)).collect();
     // The test server answers 200 to every path.
-    let check = "http path=/ status=204 interval=500ms timeout=400ms rise=2 fall=2";
+    let check = "http path=/ status=204 port=8080 interval=500ms timeout=400ms rise=2 fall=2";
     let sluice = Sluice::start(&topo, &config(check, None, 2), &["--workers", "1"]);
     for i in 1..=2 {
         wait_state(

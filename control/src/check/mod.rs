@@ -15,9 +15,11 @@
 //! ```
 //!
 //! The check's syntax is in [`spec`]. Every real server of every front end
-//! of the Service is probed at its own address and port (or the check's
-//! `port=`); one probe serves all front ends that share the server and the
-//! check ([`Target`]).
+//! of the Service is probed at its own address and port, on the service
+//! ports of the probe's protocol (tcp and http: TCP ports; udp: UDP
+//! ports); with the check's `port=`, at that port, for every service port
+//! ([`ServiceCheck::applies_to`]). One probe serves all front ends that
+//! share the server and the check ([`Target`]).
 //!
 //! # How results reach the data path
 //!
@@ -73,6 +75,22 @@ pub struct ServiceCheck {
     pub spec: CheckSpec,
     /// What a down server gets.
     pub action: CheckAction,
+}
+
+impl ServiceCheck {
+    /// Whether the check judges the servers of a service port of IP
+    /// protocol `proto`: with `port=`, every service port (the probe of
+    /// that port stands for the server); without, the service ports its
+    /// probe speaks the protocol of (tcp and http: TCP; udp: UDP), as a
+    /// TCP probe of a UDP port says nothing.
+    pub fn applies_to(&self, proto: u8) -> bool {
+        use sluice_dataplane::types::proto::{TCP, UDP};
+        self.spec.port.is_some()
+            || matches!(
+                (&self.spec.probe, proto),
+                (Probe::Tcp | Probe::Http { .. }, TCP) | (Probe::Udp { .. }, UDP)
+            )
+    }
 }
 
 /// One probed thing: a real server's address and port and the check.
@@ -207,7 +225,11 @@ impl Checks {
     pub fn set_targets(&self, cfg: &Config) {
         let mut want: HashMap<Target, (BTreeSet<String>, CheckAction)> = HashMap::new();
         for s in &cfg.services {
-            let Some(sc) = cfg.checks.get(&s.name) else {
+            let Some(sc) = cfg
+                .checks
+                .get(&s.name)
+                .filter(|c| c.applies_to(s.vip.proto))
+            else {
                 continue;
             };
             for b in &s.backends {
@@ -253,7 +275,11 @@ impl Checks {
         }
         let mut out = cfg.clone();
         for s in &mut out.services {
-            let Some(sc) = cfg.checks.get(&s.name) else {
+            let Some(sc) = cfg
+                .checks
+                .get(&s.name)
+                .filter(|c| c.applies_to(s.vip.proto))
+            else {
                 continue;
             };
             let is_down = |b: &BackendSpec| down.contains(&Target::of(b, &sc.spec));

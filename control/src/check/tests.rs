@@ -248,3 +248,17 @@ fn due_targets_start_once_within_the_limit() {
         2
     );
 }
+
+#[test]
+fn a_check_applies_to_the_ports_of_its_protocol_or_to_all_with_port() {
+    use sluice_dataplane::types::proto::{TCP, UDP};
+    let c = |t: &str| ServiceCheck {
+        spec: CheckSpec::parse(t).unwrap(),
+        action: CheckAction::Weight0,
+    };
+    assert!(c("tcp").applies_to(TCP) && !c("tcp").applies_to(UDP));
+    assert!(c("http").applies_to(TCP) && !c("http").applies_to(UDP));
+    assert!(c("udp send=x").applies_to(UDP) && !c("udp send=x").applies_to(TCP));
+    assert!(c("http port=8080").applies_to(UDP));
+    assert!(c("udp send=x port=53").applies_to(TCP));
+}
