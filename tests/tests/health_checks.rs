@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::k8s::{endpoint_slice, ready_backends};
 use sluice_tests::{
-    api, parse_backend_reply, poll_until, require_root, topology, BgProcess, Pipe, Role, Sluice,
-    Topology, TopologyOpts,
+    api, parse_backend_reply, poll_until, require_root, topology, BgProcess, Pipe, ReloadOutcome,
+    Role, Sluice, Topology, TopologyOpts,
 };
 
 /// 500 ms between probes; fall 3, rise 2.
@@ -169,7 +169,7 @@ fn a_stopped_server_leaves_rotation_and_returns() {
     require_root();
     let topo = topology!(TopologyOpts::default().servers(false));
     let mut servers: Vec<Option<BgProcess>> = (1..=3).map(|i| Some(serve(&topo, i, ALL))).collect();
-    let sluice = Sluice::start(&topo, &config(CHECK, None, 3), &["--workers", "1"]);
+    let mut sluice = Sluice::start(&topo, &config(CHECK, None, 3), &["--workers", "1"]);
     // Up after more probes than fall: the probes pass (their replies
     // reach the host's stack, not the data path).
     for i in 1..=3 {
@@ -197,6 +197,18 @@ fn a_stopped_server_leaves_rotation_and_returns() {
             .contains("real server down after 3 failed checks"),
         "the transition is logged:\n{}",
         sluice.logs()
+    );
+    // A config change meanwhile keeps b2 out (the overlay survives it).
+    sluice.rewrite_config(&config(CHECK, None, 3).replace(
+        "  annotations:\n",
+        "  annotations:\n    example.com/touched: \"1\"\n",
+    ));
+    let outcome = sluice.reload();
+    assert!(matches!(outcome, ReloadOutcome::Applied(_)), "{outcome:?}");
+    let hits = spread(&topo, 12);
+    assert!(
+        !hits.contains_key("b2"),
+        "b2 back in rotation after a config change: {hits:?}"
     );
 
     servers[1] = Some(serve(&topo, 2, ALL));
