@@ -662,6 +662,7 @@ async fn control_loop(
     listeners: api::Listeners,
 ) {
     let api = tokio::spawn(api::serve(listeners, rec.clone(), args.api.clone()));
+    let checks = spawn_checks(rec).await;
     let mut expire = tokio::time::interval(Duration::from_secs(1));
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     let mut prune = tokio::time::interval(Duration::from_secs(10));
@@ -716,6 +717,9 @@ async fn control_loop(
     if let Some(t) = hops_task {
         t.abort();
     }
+    for t in checks {
+        t.abort();
+    }
 }
 
 /// Subscribes to the kernel's neighbour and route events
@@ -742,6 +746,23 @@ async fn follow_next_hops(
             (None, None)
         }
     }
+}
+
+/// The real-server health checks: the probes, and the task that
+/// republishes when a server changes state (`check/`).
+async fn spawn_checks(rec: &SharedReconciler) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(checks) = with_reconciler(rec, |r| r.publisher().checks().clone()).await else {
+        return Vec::new();
+    };
+    let changed = checks.changed();
+    let rec = rec.clone();
+    let republish = tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            with_reconciler(&rec, |r| drop(r.publisher().republish_health())).await;
+        }
+    });
+    vec![tokio::spawn(crate::check::run(checks)), republish]
 }
 
 /// Applies the file's objects (SIGHUP); a bad file changes nothing.

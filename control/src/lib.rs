@@ -4,6 +4,7 @@
 //! the `sluice run` daemon and the CLI (`sluice apply/get/delete`).
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -18,6 +18,11 @@
 //! service port's name, so affinity is shared by a service's ClusterIP,
 //! NodePort and LoadBalancer front ends (as kube-proxy's per-endpoint
 //! `recent` lists are) and survives reloads.
+//!
+//! With a persistence netmask (`ipvsadm -M`, [`crate::service::ServiceSpec::affinity_prefix`])
+//! the key is the client's address masked to its first N bits
+//! ([`masked_client`]), so a whole client subnet shares one entry, as an
+//! IPVS persistence template keyed by `caddr & netmask` does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,6 +62,32 @@ pub fn backend_hash(addr: &Addr, port: u16) -> u32 {
     b[16..].copy_from_slice(&port.to_be_bytes());
     let h = fnv64(&b);
     (h ^ (h >> 32)) as u32
+}
+
+/// `client` with every bit after its first `prefix` cleared (`None`: the
+/// whole address). An IPv4 address counts its bits from its own first
+/// octet, not from the mapped form's, so it stays IPv4-mapped whatever the
+/// prefix; a prefix longer than the family's address keeps it whole
+/// ([`crate::service::ServiceTable::build`] refuses those).
+#[inline]
+pub fn masked_client(client: &Addr, prefix: Option<u8>) -> Addr {
+    let Some(p) = prefix else {
+        return *client;
+    };
+    // Bits of the 16-byte form to keep.
+    let keep = if client.is_v4() {
+        96 + usize::from(p.min(32))
+    } else {
+        usize::from(p.min(128))
+    };
+    let mut out = [0u8; 16];
+    for (i, (o, c)) in out.iter_mut().zip(client.0).enumerate() {
+        let bits = keep.saturating_sub(i * 8).min(8);
+        // The high `bits` bits of the byte (0 → none, 8 → all).
+        let mask = !(0xffu16 >> bits) as u8;
+        *o = c & mask;
+    }
+    Addr(out)
 }
 
 #[inline]
@@ -185,6 +216,46 @@ mod tests {
             assert_eq!(t.lookup(&a(c), 1, 1000, 200), Some(u32::from(c)));
         }
         assert_eq!(t.lookup(&a(9), 1, 1000, 200), Some(9));
+    }
+
+    #[test]
+    fn persistence_netmask_masks_the_client() {
+        let c = Addr::from_v4([198, 18, 7, 201]);
+        assert_eq!(masked_client(&c, None), c);
+        assert_eq!(masked_client(&c, Some(32)), c);
+        assert_eq!(masked_client(&c, Some(24)), Addr::from_v4([198, 18, 7, 0]));
+        assert_eq!(masked_client(&c, Some(20)), Addr::from_v4([198, 18, 0, 0]));
+        let zero = masked_client(&c, Some(0));
+        assert_eq!(zero, Addr::from_v4([0, 0, 0, 0]));
+        assert!(zero.is_v4(), "an IPv4 client stays IPv4 under /0");
+        let v6 = |last: u8, fifth: u8| {
+            Addr::from_v6([
+                0x20, 0x01, 0x0d, 0xb8, 0, fifth, 0, 1, 0xaa, 0xbb, 0, 0, 0, 0, 0, last,
+            ])
+        };
+        let m = masked_client(&v6(7, 3), Some(64));
+        assert_eq!(m, masked_client(&v6(9, 3), Some(64)), "one /64");
+        assert_ne!(m, masked_client(&v6(7, 4), Some(64)), "another /64");
+        assert_eq!(
+            m,
+            Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(masked_client(&v6(7, 3), Some(128)), v6(7, 3));
+        assert_eq!(masked_client(&v6(7, 3), Some(0)), Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn one_subnet_shares_one_entry() {
+        let t = AffinityTable::new(64);
+        let (x, y) = (
+            Addr::from_v4([198, 18, 7, 1]),
+            Addr::from_v4([198, 18, 7, 2]),
+        );
+        let other = Addr::from_v4([198, 18, 8, 1]);
+        t.record(&masked_client(&x, Some(24)), 7, 42, 100);
+        assert_eq!(t.lookup(&masked_client(&y, Some(24)), 7, 10, 101), Some(42));
+        assert_eq!(t.lookup(&masked_client(&other, Some(24)), 7, 10, 101), None);
+        assert_eq!(t.lookup(&y, 7, 10, 101), None, "unmasked: its own entry");
     }
 
     #[test]

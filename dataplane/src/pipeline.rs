@@ -942,9 +942,11 @@ fn choose_backend(ctx: &Ctx<'_>, svc: &Service, key: &FlowKey, stats: &mut Stats
     let Some(timeout) = svc.spec.affinity_timeout else {
         return sched::pick(svc, key);
     };
+    // The persistence netmask: a client subnet shares one entry.
+    let client = crate::affinity::masked_client(&key.src, svc.spec.affinity_prefix);
     if let Some(h) = ctx
         .affinity
-        .lookup(&key.src, svc.affinity_id, timeout, ctx.now)
+        .lookup(&client, svc.affinity_id, timeout, ctx.now)
     {
         if let Some(i) = svc.backend_hashes.iter().position(|&x| x == h) {
             if svc.spec.backends[i].weight > 0 {
@@ -955,7 +957,7 @@ fn choose_backend(ctx: &Ctx<'_>, svc: &Service, key: &FlowKey, stats: &mut Stats
     }
     let i = sched::pick(svc, key)?;
     ctx.affinity
-        .record(&key.src, svc.affinity_id, svc.backend_hashes[i], ctx.now);
+        .record(&client, svc.affinity_id, svc.backend_hashes[i], ctx.now);
     Some(i)
 }
 

@@ -414,6 +414,18 @@ pub enum TableError {
         /// The limit ([`crate::flow_table::layout::MAX_BACKEND`] + 1).
         max: usize,
     },
+    /// A persistence netmask longer than the VIP's address.
+    #[error("service {service}: persistence netmask /{prefix} is longer than {max} bits, the length of its {family} address")]
+    AffinityPrefix {
+        /// The service.
+        service: String,
+        /// The prefix given.
+        prefix: u8,
+        /// The family's address length in bits (32 or 128).
+        max: u8,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
     /// More front ends than a flow record can name.
     #[error("{count} virtual services, at most {max}")]
     TooManyServices {
@@ -446,6 +458,24 @@ fn check_local_addrs(spec: &ServiceSpec) -> Result<(), TableError> {
             addr: *a,
         }),
         None => Ok(()),
+    }
+}
+
+/// Refuses a persistence netmask longer than the VIP's address.
+fn check_affinity_prefix(spec: &ServiceSpec) -> Result<(), TableError> {
+    let (max, family) = if spec.vip.addr.is_v4() {
+        (32, "IPv4")
+    } else {
+        (128, "IPv6")
+    };
+    match spec.affinity_prefix {
+        Some(prefix) if prefix > max => Err(TableError::AffinityPrefix {
+            service: spec.name.clone(),
+            prefix,
+            max,
+            family,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -516,6 +546,7 @@ impl ServiceTable {
                     });
                 }
             }
+            check_affinity_prefix(&spec)?;
             if spec.forward == ForwardMethod::Dr {
                 if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
                     return Err(TableError::DrPortRemap {
@@ -777,6 +808,35 @@ mod tests {
                 .contains("ipip tunnelling cannot remap port 80"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn affinity_prefix_is_bounded_by_the_family() {
+        let mut s = spec("a", [198, 18, 100, 1], 80, &[]);
+        for ok in [0, 24, 32] {
+            s.affinity_prefix = Some(ok);
+            assert!(ServiceTable::build(1, vec![s.clone()]).is_ok(), "/{ok}");
+        }
+        s.affinity_prefix = Some(33);
+        let e = ServiceTable::build(1, vec![s.clone()]).unwrap_err();
+        assert_eq!(
+            e,
+            TableError::AffinityPrefix {
+                service: "a".into(),
+                prefix: 33,
+                max: 32,
+                family: "IPv4"
+            }
+        );
+        assert!(e.to_string().contains("/33 is longer than 32 bits"), "{e}");
+        s.vip.addr = Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        s.affinity_prefix = Some(128);
+        assert!(ServiceTable::build(1, vec![s.clone()]).is_ok());
+        s.affinity_prefix = Some(129);
+        assert!(matches!(
+            ServiceTable::build(1, vec![s]),
+            Err(TableError::AffinityPrefix { max: 128, .. })
+        ));
     }
 
     #[test]

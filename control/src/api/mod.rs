@@ -15,6 +15,7 @@
 //! the workers have loaded the new table. Errors are Kubernetes `Status`
 //! objects ([`status`]).
 
+pub mod checks;
 pub mod discovery;
 pub mod ipvs;
 pub mod objects;
@@ -226,6 +227,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(objects::routes())
         .merge(ipvs::routes())
         .route(STATS_PATH, axum::routing::get(stats))
+        .merge(checks::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
 }

@@ -102,6 +102,10 @@ pub(super) struct Svc {
     pub local_addrs: Vec<Addr>,
     /// From the scheduling annotations (`sched.rs`).
     pub sched: super::sched::Scheduling,
+    /// From the health-check annotations (`check.rs`).
+    pub check: Option<crate::check::ServiceCheck>,
+    /// From the persistence-netmask annotation (`persistence.rs`).
+    pub affinity_prefix: Option<u8>,
 }
 
 /// A checked Service port.
@@ -730,6 +734,9 @@ impl<'c> Loader<'c> {
 
         let local_addrs = self.local_addresses(&ctx, &annotations, forward)?;
         let sched = super::sched::scheduling(self, &ctx, &annotations, self.cc.scheduler)?;
+        let check = super::check::health_check(self, &ctx, &annotations)?;
+        let affinity_prefix =
+            super::persistence::netmask(self, &ctx, &annotations, affinity.is_some())?;
 
         let selector = if ty == SvcType::ExternalName {
             BTreeMap::new()
@@ -759,6 +766,8 @@ impl<'c> Loader<'c> {
             forward,
             local_addrs,
             sched,
+            check,
+            affinity_prefix,
         })
     }
 

@@ -172,6 +172,7 @@ impl Loader<'_> {
         let mut specs = Vec::new();
         let mut dns = Vec::with_capacity(self.services.len());
         let mut health_checks = Vec::new();
+        let mut checks = BTreeMap::new();
         for (i, svc) in self.services.iter().enumerate() {
             // As kube-proxy: slices, when there are any, win over Endpoints;
             // without either, the selector's Pods (the controller's view).
@@ -187,7 +188,13 @@ impl Loader<'_> {
                 Vec::new()
             };
             let a = &assigned[i];
+            let first = specs.len();
             self.emit_service(svc, &groups, a, &mut specs)?;
+            if let Some(c) = &svc.check {
+                for s in &specs[first..] {
+                    checks.insert(s.name.clone(), c.clone());
+                }
+            }
             dns.push(dns_record(svc, &groups));
             if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
                 let node = self.cc.node_name.as_deref();
@@ -216,6 +223,7 @@ impl Loader<'_> {
             services: specs,
             dns,
             health_checks,
+            checks,
             objects: self.summary,
         })
     }
@@ -461,7 +469,7 @@ impl Loader<'_> {
                     kind,
                     masq,
                     affinity_timeout: svc.affinity,
-                    affinity_prefix: None,
+                    affinity_prefix: svc.affinity_prefix,
                     source_ranges: if kind == VipKind::LoadBalancer {
                         svc.source_ranges
                             .iter()

@@ -57,11 +57,13 @@
 //! Type errors thus point at the exact line and column; semantic errors
 //! point at the line where the object's document starts.
 
+mod check;
 mod compile;
 mod emit;
 mod error;
 mod k8s;
 mod nodeport;
+mod persistence;
 mod sched;
 #[cfg(test)]
 mod semantics_tests;
@@ -79,7 +81,9 @@ use sluice_dataplane::service::{SchedKind, ServiceSpec};
 
 use crate::model::{DnsService, HealthCheck};
 
+pub use check::{HEALTH_CHECK_ACTION_ANNOTATION, HEALTH_CHECK_ANNOTATION};
 pub use error::ConfigError;
+pub use persistence::{parse_netmask, PERSISTENCE_NETMASK_ANNOTATION};
 pub use sched::{
     SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION, THRESHOLDS_ANNOTATION, WEIGHTS_ANNOTATION,
 };
@@ -130,6 +134,9 @@ pub struct Config {
     /// The `healthCheckNodePort`s to serve (LoadBalancer services with
     /// `externalTrafficPolicy: Local`), in file order.
     pub health_checks: Vec<HealthCheck>,
+    /// The real-server health checks (`sluice.dev/health-check`), by
+    /// service-port name ([`ServiceSpec::name`]).
+    pub checks: std::collections::BTreeMap<String, crate::check::ServiceCheck>,
     /// What the file held, for logs.
     pub objects: ObjectsSummary,
 }

@@ -18,6 +18,11 @@
 //!
 //! The timers (next-hop retries, forgetting removed endpoints) and the
 //! kernel's events republish through the same [`Publisher::swap`].
+//!
+//! Health-check results republish through it too
+//! ([`Publisher::republish_health`]): every compile applies the checks'
+//! overlay ([`Checks::overlay`]) to the configured state, so a server's
+//! health survives config changes and needs none.
 
 pub mod compile;
 
@@ -35,6 +40,7 @@ use sluice_dataplane::worker::{Counters, Shared};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
+use crate::check::{Checks, Target};
 use crate::config::{self, CompileCtx, Config, ConfigError};
 use crate::dns::{DnsServer, DnsZone};
 use crate::health::HealthServer;
@@ -129,6 +135,11 @@ pub struct Publisher {
     health: HealthServer,
     /// Traffic totals across swaps; every publish goes through it.
     stats: Option<crate::stats::Stats>,
+    /// Real-server health checks: the registry the probes update.
+    checks: Checks,
+    /// The down targets the compiles apply (a copy of the registry's,
+    /// taken at each publish, so a change is seen as one).
+    health_down: HashSet<Target>,
 }
 
 /// The parts a publisher hands back at shutdown.
@@ -159,7 +170,11 @@ impl Publisher {
             let t = shared.flows.timeouts();
             Duration::from_secs(u64::from(t.tcp_established) + u64::from(t.tcp_fin_wait))
         };
+        let checks = Checks::default();
+        checks.set_targets(&applied);
         Publisher {
+            checks,
+            health_down: HashSet::new(),
             host,
             steering,
             shared,
@@ -218,11 +233,12 @@ impl Publisher {
         forget: &HashSet<(Addr, u16, u8)>,
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
+        let cfg = Checks::overlay(cfg, &self.health_down);
         let mut c = {
             let mut hops = self.host.hops.lock().unwrap_or_else(|p| p.into_inner());
             compile::compile(
                 self.epoch + 1,
-                cfg,
+                &cfg,
                 &self.host.links,
                 &self.host.masq,
                 &mut hops,
@@ -335,6 +351,7 @@ impl Publisher {
         if let Err(e) = self.health.update(&cfg.health_checks) {
             warn!("health checks: {e}");
         }
+        self.checks.set_targets(&cfg);
         self.applied = cfg;
         Ok(Published {
             epoch,
@@ -348,8 +365,38 @@ impl Publisher {
     /// # Errors
     /// [`ApplyError`]; nothing was published.
     pub fn publish(&mut self, cfg: Config) -> Result<Published, ApplyError> {
-        let c = self.prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)?;
-        Ok(self.swap(c, Some(cfg))?)
+        let before = std::mem::replace(&mut self.health_down, self.checks.down());
+        let r = self
+            .prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)
+            .map_err(ApplyError::from)
+            .and_then(|c| Ok(self.swap(c, Some(cfg))?));
+        if r.is_err() {
+            self.health_down = before;
+        }
+        r
+    }
+
+    /// The real-server health checks.
+    pub fn checks(&self) -> &Checks {
+        &self.checks
+    }
+
+    /// Republishes the config in service with the checks' current overlay,
+    /// if it differs from the one published; None when it does not.
+    pub fn republish_health(&mut self) -> Option<Result<Published, ApplyError>> {
+        if self.checks.down() == self.health_down {
+            return None;
+        }
+        let r = self.publish(self.applied.clone());
+        match &r {
+            Ok(p) => info!(
+                "health checks: epoch {} published, {} real server(s) down",
+                p.epoch,
+                self.health_down.len()
+            ),
+            Err(e) => error!("health checks: republish failed: {e}"),
+        }
+        Some(r)
     }
 
     /// Waits until every worker has loaded `epoch` (or a later one); false
@@ -595,6 +642,11 @@ impl Reconciler {
     /// The publisher.
     pub fn publisher(&mut self) -> &mut Publisher {
         &mut self.publisher
+    }
+
+    /// The publisher, to read.
+    pub fn publisher_ref(&self) -> &Publisher {
+        &self.publisher
     }
 
     /// A receiver of every event committed from now on.
