@@ -29,7 +29,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   scripts/topology.sh down "$PREFIX" >/dev/null 2>&1
-  rm -f "$LOG" "$LOG.out" "$SOCK"
+  rm -rf "$LOG" "$LOG.out" "$SOCK" "$LOG.state"
 }
 trap cleanup EXIT INT TERM
 
@@ -46,7 +46,8 @@ done
 echo "== sluice run --config examples/demo.yaml --iface front --iface back --cluster-cidr 198.18.1.0/24 --api-socket $SOCK"
 ip netns exec "$PREFIX-lb" "$BIN/sluice" run --config examples/demo.yaml \
   --iface front --iface back --workers 1 --cluster-cidr 198.18.1.0/24 --stats-interval 0 \
-  --api-socket "$SOCK" >"$LOG.out" 2>"$LOG" &
+  --api-socket "$SOCK" --state-dir "$LOG.state" --metrics-bind-address 127.0.0.1:10249 \
+  --healthz-bind-address 127.0.0.1:10256 >"$LOG.out" 2>"$LOG" &
 sluice_pid=$!
 pids+=($sluice_pid)
 for _ in $(seq 1 100); do
@@ -77,6 +78,24 @@ for i in $(seq 1 6); do
   printf '  request %d -> ' "$i"
   ip netns exec "$PREFIX-client" curl -sS --max-time 3 "http://$VIP/"
 done
+
+echo "== IPVS: a virtual service built with ipvsadm (wrr, b1 weight 1, b2 weight 2)"
+IPVSADM=("$BIN/sluice" ipvsadm --api-socket "$SOCK")
+"${IPVSADM[@]}" -A -t 198.18.100.20:80 -s wrr
+"${IPVSADM[@]}" -a -t 198.18.100.20:80 -r 198.18.1.11:8080 -m -w 1
+"${IPVSADM[@]}" -a -t 198.18.100.20:80 -r 198.18.1.12:8080 -m -w 2
+echo "== 6 HTTP requests to http://198.18.100.20/"
+for i in $(seq 1 6); do
+  printf '  request %d -> ' "$i"
+  ip netns exec "$PREFIX-client" curl -sS --max-time 3 "http://198.18.100.20/"
+done
+echo "== ipvsadm -Ln (the Kubernetes Service is listed too)"
+"${IPVSADM[@]}" -Ln | sed 's/^/  /'
+echo "== sluice stats (per service and backend, from the workers' counters)"
+"$BIN/sluice" stats --api-socket "$SOCK" | sed 's/^/  /'
+echo "== /metrics (a few lines) and /healthz"
+ip netns exec "$PREFIX-lb" curl -sS http://127.0.0.1:10249/metrics | grep -E '^sluice_(backend_new_flows|sync_duration_seconds_count|table_generation)' | head -8 | sed 's/^/  /'
+printf '  healthz: '; ip netns exec "$PREFIX-lb" curl -sS http://127.0.0.1:10256/healthz; echo
 
 echo "== stopping sluice; its counters:"
 kill -TERM "$sluice_pid"

@@ -110,6 +110,7 @@ fn snapshot(net: &Net, with_local: bool, masq: MasqPolicy) -> Snapshot {
         nexthops,
         masq,
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

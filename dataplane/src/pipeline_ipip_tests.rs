@@ -67,6 +67,7 @@ fn snapshot(vip: Addr, backend: Addr, route_src: Addr, mtu: u16) -> Snapshot {
             ..MasqPolicy::default()
         },
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 

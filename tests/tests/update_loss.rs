@@ -203,7 +203,7 @@ fn no_packet_lost_during_a_burst_of_updates() {
             own = 2;
         }
         let i = updates % OTHERS;
-        let backends: &[usize] = if (updates / OTHERS) % 2 == 0 {
+        let backends: &[usize] = if (updates / OTHERS).is_multiple_of(2) {
             &[2]
         } else {
             &[1]

@@ -767,7 +767,10 @@ mod tests {
 
     #[test]
     fn tunnel_and_fullnat_compile_to_their_methods() {
-        for (m, want) in [("tunnel", ForwardMethod::Tunnel), ("fullnat", ForwardMethod::FullNat)] {
+        for (m, want) in [
+            ("tunnel", ForwardMethod::Tunnel),
+            ("fullnat", ForwardMethod::FullNat),
+        ] {
             let spec = format!(
                 "{{address: 198.18.0.1, port: 80, realServers: [{{address: 198.18.1.1, method: {m}}}]}}"
             );

@@ -160,7 +160,7 @@ fn check_local_addrs_owned(specs: &[ServiceSpec]) -> Result<(), ConfigError> {
 }
 
 /// [`check_local_addrs_owned`] against the host's addresses `host`.
-fn local_addrs_owned(specs: &[ServiceSpec], host: &[IpAddr]) -> Result<(), ConfigError> {
+fn local_addrs_owned(specs: &[ServiceSpec], host: &[std::net::IpAddr]) -> Result<(), ConfigError> {
     for s in specs {
         if let Some(a) = s.local_addrs.iter().find(|a| !host.contains(&a.to_ip())) {
             return Err(ConfigError::LocalAddrNotOwn {
@@ -378,6 +378,7 @@ mod tests {
             services: vec![spec],
             dns: Vec::new(),
             health_checks: Vec::new(),
+            checks: Default::default(),
             objects: Default::default(),
         }
     }
@@ -393,6 +394,7 @@ mod tests {
             &fullnat_config(&[lo]),
             &[],
             &MasqPolicy::default(),
+            &mut NextHopCache::default(),
             Duration::from_millis(1),
         )
         .unwrap();
@@ -407,7 +409,7 @@ mod tests {
     #[test]
     fn a_local_address_the_host_does_not_own_is_refused() {
         let foreign = Addr::from_v4([198, 19, 255, 254]);
-        let host: Vec<IpAddr> = vec!["198.18.1.5".parse().unwrap()];
+        let host: Vec<std::net::IpAddr> = vec!["198.18.1.5".parse().unwrap()];
         let cfg = fullnat_config(&[Addr::from_v4([198, 18, 1, 5]), foreign]);
         let e = local_addrs_owned(&cfg.services, &host).unwrap_err();
         assert!(matches!(e, ConfigError::LocalAddrNotOwn { .. }), "{e:?}");
@@ -428,6 +430,7 @@ mod tests {
             &cfg,
             &[],
             &MasqPolicy::default(),
+            &mut NextHopCache::default(),
             Duration::from_millis(1),
         );
         assert!(matches!(r, Err(ConfigError::LocalAddrNotOwn { .. })));
