@@ -24,8 +24,8 @@ echo "== loom models of the flow table (dataplane/src/flow_table/loom_tests.rs)"
 # sharing target/ would rebuild the normal build afterwards.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test --release -p sluice-dataplane --lib loom
-echo "== fuzz targets (dataplane/fuzz), 30 s each from the kept corpus"
-scripts/fuzz.sh 30
+echo "== fuzz targets (dataplane/fuzz), 20 s each from the kept corpus"
+scripts/fuzz.sh 20
 echo "== tests"
 # Integration tests each build their own uniquely named namespaces; two at a
 # time keeps the 2-core CI machine responsive.

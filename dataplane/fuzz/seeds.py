@@ -86,10 +86,6 @@ seeds = {
     },
 }
 seeds['parse'] = {name: data[3:3 + struct.unpack('!H', data[1:3])[0]] for name, data in seeds['pipeline'].items()}
-seeds['config'] = {
-    'service': open('../../examples/demo.yaml', 'rb').read(),
-    'bad': open('../../examples/bad.yaml', 'rb').read(),
-}
 for target, files in seeds.items():
     d = os.path.join('corpus', target)
     os.makedirs(d, exist_ok=True)
