@@ -23,6 +23,7 @@ use sluice_dataplane::pipeline::{
 use sluice_dataplane::service::{
     BackendSpec, ForwardMethod, MasqMode, SchedKind, ServiceSpec, ServiceTable, VipKey,
 };
+use sluice_dataplane::snat::Share;
 use sluice_dataplane::types::{proto, Addr, L2Hop};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -137,6 +138,7 @@ fn snapshot() -> Snapshot {
         nexthops: nexthops.into_iter().collect(),
         masq: MasqPolicy::default(),
         removed: Default::default(),
+        moved: Default::default(),
     }
 }
 
@@ -222,6 +224,7 @@ fuzz_target!(|data: &[u8]| {
             flows: &flows,
             affinity: &affinity,
             now,
+            share: Share::WHOLE,
         };
         let mut buf = vec![0u8; 2048];
         let n = frame.len().min(buf.len());
