@@ -339,17 +339,7 @@ impl Steering {
                 }
             }
         })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG)
-            .ok_or_else(|| SteerError::Load {
-                ifname: name.clone(),
-                source: format!("program `{PROG}` missing from the object").into(),
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| SteerError::Load {
-                ifname: name.clone(),
-                source: Box::new(e),
-            })?;
+        let prog = xdp_program(&mut ebpf, &name)?;
         prog.load().map_err(|e| {
             if is_eperm(&e) {
                 SteerError::PermissionDenied {
@@ -403,18 +393,7 @@ impl Steering {
         }
         let (ifname, mode) = (self.ifname.clone(), self.mode);
         let name = ifname.clone();
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG)
-            .ok_or_else(|| SteerError::Load {
-                ifname: name.clone(),
-                source: format!("program `{PROG}` missing from the object").into(),
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| SteerError::Load {
-                ifname: name.clone(),
-                source: Box::new(e),
-            })?;
+        let prog = xdp_program(&mut self.ebpf, &name)?;
         let tries: &[AttachMode] = match mode {
             AttachMode::Native => &[AttachMode::Native],
             AttachMode::Generic => &[AttachMode::Generic],
@@ -693,6 +672,20 @@ fn map_err(ifname: &str, map: &'static str, op: &'static str, source: MapError) 
         op,
         source: Box::new(source),
     }
+}
+
+/// The steering program inside the loaded object.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, ifname: &str) -> Result<&'a mut Xdp, SteerError> {
+    ebpf.program_mut(PROG)
+        .ok_or_else(|| SteerError::Load {
+            ifname: ifname.to_string(),
+            source: format!("program `{PROG}` missing from the object").into(),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| SteerError::Load {
+            ifname: ifname.to_string(),
+            source: Box::new(e),
+        })
 }
 
 /// The OS error code somewhere in an error's source chain.

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use super::compile::{Ctx, Loader};
+use super::sched::{field, string as text};
 use super::ConfigError;
 use crate::check::{CheckAction, CheckSpec, ServiceCheck};
 
@@ -21,23 +22,6 @@ use crate::check::{CheckAction, CheckSpec, ServiceCheck};
 pub const HEALTH_CHECK_ANNOTATION: &str = "sluice.dev/health-check";
 /// What a failed server gets: `weight0` (default) or `remove`.
 pub const HEALTH_CHECK_ACTION_ANNOTATION: &str = "sluice.dev/health-check-action";
-
-fn field(a: &str) -> String {
-    format!("metadata.annotations[\"{a}\"]")
-}
-
-fn text<'a>(
-    l: &Loader<'_>,
-    ctx: &Ctx,
-    ann: &'a BTreeMap<String, serde_yaml::Value>,
-    a: &str,
-) -> Result<Option<&'a str>, ConfigError> {
-    match ann.get(a) {
-        None => Ok(None),
-        Some(serde_yaml::Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(l.err(ctx, field(a), "must be a string")),
-    }
-}
 
 /// Reads and checks the health-check annotations of a Service.
 pub(super) fn health_check(

@@ -57,7 +57,7 @@ pub(super) fn netmask(
     ann: &BTreeMap<String, serde_yaml::Value>,
     affinity: bool,
 ) -> Result<Option<u8>, ConfigError> {
-    let f = format!("metadata.annotations[\"{PERSISTENCE_NETMASK_ANNOTATION}\"]");
+    let f = super::sched::field(PERSISTENCE_NETMASK_ANNOTATION);
     let text = match ann.get(PERSISTENCE_NETMASK_ANNOTATION) {
         None => return Ok(None),
         Some(serde_yaml::Value::String(s)) => s.clone(),

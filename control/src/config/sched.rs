@@ -63,12 +63,13 @@ impl Scheduling {
     }
 }
 
-fn field(a: &str) -> String {
+/// The field path of annotation `a`, as errors name it.
+pub(super) fn field(a: &str) -> String {
     format!("metadata.annotations[\"{a}\"]")
 }
 
-/// The string value of annotation `a`, if present.
-fn string<'a>(
+/// The string value of annotation `a` (trimmed), if present.
+pub(super) fn string<'a>(
     l: &Loader<'_>,
     ctx: &Ctx,
     ann: &'a BTreeMap<String, serde_yaml::Value>,
