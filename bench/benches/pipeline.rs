@@ -138,6 +138,9 @@ fn with_1e7() -> bool {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the daemon does in each worker thread: this thread is the only
+    // writer of traffic-counter slot 0 (plain relaxed stores, no RMW).
+    sluice_dataplane::traffic::bind_worker(0);
     let mut g = c.benchmark_group("worker_burst");
     g.throughput(Throughput::Elements(BURST as u64));
     let mut sizes = vec![1_000u32, 1_000_000];
@@ -226,6 +229,7 @@ fn bench(c: &mut Criterion) {
 /// Established-flow cost against the size of the service table.
 fn bench_services(c: &mut Criterion) {
     const FLOWS: u32 = 10_000;
+    sluice_dataplane::traffic::bind_worker(0);
     let mut g = c.benchmark_group("worker_burst_services");
     g.throughput(Throughput::Elements(BURST as u64));
     for &s in &[1u32, 1_000, 100_000] {
@@ -317,6 +321,7 @@ fn bench_scaling(c: &mut Criterion) {
                         for t in 0..w {
                             let ctx = &ctx;
                             s.spawn(move || {
+                                sluice_dataplane::traffic::bind_worker(t);
                                 let mut wk = worker();
                                 // Each worker replays the templates from its
                                 // own offset.
