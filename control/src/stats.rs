@@ -470,4 +470,31 @@ mod tests {
         assert_eq!(r.services[0].figures.conns, 0);
         assert_eq!(r.workers.len(), 2);
     }
+
+    /// A next-hop-only epoch ([`ServiceTable::with_version`]) shares the
+    /// services, and so their counters, with the table before it: the
+    /// totals must not count them twice once the workers have moved on.
+    #[test]
+    fn a_next_hop_only_epoch_is_not_folded_twice() {
+        let shared = Arc::new(Shared::new(
+            table(1, &[B1]),
+            FlowTable::new(1024, Timeouts::default()),
+            AffinityTable::new(64),
+        ));
+        let workers: Vec<Arc<Counters>> = (0..2).map(|_| Arc::new(Counters::default())).collect();
+        let stats = Stats::new(shared.clone(), workers.clone());
+        let snap = shared.snapshot.load_full();
+        for _ in 0..7 {
+            snap.services.get(0).unwrap().traffic.on_new(0, 60);
+        }
+        let mut next = table(1, &[B1]);
+        next.services = snap.services.with_version(2);
+        stats.swap(next);
+        for w in &workers {
+            w.table_version.store(2, Ordering::Release);
+        }
+        let r = stats.report();
+        assert_eq!(backend(&r, "198.18.1.11").conns, 7);
+        assert_eq!(r.services[0].figures.conns, 7);
+    }
 }
