@@ -192,3 +192,35 @@ fn too_big_once_encapsulated_answers_with_the_mtu_left() {
     let big6 = tcp(v6(0x02), v6(0x64), true, 1461 - 60);
     assert_eq!(run(&snap6, &flows, &big6).0, Verdict::TooBig(1460));
 }
+
+/// An established IPIP flow follows its real server's next hop when the
+/// kernel's neighbour table moves it ([`Snapshot::moved`]): the tunnel
+/// leaves to the new MAC instead of being dropped as a lost hop.
+#[test]
+fn an_established_tunnel_follows_a_moved_next_hop() {
+    let (vip, rs, src) = (
+        Addr::from_v4([198, 18, 100, 10]),
+        Addr::from_v4([198, 18, 1, 11]),
+        Addr::from_v4([198, 18, 1, 1]),
+    );
+    let client = Addr::from_v4([198, 18, 0, 2]);
+    let mut snap = snapshot(vip, rs, src, 1500);
+    let flows = FlowTable::new(64, Timeouts::default());
+    let (v, _) = run(&snap, &flows, &tcp(client, vip, true, 0));
+    assert!(matches!(v, Verdict::TxLen(1, _)), "{v:?}");
+    // The backend came back with another MAC; the flow still records the old.
+    let old = L2Hop {
+        port: 1,
+        mac: backend_mac(0),
+    };
+    let new = L2Hop {
+        port: 1,
+        mac: backend_mac(7),
+    };
+    snap.nexthops.get_mut(&rs).unwrap().hop = new;
+    snap.moved.insert(old, new);
+    let input = tcp(client, vip, false, 5);
+    let (v, out) = run(&snap, &flows, &input);
+    assert_eq!(v, Verdict::TxLen(1, input.len() + 20));
+    assert_eq!(&out[..6], &backend_mac(7), "sent to the new MAC");
+}
