@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sluice_tests::api::request;
 use sluice_tests::fake_apiserver::{FakeApiServer, GoneAnswer, Resource};
 use sluice_tests::{
     parse_backend_reply, poll_until, require_root, topology, Pipe, Role, Sluice, Topology,
@@ -205,7 +206,16 @@ fn gone_mid_watch_relists_and_what_was_deleted_meanwhile_is_gone() {
         &["b3"],
         "changed during the break",
     );
-    assert!(fake.list_requests(Resource::Services) > lists, "relisted");
+    // Both watches get the 410 at once, but each relists on its own
+    // backoff: the slices' relist alone can empty `api`'s VIP, so wait for
+    // the services' relist and then for `api` itself to leave the store.
+    await_true("services relisted", || {
+        fake.list_requests(Resource::Services) > lists
+    });
+    let api_path = "/api/v1/namespaces/default/services/api";
+    await_true("api deleted from sluice's store by the relist", || {
+        request(sluice.api_socket(), "GET", api_path, None, None).code == 404
+    });
     let r = sluice.stop();
     assert!(
         r.counter("cluster_lists") >= 4,
