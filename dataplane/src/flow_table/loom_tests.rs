@@ -3,7 +3,7 @@
 //! for loom's by `sync.rs`. Run them with
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test --release -p sluice-dataplane loom
+//! cargo test --release -p sluice-dataplane --features loom --lib loom
 //! ```
 //!
 //! (`scripts/test.sh` does, into its own target directory). The models are

@@ -592,7 +592,7 @@ impl FlowTable {
         }
     }
 
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(feature = "loom")))]
     fn timeout_of(&self, st: u8) -> u32 {
         self.v4.timeout_of(st)
     }
@@ -845,7 +845,7 @@ impl FlowTable {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, feature = "loom"))]
 mod loom_tests;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 mod tests;

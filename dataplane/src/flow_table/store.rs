@@ -425,11 +425,11 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     ) -> Option<R> {
         let kp = L::key_proto(&h.key);
         for (i, b) in Self::pass_buckets(h, moving).enumerate() {
-            #[cfg(all(test, not(loom)))]
+            #[cfg(all(test, not(feature = "loom")))]
             if i > 0 {
                 hook::between_buckets(h.b1, h.b2, h.tag);
             }
-            #[cfg(not(all(test, not(loom))))]
+            #[cfg(not(all(test, not(feature = "loom"))))]
             let _ = i;
             if let Some(r) = self.scan_bucket(b, h, kp, skip, order, &mut f) {
                 return Some(r);
@@ -1088,7 +1088,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     }
 
     /// Free records (walks the stack; for tests on a quiescent store).
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(feature = "loom")))]
     pub fn free_len(&self) -> usize {
         let mut n = 0;
         let mut top = self.free_head.load(Ordering::Acquire) as u32;
@@ -1100,13 +1100,13 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     }
 
     /// Displacements done so far.
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(feature = "loom")))]
     pub fn moves(&self) -> u64 {
         self.moves.load(Ordering::Relaxed) / 2
     }
 
     /// Occupied index slots (for tests on a quiescent store).
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(feature = "loom")))]
     pub fn used_slots(&self) -> usize {
         self.buckets
             .iter()
@@ -1118,7 +1118,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
 
 /// Test hooks: code a test runs inside a scan, between two of its bucket
 /// reads, to interleave a displacement with it deterministically.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 pub mod hook {
     use std::cell::RefCell;
 
@@ -1158,7 +1158,7 @@ pub mod hook {
 /// counter odd, a slot copied and not yet erased, or erased and the counter
 /// not yet bumped), as a preempted mover would leave it. Each step is the
 /// real mover's code.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 impl<L: Layout<N>, const N: usize> Store<L, N> {
     /// Every `(bucket, index)` holding the slot of record `ri` under `h`.
     pub fn slots_of(&self, h: &Hashed<L::Key>, ri: u32) -> Vec<(usize, usize)> {
@@ -1215,7 +1215,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
 }
 
 /// A slot copied by [`Store::copy_to_other`], not yet erased.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(feature = "loom")))]
 #[derive(Clone, Copy, Debug)]
 pub struct Copied {
     /// The original: `(bucket, index)`.
