@@ -20,7 +20,8 @@
 //! worker, so the ring is never starved), and sent when the first has been
 //! forwarded, or released as `frag_dropped_no_first` after
 //! [`FRAG_TIMEOUT_SECS`]. A rewrite is forgotten when the last fragment
-//! (MF clear) has passed, or after [`FRAG_TIMEOUT_SECS`]; a later fragment
+//! (MF clear) has passed and none of its datagram is held, or after
+//! [`FRAG_TIMEOUT_SECS`]; a later fragment
 //! that finds it older than that is dropped (`frag_dropped_expired`).
 //!
 //! # One table per worker
@@ -451,7 +452,9 @@ impl<F> FragTable<F> {
             st.dropped_expired += 1;
             return Action::Expired;
         }
-        if h.last {
+        // The last fragment ends the entry, unless fragments of the same
+        // datagram are held (they are being released, after it).
+        if h.last && !self.held.iter().any(|x| x.key == h.key) {
             self.entries.remove(&h.key);
         }
         let v = apply(snap, buf, *len, &h, &e.rw);
