@@ -85,11 +85,14 @@ fn echo_all(topo: &Topology, sluice: &Sluice, addr: &str) {
     }
 }
 
-fn echo_server(topo: &Topology) -> sluice_tests::BgProcess {
-    let p = topo.spawn_testsrv(
-        Role::Backend(1),
-        &["serve", "--name", "b1", "--udp-echo", &ECHO_PORT.to_string()],
-    );
+/// The echo server on backend 1, on every address or on `bind` alone.
+fn echo_server(topo: &Topology, bind: Option<&str>) -> sluice_tests::BgProcess {
+    let port = ECHO_PORT.to_string();
+    let mut args = vec!["serve", "--name", "b1", "--udp-echo", &port];
+    if let Some(ip) = bind {
+        args.extend(["--echo-bind", ip]);
+    }
+    let p = topo.spawn_testsrv(Role::Backend(1), &args);
     assert!(
         p.wait_for(sluice_tests::Pipe::Stdout, 0, "ready", Duration::from_secs(10)),
         "echo server: {}",
@@ -102,7 +105,7 @@ fn echo_server(topo: &Topology) -> sluice_tests::BgProcess {
 fn nat_fragmented_datagrams_and_replies_arrive_intact_v4_and_v6() {
     require_root();
     let topo = topology!(TopologyOpts::default().ipv6(true).backends(1));
-    let _echo = echo_server(&topo);
+    let _echo = echo_server(&topo, None);
     let config = format!(
         "{}\n---\n{}",
         service("echo4", VIP, "IPv4", Topology::backend_ip(1), ""),
@@ -129,7 +132,7 @@ fn nat_fragmented_datagrams_and_replies_arrive_intact_v4_and_v6() {
 fn masqueraded_fragmented_datagrams_and_replies_arrive_intact() {
     require_root();
     let topo = topology!(TopologyOpts::default().ipv6(true).backends(1));
-    let _echo = echo_server(&topo);
+    let _echo = echo_server(&topo, None);
     let config = format!(
         "{}\n---\n{}",
         service("echo4", VIP, "IPv4", Topology::backend_ip(1), ""),
@@ -193,7 +196,8 @@ fn dr_fragmented_datagrams_reach_the_backend_intact() {
         Duration::from_secs(10),
     );
     assert!(out.success(), "{out}");
-    let _echo = echo_server(&topo);
+    // Bound to the VIP: a UDP reply leaves from the address it is bound to.
+    let _echo = echo_server(&topo, Some(VIP));
     let annotations = "  annotations:\n    sluice.dev/forwarding-method: dr\n";
     let config = service("echo4", VIP, "IPv4", Topology::backend_ip(1), annotations);
     let sluice = Sluice::start(&topo, &config, &["--workers", "1"]);

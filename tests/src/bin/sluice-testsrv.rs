@@ -52,7 +52,7 @@
 //!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
 //!   `... error <e>`; it goes on after errors, so a test sees when replies
 //!   stopped and resumed (and from which backend) across a reload.
-//! * udp-echo (and `serve --udp-echo PORT`): datagrams larger than the
+//! * udp-echo (and `serve --udp-echo PORT [--echo-bind IP]`): datagrams larger than the
 //!   link, which both kernels fragment (`IP_PMTUDISC_DONT`). The client
 //!   sends `--size` bytes: `ECHO <reply> <fnv1a-64 hex>\n` and a
 //!   deterministic body; the server checks the body against the hash and
@@ -259,9 +259,17 @@ fn serve(args: &Args) -> Res<()> {
     }
     if let Some(port) = args.get("udp-echo") {
         let p = port_of(port)?;
-        let s = UdpSocket::bind(("::", p))
-            .or_else(|_| UdpSocket::bind(("0.0.0.0", p)))
-            .map_err(|e| format!("bind udp-echo {port}: {e}"))?;
+        // `--echo-bind IP`: replies leave from that address (a DR real
+        // server answers from the VIP it holds on lo; a wildcard socket
+        // would answer from the route's source).
+        let s = match args.get("echo-bind") {
+            Some(ip) => {
+                let ip: IpAddr = ip.parse().map_err(|e| format!("--echo-bind {ip}: {e}"))?;
+                UdpSocket::bind((ip, p))
+            }
+            None => UdpSocket::bind(("::", p)).or_else(|_| UdpSocket::bind(("0.0.0.0", p))),
+        }
+        .map_err(|e| format!("bind udp-echo {port}: {e}"))?;
         allow_fragments(&s);
         handles.push(thread::spawn(move || udp_echo_loop(s, name)));
     }
