@@ -282,7 +282,11 @@ impl Rig {
     /// Every frame is back in the pool or held.
     fn assert_no_leak(&mut self) {
         let held = self.w.frag_table().held();
-        assert_eq!(self.w.port().free_frames() + held, self.total, "a frame leaked");
+        assert_eq!(
+            self.w.port().free_frames() + held,
+            self.total,
+            "a frame leaked"
+        );
     }
 }
 

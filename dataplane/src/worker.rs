@@ -319,8 +319,7 @@ impl<P: Port> Worker<P> {
             std::mem::take(&mut self.batch),
             std::mem::take(&mut self.parsed),
         );
-        for (RxFrame { mut frame, port }, &(parsed, hash)) in
-            batch.drain(..).zip(parsed_all.iter())
+        for (RxFrame { mut frame, port }, &(parsed, hash)) in batch.drain(..).zip(parsed_all.iter())
         {
             if frag::is_fragment(&parsed) {
                 self.fragment(ctx, frame, port, parsed, hash);
@@ -386,7 +385,10 @@ impl<P: Port> Worker<P> {
             if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
                 *len = n;
             }
-            (v, frag::learn(buf.get(..*len).unwrap_or(&[]), in_len, v, &p))
+            (
+                v,
+                frag::learn(buf.get(..*len).unwrap_or(&[]), in_len, v, &p),
+            )
         });
         self.send_or_release(frame, port, v);
         let (Some(rw), Some(key)) = (rw, FragKey::of_first(&p)) else {
@@ -415,7 +417,10 @@ impl<P: Port> Worker<P> {
                 self.port.release(frame);
             }
             frag::Action::Hold(key) => {
-                if let Some(f) = self.frags.hold(key, frame, port, ctx.now, &mut self.stats.frag) {
+                if let Some(f) = self
+                    .frags
+                    .hold(key, frame, port, ctx.now, &mut self.stats.frag)
+                {
                     self.port.release(f);
                 }
             }

@@ -81,7 +81,10 @@ fn echo_all(topo: &Topology, sluice: &Sluice, addr: &str) {
             "{addr} size {size} reply {reply}: {out}\nsluice log:\n{}",
             sluice.logs()
         );
-        assert!(out.stdout.lines().all(|l| l.starts_with("ok backend=b1 ")), "{out}");
+        assert!(
+            out.stdout.lines().all(|l| l.starts_with("ok backend=b1 ")),
+            "{out}"
+        );
     }
 }
 
@@ -94,7 +97,12 @@ fn echo_server(topo: &Topology, bind: Option<&str>) -> sluice_tests::BgProcess {
     }
     let p = topo.spawn_testsrv(Role::Backend(1), &args);
     assert!(
-        p.wait_for(sluice_tests::Pipe::Stdout, 0, "ready", Duration::from_secs(10)),
+        p.wait_for(
+            sluice_tests::Pipe::Stdout,
+            0,
+            "ready",
+            Duration::from_secs(10)
+        ),
         "echo server: {}",
         p.output(sluice_tests::Pipe::Stderr)
     );
@@ -158,7 +166,11 @@ fn masqueraded_fragmented_datagrams_and_replies_arrive_intact() {
     assert!(r.status.is_some_and(|s| s.success()), "{r:?}");
     assert!(r.counter("snat_flows") >= 2, "{:?}", r.counters);
     assert!(r.counter("frag_first") >= 24, "{:?}", r.counters);
-    assert!(r.counter("xdp_fragments_redirected_back") > 0, "{:?}", r.counters);
+    assert!(
+        r.counter("xdp_fragments_redirected_back") > 0,
+        "{:?}",
+        r.counters
+    );
 }
 
 #[test]
@@ -208,5 +220,10 @@ fn dr_fragmented_datagrams_reach_the_backend_intact() {
     assert!(r.counter("frag_first") >= 9, "{:?}", r.counters);
     assert!(r.counter("frag_followed") >= 9, "{:?}", r.counters);
     // The direct replies are the kernel's to route, not Sluice's.
-    assert_eq!(r.counter("xdp_fragments_redirected_back"), 0, "{:?}", r.counters);
+    assert_eq!(
+        r.counter("xdp_fragments_redirected_back"),
+        0,
+        "{:?}",
+        r.counters
+    );
 }

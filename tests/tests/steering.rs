@@ -305,7 +305,10 @@ fn ipv4_fragments_follow_their_first_or_pass_together() {
     assert!(has(&good), "the whole datagram reaches b1");
     assert!(has(&first), "the first fragment reaches b1");
     assert!(has(&later), "its later fragment follows it to b1");
-    assert!(!has(&first2) && !has(&later2) && !has(&orphan), "not Sluice's");
+    assert!(
+        !has(&first2) && !has(&later2) && !has(&orphan),
+        "not Sluice's"
+    );
     assert_eq!(counter(&r, "new_flows"), 2, "{:?}", r.counters);
     assert_eq!(counter(&r, "frag_first"), 1, "{:?}", r.counters);
     assert_eq!(counter(&r, "frag_followed"), 1, "{:?}", r.counters);

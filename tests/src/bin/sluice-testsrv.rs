@@ -534,11 +534,7 @@ fn udp_echo_loop(s: UdpSocket, name: &str) {
             continue;
         };
         let ok = format!("{:016x}", fnv1a(&got[nl + 1..])) == hash;
-        let mut r = format!(
-            "backend={name} {} {n}\n",
-            if ok { "ok" } else { "bad" }
-        )
-        .into_bytes();
+        let mut r = format!("backend={name} {} {n}\n", if ok { "ok" } else { "bad" }).into_bytes();
         let body = echo_body(reply, reply.saturating_sub(r.len()));
         r.extend_from_slice(&body);
         let _ = s.send_to(&r, peer);
@@ -579,7 +575,11 @@ fn udp_echo(args: &Args) -> Res<()> {
         let nl = got.iter().position(|&b| b == b'\n').unwrap_or(n);
         let head = String::from_utf8_lossy(&got[..nl]).into_owned();
         let mut w = head.split(' ');
-        let name = w.next().unwrap_or("").trim_start_matches("backend=").to_string();
+        let name = w
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("backend=")
+            .to_string();
         let verdict = w.next().unwrap_or("");
         let received = w.next().unwrap_or("");
         let body_ok = nl < n && got[nl + 1..] == echo_body(reply, n - nl - 1)[..];
