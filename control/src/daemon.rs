@@ -415,6 +415,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         "counter xdp_fragments_passed_{} {}",
                         l.name, s.fragments_passed
                     );
+                    println!(
+                        "counter xdp_fragments_redirected_{} {}",
+                        l.name, s.fragments_redirected
+                    );
                 }
                 Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
             }

@@ -48,11 +48,24 @@
  * 802.1ad; a frame with two tags is not IP here and passes); IPv4 with its
  * options skipped through IHL; IPv6 with up to MAX_EXT Hop-by-Hop,
  * Routing and Destination Options headers skipped (more than that passes).
- * Every IPv4 fragment (MF set or a non-zero offset, the first one too) and
- * every IPv6 packet with a Fragment header passes to the kernel, counted in
- * stats[3]: the data path has no fragment table yet, and the fragments of
- * one datagram must not be split between Sluice and the kernel (only the
- * first carries ports).
+ * Fragments (IPv4: MF set or a non-zero offset; IPv6: a Fragment header
+ * after the skipped extension headers) of TCP and UDP. Only the first
+ * (offset 0) carries ports, and the fragments of one datagram must not be
+ * split between Sluice and the kernel, so:
+ *   - a first fragment is judged by its ports like a whole packet, by
+ *     (a), (b) and (c) (IPv6: the L4 header right after the Fragment
+ *     header); when it is redirected, its datagram's key (source,
+ *     destination, IP identification, protocol) goes into the LRU map
+ *     `frags`, counted in stats[4];
+ *   - a later fragment is redirected when its key is in `frags` (its first
+ *     was: the later ones follow it, also counted in stats[4]), and
+ *     otherwise passes, counted in stats[3].
+ * The kernel fragments a datagram in order and one datagram's fragments
+ * reach one receive queue (one CPU), so the first is judged before the
+ * others. A later fragment that overtakes its first goes to the kernel,
+ * as does the whole datagram of a host's own connection. Fragments of
+ * other protocols (ICMP, SCTP) pass. An IPv6 atomic fragment (offset 0, M
+ * clear) is judged as a whole packet and not remembered.
  *
  * If no socket is registered for the queue, bpf_redirect_map falls back to
  * XDP_PASS (kernel >= 5.3), so the kernel never loses a frame to a missing
@@ -73,7 +86,9 @@
  * Values of `vips` and `backends` are one byte, ignored.
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]), [3] fragments passed (also
- * counted in [1]).
+ * counted in [1]), [4] fragments redirected (also counted in [0]).
+ * `frags` keys are struct frag_key (40 bytes, no implicit padding); the
+ * user space never reads them.
  *
  * Direct-routing services (forwarding method dr): the client's packets
  * match (a) as for NAT. The backend answers the client directly, from
@@ -130,12 +145,32 @@
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
+/* Datagrams whose later fragments are followed at once (LRU: the oldest
+ * go first; the data path forgets its own after 30 s). */
+#define MAX_FRAGS 16384
 
 struct l4_key {
 	__u8 addr[16];
 	__be16 port;
 	__u8 proto;
 	__u8 pad;
+};
+
+/* A datagram, as its fragments share it (RFC 791 § 3.2, RFC 8200 § 4.5). */
+struct frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* The IPv6 Fragment header (RFC 8200 § 4.5). */
+struct frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 off_m;
+	__be32 id;
 };
 
 struct port_range {
@@ -148,7 +183,8 @@ enum {
 	STAT_PASSED = 1,
 	STAT_ICMP_REDIRECTED = 2,
 	STAT_FRAGMENT_PASSED = 3,
-	STAT_MAX = 4,
+	STAT_FRAGMENT_REDIRECTED = 4,
+	STAT_MAX = 5,
 };
 
 struct {
@@ -192,6 +228,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct port_range);
 } snat_range SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FRAGS);
+	__type(key, struct frag_key);
+	__type(value, __u8);
+} frags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -397,6 +440,8 @@ int sluice_steer(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u8 saddr[16], daddr[16];
+	struct frag_key fk = {};
+	int first_frag = 0;
 	struct ports *p;
 	__be16 h_proto;
 	void *icmp = 0;
@@ -428,10 +473,19 @@ int sluice_steer(struct xdp_md *ctx)
 		ihl = ip->ihl * 4;
 		if (ip->version != 4 || ihl < sizeof(*ip))
 			return count(STAT_PASSED, XDP_PASS);
-		/* Every fragment, the first too: see the header comment. */
-		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-			goto fragment;
 		proto = ip->protocol;
+		/* Fragments: see the header comment. */
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+			v4_mapped(fk.saddr, ip->saddr);
+			v4_mapped(fk.daddr, ip->daddr);
+			fk.id = ip->id;
+			fk.proto = proto;
+			if (ip->frag_off & bpf_htons(IP_OFFSET))
+				goto later_fragment;
+			if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+				goto fragment;
+			first_frag = 1;
+		}
 		/* ICMP: only errors about LB flows. */
 		if (proto == IPPROTO_ICMP) {
 			icmp = (void *)ip + ihl;
@@ -451,8 +505,24 @@ int sluice_steer(struct xdp_md *ctx)
 		p = skip_ext_hdrs((void *)(ip6 + 1), data_end, &proto, MAX_EXT);
 		if (!p)
 			return count(STAT_PASSED, XDP_PASS);
-		if (proto == NEXTHDR_FRAGMENT)
-			goto fragment;
+		if (proto == NEXTHDR_FRAGMENT) {
+			struct frag_hdr *fh = (void *)p;
+
+			if ((void *)(fh + 1) > data_end)
+				goto fragment;
+			__builtin_memcpy(fk.saddr, &ip6->saddr, 16);
+			__builtin_memcpy(fk.daddr, &ip6->daddr, 16);
+			fk.id = fh->id;
+			fk.proto = fh->nexthdr;
+			proto = fh->nexthdr;
+			p = (void *)(fh + 1);
+			if (fh->off_m & bpf_htons(0xfff8))
+				goto later_fragment;
+			if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+				goto fragment;
+			/* M clear: an atomic fragment, a whole packet. */
+			first_frag = (fh->off_m & bpf_htons(1)) != 0;
+		}
 		if (proto == IPPROTO_ICMPV6) {
 			icmp = p;
 			icmp_v6 = 1;
@@ -469,11 +539,28 @@ int sluice_steer(struct xdp_md *ctx)
 	if ((void *)(p + 1) > data_end)
 		return count(STAT_PASSED, XDP_PASS);
 
-	if (!is_lb_traffic(saddr, daddr, p, proto))
+	if (!is_lb_traffic(saddr, daddr, p, proto)) {
+		if (first_frag)
+			goto fragment;
 		return count(STAT_PASSED, XDP_PASS);
+	}
 
 	/* Falls back to XDP_PASS when no socket is bound on this queue. */
 	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (first_frag && ret == XDP_REDIRECT) {
+		__u8 one = 1;
+
+		bpf_map_update_elem(&frags, &fk, &one, BPF_ANY);
+		count(STAT_FRAGMENT_REDIRECTED, 0);
+	}
+	return count(ret == XDP_REDIRECT ? STAT_REDIRECTED : STAT_PASSED, ret);
+
+later_fragment:
+	if (!bpf_map_lookup_elem(&frags, &fk))
+		goto fragment;
+	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	if (ret == XDP_REDIRECT)
+		count(STAT_FRAGMENT_REDIRECTED, 0);
 	return count(ret == XDP_REDIRECT ? STAT_REDIRECTED : STAT_PASSED, ret);
 
 fragment:

@@ -195,9 +195,9 @@ pub enum DropReason {
     /// IPv6, or an index is beyond the record's limits: see
     /// `flow_table::layout`).
     FlowUnsupported,
-    /// An IPv4 fragment or an IPv6 packet with a Fragment header. The
-    /// steering program passes every fragment to the kernel (module doc of
-    /// [`crate::steer`]), so this counts only those injected otherwise.
+    /// A fragment that [`crate::frag`] cannot follow: a first fragment of
+    /// SCTP or ICMP, or a later fragment whose header does not parse
+    /// (802.1Q-tagged, truncated).
     Fragment,
     /// The IPv4 header checksum is wrong or zero ([`ParseError::BadIpChecksum`]).
     BadIpChecksum,
@@ -358,6 +358,8 @@ pub struct Stats {
     /// their front end and backend in the table in service (renumbered by
     /// a reload): not counted per backend ([`crate::traffic`]).
     pub traffic_unattributed: u64,
+    /// Fragment counters ([`crate::frag`]; the worker counts them).
+    pub frag: crate::frag::FragStats,
 }
 
 impl Stats {

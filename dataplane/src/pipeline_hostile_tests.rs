@@ -241,11 +241,23 @@ fn tagged_frames_are_dropped() {
 }
 
 #[test]
-fn fragments_are_dropped_as_fragments() {
+fn later_fragments_are_dropped_as_fragments_by_the_pipeline_alone() {
+    // A later fragment has no ports: the pipeline alone cannot forward it
+    // (the worker's fragment table does: crate::frag).
     let mut f = v4_tcp(tcp_flags::SYN);
-    f[14 + 6] = 0x20; // MF, offset 0: a first fragment
+    f[14 + 6] = 0x20;
+    f[14 + 7] = 185; // MF, offset 1480
     fix_v4_header(&mut f, 14);
     assert_dropped(&f, DropReason::Fragment);
+}
+
+#[test]
+fn a_first_fragment_is_forwarded_by_its_five_tuple() {
+    let mut f = v4_tcp(tcp_flags::SYN);
+    f[14 + 6] = 0x20; // MF, offset 0: a first fragment, ports and all
+    fix_v4_header(&mut f, 14);
+    assert!(crate::wire::parse(&f).unwrap().fragment.is_some());
+    assert_forwarded(&f);
 }
 
 /// [VIP6]:80 SYN behind one 8-byte Routing header (type 4) with

@@ -63,18 +63,27 @@
 //! | more than 8 of them | pass | `bad_ip_header` (never steered) |
 //! | IPv6 Routing header with segments left ≠ 0, matching | redirect | dropped: `ipv6_routing_header` (RFC 8200 § 4.4: this node is not the final destination) |
 //! | IPv6 Hop-by-Hop header after another extension header | redirect | dropped: `malformed` (`parse_bad_ip_header`, § 4.1) |
-//! | IPv4 fragment (first or later), IPv6 Fragment header | pass, counted as `xdp_fragments_passed_IF` | `fragment` (never steered) |
+//! | first fragment (IPv4 offset 0 with MF; IPv6 Fragment header offset 0, M set, TCP/UDP right after it) of TCP/UDP, matching by its ports | redirect, its datagram remembered in `frags`, counted as `xdp_fragments_redirected_IF` | forwarded by its 5-tuple, its rewrite remembered ([`crate::frag`]) |
+//! | later fragment of a datagram whose first was redirected | redirect (`xdp_fragments_redirected_IF`) | same L3 rewrite as its first; held if it overtook it (`frag_held`) |
+//! | any other fragment: not matching, a later one whose first went to the kernel or has not come, ICMP or SCTP | pass, counted as `xdp_fragments_passed_IF` | `fragment` (never steered) |
+//! | IPv6 atomic fragment (offset 0, M clear), matching | redirect | a whole packet: forwarded |
 //! | IPv4 header checksum wrong or zero, matching | redirect | dropped: `bad_ip_checksum` |
 //! | IPv4 LSRR / SSRR option, matching | redirect | dropped: `ip_source_route` |
 //! | IPv4 option with a broken length, matching | redirect | dropped: `bad_ip_options` |
 //! | TCP SYN+FIN, SYN+RST, no flags, FIN without ACK | redirect | dropped: `bad_tcp_flags`, before the flow lookup (no flow is created) |
 //! | endpoint → a host address, port outside the SNAT range | pass (the host's own connection) | — |
 //!
-//! Fragments pass because the data path has no fragment table yet and the
-//! fragments of one datagram must not be split between Sluice and the
-//! kernel (only the first carries ports). So today the kernel gets them: it
-//! reassembles those addressed to the host itself; a fragmented datagram
-//! to a VIP that the host does not own is not load-balanced.
+//! The fragments of one datagram must not be split between Sluice and the
+//! kernel, and only the first carries ports: so the first decides, by the
+//! same rules as a whole packet, and the program remembers the datagram
+//! (source, destination, IP identification, protocol) in an LRU map for the
+//! later ones. The kernel fragments in order and one datagram's fragments
+//! reach one queue, so the first is judged first; a later fragment that
+//! overtakes it passes to the kernel (the datagram is then lost, as it
+//! would be through any router that loses a fragment). A fragmented
+//! datagram of the host's own (a health check's reply from an endpoint)
+//! has a first fragment that matches no rule, so all of it reaches the
+//! kernel, which reassembles it.
 //!
 //! Direct-routing services need nothing more: the client's packets match
 //! their VIP, and the backends' direct replies (from VIP:port to a client)
@@ -102,7 +111,8 @@
 //! byte order; an entry with `hi == 0` is unused. `stats` is a per-CPU
 //! array of `u64` counters: `[0]` redirected, `[1]` passed, `[2]` ICMP
 //! errors redirected (also counted in `[0]`), `[3]` fragments passed (also
-//! counted in `[1]`).
+//! counted in `[1]`), `[4]` fragments redirected (also counted in `[0]`).
+//! `frags` (an LRU hash of [`MAX_FRAGS`] datagrams) is the program's own.
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -147,6 +157,11 @@ const STAT_PASSED: u32 = 1;
 const STAT_ICMP_REDIRECTED: u32 = 2;
 /// Index of the fragments-passed counter in `stats`.
 const STAT_FRAGMENT_PASSED: u32 = 3;
+/// Index of the fragments-redirected counter in `stats`.
+const STAT_FRAGMENT_REDIRECTED: u32 = 4;
+/// Capacity of the `frags` map (datagrams whose later fragments follow
+/// their redirected first).
+pub const MAX_FRAGS: usize = 16384;
 
 /// How the XDP program is attached to the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +279,9 @@ pub struct SteerStats {
     /// IPv4 fragments and IPv6 packets with a Fragment header passed to the
     /// kernel (also counted in `passed`).
     pub fragments_passed: u64,
+    /// Fragments redirected: first fragments of load-balancer traffic and
+    /// the later fragments that follow them (also counted in `redirected`).
+    pub fragments_redirected: u64,
 }
 
 /// The steering program attached to one interface.
@@ -574,6 +592,7 @@ impl Steering {
             passed: sum(STAT_PASSED)?,
             icmp_errors: sum(STAT_ICMP_REDIRECTED)?,
             fragments_passed: sum(STAT_FRAGMENT_PASSED)?,
+            fragments_redirected: sum(STAT_FRAGMENT_REDIRECTED)?,
         })
     }
 }

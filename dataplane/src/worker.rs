@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowTable, KeyHash};
+use crate::frag::{self, FragKey, FragTable};
 use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
 use crate::port::{Port, RxFrame};
 use crate::token_bucket::TokenBucket;
@@ -112,6 +113,8 @@ pub struct Counters {
     /// Loop turns that received nothing (idle ratio = idle / (idle +
     /// bursts)).
     pub idle_polls: AtomicU64,
+    /// Fragment counters, in [`frag::FragStats::pairs`] order.
+    pub frag: [AtomicU64; 6],
 }
 
 impl Counters {
@@ -137,6 +140,9 @@ impl Counters {
         }
         for (a, v) in self.parse_errors.iter().zip(s.parse_errors.iter()) {
             bump(a, *v);
+        }
+        for (a, (_, v)) in self.frag.iter().zip(s.frag.pairs()) {
+            bump(a, v);
         }
     }
 
@@ -171,6 +177,10 @@ impl Counters {
                 format!("parse_{}", e.as_str()),
                 l(&self.parse_errors[e.index()]),
             ));
+        }
+        let names = frag::FragStats::default().pairs();
+        for (a, (name, _)) in self.frag.iter().zip(names) {
+            v.push((name.to_string(), l(a)));
         }
         v
     }
@@ -239,6 +249,8 @@ pub struct Worker<P: Port> {
     icmp: TokenBucket,
     /// Milliseconds on the clock of [`Worker::icmp`], set once per burst.
     now_ms: u64,
+    /// This worker's fragment state ([`crate::frag`]).
+    frags: FragTable<P::Frame>,
 }
 
 impl<P: Port> Worker<P> {
@@ -253,6 +265,7 @@ impl<P: Port> Worker<P> {
             opts: WorkerOpts { burst, ..opts },
             icmp: TokenBucket::default(),
             now_ms: 0,
+            frags: FragTable::new(),
         }
     }
 
@@ -265,6 +278,11 @@ impl<P: Port> Worker<P> {
     /// The port (tests inspect what was sent).
     pub fn port(&mut self) -> &mut P {
         &mut self.port
+    }
+
+    /// The fragment state (tests inspect what is held).
+    pub fn frag_table(&self) -> &FragTable<P::Frame> {
+        &self.frags
     }
 
     /// Counters accumulated since the last [`Worker::take_stats`].
@@ -295,9 +313,18 @@ impl<P: Port> Worker<P> {
         }
         // Pass 3: process. Each frame moves out of the batch into exactly
         // one send or release.
-        for (RxFrame { mut frame, port }, &(parsed, hash)) in
-            self.batch.drain(..).zip(self.parsed.iter())
+        // Taken for the loop (and put back, capacity and all) so that the
+        // fragment path may borrow the worker.
+        let (mut batch, parsed_all) = (
+            std::mem::take(&mut self.batch),
+            std::mem::take(&mut self.parsed),
+        );
+        for (RxFrame { mut frame, port }, &(parsed, hash)) in batch.drain(..).zip(parsed_all.iter())
         {
+            if frag::is_fragment(&parsed) {
+                self.fragment(ctx, frame, port, parsed, hash);
+                continue;
+            }
             let stats = &mut self.stats;
             let (icmp, now_ms) = (&mut self.icmp, self.now_ms);
             let (v, answered) = self.port.with_frame(&mut frame, |buf, len| {
@@ -328,8 +355,88 @@ impl<P: Port> Worker<P> {
                 Verdict::TooBig(_) => self.port.release(frame),
             }
         }
+        (self.batch, self.parsed) = (batch, parsed_all);
+        while let Some(f) = self.frags.take_expired(ctx.now, &mut self.stats.frag) {
+            self.port.release(f);
+        }
         self.port.flush();
         n
+    }
+
+    /// A fragment ([`crate::frag`]): a first one goes through the pipeline
+    /// and its rewrite is remembered (then the fragments held for it go
+    /// out); a later one follows its first, or waits for it.
+    #[inline(never)]
+    fn fragment(
+        &mut self,
+        ctx: &Ctx<'_>,
+        mut frame: P::Frame,
+        port: u8,
+        parsed: Result<Parsed, ParseError>,
+        hash: Option<KeyHash>,
+    ) {
+        let Ok(p) = parsed else {
+            return self.later_fragment(ctx, frame, port, false);
+        };
+        let stats = &mut self.stats;
+        let (v, rw) = self.port.with_frame(&mut frame, |buf, len| {
+            let in_len = *len;
+            let v = pipeline::process_hashed(ctx, buf, *len, parsed, hash.as_ref(), port, stats);
+            if let Verdict::Reply(n) | Verdict::TxLen(_, n) = v {
+                *len = n;
+            }
+            (
+                v,
+                frag::learn(buf.get(..*len).unwrap_or(&[]), in_len, v, &p),
+            )
+        });
+        self.send_or_release(frame, port, v);
+        let (Some(rw), Some(key)) = (rw, FragKey::of_first(&p)) else {
+            return;
+        };
+        self.frags.learn(key, rw, ctx.now, &mut self.stats.frag);
+        while let Some((f, ingress)) = self.frags.take_held(&key) {
+            self.later_fragment(ctx, f, ingress, true);
+        }
+    }
+
+    /// A later fragment: rewritten as its first was, or held for it
+    /// (`released`: it was held already, and is not held again).
+    fn later_fragment(&mut self, ctx: &Ctx<'_>, mut frame: P::Frame, port: u8, released: bool) {
+        if !released {
+            self.stats.rx += 1;
+        }
+        let (frags, st) = (&mut self.frags, &mut self.stats.frag);
+        let action = self.port.with_frame(&mut frame, |buf, len| {
+            frags.follow(ctx.snap, buf, len, ctx.now, st)
+        });
+        match action {
+            frag::Action::Forward(v) => self.send_or_release(frame, port, v),
+            frag::Action::Hold(_) if released => {
+                self.stats.frag.dropped_no_first += 1;
+                self.port.release(frame);
+            }
+            frag::Action::Hold(key) => {
+                if let Some(f) = self
+                    .frags
+                    .hold(key, frame, port, ctx.now, &mut self.stats.frag)
+                {
+                    self.port.release(f);
+                }
+            }
+            frag::Action::Expired => self.port.release(frame),
+        }
+    }
+
+    /// Counts `v` and sends or releases the frame by it (a fragment too big
+    /// for its egress link is not answered: [`crate::frag::apply`]).
+    fn send_or_release(&mut self, frame: P::Frame, ingress: u8, v: Verdict) {
+        self.stats.count(v);
+        match v {
+            Verdict::Tx(out) | Verdict::TxLen(out, _) => self.port.send(out, frame),
+            Verdict::Reply(_) => self.port.send(ingress, frame),
+            Verdict::Drop(_) | Verdict::TooBig(_) => self.port.release(frame),
+        }
     }
 
     /// Runs until `shared.stop` is set, publishing counters to `counters`

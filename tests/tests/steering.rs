@@ -184,7 +184,8 @@ fn ipv6_extension_headers_routing_headers_and_fragments() {
     // A Routing header (type 4) with one segment left: refused.
     let mut rh = base.clone();
     rh.ext.push((43, vec![0, 0, 4, 1, 0, 0, 0, 0]));
-    // A Fragment header (first fragment, M set): to the kernel.
+    // A Fragment header (first fragment, M set, UDP after it): steered by
+    // its ports and forwarded, its datagram remembered for the rest.
     let mut fh = base.clone();
     fh.ext.push((44, vec![0, 0, 0, 1, 0, 0, 0, 7]));
     // Nine Destination Options headers: more than both walk; to the kernel.
@@ -222,25 +223,27 @@ fn ipv6_extension_headers_routing_headers_and_fragments() {
     assert_eq!(&f[14 + 24..14 + 40], &ipv6_of(&Topology::backend_ip6(1)));
     assert_eq!((f[14 + 6], f[14 + 40], f[14 + 48]), (0, 60, 17));
     assert_eq!(has(&routed), 0, "routing header with segments left");
-    assert_eq!(has(&frag), 0, "fragment");
+    assert_eq!(has(&frag), 1, "first fragment: forwarded once to b1");
     assert_eq!(has(&long), 0, "nine extension headers");
 
-    assert_eq!(counter(&r, "new_flows"), 1, "{:?}", r.counters);
+    assert_eq!(counter(&r, "new_flows"), 2, "{:?}", r.counters);
     assert_eq!(
         counter(&r, "drop_ipv6_routing_header"),
         1,
         "{:?}",
         r.counters
     );
-    // Neither the fragment nor the long chain was redirected...
+    // The long chain was not redirected; the first fragment was, counted
+    // by the XDP program, and remembered by the data path.
     assert_eq!(counter(&r, "parse_fragment"), 0, "{:?}", r.counters);
     assert_eq!(counter(&r, "parse_bad_ip_header"), 0, "{:?}", r.counters);
-    // ... the fragment was passed and counted by the XDP program.
-    assert!(
-        counter(&r, "xdp_fragments_passed_front") >= 1,
+    assert_eq!(
+        counter(&r, "xdp_fragments_redirected_front"),
+        1,
         "{:?}",
         r.counters
     );
+    assert_eq!(counter(&r, "frag_first"), 1, "{:?}", r.counters);
 }
 
 fn ipv6_of(s: &str) -> [u8; 16] {
@@ -249,8 +252,17 @@ fn ipv6_of(s: &str) -> [u8; 16] {
         .octets()
 }
 
+/// `pkt` (an IPv4 packet from [`Ip4`]) with IP identification `id`.
+fn with_id(mut pkt: Vec<u8>, id: u16) -> Vec<u8> {
+    pkt[4..6].copy_from_slice(&id.to_be_bytes());
+    pkt[10..12].fill(0);
+    let c = craft::checksum(0, &pkt[..20]);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+    pkt
+}
+
 #[test]
-fn ipv4_fragments_pass_to_the_kernel() {
+fn ipv4_fragments_follow_their_first_or_pass_together() {
     require_root();
     let topo = topology!(TopologyOpts::default().backends(1));
     let sluice = Sluice::start(&topo, &config_v4(&[1]), &["--workers", "1"]);
@@ -258,13 +270,19 @@ fn ipv4_fragments_pass_to_the_kernel() {
         craft::mac(&topo, Role::Lb, "front"),
         craft::mac(&topo, Role::Client, "eth0"),
     );
-    let (good, first, later) = (craft::marker(), craft::marker(), craft::marker());
+    let m = || craft::marker();
+    let (good, first, later, first2, later2, orphan) = (m(), m(), m(), m(), m(), m());
     let mut ip = Ip4::new(CLIENT, VIP4);
     let whole = ip.udp(40010, 53, &good);
     ip.frag = 0x2000; // MF, offset 0: the first fragment, ports and all
-    let first_frag = ip.udp(40011, 53, &first);
+    let first_frag = with_id(ip.udp(40011, 53, &first), 1);
+    // To the VIP but a port with no service: the kernel's, all of it.
+    let first_frag2 = with_id(ip.udp(40012, 54, &first2), 2);
     ip.frag = 185; // offset 1480, last fragment: no ports
-    let later_frag = ip.packet(17, &later);
+    let later_frag = with_id(ip.packet(17, &later), 1);
+    let later_frag2 = with_id(ip.packet(17, &later2), 2);
+    // A later fragment whose first never came: the kernel's.
+    let orphan_frag = with_id(ip.packet(17, &orphan), 3);
     let eth = |p: &[u8]| craft::ether(lb_mac, client_mac, &[], craft::IPV4, p);
 
     let cap = Capture::start(&topo, Role::Backend(1), "eth0", &[], 3000);
@@ -272,19 +290,39 @@ fn ipv4_fragments_pass_to_the_kernel() {
         &topo,
         Role::Client,
         "eth0",
-        &[eth(&whole), eth(&first_frag), eth(&later_frag)],
+        &[
+            eth(&whole),
+            eth(&first_frag),
+            eth(&later_frag),
+            eth(&first_frag2),
+            eth(&later_frag2),
+            eth(&orphan_frag),
+        ],
     );
     let frames = cap.frames();
     let r = sluice.stop();
     let has = |m: &[u8]| frames.iter().any(|f| f.windows(m.len()).any(|w| w == m));
     assert!(has(&good), "the whole datagram reaches b1");
-    assert!(!has(&first) && !has(&later), "no fragment is forwarded");
-    assert_eq!(counter(&r, "new_flows"), 1, "{:?}", r.counters);
+    assert!(has(&first), "the first fragment reaches b1");
+    assert!(has(&later), "its later fragment follows it to b1");
+    assert!(
+        !has(&first2) && !has(&later2) && !has(&orphan),
+        "not Sluice's"
+    );
+    assert_eq!(counter(&r, "new_flows"), 2, "{:?}", r.counters);
+    assert_eq!(counter(&r, "frag_first"), 1, "{:?}", r.counters);
+    assert_eq!(counter(&r, "frag_followed"), 1, "{:?}", r.counters);
     assert_eq!(counter(&r, "drop_fragment"), 0, "{:?}", r.counters);
     assert_eq!(counter(&r, "parse_fragment"), 0, "{:?}", r.counters);
     assert_eq!(
-        counter(&r, "xdp_fragments_passed_front"),
+        counter(&r, "xdp_fragments_redirected_front"),
         2,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(
+        counter(&r, "xdp_fragments_passed_front"),
+        3,
         "{:?}",
         r.counters
     );

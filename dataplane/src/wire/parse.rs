@@ -24,10 +24,17 @@
 //! or IPv6 payload length shorter than the frame means Ethernet padding, which
 //! is ignored; a longer one means a truncated frame.
 //!
-//! Fragments are refused ([`ParseError::Fragment`]): only the first carries
-//! the ports, so a load balancer cannot steer the others by 5-tuple. The
-//! steering program passes them all to the kernel, so none is steered here
-//! in the first place; the refusal guards against any that come otherwise.
+//! A first fragment (IPv4 offset 0 with MF set; IPv6 Fragment header with
+//! offset 0 and M set) of a TCP or UDP datagram is parsed like a whole
+//! packet, since it carries the L4 header, and marked in
+//! [`Parsed::fragment`]: the pipeline forwards it by its 5-tuple and
+//! [`crate::frag`] remembers the rewrite for the rest. Its UDP length names
+//! the whole datagram, so it is not checked against the fragment. Every
+//! other fragment is refused ([`ParseError::Fragment`]): it carries no
+//! ports, and [`crate::frag`] follows it by its IP identification instead.
+//! Fragments of SCTP (whose CRC32c covers the whole packet, which no
+//! fragment holds) and of ICMP are refused too. An IPv6 atomic fragment
+//! (offset 0, M clear: RFC 6946) is a whole packet.
 //!
 //! [`parse`] accepts any byte slice and never panics; every failure is a
 //! [`ParseError`], whose [`ParseError::index`] indexes a drop counter.
@@ -41,6 +48,9 @@ use crate::types::{proto, Addr, FlowKey};
 /// At most this many IPv6 extension headers are skipped before the parser
 /// gives up (a bound on work per packet).
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Length of the IPv6 Fragment header (RFC 8200 § 4.5).
+pub const FRAG_HEADER_LEN: usize = 8;
 
 /// Length of the SCTP common header (RFC 9260 § 3.1).
 const SCTP_HEADER_LEN: usize = 12;
@@ -65,6 +75,10 @@ pub struct Parsed {
     pub icmp_type: u8,
     /// The IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// For a first fragment, its IP identification (IPv4: the 16-bit
+    /// field; IPv6: the Fragment header's 32 bits); `None` for a whole
+    /// packet.
+    pub fragment: Option<u32>,
 }
 
 /// Why a frame could not be parsed. Each variant indexes a drop counter.
@@ -182,9 +196,13 @@ fn parse_ipv4(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
         ipv4::OptionsError::SourceRoute => ParseError::IpSourceRoute,
         ipv4::OptionsError::BadLength => ParseError::BadIpOptions,
     })?;
-    // RFC 791: a fragment has MF set or a non-zero offset.
+    // RFC 791: a fragment has MF set or a non-zero offset; only the first
+    // (offset 0) carries the L4 header.
     if ip.is_fragment() {
-        return Err(ParseError::Fragment);
+        if ip.frag_offset() != 0 {
+            return Err(ParseError::Fragment);
+        }
+        p.fragment = Some(u32::from(ip.ident()));
     }
     p.ip_version = 4;
     p.ttl = ip.ttl();
@@ -235,7 +253,23 @@ fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
                 next = n;
                 skipped += 1;
             }
-            ipv6::NEXT_FRAGMENT => return Err(ParseError::Fragment),
+            ipv6::NEXT_FRAGMENT => {
+                // § 4.5: next header, reserved, offset (13 bits) | res | M,
+                // identification. One Fragment header at most, offset 0.
+                let Some(h) = rest.get(..FRAG_HEADER_LEN) else {
+                    return Err(ParseError::Truncated);
+                };
+                let off_m = u16::from_be_bytes([h[2], h[3]]);
+                if p.fragment.is_some() || off_m & 0xfff8 != 0 {
+                    return Err(ParseError::Fragment);
+                }
+                if off_m & 1 != 0 {
+                    p.fragment = Some(u32::from_be_bytes([h[4], h[5], h[6], h[7]]));
+                }
+                next = h[0];
+                rest = &rest[FRAG_HEADER_LEN..];
+                off += FRAG_HEADER_LEN;
+            }
             _ => break,
         }
     }
@@ -248,6 +282,9 @@ fn parse_ipv6(l3: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
 
 fn parse_l4(protocol: u8, seg: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
     p.key.proto = protocol;
+    if p.fragment.is_some() {
+        return parse_first_fragment(protocol, seg, p);
+    }
     match protocol {
         proto::TCP => {
             let t = tcp::Packet::new_checked(seg)?;
@@ -272,6 +309,29 @@ fn parse_l4(protocol: u8, seg: &[u8], p: &mut Parsed) -> Result<(), ParseError> 
             p.icmp_type = i.msg_type();
         }
         _ => return Err(ParseError::UnsupportedProto),
+    }
+    Ok(())
+}
+
+/// The L4 header of a first fragment: TCP as usual (its header is in the
+/// first fragment), UDP by its ports alone (its length is the datagram's),
+/// anything else refused as a fragment.
+fn parse_first_fragment(protocol: u8, seg: &[u8], p: &mut Parsed) -> Result<(), ParseError> {
+    match protocol {
+        proto::TCP => {
+            let t = tcp::Packet::new_checked(seg)?;
+            p.key.sport = t.src_port();
+            p.key.dport = t.dst_port();
+            p.tcp_flags = t.flags();
+        }
+        proto::UDP => match seg {
+            [s0, s1, d0, d1, ..] if seg.len() >= udp::HEADER_LEN => {
+                p.key.sport = u16::from_be_bytes([*s0, *s1]);
+                p.key.dport = u16::from_be_bytes([*d0, *d1]);
+            }
+            _ => return Err(ParseError::Truncated),
+        },
+        _ => return Err(ParseError::Fragment),
     }
     Ok(())
 }
@@ -524,11 +584,26 @@ mod tests {
 
     #[test]
     fn ipv4_fragments() {
-        // First fragment: MF set, offset 0.
+        // First fragment: MF set, offset 0: parsed, with its id, and its
+        // UDP length (the datagram's) not checked against the fragment.
         let mut f = v4_udp();
         f[14 + 6] = 0x20;
+        f[14 + 4..14 + 6].copy_from_slice(&[0xab, 0xcd]);
+        f[34 + 4..34 + 6].copy_from_slice(&3000u16.to_be_bytes());
         fix_v4(&mut f);
-        assert_eq!(parse(&f), Err(ParseError::Fragment));
+        let p = parse(&f).unwrap();
+        assert_eq!(p.fragment, Some(0xabcd));
+        assert_eq!((p.key.sport, p.key.dport), (5353, 53));
+        assert_eq!(parse(&v4_udp()).unwrap().fragment, None);
+        // A first fragment of SCTP or ICMP is refused.
+        let mut g = v4_sctp();
+        g[14 + 6] = 0x20;
+        fix_v4(&mut g);
+        assert_eq!(parse(&g), Err(ParseError::Fragment));
+        let mut g = v4_icmp();
+        g[14 + 6] = 0x20;
+        fix_v4(&mut g);
+        assert_eq!(parse(&g), Err(ParseError::Fragment));
         // Later fragment: offset 185 (1480 bytes), MF clear.
         let mut f = v4_udp();
         f[14 + 6] = 0x00;
@@ -540,6 +615,37 @@ mod tests {
         f[14 + 6] = 0x40;
         fix_v4(&mut f);
         assert!(parse(&f).is_ok());
+    }
+
+    /// `v6_tcp` with a Fragment header (offset `off`, M `more`, id 0x01020304)
+    /// between the fixed header and TCP.
+    fn v6_frag_tcp(off: u16, more: bool) -> Vec<u8> {
+        let f = v6_tcp();
+        let mut g = f[..54].to_vec();
+        g[14 + 6] = ipv6::NEXT_FRAGMENT;
+        let plen = u16::from_be_bytes([g[18], g[19]]) + 8;
+        g[18..20].copy_from_slice(&plen.to_be_bytes());
+        let off_m = (off & 0xfff8) | u16::from(more);
+        g.extend_from_slice(&[proto::TCP, 0]);
+        g.extend_from_slice(&off_m.to_be_bytes());
+        g.extend_from_slice(&[1, 2, 3, 4]);
+        g.extend_from_slice(&f[54..]);
+        g
+    }
+
+    #[test]
+    fn ipv6_first_fragment_is_parsed_later_ones_refused() {
+        let p = parse(&v6_frag_tcp(0, true)).unwrap();
+        assert_eq!(p.fragment, Some(0x0102_0304));
+        assert_eq!(p.l4_offset, 14 + 40 + 8);
+        assert_eq!((p.key.sport, p.key.dport), (443, 50000));
+        // Atomic fragment (RFC 6946): a whole packet.
+        let p = parse(&v6_frag_tcp(0, false)).unwrap();
+        assert_eq!(p.fragment, None);
+        assert_eq!(p.l4_offset, 14 + 40 + 8);
+        // Later fragments carry no ports.
+        assert_eq!(parse(&v6_frag_tcp(1232, true)), Err(ParseError::Fragment));
+        assert_eq!(parse(&v6_frag_tcp(1232, false)), Err(ParseError::Fragment));
     }
 
     #[test]

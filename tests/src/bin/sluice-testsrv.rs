@@ -11,6 +11,7 @@
 //! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
 //! sluice-testsrv bulk-put ADDR:PORT --bytes N [--timeout-ms T]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
+//! sluice-testsrv udp-echo ADDR:PORT --size BYTES --reply BYTES [--count N] [--timeout-ms T]
 //! sluice-testsrv sctp-send ADDR:PORT [--count N] [--src-port P] [--bind IP]
 //! sluice-testsrv sctp-capture --ms N
 //! sluice-testsrv frame-send --iface IF HEX [HEX ...]
@@ -51,6 +52,14 @@
 //!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
 //!   `... error <e>`; it goes on after errors, so a test sees when replies
 //!   stopped and resumed (and from which backend) across a reload.
+//! * udp-echo (and `serve --udp-echo PORT [--echo-bind IP]`): datagrams larger than the
+//!   link, which both kernels fragment (`IP_PMTUDISC_DONT`). The client
+//!   sends `--size` bytes: `ECHO <reply> <fnv1a-64 hex>\n` and a
+//!   deterministic body; the server checks the body against the hash and
+//!   answers with `--reply` bytes: `backend=<name> ok|bad <received>\n` and
+//!   a deterministic body, which the client checks byte for byte. It prints
+//!   `ok backend=<name> sent=<n> got=<m>` per datagram, or the mismatch
+//!   (exit status 1) or `timeout` (exit status 4).
 //! * SCTP (this kernel has no SCTP stack, GUIDE "This machine"): `sctp-send`
 //!   sends crafted SCTP INIT packets (valid CRC32c) over a raw IP socket,
 //!   one per source port `--src-port`, `+1`, …; `sctp-capture` reads IPv4
@@ -200,6 +209,7 @@ fn main() -> ExitCode {
         "bulk-get" => bulk_get(&args),
         "bulk-put" => bulk_put(&args),
         "udp-stream" => udp_stream(&args),
+        "udp-echo" => udp_echo(&args),
         "sctp-send" => sctp_send(&args),
         "sctp-capture" => sctp_capture(&args),
         "frame-send" => frame_send(&args),
@@ -247,8 +257,24 @@ fn serve(args: &Args) -> Res<()> {
             .map_err(|e| format!("bind udp {port}: {e}"))?;
         handles.push(thread::spawn(move || udp_loop(s, name)));
     }
+    if let Some(port) = args.get("udp-echo") {
+        let p = port_of(port)?;
+        // `--echo-bind IP`: replies leave from that address (a DR real
+        // server answers from the VIP it holds on lo; a wildcard socket
+        // would answer from the route's source).
+        let s = match args.get("echo-bind") {
+            Some(ip) => {
+                let ip: IpAddr = ip.parse().map_err(|e| format!("--echo-bind {ip}: {e}"))?;
+                UdpSocket::bind((ip, p))
+            }
+            None => UdpSocket::bind(("::", p)).or_else(|_| UdpSocket::bind(("0.0.0.0", p))),
+        }
+        .map_err(|e| format!("bind udp-echo {port}: {e}"))?;
+        allow_fragments(&s);
+        handles.push(thread::spawn(move || udp_echo_loop(s, name)));
+    }
     if handles.is_empty() {
-        return Err("nothing to serve: give --http, --udp or --bulk".into());
+        return Err("nothing to serve: give --http, --udp, --udp-echo or --bulk".into());
     }
     println!("ready");
     std::io::stdout().flush().ok();
@@ -449,6 +475,123 @@ fn udp_loop(s: UdpSocket, name: &str) {
         let reply = format!("backend={name} peer={}", plain(peer));
         let _ = s.send_to(reply.as_bytes(), peer);
     }
+}
+
+/// Lets the kernel fragment datagrams larger than the path MTU (no DF):
+/// `IP_PMTUDISC_DONT` / `IPV6_PMTUDISC_DONT`; the one of the other family
+/// fails on a single-stack socket, harmlessly.
+fn allow_fragments(s: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let dont: libc::c_int = 0;
+    for (level, opt) in [
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+    ] {
+        // SAFETY: a valid socket and a c_int option of its size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                &dont as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The deterministic body of an echo datagram of `total` bytes after its
+/// header line.
+fn echo_body(total: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(7) ^ total) as u8)
+        .collect()
+}
+
+/// FNV-1a 64 of `b`.
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn udp_echo_loop(s: UdpSocket, name: &str) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, peer)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        let got = &buf[..n];
+        let Some(nl) = got.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..nl]).into_owned();
+        let mut w = head.split(' ');
+        let (Some("ECHO"), Some(reply), Some(hash)) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(reply) = reply.parse::<usize>() else {
+            continue;
+        };
+        let ok = format!("{:016x}", fnv1a(&got[nl + 1..])) == hash;
+        let mut r = format!("backend={name} {} {n}\n", if ok { "ok" } else { "bad" }).into_bytes();
+        let body = echo_body(reply, reply.saturating_sub(r.len()));
+        r.extend_from_slice(&body);
+        let _ = s.send_to(&r, peer);
+    }
+}
+
+fn udp_echo(args: &Args) -> Res<()> {
+    let addr = args.addr()?;
+    let size = args.num("size", None)? as usize;
+    let reply = args.num("reply", None)? as usize;
+    let count = args.num("count", Some(1))?;
+    let timeout = Duration::from_millis(args.num("timeout-ms", Some(2000))?);
+    let s = UdpSocket::bind((args.bind_ip()?, 0)).map_err(|e| format!("bind: {e}"))?;
+    s.connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    allow_fragments(&s);
+    let mut buf = vec![0u8; 65536];
+    for i in 0..count {
+        // The header's length depends on the hash's, which is fixed (16
+        // hex digits), so the body length is known before hashing.
+        let head_len = format!("ECHO {reply} {:016x}\n", 0).len();
+        let body = echo_body(size, size.saturating_sub(head_len));
+        let mut q = format!("ECHO {reply} {:016x}\n", fnv1a(&body)).into_bytes();
+        q.extend_from_slice(&body);
+        s.send(&q).map_err(|e| format!("send {i}: {e}"))?;
+        let n = match s.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                println!("timeout");
+                eprintln!("sluice-testsrv udp-echo: datagram {i} ({size} bytes) to {addr}: {e}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(UDP_TIMEOUT);
+            }
+        };
+        let got = &buf[..n];
+        let nl = got.iter().position(|&b| b == b'\n').unwrap_or(n);
+        let head = String::from_utf8_lossy(&got[..nl]).into_owned();
+        let mut w = head.split(' ');
+        let name = w
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("backend=")
+            .to_string();
+        let verdict = w.next().unwrap_or("");
+        let received = w.next().unwrap_or("");
+        let body_ok = nl < n && got[nl + 1..] == echo_body(reply, n - nl - 1)[..];
+        if verdict != "ok" || received != q.len().to_string() || n != reply || !body_ok {
+            return Err(format!(
+                "datagram {i}: sent {} bytes, got {n} (want {reply}): {head:?}, body ok: {body_ok}",
+                q.len()
+            ));
+        }
+        println!("ok backend={name} sent={} got={n}", q.len());
+    }
+    Ok(())
 }
 
 fn udp_query(args: &Args) -> Res<()> {
