@@ -40,6 +40,8 @@ use tracing::{debug, warn};
 
 use crate::netlink::{self, Link, NetlinkError};
 
+/// `RTNLGRP_LINK` (linux/rtnetlink.h): interfaces going down and up.
+const RTNLGRP_LINK: u32 = 1;
 /// `RTNLGRP_NEIGH` (linux/rtnetlink.h).
 const RTNLGRP_NEIGH: u32 = 3;
 /// `RTNLGRP_IPV4_ROUTE`.
@@ -268,12 +270,15 @@ pub struct Changes {
     pub neighbours: HashSet<IpAddr>,
     /// A route was added or removed, or the socket overflowed.
     pub routes: bool,
+    /// The last `RTM_NEWLINK` state of each interface that reported one
+    /// (the daemon's [`crate::links::LinkMonitor`] reads the served ones).
+    pub links: std::collections::BTreeMap<u32, netlink::LinkEvent>,
 }
 
 impl Changes {
     /// Whether nothing was reported.
     pub fn is_empty(&self) -> bool {
-        self.neighbours.is_empty() && !self.routes
+        self.neighbours.is_empty() && !self.routes && self.links.is_empty()
     }
 
     fn add(&mut self, msg: &RouteNetlinkMessage) {
@@ -286,7 +291,14 @@ impl Changes {
             RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
                 self.routes = true
             }
+            RouteNetlinkMessage::NewLink(l) => {
+                let e = netlink::LinkEvent::of(l);
+                self.links.insert(e.index, e);
+            }
             _ => {}
+        }
+        if self.links.len() > MAX_PENDING {
+            self.links.clear();
         }
         if self.neighbours.len() > MAX_PENDING {
             self.neighbours.clear();
@@ -342,7 +354,12 @@ impl Watch {
         let err = |op| move |source| NetlinkError::Socket { op, source };
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(err("open"))?;
         sock.bind_auto().map_err(err("bind"))?;
-        for g in [RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
             sock.add_membership(g).map_err(err("subscribe"))?;
         }
         sock.set_non_blocking(true)
@@ -409,6 +426,7 @@ impl Watch {
                 let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 p.routes |= got.routes;
                 p.neighbours.extend(got.neighbours);
+                p.links.extend(got.links);
                 if p.neighbours.len() > MAX_PENDING {
                     p.neighbours.clear();
                     p.routes = true;
