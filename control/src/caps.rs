@@ -181,3 +181,72 @@ pub fn check_run(dns_port: Option<u16>) -> Result<(), CapsError> {
         Err(CapsError { missing })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(caps: &[Cap], memlock: Option<u64>) -> Privileges {
+        Privileges {
+            effective: caps.iter().fold(0, |m, c| m | (1u64 << c.bit)),
+            memlock,
+        }
+    }
+
+    const ALL: &[Cap] = &[NET_ADMIN, NET_RAW, BPF, PERFMON, IPC_LOCK];
+
+    #[test]
+    fn the_listed_set_is_enough_and_each_one_is_named_when_missing() {
+        assert!(missing(with(ALL, Some(8 << 20)), None).is_empty());
+        for c in ALL {
+            let fewer: Vec<Cap> = ALL.iter().copied().filter(|o| o != c).collect();
+            assert_eq!(missing(with(&fewer, Some(8 << 20)), None), vec![*c]);
+        }
+        assert_eq!(missing(with(&[], Some(8 << 20)), None).len(), 5);
+    }
+
+    #[test]
+    fn ipc_lock_only_below_the_umem_memlock_and_sys_admin_stands_in_for_bpf() {
+        let four = [NET_ADMIN, NET_RAW, BPF, PERFMON];
+        assert!(missing(with(&four, None), None).is_empty(), "unlimited");
+        assert!(missing(with(&four, Some(UMEM_MEMLOCK_BYTES)), None).is_empty());
+        assert_eq!(
+            missing(with(&four, Some(UMEM_MEMLOCK_BYTES - 1)), None),
+            vec![IPC_LOCK]
+        );
+        let old = [NET_ADMIN, NET_RAW, SYS_ADMIN];
+        assert!(missing(with(&old, None), None).is_empty());
+    }
+
+    #[test]
+    fn bind_service_only_for_dns_below_1024() {
+        let four = [NET_ADMIN, NET_RAW, BPF, PERFMON];
+        assert!(missing(with(&four, None), Some(5353)).is_empty());
+        assert_eq!(missing(with(&four, None), Some(53)), vec![NET_BIND_SERVICE]);
+    }
+
+    #[test]
+    fn the_error_names_each_capability_and_what_it_is_for() {
+        let e = CapsError {
+            missing: vec![NET_RAW, PERFMON],
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("lacks CAP_NET_RAW (create AF_XDP sockets), CAP_PERFMON"),
+            "{s}"
+        );
+        assert!(s.contains("AmbientCapabilities="), "{s}");
+    }
+
+    #[test]
+    fn cap_eff_is_read_from_status() {
+        let st = "Name:\tsluice\nCapInh:\t0000000000000000\nCapEff:\t000000c000007000\n";
+        let eff = parse_cap_eff(st).expect("CapEff");
+        let p = Privileges {
+            effective: eff,
+            memlock: Some(0),
+        };
+        assert!(missing(p, None).is_empty(), "{eff:#x}");
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+}

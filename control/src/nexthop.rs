@@ -11,8 +11,9 @@
 //!   gateway's, or the backend's own when on link). A compile asks it only
 //!   about addresses it has not seen; new ones are probed together and
 //!   waited for together, not one timeout after the other.
-//! - [`Watch`] is one `NETLINK_ROUTE` socket subscribed to `RTNLGRP_NEIGH`
-//!   and the IPv4/IPv6 route groups, read on the daemon's tokio runtime
+//! - [`Watch`] is one `NETLINK_ROUTE` socket subscribed to `RTNLGRP_NEIGH`,
+//!   the IPv4/IPv6 route groups and `RTNLGRP_LINK` (for
+//!   [`crate::links`]), read on the daemon's tokio runtime
 //!   (an [`AsyncFd`], no thread of its own). It reports which neighbours
 //!   changed and whether any route did ([`Changes`]); the reconciler then
 //!   re-reads only the backends behind them ([`NextHopCache::refresh`]) and
@@ -495,5 +496,39 @@ mod tests {
             c.add(&RouteNetlinkMessage::NewNeighbour(n));
         }
         assert!(c.routes && c.neighbours.is_empty());
+    }
+
+    fn link_msg(
+        index: u32,
+        up: bool,
+        oper: netlink_packet_route::link::State,
+    ) -> RouteNetlinkMessage {
+        use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        if up {
+            l.header.flags = LinkFlags::Up | LinkFlags::Running;
+        }
+        l.attributes.push(LinkAttribute::OperState(oper));
+        RouteNetlinkMessage::NewLink(l)
+    }
+
+    #[test]
+    fn link_events_keep_the_last_state_per_interface() {
+        use netlink_packet_route::link::State;
+        let mut c = Changes::default();
+        c.add_datagram(&datagram(vec![
+            link_msg(3, true, State::Up),
+            link_msg(4, true, State::Up),
+            link_msg(3, true, State::LowerLayerDown),
+        ]));
+        assert!(!c.is_empty() && !c.routes);
+        assert!(!c.links[&3].up, "carrier lost: down");
+        assert!(c.links[&4].up);
+        c.add_datagram(&datagram(vec![link_msg(4, false, State::Down)]));
+        assert!(!c.links[&4].up, "admin down");
+        // Unknown operational state (drivers without one): IFF_RUNNING.
+        c.add_datagram(&datagram(vec![link_msg(5, true, State::Unknown)]));
+        assert!(c.links[&5].up);
     }
 }

@@ -273,7 +273,11 @@ fn a_backend_killed_mid_stream_resets_its_flow_and_new_flows_go_elsewhere() {
     eprintln!("b{busy} down {down:?} after the kill (fall × interval = 1.5 s)");
     let other = Topology::backend_name(3 - busy);
     let hits = spread(&topo, 8);
-    assert_eq!(hits.get(&other), Some(&8), "new flows avoid b{busy}: {hits:?}");
+    assert_eq!(
+        hits.get(&other),
+        Some(&8),
+        "new flows avoid b{busy}: {hits:?}"
+    );
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
 }

@@ -66,6 +66,11 @@ fn command(topo: &Topology, dir: &Path, config: &Path, caps: &[&str]) -> Command
     command_env(topo, dir, config, caps, false)
 }
 
+/// The capabilities of `packaging/sluice.service` (no `CAP_IPC_LOCK`: the
+/// unit sets `LimitMEMLOCK=infinity`; `CAP_NET_BIND_SERVICE` is only for
+/// `--dns` on port 53).
+const UNIT_CAPS: &[&str] = &["net_admin", "net_raw", "bpf", "perfmon"];
+
 /// [`command`], with sluice's own check skipped when `skip_check`
 /// (`SLUICE_SKIP_CAPS_CHECK`), so that the kernel's refusal shows.
 fn command_env(
@@ -83,6 +88,8 @@ fn command_env(
     let bin = sluice_bin();
     let sock = dir.join("sluice.sock");
     let state = dir.join("state");
+    // The memlock limit as the tests inherit it (8 MiB, the kernel's
+    // default) unless the caller raised it with `prlimit`.
     let mut argv: Vec<&str> = vec![
         "setpriv",
         "--reuid",
@@ -180,6 +187,97 @@ fn serves_as_nobody_with_only_the_listed_capabilities() {
         "clean stop as nobody: {out}"
     );
     assert!(out.stdout.contains("counter new_flows"), "{out}");
+
+    // The unit's set: without CAP_IPC_LOCK, but with the memlock limit
+    // lifted as `LimitMEMLOCK=infinity` does.
+    let _ = std::fs::remove_file(dir.0.join("sluice.sock"));
+    let mut cmd = command(&topo, &dir.0, &config, UNIT_CAPS);
+    let argv: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // `ip netns exec NS` + `prlimit --memlock=unlimited` + the rest.
+    let mut lifted = Command::new(&argv[0]);
+    lifted.args(&argv[1..4]);
+    lifted.args(["prlimit", "--memlock=unlimited"]);
+    lifted.args(&argv[4..]);
+    lifted.env("NO_COLOR", "1");
+    cmd = lifted;
+    let mut p = BgProcess::spawn(cmd);
+    assert!(
+        p.wait_for(Pipe::Stderr, 0, "sluice ready", Duration::from_secs(20)),
+        "not ready with the unit's capabilities {UNIT_CAPS:?} and no memlock limit:\n{}",
+        p.output(Pipe::Stderr)
+    );
+    let out = topo.curl("http://198.18.100.10/", None);
+    assert!(out.success(), "with the unit's capabilities: {out}");
+    p.signal(libc::SIGTERM);
+    let out = p.wait(Duration::from_secs(10));
+    assert!(out.status.is_some_and(|s| s.success()), "{out}");
+}
+
+/// `systemd-analyze verify` accepts the unit without a warning (it exits
+/// 0 on unknown keys, so its stderr must be empty too), and the unit grants
+/// exactly what the tests above prove is enough.
+#[test]
+fn the_systemd_unit_verifies_and_grants_the_tested_capabilities() {
+    require_root();
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/sluice.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("packaging/sluice.service");
+    let dir = std::env::temp_dir().join(format!("sluice-unit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("temp dir");
+    // verify checks that ExecStart's binary exists: point it at the build.
+    let bin = sluice_bin();
+    let local = dir.join("sluice.service");
+    std::fs::write(
+        &local,
+        unit.replace("/usr/bin/sluice", bin.to_str().expect("utf-8 path")),
+    )
+    .expect("write the unit copy");
+    let out = exec_timeout(
+        {
+            let mut c = Command::new("systemd-analyze");
+            c.arg("verify").arg(&local);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.success() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify (install systemd: scripts/deps.sh): {out}"
+    );
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key}= missing from the unit"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<String> = UNIT_CAPS
+        .iter()
+        .map(|c| format!("CAP_{}", c.to_uppercase()))
+        .chain(["CAP_NET_BIND_SERVICE".to_string()])
+        .collect();
+    assert_eq!(value("AmbientCapabilities"), want);
+    assert_eq!(value("CapabilityBoundingSet"), want);
+    for (k, v) in [
+        ("LimitMEMLOCK", "infinity"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("StateDirectory", "sluice"),
+        ("RuntimeDirectory", "sluice"),
+        ("Restart", "on-failure"),
+    ] {
+        assert_eq!(value(k), vec![v.to_string()], "{k}");
+    }
+    assert!(
+        unit.contains("--state-dir /var/lib/sluice")
+            && unit.contains("--api-socket /run/sluice/sluice.sock"),
+        "the unit uses its StateDirectory and RuntimeDirectory"
+    );
 }
 
 /// The PID of sluice under `ip netns exec` + `setpriv` (both exec, so the
@@ -230,11 +328,27 @@ fn one_capability_fewer_is_refused_by_name() {
         );
     }
     // Nothing at all: every one is named, and nothing was attached.
-    let out = exec_timeout(command(&topo, &dir.0, &config, &[]), Duration::from_secs(20));
+    let out = exec_timeout(
+        command(&topo, &dir.0, &config, &[]),
+        Duration::from_secs(20),
+    );
     assert!(!out.success(), "{out}");
-    for name in ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF", "CAP_PERFMON", "CAP_IPC_LOCK"] {
+    for name in [
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_IPC_LOCK",
+    ] {
         assert!(out.stderr.contains(name), "{name} named: {out}");
     }
-    let link = topo.exec(Role::Lb, &["ip", "link", "show", "front"], Duration::from_secs(5));
-    assert!(!link.expect_ok().contains("xdp"), "nothing attached: {link}");
+    let link = topo.exec(
+        Role::Lb,
+        &["ip", "link", "show", "front"],
+        Duration::from_secs(5),
+    );
+    assert!(
+        !link.expect_ok().contains("xdp"),
+        "nothing attached: {link}"
+    );
 }
