@@ -106,9 +106,9 @@ pub enum RunError {
     /// The config file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
-    /// Not running with the privileges AF_XDP and XDP need.
-    #[error("sluice run needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_SYS_ADMIN): run it with sudo")]
-    NotRoot,
+    /// Not running with the capabilities AF_XDP and XDP need.
+    #[error("{0}")]
+    Capabilities(#[from] crate::caps::CapsError),
     /// An interface is missing or unreadable.
     #[error("interface {name}: {source}")]
     Interface {
@@ -200,10 +200,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         config::load_file_with(path, &CompileCtx::default())?;
     }
     args.api.check().map_err(RunError::Api)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(RunError::NotRoot);
-    }
+    crate::caps::check_run(args.dns.map(|a| a.port()))?;
     if args.ifaces.len() > usize::from(MAX_PORT) + 1 {
         return Err(RunError::TooManyInterfaces(args.ifaces.len()));
     }
@@ -360,8 +357,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let watch_stats = Arc::new(source::cluster::WatchStats::default());
     let watch =
         cluster.map(|c| rt.spawn(source::cluster::follow(c, rec.clone(), watch_stats.clone())));
+    let link_stats = Arc::new(crate::links::LinkStats::default());
+    let monitor = crate::links::LinkMonitor::new(&links, link_stats.clone());
     rt.block_on(control_loop(
-        &args, &host, &rec, &shared, &counters, signals, listeners,
+        &args, &host, &rec, &shared, &counters, signals, listeners, monitor,
     ));
     if let Some(w) = watch {
         w.abort();
@@ -401,6 +400,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         println!("counter {k} {v}");
     }
     for (k, v) in watch_stats.named() {
+        println!("counter {k} {v}");
+    }
+    for (k, v) in link_stats.named() {
         println!("counter {k} {v}");
     }
     if let Some(parts) = parts {
@@ -656,6 +658,7 @@ async fn with_reconciler<T: Send + 'static>(
 }
 
 /// Signals, timers and the API, until SIGINT or SIGTERM.
+#[allow(clippy::too_many_arguments)]
 async fn control_loop(
     args: &RunArgs,
     host: &Host,
@@ -664,6 +667,7 @@ async fn control_loop(
     counters: &[Arc<Counters>],
     mut signals: Signals,
     listeners: api::Listeners,
+    mut links: crate::links::LinkMonitor,
 ) {
     let api = tokio::spawn(api::serve(listeners, rec.clone(), args.api.clone()));
     let checks = spawn_checks(rec).await;
@@ -699,6 +703,7 @@ async fn control_loop(
                 .await;
             }
             _ = retry.tick() => {
+                links.check_queues(|name| netlink::link(name).ok().map(|l| l.rx_queues));
                 with_reconciler(rec, |r| r.publisher().retry_unresolved()).await;
             }
             _ = prune.tick() => {
@@ -709,6 +714,7 @@ async fn control_loop(
                 .await;
             }
             changes = async { hops.as_ref().map(|w| w.next()).expect("guarded").await }, if hops.is_some() => {
+                links.observe(&changes.links);
                 with_reconciler(rec, move |r| {
                     r.publisher().follow_kernel(&changes);
                 })

@@ -4,12 +4,14 @@
 //! the `sluice run` daemon and the CLI (`sluice apply/get/delete`).
 
 pub mod api;
+pub mod caps;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod health;
+pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

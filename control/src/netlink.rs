@@ -135,6 +135,55 @@ pub struct NextHop {
     pub mac: [u8; 6],
 }
 
+/// What an `RTM_NEWLINK` event says about one interface: whether it is
+/// operationally up (`IF_OPER_UP`, or `IFF_RUNNING` when the driver reports
+/// no operational state) and whether an XDP program is attached, when the
+/// event carries `IFLA_XDP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkEvent {
+    /// Interface index.
+    pub index: u32,
+    /// Operationally up: carrier on both ends of a veth, admin up.
+    pub up: bool,
+    /// An XDP program is attached (`None`: the event did not say).
+    pub xdp: Option<bool>,
+}
+
+impl LinkEvent {
+    /// Reads the state out of a link message (an `RTM_NEWLINK` event).
+    pub fn of(msg: &LinkMessage) -> LinkEvent {
+        use netlink_packet_route::link::{LinkFlags, LinkXdp, State, XdpAttached};
+        let mut oper = None;
+        let mut xdp = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::OperState(s) => oper = Some(*s),
+                LinkAttribute::Xdp(x) => {
+                    for a in x {
+                        if let LinkXdp::Attached(at) = a {
+                            xdp = Some(*at != XdpAttached::None);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let flags = msg.header.flags;
+        let admin_up = flags.contains(LinkFlags::Up);
+        let up = admin_up
+            && match oper {
+                Some(State::Up) => true,
+                Some(State::Unknown) | None => flags.contains(LinkFlags::Running),
+                Some(_) => false,
+            };
+        LinkEvent {
+            index: msg.header.index,
+            up,
+            xdp,
+        }
+    }
+}
+
 /// Looks an interface up by name (`ip link show NAME`).
 ///
 /// # Errors

@@ -11,8 +11,9 @@
 //!   gateway's, or the backend's own when on link). A compile asks it only
 //!   about addresses it has not seen; new ones are probed together and
 //!   waited for together, not one timeout after the other.
-//! - [`Watch`] is one `NETLINK_ROUTE` socket subscribed to `RTNLGRP_NEIGH`
-//!   and the IPv4/IPv6 route groups, read on the daemon's tokio runtime
+//! - [`Watch`] is one `NETLINK_ROUTE` socket subscribed to `RTNLGRP_NEIGH`,
+//!   the IPv4/IPv6 route groups and `RTNLGRP_LINK` (for
+//!   [`crate::links`]), read on the daemon's tokio runtime
 //!   (an [`AsyncFd`], no thread of its own). It reports which neighbours
 //!   changed and whether any route did ([`Changes`]); the reconciler then
 //!   re-reads only the backends behind them ([`NextHopCache::refresh`]) and
@@ -40,6 +41,8 @@ use tracing::{debug, warn};
 
 use crate::netlink::{self, Link, NetlinkError};
 
+/// `RTNLGRP_LINK` (linux/rtnetlink.h): interfaces going down and up.
+const RTNLGRP_LINK: u32 = 1;
 /// `RTNLGRP_NEIGH` (linux/rtnetlink.h).
 const RTNLGRP_NEIGH: u32 = 3;
 /// `RTNLGRP_IPV4_ROUTE`.
@@ -268,12 +271,15 @@ pub struct Changes {
     pub neighbours: HashSet<IpAddr>,
     /// A route was added or removed, or the socket overflowed.
     pub routes: bool,
+    /// The last `RTM_NEWLINK` state of each interface that reported one
+    /// (the daemon's [`crate::links::LinkMonitor`] reads the served ones).
+    pub links: std::collections::BTreeMap<u32, netlink::LinkEvent>,
 }
 
 impl Changes {
     /// Whether nothing was reported.
     pub fn is_empty(&self) -> bool {
-        self.neighbours.is_empty() && !self.routes
+        self.neighbours.is_empty() && !self.routes && self.links.is_empty()
     }
 
     fn add(&mut self, msg: &RouteNetlinkMessage) {
@@ -286,7 +292,14 @@ impl Changes {
             RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
                 self.routes = true
             }
+            RouteNetlinkMessage::NewLink(l) => {
+                let e = netlink::LinkEvent::of(l);
+                self.links.insert(e.index, e);
+            }
             _ => {}
+        }
+        if self.links.len() > MAX_PENDING {
+            self.links.clear();
         }
         if self.neighbours.len() > MAX_PENDING {
             self.neighbours.clear();
@@ -342,7 +355,12 @@ impl Watch {
         let err = |op| move |source| NetlinkError::Socket { op, source };
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(err("open"))?;
         sock.bind_auto().map_err(err("bind"))?;
-        for g in [RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
             sock.add_membership(g).map_err(err("subscribe"))?;
         }
         sock.set_non_blocking(true)
@@ -409,6 +427,7 @@ impl Watch {
                 let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 p.routes |= got.routes;
                 p.neighbours.extend(got.neighbours);
+                p.links.extend(got.links);
                 if p.neighbours.len() > MAX_PENDING {
                     p.neighbours.clear();
                     p.routes = true;
@@ -477,5 +496,39 @@ mod tests {
             c.add(&RouteNetlinkMessage::NewNeighbour(n));
         }
         assert!(c.routes && c.neighbours.is_empty());
+    }
+
+    fn link_msg(
+        index: u32,
+        up: bool,
+        oper: netlink_packet_route::link::State,
+    ) -> RouteNetlinkMessage {
+        use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        if up {
+            l.header.flags = LinkFlags::Up | LinkFlags::Running;
+        }
+        l.attributes.push(LinkAttribute::OperState(oper));
+        RouteNetlinkMessage::NewLink(l)
+    }
+
+    #[test]
+    fn link_events_keep_the_last_state_per_interface() {
+        use netlink_packet_route::link::State;
+        let mut c = Changes::default();
+        c.add_datagram(&datagram(vec![
+            link_msg(3, true, State::Up),
+            link_msg(4, true, State::Up),
+            link_msg(3, true, State::LowerLayerDown),
+        ]));
+        assert!(!c.is_empty() && !c.routes);
+        assert!(!c.links[&3].up, "carrier lost: down");
+        assert!(c.links[&4].up);
+        c.add_datagram(&datagram(vec![link_msg(4, false, State::Down)]));
+        assert!(!c.links[&4].up, "admin down");
+        // Unknown operational state (drivers without one): IFF_RUNNING.
+        c.add_datagram(&datagram(vec![link_msg(5, true, State::Unknown)]));
+        assert!(c.links[&5].up);
     }
 }
