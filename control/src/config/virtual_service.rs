@@ -17,6 +17,9 @@
 //!   persistence: {timeout: 300, netmask: 255.255.255.0}   # -p, -M (IPv6: a prefix length)
 //!   realServers:
 //!   - {address: 198.18.1.11, port: 8080, method: masq, weight: 1, upperThreshold: 0, lowerThreshold: 0}
+//!   # every real server probed alike (keepalived's TCP_CHECK / HTTP_GET):
+//!   healthCheck: {type: http, path: /healthz, status: 200, interval: 2s, timeout: 1s, rise: 2, fall: 3}
+//!   healthCheckAction: remove   # or weight0 (default)
 //! ```
 //!
 //! Why its own shape rather than annotations on a Service: an IPVS real
