@@ -308,7 +308,7 @@ fn top(n: &Node, notices: &mut Vec<String>) -> Result<Option<VsBuild>, Keepalive
 }
 
 /// The one argument of a keyword.
-fn arg<'a>(n: &'a Node) -> Result<&'a str, KeepalivedError> {
+fn arg(n: &Node) -> Result<&str, KeepalivedError> {
     match n.args.as_slice() {
         [a] => Ok(a),
         [] => Err(invalid(&n.loc, &n.key, "needs a value")),
@@ -373,7 +373,7 @@ fn boolean(n: &Node) -> Result<bool, KeepalivedError> {
     }
 }
 
-fn block<'a>(n: &'a Node) -> Result<&'a [Node], KeepalivedError> {
+fn block(n: &Node) -> Result<&[Node], KeepalivedError> {
     n.block
         .as_deref()
         .ok_or_else(|| invalid(&n.loc, &n.key, "needs a { … } block"))
