@@ -90,6 +90,11 @@ pub enum ConfigError {
         addr: std::net::IpAddr,
     },
 
+    /// A keepalived.conf that Sluice refuses (syntax, an unsupported or
+    /// unknown keyword, a bad value), with its file and line.
+    #[error("{0}")]
+    Keepalived(#[from] super::keepalived::KeepalivedError),
+
     /// The host's addresses could not be listed to check local addresses.
     #[error("listing the host's addresses to check FULLNAT local addresses: {0}")]
     HostAddrs(String),

@@ -62,6 +62,7 @@ mod compile;
 mod emit;
 mod error;
 mod k8s;
+pub mod keepalived;
 mod nodeport;
 mod persistence;
 mod sched;
@@ -174,16 +175,26 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     load_file_with(path, &CompileCtx::default())
 }
 
-/// Loads a config file for a host.
+/// Loads a config file for a host: a keepalived.conf when its syntax says
+/// so ([`keepalived::is_keepalived`]), YAML otherwise.
 ///
 /// # Errors
-/// [`ConfigError::Io`] when the file cannot be read, otherwise as
-/// [`load_str_with`] with the path as origin.
+/// [`ConfigError::Io`] when the file cannot be read,
+/// [`ConfigError::Keepalived`] for a keepalived.conf Sluice refuses,
+/// otherwise as [`load_str_with`] with the path as origin.
 pub fn load_file_with(path: &Path, ctx: &CompileCtx) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
+    if keepalived::is_keepalived(&text) {
+        let parsed = keepalived::parse(path, &text)?;
+        return load_objects(
+            parsed.objects.iter().map(|(_, o)| o),
+            &path.display().to_string(),
+            ctx,
+        );
+    }
     load_str_with(&text, &path.display().to_string(), ctx)
 }
 
@@ -293,6 +304,9 @@ fn with_virtuals(
             .def
             .compile()
             .map_err(|e| vs_error(origin, v.line, object, &v.prefix, e))?;
+        if let Some(c) = &v.def.check {
+            cfg.checks.insert(spec.name.clone(), c.clone());
+        }
         cfg.services.push(spec);
     }
     sluice_dataplane::service::ServiceTable::build(0, cfg.services.clone())?;

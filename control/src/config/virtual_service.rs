@@ -17,6 +17,9 @@
 //!   persistence: {timeout: 300, netmask: 255.255.255.0}   # -p, -M (IPv6: a prefix length)
 //!   realServers:
 //!   - {address: 198.18.1.11, port: 8080, method: masq, weight: 1, upperThreshold: 0, lowerThreshold: 0}
+//!   # every real server probed alike (keepalived's TCP_CHECK / HTTP_GET):
+//!   healthCheck: {type: http, path: /healthz, status: 200, interval: 2s, timeout: 1s, rise: 2, fall: 3}
+//!   healthCheckAction: remove   # or weight0 (default)
 //! ```
 //!
 //! Why its own shape rather than annotations on a Service: an IPVS real
@@ -44,6 +47,8 @@ use sluice_dataplane::service::{
 use sluice_dataplane::types::{proto, Addr};
 
 use super::compile::{is_dns_label, is_dns_subdomain, parse_ip};
+use crate::check::spec::{CheckAction, CheckSpec};
+use crate::check::ServiceCheck;
 
 /// The kind name.
 pub const KIND: &str = "VirtualService";
@@ -115,6 +120,15 @@ pub struct VsSpec {
     /// The real servers (`-a`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_servers: Option<Vec<RealServerSpec>>,
+    /// A health check of every real server (keepalived's `TCP_CHECK` /
+    /// `HTTP_GET`), in [`CheckSpec`]'s shape:
+    /// `{type: tcp, port: 80, interval: 6s, timeout: 3s, rise: 1, fall: 2}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<CheckSpec>,
+    /// What a server its check finds down gets: `weight0` (default) or
+    /// `remove` (keepalived's default; `inhibit_on_failure` is `weight0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_action: Option<CheckAction>,
 }
 
 /// One front end a firewall mark groups.
@@ -264,6 +278,8 @@ pub struct VsDef {
     pub persistence: Option<(u32, Option<u8>)>,
     /// Real servers, in the object's order.
     pub real_servers: Vec<RsDef>,
+    /// The health check of its real servers, if any.
+    pub check: Option<ServiceCheck>,
 }
 
 /// A field error: the field path and why.
@@ -388,7 +404,29 @@ pub fn check(vs: &VirtualService) -> Result<VsDef, FieldError> {
         flags,
         persistence,
         real_servers,
+        check: health_check(spec)?,
     })
+}
+
+/// The checked `healthCheck` and its action (the action alone is refused,
+/// as for a Service's annotations, so that a typo cannot leave a service
+/// silently unchecked).
+fn health_check(spec: &VsSpec) -> Result<Option<ServiceCheck>, FieldError> {
+    match (&spec.health_check, spec.health_check_action) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ferr(
+            "spec.healthCheckAction",
+            "given without spec.healthCheck",
+        )),
+        (Some(c), action) => {
+            c.validate()
+                .map_err(|e| ferr("spec.healthCheck", e.to_string()))?;
+            Ok(Some(ServiceCheck {
+                spec: c.clone(),
+                action: action.unwrap_or_default(),
+            }))
+        }
+    }
 }
 
 fn rs_text(rs: &RsDef) -> String {

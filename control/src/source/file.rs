@@ -4,12 +4,18 @@
 //! The file is first checked on its own, exactly as `sluice check` does, so
 //! its errors keep their `file:line` and a bad file is refused whole
 //! before the store is touched (the old state keeps serving).
+//!
+//! The file is YAML, or a keepalived.conf when its syntax says so (its
+//! first word is a keepalived block keyword: `config::keepalived`); both
+//! give the store the same objects.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{self, CompileCtx, ConfigError};
+use tracing::info;
+
+use crate::config::{self, keepalived, CompileCtx, ConfigError};
 use crate::store::{Batch, Key, Store, UpsertMode, Write};
 
 /// The owner (field manager) of the objects the file wrote.
@@ -20,15 +26,40 @@ pub const OWNER: &str = "sluice-config-file";
 /// # Errors
 /// [`ConfigError`] with the file and line.
 pub fn read(path: &Path, ctx: &CompileCtx) -> Result<Vec<serde_json::Value>, ConfigError> {
-    config::load_file_with(path, ctx)?;
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
+    if keepalived::is_keepalived(&text) {
+        return read_keepalived(path, &text, ctx);
+    }
+    config::load_file_with(path, ctx)?;
     Ok(config::parse_objects(&text, &path.display().to_string())?
         .into_iter()
         .map(|(_, v)| v)
         .collect())
+}
+
+/// A keepalived.conf's `VirtualService`s, checked as a whole; what it
+/// holds that Sluice ignores (`global_defs`, `vrrp_*`, …) is logged, one
+/// line each.
+fn read_keepalived(
+    path: &Path,
+    text: &str,
+    ctx: &CompileCtx,
+) -> Result<Vec<serde_json::Value>, ConfigError> {
+    let parsed = keepalived::parse(path, text)?;
+    let objects: Vec<serde_json::Value> = parsed.objects.into_iter().map(|(_, o)| o).collect();
+    config::load_objects(&objects, &path.display().to_string(), ctx)?;
+    for n in &parsed.notices {
+        info!("keepalived.conf: {n}");
+    }
+    info!(
+        "keepalived.conf {}: {} virtual servers",
+        path.display(),
+        objects.len()
+    );
+    Ok(objects)
 }
 
 /// The batch that makes the store hold `objects` for the file: an apply of
