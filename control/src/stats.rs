@@ -26,13 +26,19 @@ use sluice_dataplane::types::{proto, Addr};
 use sluice_dataplane::worker::{Counters, Shared};
 use std::sync::atomic::Ordering;
 
-type Fields = [u64; FIELDS];
-type Folded = HashMap<VipKey, HashMap<(Addr, u16), Fields>>;
+/// One backend's counters, in [`sluice_dataplane::traffic`]'s order.
+pub type Fields = [u64; FIELDS];
+/// Totals by front end, then backend (address, port).
+pub type Folded = HashMap<VipKey, HashMap<(Addr, u16), Fields>>;
 
 #[derive(Default)]
 struct Inner {
     folded: Folded,
     retired: Vec<Arc<Snapshot>>,
+    /// `ipvsadm -Z`: the totals at the last zeroing, subtracted in the
+    /// ipvsadm view only ([`Stats::ipvs_traffic`]), so that `sluice stats`
+    /// and the Prometheus counters stay monotonic.
+    baseline: Folded,
 }
 
 /// The traffic totals across table swaps, and the sources of the rest.
@@ -243,15 +249,58 @@ impl Stats {
             merge(&mut g.folded, sums(&s));
         }
         // What the table in service lacks goes (IPVS deletes the counters
-        // of a deleted service or real server).
-        g.folded
-            .retain(|vip, m| match current.services.lookup(vip) {
-                Some((_, svc)) => {
-                    m.retain(|k, _| svc.spec.backends.iter().any(|b| (b.addr, b.port) == *k));
-                    true
+        // of a deleted service or real server), and so does its `-Z`
+        // baseline: one added again starts from zero.
+        let keep = |vip: &VipKey, m: &mut HashMap<(Addr, u16), Fields>| match current
+            .services
+            .lookup(vip)
+        {
+            Some((_, svc)) => {
+                m.retain(|k, _| svc.spec.backends.iter().any(|b| (b.addr, b.port) == *k));
+                true
+            }
+            None => false,
+        };
+        g.folded.retain(keep);
+        g.baseline.retain(keep);
+    }
+
+    /// `ipvsadm -Z`: from now on the ipvsadm view counts from the present
+    /// totals of `vip` (every front end if `None`). Returns whether `vip`
+    /// is in service.
+    pub fn zero(&self, vip: Option<VipKey>) -> bool {
+        let (snap, totals) = self.traffic();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match vip {
+            None => g.baseline = totals,
+            Some(v) => {
+                if snap.services.lookup(&v).is_none() {
+                    return false;
                 }
-                None => false,
-            });
+                g.baseline
+                    .insert(v, totals.get(&v).cloned().unwrap_or_default());
+            }
+        }
+        true
+    }
+
+    /// [`Stats::traffic`] less the `-Z` baselines (never below zero).
+    pub fn ipvs_traffic(&self) -> (Arc<Snapshot>, Folded) {
+        let (snap, mut t) = self.traffic();
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (vip, m) in t.iter_mut() {
+            let Some(base) = g.baseline.get(vip) else {
+                continue;
+            };
+            for (k, f) in m.iter_mut() {
+                if let Some(b) = base.get(k) {
+                    for (x, y) in f.iter_mut().zip(b) {
+                        *x = x.saturating_sub(*y);
+                    }
+                }
+            }
+        }
+        (snap, t)
     }
 
     /// Traffic totals by front end and backend: folded + retired + current.
@@ -496,5 +545,46 @@ mod tests {
         let r = stats.report();
         assert_eq!(backend(&r, "198.18.1.11").conns, 7);
         assert_eq!(r.services[0].figures.conns, 7);
+    }
+
+    /// `-Z` zeroes the ipvsadm view (all, or one front end) and leaves
+    /// the monotonic totals of `sluice stats` and /metrics alone; a baseline
+    /// survives a table swap.
+    #[test]
+    fn zero_sets_a_baseline_for_the_ipvsadm_view_only() {
+        let shared = Arc::new(Shared::new(
+            table(1, &[B1]),
+            FlowTable::new(1024, Timeouts::default()),
+            AffinityTable::new(64),
+        ));
+        let workers: Vec<Arc<Counters>> = vec![Arc::new(Counters::default())];
+        let stats = Stats::new(shared.clone(), workers.clone());
+        let count = |n: usize| {
+            let snap = shared.snapshot.load_full();
+            for _ in 0..n {
+                snap.services.get(0).unwrap().traffic.on_new(0, 60);
+            }
+        };
+        let vip = shared.snapshot.load().services.get(0).unwrap().spec.vip;
+        let conns = |s: &Stats| {
+            let (_, t) = s.ipvs_traffic();
+            t[&vip][&(Addr::from_v4(B1), 8080)][0]
+        };
+        count(4);
+        assert_eq!(conns(&stats), 4);
+        assert!(stats.zero(None));
+        assert_eq!(conns(&stats), 0);
+        count(3);
+        assert_eq!(conns(&stats), 3);
+        assert_eq!(backend(&stats.report(), "198.18.1.11").conns, 7, "monotonic");
+        stats.swap(table(2, &[B1]));
+        workers[0].table_version.store(2, Ordering::Release);
+        count(1);
+        assert_eq!(conns(&stats), 4, "the baseline survives a swap");
+        assert!(stats.zero(Some(vip)));
+        assert_eq!(conns(&stats), 0);
+        let other = VipKey { port: 81, ..vip };
+        assert!(!stats.zero(Some(other)), "no such service");
+        assert_eq!(backend(&stats.report(), "198.18.1.11").conns, 8);
     }
 }

@@ -18,6 +18,7 @@ fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
         lower: 0,
         active: 0,
         inactive: 0,
+        stats: Default::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn svc(protocol: u8, addr: &str, port: u16, sched: &str, dests: Vec<IpvsDest>) -
             namespace: "ipvs".into(),
             name: "x".into(),
         },
+        stats: Default::default(),
     }
 }
 
