@@ -135,6 +135,20 @@ fn ipvsadm_connections_stats_zero_and_timeouts() {
     assert_eq!(svc[0], 1, "{svc:?}");
     assert!(svc[4] > 300_000 && svc[3] > 0 && svc[1] > 0, "{svc:?}");
 
+    // --rate: the estimator (a sample every 2 s) has seen the transfer.
+    let rate = poll_until(Duration::from_secs(6), || {
+        let out = ok(&sock, "-Ln --rate --exact");
+        let l = out
+            .lines()
+            .find(|l| l.starts_with("  -> 198.18.1.11:9000"))?;
+        let v: Vec<u64> = l[21..]
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (v[4] > 0).then_some(v)
+    });
+    assert!(rate.is_some(), "OutBPS never moved");
+
     // -Z: the ipvsadm view starts again from zero, the totals do not.
     ok(&sock, "-Z");
     assert_eq!(stats_line(&sock, &format!("TCP  {VIP}:9000")), [0; 5]);
@@ -162,7 +176,10 @@ fn ipvsadm_connections_stats_zero_and_timeouts() {
         .find(|r| r[0] == "UDP")
         .expect("a UDP entry");
     assert!(udp[1] == "05:00" || udp[1].starts_with("04:5"), "{udp:?}");
-    assert_eq!((udp[2].as_str(), udp[5].as_str()), ("UDP", "198.18.1.12:5353"));
+    assert_eq!(
+        (udp[2].as_str(), udp[5].as_str()),
+        ("UDP", "198.18.1.12:5353")
+    );
     // Its -Z alone: the UDP service's datagram counted, then zeroed, and
     // the TCP service untouched by a -Z of another.
     assert_eq!(stats_line(&sock, &format!("UDP  {VIP}:5353"))[1], 1);
@@ -174,7 +191,11 @@ fn ipvsadm_connections_stats_zero_and_timeouts() {
         ("--set 1 2", 2, "--set option requires 3 timeout values\n"),
         ("--set 1 2 x", 2, "invalid timeout value `x' specified\n"),
         ("-Z -t 198.18.100.99:80", 255, "No such service\n"),
-        ("-L -c --stats", 2, "options conflicts in the list command\n"),
+        (
+            "-L -c --stats",
+            2,
+            "options conflicts in the list command\n",
+        ),
     ];
     for (line, code, msg) in bad {
         let o = ipvsadm(&sock, line);

@@ -30,6 +30,7 @@ use sluice_dataplane::types::proto;
 use super::status::{self, Status};
 use super::AppState;
 use crate::config::virtual_service::KIND;
+use crate::stats::Folded;
 use crate::store::{Batch, Key, Kind, UpsertMode, Write};
 
 /// Where an IPVS service comes from.
@@ -226,17 +227,25 @@ pub fn service_view(s: &Service) -> IpvsService {
     }
 }
 
-/// Fills in the figures of `v` (the view of `s`) from `totals`.
-fn fill_stats(v: &mut IpvsService, s: &Service, totals: &crate::stats::Folded) {
-    let Some(t) = totals.get(&s.spec.vip) else {
-        return;
-    };
+/// Fills in the figures of `v` (the view of `s`) from the totals and the
+/// estimator's rates.
+fn fill_stats(v: &mut IpvsService, s: &Service, totals: &Folded, rates: &Folded) {
+    let t = totals.get(&s.spec.vip);
+    let r = rates.get(&s.spec.vip);
     let mut sum = Counters::default();
     for (d, b) in v.dests.iter_mut().zip(&s.spec.backends) {
-        if let Some(f) = t.get(&(b.addr, b.port)) {
+        let k = (b.addr, b.port);
+        if let Some(f) = t.and_then(|t| t.get(&k)) {
             d.stats = Counters::from_fields(f);
-            sum.add(&d.stats);
         }
+        if let Some(f) = r.and_then(|r| r.get(&k)) {
+            d.stats.cps = f[0];
+            d.stats.inpps = f[1];
+            d.stats.inbps = f[2];
+            d.stats.outpps = f[3];
+            d.stats.outbps = f[4];
+        }
+        sum.add(&d.stats);
     }
     v.stats = sum;
 }
@@ -256,8 +265,8 @@ async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response
     // With figures, the services come from the table the totals were
     // summed with, so that they match.
     let (snap, totals) = match stats.filter(|_| q.stats) {
-        Some(st) => match tokio::task::spawn_blocking(move || st.ipvs_traffic()).await {
-            Ok((snap, t)) => (snap, Some(t)),
+        Some(st) => match tokio::task::spawn_blocking(move || (st.ipvs_traffic(), st)).await {
+            Ok(((snap, t), st)) => (snap, Some((t, st.rates()))),
             Err(_) => (snap, None),
         },
         None => (snap, None),
@@ -268,8 +277,8 @@ async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response
         .filter(|s| matches!(s.spec.vip.proto, proto::TCP | proto::UDP | proto::SCTP))
         .map(|s| {
             let mut v = service_view(s);
-            if let Some(t) = &totals {
-                fill_stats(&mut v, s, t);
+            if let Some((t, r)) = &totals {
+                fill_stats(&mut v, s, t, r);
             }
             v
         })

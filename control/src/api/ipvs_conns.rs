@@ -259,7 +259,9 @@ async fn zero(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     } else {
         match serde_json::from_slice(&body) {
             Ok(z) => z,
-            Err(e) => return Status::bad_request(format!("not a zero request: {e}")).into_response(),
+            Err(e) => {
+                return Status::bad_request(format!("not a zero request: {e}")).into_response()
+            }
         }
     };
     let vip = match (z.protocol, z.addr, z.port) {
@@ -278,14 +280,12 @@ async fn zero(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
         return no_data_path();
     };
     match tokio::task::spawn_blocking(move || st.zero(vip)).await {
-        Ok(true) => Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-            .into_response(),
-        Ok(false) => Status::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No such service".into(),
-        )
-        .into_response(),
+        Ok(true) => {
+            Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})).into_response()
+        }
+        Ok(false) => {
+            Status::new(StatusCode::NOT_FOUND, "NotFound", "No such service".into()).into_response()
+        }
         Err(e) => Status::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",

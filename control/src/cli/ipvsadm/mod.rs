@@ -238,7 +238,12 @@ fn zero(p: &Parsed, socket: &Path) -> Result<String, Fail> {
     } else {
         json!({})
     };
-    send(socket, HttpMethod::POST, ZERO, body.to_string().into_bytes())
+    send(
+        socket,
+        HttpMethod::POST,
+        ZERO,
+        body.to_string().into_bytes(),
+    )
 }
 
 /// The compiled view.
