@@ -510,7 +510,9 @@ fn timeout_line() {
 fn list_options_that_conflict_with_c_and_timeout() {
     for line in ["-L -c --stats", "-L --timeout --rate", "-L -c --thresholds"] {
         let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-        let f = args::parse("ipvsadm", &args, false).err().expect(line);
+        let Err(f) = args::parse("ipvsadm", &args, false) else {
+            panic!("{line} was accepted");
+        };
         assert_eq!(
             (f.code, f.msg.as_str()),
             (2, "options conflicts in the list command")
