@@ -340,6 +340,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
     let mut publisher = publisher;
     publisher.set_stats(stats.clone());
+    stats.spawn_estimator().map_err(RunError::Runtime)?;
     let sync = crate::metrics::Sync::default();
     let mut rec = Reconciler::new(store, publisher);
     rec.set_persister(persister.clone());

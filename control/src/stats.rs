@@ -26,14 +26,72 @@ use sluice_dataplane::types::{proto, Addr};
 use sluice_dataplane::worker::{Counters, Shared};
 use std::sync::atomic::Ordering;
 
-type Fields = [u64; FIELDS];
-type Folded = HashMap<VipKey, HashMap<(Addr, u16), Fields>>;
+/// One backend's counters, in [`sluice_dataplane::traffic`]'s order.
+pub type Fields = [u64; FIELDS];
+/// Totals by front end, then backend (address, port).
+pub type Folded = HashMap<VipKey, HashMap<(Addr, u16), Fields>>;
 
 #[derive(Default)]
 struct Inner {
     folded: Folded,
     retired: Vec<Arc<Snapshot>>,
+    /// `ipvsadm -Z`: the totals at the last zeroing, subtracted in the
+    /// ipvsadm view only ([`Stats::ipvs_traffic`]), so that `sluice stats`
+    /// and the Prometheus counters stay monotonic.
+    baseline: Folded,
+    /// `--rate`: the estimators by front end and backend.
+    est: HashMap<VipKey, HashMap<(Addr, u16), Est>>,
 }
+
+/// IPVS's rate estimator (`ip_vs_est.c`, the classic 2-second timer): each
+/// sample takes the increase since the last one, scaled (counts by 2⁹, so
+/// per second by 2¹⁰; bytes by 2⁴, per second by 2⁵), and moves the
+/// average a quarter of the way to it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Est {
+    last: Fields,
+    avg: [i64; FIELDS],
+}
+
+/// Fields counted in bytes (the rest are counts): in and out bytes.
+const BYTE_FIELDS: [usize; 2] = [2, 4];
+
+impl Est {
+    fn sample(&mut self, now: &Fields) {
+        for (i, (avg, (n, l))) in self
+            .avg
+            .iter_mut()
+            .zip(now.iter().zip(&self.last))
+            .enumerate()
+        {
+            let d = n.saturating_sub(*l).min(1 << 50) as i64;
+            let rate = if BYTE_FIELDS.contains(&i) {
+                d << 4
+            } else {
+                d << 9
+            };
+            *avg += (rate - *avg) >> 2;
+        }
+        self.last = *now;
+    }
+
+    /// Per second, rounded as IPVS reads its estimator.
+    fn rates(&self) -> Fields {
+        let mut out = [0u64; FIELDS];
+        for (i, (o, a)) in out.iter_mut().zip(self.avg).enumerate() {
+            let v = if BYTE_FIELDS.contains(&i) {
+                (a + 0xF) >> 5
+            } else {
+                (a + 0x1FF) >> 10
+            };
+            *o = v.max(0) as u64;
+        }
+        out
+    }
+}
+
+/// How often the estimator samples, as IPVS's timer.
+pub const ESTIMATOR_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The traffic totals across table swaps, and the sources of the rest.
 #[derive(Clone)]
@@ -243,15 +301,113 @@ impl Stats {
             merge(&mut g.folded, sums(&s));
         }
         // What the table in service lacks goes (IPVS deletes the counters
-        // of a deleted service or real server).
-        g.folded
-            .retain(|vip, m| match current.services.lookup(vip) {
+        // of a deleted service or real server), and so does its `-Z`
+        // baseline: one added again starts from zero.
+        let keep =
+            |vip: &VipKey, m: &mut HashMap<(Addr, u16), Fields>| match current.services.lookup(vip)
+            {
                 Some((_, svc)) => {
                     m.retain(|k, _| svc.spec.backends.iter().any(|b| (b.addr, b.port) == *k));
                     true
                 }
                 None => false,
-            });
+            };
+        g.folded.retain(keep);
+        g.baseline.retain(keep);
+    }
+
+    /// `ipvsadm -Z`: from now on the ipvsadm view counts from the present
+    /// totals of `vip` (every front end if `None`). Returns whether `vip`
+    /// is in service.
+    pub fn zero(&self, vip: Option<VipKey>) -> bool {
+        let (snap, totals) = self.traffic();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match vip {
+            None => g.baseline = totals,
+            Some(v) => {
+                if snap.services.lookup(&v).is_none() {
+                    return false;
+                }
+                g.baseline
+                    .insert(v, totals.get(&v).cloned().unwrap_or_default());
+            }
+        }
+        true
+    }
+
+    /// One estimator sample of every front end and backend (call it every
+    /// [`ESTIMATOR_PERIOD`]); a new one starts from its present totals, as
+    /// `ip_vs_start_estimator` does, so it shows no spike.
+    pub fn estimate(&self) {
+        let (_, t) = self.traffic();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let est = &mut g.est;
+        est.retain(|vip, m| match t.get(vip) {
+            Some(f) => {
+                m.retain(|k, _| f.contains_key(k));
+                true
+            }
+            None => false,
+        });
+        for (vip, m) in &t {
+            let e = est.entry(*vip).or_default();
+            for (k, f) in m {
+                match e.get_mut(k) {
+                    Some(x) => x.sample(f),
+                    None => {
+                        e.insert(
+                            *k,
+                            Est {
+                                last: *f,
+                                ..Est::default()
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The estimated rates per second (fields as the totals').
+    pub fn rates(&self) -> Folded {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.est
+            .iter()
+            .map(|(v, m)| (*v, m.iter().map(|(k, e)| (*k, e.rates())).collect()))
+            .collect()
+    }
+
+    /// Runs [`Stats::estimate`] every [`ESTIMATOR_PERIOD`] on its own thread
+    /// until the data path stops.
+    pub fn spawn_estimator(&self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let s = self.clone();
+        std::thread::Builder::new()
+            .name("ipvs-estimator".into())
+            .spawn(move || {
+                while !s.shared.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(ESTIMATOR_PERIOD);
+                    s.estimate();
+                }
+            })
+    }
+
+    /// [`Stats::traffic`] less the `-Z` baselines (never below zero).
+    pub fn ipvs_traffic(&self) -> (Arc<Snapshot>, Folded) {
+        let (snap, mut t) = self.traffic();
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (vip, m) in t.iter_mut() {
+            let Some(base) = g.baseline.get(vip) else {
+                continue;
+            };
+            for (k, f) in m.iter_mut() {
+                if let Some(b) = base.get(k) {
+                    for (x, y) in f.iter_mut().zip(b) {
+                        *x = x.saturating_sub(*y);
+                    }
+                }
+            }
+        }
+        (snap, t)
     }
 
     /// Traffic totals by front end and backend: folded + retired + current.
@@ -496,5 +652,91 @@ mod tests {
         let r = stats.report();
         assert_eq!(backend(&r, "198.18.1.11").conns, 7);
         assert_eq!(r.services[0].figures.conns, 7);
+    }
+
+    /// `-Z` zeroes the ipvsadm view (all, or one front end) and leaves
+    /// the monotonic totals of `sluice stats` and /metrics alone; a baseline
+    /// survives a table swap.
+    #[test]
+    fn zero_sets_a_baseline_for_the_ipvsadm_view_only() {
+        let shared = Arc::new(Shared::new(
+            table(1, &[B1]),
+            FlowTable::new(1024, Timeouts::default()),
+            AffinityTable::new(64),
+        ));
+        let workers: Vec<Arc<Counters>> = vec![Arc::new(Counters::default())];
+        let stats = Stats::new(shared.clone(), workers.clone());
+        let count = |n: usize| {
+            let snap = shared.snapshot.load_full();
+            for _ in 0..n {
+                snap.services.get(0).unwrap().traffic.on_new(0, 60);
+            }
+        };
+        let vip = shared.snapshot.load().services.get(0).unwrap().spec.vip;
+        let conns = |s: &Stats| {
+            let (_, t) = s.ipvs_traffic();
+            t[&vip][&(Addr::from_v4(B1), 8080)][0]
+        };
+        count(4);
+        assert_eq!(conns(&stats), 4);
+        assert!(stats.zero(None));
+        assert_eq!(conns(&stats), 0);
+        count(3);
+        assert_eq!(conns(&stats), 3);
+        assert_eq!(
+            backend(&stats.report(), "198.18.1.11").conns,
+            7,
+            "monotonic"
+        );
+        stats.swap(table(2, &[B1]));
+        workers[0].table_version.store(2, Ordering::Release);
+        count(1);
+        assert_eq!(conns(&stats), 4, "the baseline survives a swap");
+        assert!(stats.zero(Some(vip)));
+        assert_eq!(conns(&stats), 0);
+        let other = VipKey { port: 81, ..vip };
+        assert!(!stats.zero(Some(other)), "no such service");
+        assert_eq!(backend(&stats.report(), "198.18.1.11").conns, 8);
+    }
+
+    /// A steady 1000 connections and 1 MB per 2 s converge on IPVS's
+    /// figures: 500 conn/s and 500 kB/s; a new backend starts at 0.
+    #[test]
+    fn the_estimator_follows_ip_vs_est() {
+        let mut e = Est::default();
+        let mut now = [0u64; FIELDS];
+        e.sample(&now);
+        for _ in 0..80 {
+            now[0] += 1000;
+            now[2] += 1_000_000;
+            e.sample(&now);
+        }
+        let r = e.rates();
+        assert_eq!((r[0], r[2], r[1]), (500, 500_000, 0));
+        // The first sample moves a quarter of the way: 125/s.
+        let mut f = Est::default();
+        f.sample(&[1000, 0, 0, 0, 0]);
+        assert_eq!(f.rates()[0], 125);
+
+        let shared = Arc::new(Shared::new(
+            table(1, &[B1]),
+            FlowTable::new(1024, Timeouts::default()),
+            AffinityTable::new(64),
+        ));
+        let stats = Stats::new(shared.clone(), vec![Arc::new(Counters::default())]);
+        let snap = shared.snapshot.load_full();
+        let vip = snap.services.get(0).unwrap().spec.vip;
+        for _ in 0..100 {
+            snap.services.get(0).unwrap().traffic.on_new(0, 60);
+        }
+        stats.estimate();
+        let k = (Addr::from_v4(B1), 8080);
+        assert_eq!(stats.rates()[&vip][&k][0], 0, "no spike from old totals");
+        for _ in 0..8 {
+            snap.services.get(0).unwrap().traffic.on_new(0, 60);
+        }
+        stats.estimate();
+        // 8 in 2 s = 4/s, a quarter of the way: (4·2¹⁰/4 + 0x1FF) >> 10 = 1.
+        assert_eq!(stats.rates()[&vip][&k][0], 1);
     }
 }

@@ -155,7 +155,7 @@ fn ipvsadm_script_traffic_listing_errors_and_save_restore() {
             255,
             "different methods (masq and tunnel) are not supported yet",
         ),
-        ("-Z", 255, "not supported yet"),
+        ("-Z -t 198.18.100.99:80", 255, "No such service\n"),
         ("-L -t 198.18.100.99:80", 1, "No such service\n"),
     ];
     for (line, code, msg) in bad {

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +30,7 @@ use sluice_dataplane::types::proto;
 use super::status::{self, Status};
 use super::AppState;
 use crate::config::virtual_service::KIND;
+use crate::stats::Folded;
 use crate::store::{Batch, Key, Kind, UpsertMode, Write};
 
 /// Where an IPVS service comes from.
@@ -62,6 +63,67 @@ pub struct IpvsDest {
     pub active: u32,
     /// Other connections.
     pub inactive: u32,
+    /// Traffic since the last `-Z` (with `?stats=true`).
+    #[serde(default)]
+    pub stats: Counters,
+}
+
+/// `--stats` and `--rate` figures of a real server or a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// New connections.
+    pub conns: u64,
+    /// Packets client → real server.
+    pub inpkts: u64,
+    /// Packets real server → client.
+    pub outpkts: u64,
+    /// Bytes client → real server.
+    pub inbytes: u64,
+    /// Bytes real server → client.
+    pub outbytes: u64,
+    /// New connections per second (the estimator's, see [`crate::stats`]).
+    #[serde(default)]
+    pub cps: u64,
+    /// Packets per second in.
+    #[serde(default)]
+    pub inpps: u64,
+    /// Packets per second out.
+    #[serde(default)]
+    pub outpps: u64,
+    /// Bytes per second in.
+    #[serde(default)]
+    pub inbps: u64,
+    /// Bytes per second out.
+    #[serde(default)]
+    pub outbps: u64,
+}
+
+impl Counters {
+    /// From the data path's per-backend fields (conns, in packets, in
+    /// bytes, out packets, out bytes).
+    pub fn from_fields(f: &crate::stats::Fields) -> Counters {
+        Counters {
+            conns: f[0],
+            inpkts: f[1],
+            inbytes: f[2],
+            outpkts: f[3],
+            outbytes: f[4],
+            ..Counters::default()
+        }
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.conns += o.conns;
+        self.inpkts += o.inpkts;
+        self.outpkts += o.outpkts;
+        self.inbytes += o.inbytes;
+        self.outbytes += o.outbytes;
+        self.cps += o.cps;
+        self.inpps += o.inpps;
+        self.outpps += o.outpps;
+        self.inbps += o.inbps;
+        self.outbps += o.outbps;
+    }
 }
 
 /// One virtual service as `ipvsadm -L` shows it.
@@ -88,6 +150,9 @@ pub struct IpvsService {
     pub dests: Vec<IpvsDest>,
     /// Its object.
     pub origin: Origin,
+    /// The sum of its real servers' figures (with `?stats=true`).
+    #[serde(default)]
+    pub stats: Counters,
 }
 
 /// The routes.
@@ -153,23 +218,70 @@ pub fn service_view(s: &Service) -> IpvsService {
                     lower: b.lower,
                     active,
                     inactive,
+                    stats: Counters::default(),
                 }
             })
             .collect(),
         origin: origin(&spec.name),
+        stats: Counters::default(),
     }
 }
 
-async fn view(State(s): State<AppState>) -> Response {
-    let snap = {
+/// Fills in the figures of `v` (the view of `s`) from the totals and the
+/// estimator's rates.
+fn fill_stats(v: &mut IpvsService, s: &Service, totals: &Folded, rates: &Folded) {
+    let t = totals.get(&s.spec.vip);
+    let r = rates.get(&s.spec.vip);
+    let mut sum = Counters::default();
+    for (d, b) in v.dests.iter_mut().zip(&s.spec.backends) {
+        let k = (b.addr, b.port);
+        if let Some(f) = t.and_then(|t| t.get(&k)) {
+            d.stats = Counters::from_fields(f);
+        }
+        if let Some(f) = r.and_then(|r| r.get(&k)) {
+            d.stats.cps = f[0];
+            d.stats.inpps = f[1];
+            d.stats.inbps = f[2];
+            d.stats.outpps = f[3];
+            d.stats.outbps = f[4];
+        }
+        sum.add(&d.stats);
+    }
+    v.stats = sum;
+}
+
+#[derive(Debug, Deserialize)]
+struct ViewQuery {
+    #[serde(default)]
+    stats: bool,
+}
+
+async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
+    let (snap, stats) = {
         let mut rec = s.rec.lock().unwrap_or_else(|p| p.into_inner());
-        rec.publisher().snapshot()
+        let stats = rec.publisher().stats().cloned();
+        (rec.publisher().snapshot(), stats)
+    };
+    // With figures, the services come from the table the totals were
+    // summed with, so that they match.
+    let (snap, totals) = match stats.filter(|_| q.stats) {
+        Some(st) => match tokio::task::spawn_blocking(move || (st.ipvs_traffic(), st)).await {
+            Ok(((snap, t), st)) => (snap, Some((t, st.rates()))),
+            Err(_) => (snap, None),
+        },
+        None => (snap, None),
     };
     let services: Vec<IpvsService> = snap
         .services
         .services()
         .filter(|s| matches!(s.spec.vip.proto, proto::TCP | proto::UDP | proto::SCTP))
-        .map(service_view)
+        .map(|s| {
+            let mut v = service_view(s);
+            if let Some((t, r)) = &totals {
+                fill_stats(&mut v, s, t, r);
+            }
+            v
+        })
         .collect();
     Json(json!({"kind": "IpvsList", "apiVersion": "sluice.dev/v1", "items": services}))
         .into_response()

@@ -18,6 +18,7 @@
 pub mod checks;
 pub mod discovery;
 pub mod ipvs;
+pub mod ipvs_conns;
 pub mod objects;
 pub mod patch;
 pub mod status;
@@ -226,6 +227,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(discovery::routes())
         .merge(objects::routes())
         .merge(ipvs::routes())
+        .merge(ipvs_conns::routes())
         .route(STATS_PATH, axum::routing::get(stats))
         .merge(checks::routes())
         .layer(DefaultBodyLimit::max(max_body))

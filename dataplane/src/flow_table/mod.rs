@@ -243,7 +243,7 @@ pub mod tcp_flags {
 }
 
 /// Idle timeouts per flow state, in seconds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// After the client's SYN.
     pub tcp_syn_sent: u32,
@@ -259,6 +259,22 @@ pub struct Timeouts {
     pub udp: u32,
     /// Flows of any other protocol (ICMP, SCTP, ...).
     pub other: u32,
+}
+
+impl Timeouts {
+    /// Each value capped at what the 24-bit clock can express.
+    fn capped(self) -> Timeouts {
+        let cap = |t: u32| t.min(store::MAX_TIMEOUT);
+        Timeouts {
+            tcp_syn_sent: cap(self.tcp_syn_sent),
+            tcp_syn_recv: cap(self.tcp_syn_recv),
+            tcp_established: cap(self.tcp_established),
+            tcp_fin_wait: cap(self.tcp_fin_wait),
+            tcp_close: cap(self.tcp_close),
+            udp: cap(self.udp),
+            other: cap(self.other),
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -499,7 +515,6 @@ pub struct FlowTable {
     v4: Store4,
     v6: Store6,
     clock: AtomicU32,
-    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -508,7 +523,7 @@ impl std::fmt::Debug for FlowTable {
             .field("capacity_v4", &self.v4.capacity())
             .field("capacity_v6", &self.v6.capacity())
             .field("len", &self.len())
-            .field("timeouts", &self.timeouts)
+            .field("timeouts", &self.timeouts())
             .finish()
     }
 }
@@ -573,22 +588,12 @@ impl FlowTable {
     }
 
     fn build(v4: usize, v6: usize, timeouts: Timeouts, seed: [u64; 4]) -> FlowTable {
-        let cap = |t: u32| t.min(store::MAX_TIMEOUT);
-        let timeouts = Timeouts {
-            tcp_syn_sent: cap(timeouts.tcp_syn_sent),
-            tcp_syn_recv: cap(timeouts.tcp_syn_recv),
-            tcp_established: cap(timeouts.tcp_established),
-            tcp_fin_wait: cap(timeouts.tcp_fin_wait),
-            tcp_close: cap(timeouts.tcp_close),
-            udp: cap(timeouts.udp),
-            other: cap(timeouts.other),
-        };
+        let timeouts = timeouts.capped();
         let seed = seed.map(|s| s | 1);
         FlowTable {
             v4: Store::new(v4, timeouts, seed),
             v6: Store::new(v6, timeouts, seed.map(|s| s.rotate_left(17) | 1)),
             clock: AtomicU32::new(0),
-            timeouts,
         }
     }
 
@@ -623,9 +628,20 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// The timeouts the table was built with (each capped at 2²³ − 1 s).
+    /// The timeouts in force (each capped at 2²³ − 1 s).
     pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
+        self.v4.timeouts()
+    }
+
+    /// Replaces the timeouts while the workers run (`ipvsadm --set`): each
+    /// expiry check reads them afresh, so a held flow is aged by the new
+    /// timeout of its state from its next lookup or sweep on, as IPVS's
+    /// `--set` applies to existing connections at their next timer
+    /// re-arm. Each value is capped at 2²³ − 1 s.
+    pub fn set_timeouts(&self, t: Timeouts) {
+        let t = t.capped();
+        self.v4.set_timeouts(t);
+        self.v6.set_timeouts(t);
     }
 
     /// The latest `now` passed to [`FlowTable::insert`] or

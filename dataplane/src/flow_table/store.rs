@@ -3,10 +3,68 @@
 //! and the concurrency argument; this file is the mechanism.
 
 use std::marker::PhantomData;
+// The timeouts are plain std atomics even under loom: a timeout is a
+// configuration value read on its own, outside the concurrency argument
+// (a lookup racing `--set` ages the flow by either value), and leaving it
+// out of the loom models keeps their state space as it was.
+use std::sync::atomic::{AtomicU32 as StdAtomicU32, Ordering as StdOrdering};
 
 use super::layout::Layout;
 use super::sync::{fence, spin_loop, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use super::{tcp_next, Direction, InsertError, Timeouts};
+
+/// [`Timeouts`] as relaxed atomics, so `ipvsadm --set` changes them while
+/// the workers read them (one relaxed load per expiry check: the same
+/// cost as the plain field it replaces).
+#[derive(Debug)]
+pub struct LiveTimeouts {
+    tcp_syn_sent: StdAtomicU32,
+    tcp_syn_recv: StdAtomicU32,
+    tcp_established: StdAtomicU32,
+    tcp_fin_wait: StdAtomicU32,
+    tcp_close: StdAtomicU32,
+    udp: StdAtomicU32,
+    other: StdAtomicU32,
+}
+
+impl LiveTimeouts {
+    fn new(t: Timeouts) -> Self {
+        let a = StdAtomicU32::new;
+        LiveTimeouts {
+            tcp_syn_sent: a(t.tcp_syn_sent),
+            tcp_syn_recv: a(t.tcp_syn_recv),
+            tcp_established: a(t.tcp_established),
+            tcp_fin_wait: a(t.tcp_fin_wait),
+            tcp_close: a(t.tcp_close),
+            udp: a(t.udp),
+            other: a(t.other),
+        }
+    }
+
+    fn get(&self) -> Timeouts {
+        let l = |a: &StdAtomicU32| a.load(StdOrdering::Relaxed);
+        Timeouts {
+            tcp_syn_sent: l(&self.tcp_syn_sent),
+            tcp_syn_recv: l(&self.tcp_syn_recv),
+            tcp_established: l(&self.tcp_established),
+            tcp_fin_wait: l(&self.tcp_fin_wait),
+            tcp_close: l(&self.tcp_close),
+            udp: l(&self.udp),
+            other: l(&self.other),
+        }
+    }
+
+    fn set(&self, t: Timeouts) {
+        let s = |a: &StdAtomicU32, v: u32| a.store(v, StdOrdering::Relaxed);
+        s(&self.tcp_syn_sent, t.tcp_syn_sent);
+        s(&self.tcp_syn_recv, t.tcp_syn_recv);
+        s(&self.tcp_established, t.tcp_established);
+        s(&self.tcp_fin_wait, t.tcp_fin_wait);
+        s(&self.tcp_close, t.tcp_close);
+        s(&self.udp, t.udp);
+        s(&self.other, t.other);
+    }
+}
 
 /// Index slots per bucket (one 64-byte cache line of `u32`s).
 pub const BUCKET_SLOTS: usize = 16;
@@ -232,7 +290,7 @@ pub struct Store<L: Layout<N>, const N: usize> {
     /// nothing per packet.
     early_drops: [AtomicUsize; EVICT_CLASSES],
     seed: [u64; 4],
-    timeouts: Timeouts,
+    timeouts: LiveTimeouts,
     _layout: PhantomData<L>,
 }
 
@@ -264,7 +322,7 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             moves: AtomicU64::new(0),
             early_drops: std::array::from_fn(|_| AtomicUsize::new(0)),
             seed,
-            timeouts,
+            timeouts: LiveTimeouts::new(timeouts),
             _layout: PhantomData,
         };
         // Push in reverse so that record 0 is handed out first.
@@ -294,17 +352,29 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
         self.records.len() * Self::RECORD_BYTES + std::mem::size_of_val(&*self.buckets)
     }
 
+    /// The timeouts now in force.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts.get()
+    }
+
+    /// Replaces the timeouts; flows already held are aged by the new ones
+    /// from their next lookup or sweep.
+    pub fn set_timeouts(&self, t: Timeouts) {
+        self.timeouts.set(t);
+    }
+
     pub fn timeout_of(&self, st: u8) -> u32 {
         let t = &self.timeouts;
-        match st {
-            ST_UDP => t.udp,
-            ST_SYN_SENT => t.tcp_syn_sent,
-            ST_SYN_RECV => t.tcp_syn_recv,
-            ST_ESTABLISHED => t.tcp_established,
-            ST_FIN_WAIT | ST_FIN_WAIT_REPLY | ST_TIME_WAIT => t.tcp_fin_wait,
-            ST_CLOSE => t.tcp_close,
-            _ => t.other,
-        }
+        let a = match st {
+            ST_UDP => &t.udp,
+            ST_SYN_SENT => &t.tcp_syn_sent,
+            ST_SYN_RECV => &t.tcp_syn_recv,
+            ST_ESTABLISHED => &t.tcp_established,
+            ST_FIN_WAIT | ST_FIN_WAIT_REPLY | ST_TIME_WAIT => &t.tcp_fin_wait,
+            ST_CLOSE => &t.tcp_close,
+            _ => &t.other,
+        };
+        a.load(StdOrdering::Relaxed)
     }
 
     #[inline]

@@ -1142,3 +1142,35 @@ proptest! {
         }
     }
 }
+
+/// `ipvsadm --set`: a changed timeout applies to flows already held, in
+/// both stores, and a value beyond the 24-bit clock is capped.
+#[test]
+fn set_timeouts_applies_to_held_flows() {
+    let t = table(64);
+    let udp = entry_p(1, proto::UDP);
+    let mut udp6 = entry6(2);
+    udp6.original.proto = proto::UDP;
+    udp6.reply.proto = proto::UDP;
+    t.insert(&udp, 100).unwrap();
+    t.insert(&udp6, 100).unwrap();
+    // Live at 100 + 200 under the default 300 s.
+    assert!(t.lookup(&udp.original, 200).is_some());
+    t.set_timeouts(Timeouts {
+        udp: 5,
+        ..Timeouts::default()
+    });
+    assert_eq!(t.timeouts().udp, 5);
+    // Last seen at 100 (lookups do not refresh: only touch does), so both
+    // are past 5 s at 210 and gone from lookups and the listing.
+    assert!(t.lookup(&udp.original, 210).is_none());
+    assert!(t.lookup(&udp6.original, 210).is_none());
+    let mut n = 0;
+    t.for_each_at(210, |_, _, _| n += 1);
+    assert_eq!(n, 0);
+    t.set_timeouts(Timeouts {
+        udp: u32::MAX,
+        ..Timeouts::default()
+    });
+    assert_eq!(t.timeouts().udp, store::MAX_TIMEOUT);
+}

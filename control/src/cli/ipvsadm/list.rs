@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use sluice_dataplane::types::proto;
 
-use crate::api::ipvs::{IpvsDest, IpvsService};
+use crate::api::ipvs::{Counters, IpvsDest, IpvsService};
+use crate::api::ipvs_conns::{End, IpvsConn, IpvsTimeouts};
 
 /// The header of a full listing.
 pub const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)\n";
@@ -32,11 +33,27 @@ pub struct Format {
     pub tun_info: bool,
     /// `--k8s`: which object each service comes from.
     pub k8s: bool,
+    /// `--stats`
+    pub stats: bool,
+    /// `--rate`
+    pub rate: bool,
+    /// `--exact`
+    pub exact: bool,
 }
 
 /// `print_title`.
 pub fn title(f: Format) -> String {
-    if f.thresholds {
+    if f.stats || f.rate {
+        let n: [&str; 5] = if f.stats {
+            ["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"]
+        } else {
+            ["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]
+        };
+        format!(
+            "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port\n",
+            "Prot LocalAddress:Port", n[0], n[1], n[2], n[3], n[4]
+        )
+    } else if f.thresholds {
         format!(
             "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
             "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
@@ -147,6 +164,11 @@ pub fn service_entry(s: &IpvsService, f: Format, out: &mut String) {
         if !s.flags.is_empty() {
             let _ = write!(out, " -b {}", s.flags.join(","));
         }
+    } else if f.stats || f.rate {
+        let _ = write!(out, "{name:<33}");
+        for v in figures(&s.stats, f) {
+            largenum(v, f, out);
+        }
     } else {
         let _ = write!(out, "{name} {}", s.scheduler);
         if !s.flags.is_empty() {
@@ -188,6 +210,20 @@ fn dest_entry(s: &IpvsService, d: &IpvsDest, svc_name: &str, f: Format, out: &mu
             method_switch(&d.method),
             d.weight
         )
+    } else if f.stats {
+        let _ = write!(out, "  -> {dname:<28}");
+        for v in figures(&d.stats, f) {
+            largenum(v, f, out);
+        }
+        writeln!(out)
+    } else if f.rate {
+        // ipvsadm prints the three per-second counts of a real server
+        // plainly and only its byte rates through print_largenum.
+        let r = figures(&d.stats, f);
+        let _ = write!(out, "  -> {dname:<28} {:>8} {:>8} {:>8}", r[0], r[1], r[2]);
+        largenum(r[3], f, out);
+        largenum(r[4], f, out);
+        writeln!(out)
     } else if f.thresholds {
         writeln!(
             out,
@@ -214,6 +250,69 @@ fn dest_entry(s: &IpvsService, d: &IpvsDest, svc_name: &str, f: Format, out: &mu
             d.method, d.weight, d.active, d.inactive
         )
     };
+}
+
+/// The five numbers of `--stats` or of `--rate`, in column order.
+fn figures(c: &Counters, f: Format) -> [u64; 5] {
+    if f.rate {
+        [c.cps, c.inpps, c.outpps, c.inbps, c.outbps]
+    } else {
+        [c.conns, c.inpkts, c.outpkts, c.inbytes, c.outbytes]
+    }
+}
+
+/// `print_largenum`: with `--exact` the number in at least 9 columns (one
+/// space before it even when longer); otherwise below 10⁸ as is, above in
+/// K, M, G or T (thousands, millions, 10⁹, 10¹²), truncated.
+pub fn largenum(i: u64, f: Format, out: &mut String) {
+    let _ = if f.exact {
+        let len = i.to_string().len();
+        write!(out, "{i:>w$}", w = if len <= 8 { 9 } else { len + 1 })
+    } else if i < 100_000_000 {
+        write!(out, "{i:>9}")
+    } else if i < 1_000_000_000 {
+        write!(out, "{:>8}K", i / 1_000)
+    } else if i < 100_000_000_000 {
+        write!(out, "{:>8}M", i / 1_000_000)
+    } else if i < 100_000_000_000_000 {
+        write!(out, "{:>8}G", i / 1_000_000_000)
+    } else {
+        write!(out, "{:>8}T", i / 1_000_000_000_000)
+    };
+}
+
+/// `list_conn`: the header, the title and one row per entry
+/// (`print_conn`): protocol, expiry as `mm:ss` (minutes may pass 99),
+/// state, client, virtual, destination.
+pub fn connections(conns: &[IpvsConn], f: Format) -> String {
+    let mut out = String::from("IPVS connection entries\n");
+    let _ = writeln!(
+        out,
+        "pro expire {:<11} {:<18} {:<18} destination",
+        "state", "source", "virtual"
+    );
+    for c in conns {
+        let a = |e: &End| addr_port(e.addr, e.port, c.protocol, f.numeric);
+        let expire = format!("{:02}:{:02}", c.expires / 60, c.expires % 60);
+        let _ = writeln!(
+            out,
+            "{:<3} {expire:<6} {:<11} {:<18} {:<18} {}",
+            proto_name(c.protocol),
+            c.state,
+            a(&c.client),
+            a(&c.virt),
+            a(&c.dest)
+        );
+    }
+    out
+}
+
+/// `-L --timeout`.
+pub fn timeouts(t: &IpvsTimeouts) -> String {
+    format!(
+        "Timeout (tcp tcpfin udp): {} {} {}\n",
+        t.tcp, t.tcpfin, t.udp
+    )
 }
 
 /// `list_all`: header (not for rules), title, every service.

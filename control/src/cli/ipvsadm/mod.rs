@@ -33,6 +33,7 @@ use sluice_dataplane::types::proto;
 use self::args::{fail255, opt, Action, Cmd, Fail, Mask, Parsed};
 use self::list::Format;
 use crate::api::ipvs::IpvsService;
+use crate::api::ipvs_conns::{IpvsConnList, IpvsTimeouts};
 use crate::config::virtual_service::{
     self as vs, Front, Netmask, PersistenceSpec, RealServerSpec, VirtualService, VsSpec,
 };
@@ -42,6 +43,9 @@ pub const VERSION: &str = "ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS
 /// The namespace of the objects ipvsadm creates.
 pub const NAMESPACE: &str = "ipvs";
 const VIEW: &str = "/apis/sluice.dev/v1/ipvs";
+const CONNS: &str = "/apis/sluice.dev/v1/ipvs/connections";
+const TIMEOUTS: &str = "/apis/sluice.dev/v1/ipvs/timeouts";
+const ZERO: &str = "/apis/sluice.dev/v1/ipvs/zero";
 
 /// `ipvsadm -h`.
 pub fn usage(prog: &str) -> String {
@@ -86,6 +90,10 @@ fn format_of(p: &Parsed) -> Format {
         nosort: p.has(opt::NOSORT),
         tun_info: p.has(opt::TUN_INFO),
         k8s: p.has(opt::K8S),
+        // ipvsadm's priority: stats over rate.
+        stats: p.has(opt::STATS),
+        rate: p.has(opt::RATE) && !p.has(opt::STATS),
+        exact: p.has(opt::EXACT),
     }
 }
 
@@ -93,13 +101,11 @@ fn run(prog: &str, p: &Parsed, socket: &Path) -> Result<String, Fail> {
     match p.cmd {
         Cmd::List => {
             if p.has(opt::CONNECTION) {
-                return Err(not_yet("the connection listing (-c)"));
-            }
-            if p.has(opt::STATS) || p.has(opt::RATE) {
-                return Err(not_yet("--stats / --rate"));
+                let l: IpvsConnList = get_as(socket, CONNS)?;
+                return Ok(list::connections(&l.items, format_of(p)));
             }
             if p.has(opt::TIMEOUT) {
-                return Ok("Timeout (tcp tcpfin udp): 900 120 300\n".into());
+                return Ok(list::timeouts(&get_as(socket, TIMEOUTS)?));
             }
             if p.has(opt::DAEMON) {
                 return Ok(String::new());
@@ -108,8 +114,13 @@ fn run(prog: &str, p: &Parsed, socket: &Path) -> Result<String, Fail> {
             list(socket, &format_of(p), one)
         }
         Cmd::Save => list(socket, &format_of(p), None),
-        Cmd::Zero => Err(not_yet("zeroing counters (-Z)")),
-        Cmd::Timeout => Err(not_yet("setting timeouts (--set)")),
+        Cmd::Zero => zero(p, socket),
+        Cmd::Timeout => {
+            let (tcp, tcpfin, udp) = p.timeouts.unwrap_or_default();
+            let t = IpvsTimeouts { tcp, tcpfin, udp };
+            let body = serde_json::to_vec(&t).unwrap_or_default();
+            send(socket, HttpMethod::PUT, TIMEOUTS, body)
+        }
         Cmd::StartDaemon | Cmd::StopDaemon => Err(not_yet("the connection sync daemon")),
         Cmd::Restore => {
             let mut text = String::new();
@@ -199,15 +210,59 @@ fn get(socket: &Path, path: &str) -> Result<Value, Fail> {
     Ok(v)
 }
 
+/// A GET answer as `T`.
+fn get_as<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<T, Fail> {
+    serde_json::from_value(get(socket, path)?)
+        .map_err(|e| fail255(format!("unexpected answer from {path}: {e}")))
+}
+
+/// A write; its refusal's message is ipvsadm's (exit 255).
+fn send(socket: &Path, method: HttpMethod, path: &str, body: Vec<u8>) -> Result<String, Fail> {
+    let (code, v) = call(socket, method, path, body)?;
+    if code.is_success() {
+        Ok(String::new())
+    } else {
+        Err(fail255(message(&v, code)))
+    }
+}
+
+/// `-Z [service]`: zero the ipvsadm view's counters, of one service or all.
+fn zero(p: &Parsed, socket: &Path) -> Result<String, Fail> {
+    let body = if p.has(opt::SERVICE) {
+        match front_of(p) {
+            Front::Addr { proto, addr, port } => {
+                json!({"protocol": proto, "addr": addr, "port": port})
+            }
+            Front::Fwmark { .. } => return Err(fail255("No such service")),
+        }
+    } else {
+        json!({})
+    };
+    send(
+        socket,
+        HttpMethod::POST,
+        ZERO,
+        body.to_string().into_bytes(),
+    )
+}
+
 /// The compiled view.
 pub fn view(socket: &Path) -> Result<Vec<IpvsService>, Fail> {
-    let v = get(socket, VIEW)?;
+    view_at(socket, VIEW)
+}
+
+fn view_at(socket: &Path, path: &str) -> Result<Vec<IpvsService>, Fail> {
+    let v = get(socket, path)?;
     serde_json::from_value(v.get("items").cloned().unwrap_or(Value::Null))
-        .map_err(|e| fail255(format!("unexpected answer from {VIEW}: {e}")))
+        .map_err(|e| fail255(format!("unexpected answer from {path}: {e}")))
 }
 
 fn list(socket: &Path, f: &Format, one: Option<Front>) -> Result<String, Fail> {
-    let services = view(socket)?;
+    let services = if f.stats || f.rate {
+        view_at(socket, &format!("{VIEW}?stats=true"))?
+    } else {
+        view(socket)?
+    };
     match one {
         None => Ok(list::list_all(&services, *f)),
         Some(front) => services

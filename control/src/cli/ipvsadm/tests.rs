@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use super::args::{self, Action, Cmd};
 use super::list::{self, Format};
 use crate::api::ipvs::{IpvsDest, IpvsService, Origin};
+use crate::api::ipvs_conns::{End, IpvsConn, IpvsTimeouts};
 
 fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
     IpvsDest {
@@ -18,6 +19,7 @@ fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
         lower: 0,
         active: 0,
         inactive: 0,
+        stats: Default::default(),
     }
 }
 
@@ -37,6 +39,7 @@ fn svc(protocol: u8, addr: &str, port: u16, sched: &str, dests: Vec<IpvsDest>) -
             namespace: "ipvs".into(),
             name: "x".into(),
         },
+        stats: Default::default(),
     }
 }
 
@@ -328,4 +331,191 @@ fn object_names_are_deterministic() {
         super::object_name(&Front::Fwmark { mark: 7, v6: true }),
         "fwm-7-ipv6"
     );
+}
+
+// Golden files for the listings of the running state (`golden/`), written
+// from ipvsadm 1.31's printf formats by a separate script (C printf
+// semantics), not by this code.
+
+fn counters(v: [u64; 5], r: [u64; 5]) -> crate::api::ipvs::Counters {
+    crate::api::ipvs::Counters {
+        conns: v[0],
+        inpkts: v[1],
+        outpkts: v[2],
+        inbytes: v[3],
+        outbytes: v[4],
+        cps: r[0],
+        inpps: r[1],
+        outpps: r[2],
+        inbps: r[3],
+        outbps: r[4],
+    }
+}
+
+/// Large numbers at every unit boundary, an IPv6 service, a zero row.
+fn stats_services() -> Vec<IpvsService> {
+    let big = [
+        5,
+        99_999_999,
+        100_000_000,
+        123_456_789_012,
+        100_000_000_000_005,
+    ];
+    let big_r = [1, 2, 3, 999_999_999, 100_000_000];
+    let mut d2 = dest("198.18.1.2", 80, "Masq", 1);
+    d2.stats = counters(big, big_r);
+    let mut s4 = svc(
+        6,
+        "198.18.0.1",
+        80,
+        "rr",
+        vec![dest("198.18.1.3", 80, "Masq", 1), d2],
+    );
+    s4.stats = counters(big, big_r);
+    let small = [1, 2, 3, 400, 500];
+    let small_r = [0, 123_456_789, 0, 0, 0];
+    let mut d6 = dest("2001:db8:1::11", 53, "Masq", 1);
+    d6.stats = counters(small, small_r);
+    let mut s6 = svc(17, "2001:db8::100", 53, "rr", vec![d6]);
+    s6.stats = counters(small, small_r);
+    // Listed in ipvsadm's order whatever the order here.
+    vec![s6, s4]
+}
+
+#[test]
+fn stats_rate_and_exact_golden() {
+    let s = stats_services();
+    let f = |stats, rate, exact| Format {
+        numeric: true,
+        stats,
+        rate,
+        exact,
+        ..Format::default()
+    };
+    assert_eq!(
+        list::list_all(&s, f(true, false, false)),
+        include_str!("golden/stats.txt")
+    );
+    assert_eq!(
+        list::list_all(&s, f(true, false, true)),
+        include_str!("golden/stats_exact.txt")
+    );
+    assert_eq!(
+        list::list_all(&s, f(false, true, false)),
+        include_str!("golden/rate.txt")
+    );
+}
+
+#[test]
+fn largenum_units_and_exact_widths() {
+    let n = |i: u64, exact: bool| {
+        let mut s = String::new();
+        let f = Format {
+            exact,
+            ..Format::default()
+        };
+        list::largenum(i, f, &mut s);
+        s
+    };
+    assert_eq!(n(0, false), "        0");
+    assert_eq!(n(99_999_999, false), " 99999999");
+    assert_eq!(n(100_000_000, false), "  100000K");
+    assert_eq!(n(999_999_999, false), "  999999K");
+    assert_eq!(n(1_000_000_000, false), "    1000M");
+    assert_eq!(n(99_999_999_999, false), "   99999M");
+    assert_eq!(n(100_000_000_000, false), "     100G");
+    assert_eq!(n(100_000_000_000_000, false), "     100T");
+    assert_eq!(n(u64::MAX, false), "18446744T");
+    assert_eq!(n(12_345_678, true), " 12345678");
+    assert_eq!(n(123_456_789, true), " 123456789");
+    assert_eq!(n(u64::MAX, true), " 18446744073709551615");
+}
+
+fn conn(
+    p: u8,
+    expires: u32,
+    state: &str,
+    c: (&str, u16),
+    v: (&str, u16),
+    d: (&str, u16),
+) -> IpvsConn {
+    let e = |(a, port): (&str, u16)| End {
+        addr: a.parse().unwrap(),
+        port,
+    };
+    IpvsConn {
+        protocol: p,
+        expires,
+        state: state.into(),
+        client: e(c),
+        virt: e(v),
+        dest: e(d),
+    }
+}
+
+#[test]
+fn connection_listing_golden() {
+    let conns = vec![
+        conn(
+            6,
+            899,
+            "ESTABLISHED",
+            ("198.18.0.2", 40000),
+            ("198.18.100.20", 80),
+            ("198.18.1.11", 8080),
+        ),
+        // Minutes past 99, IPv6 addresses wider than their columns.
+        conn(
+            17,
+            6000,
+            "UDP",
+            ("2001:db8::1:2", 53000),
+            ("2001:db8::100", 53),
+            ("2001:db8:1::11", 53),
+        ),
+        // A direct-routing flow names its real server, here on the VIP's port.
+        conn(
+            6,
+            5,
+            "SYN_RECV",
+            ("198.18.0.130", 1025),
+            ("198.18.100.20", 80),
+            ("198.18.100.20", 80),
+        ),
+    ];
+    assert_eq!(
+        list::connections(&conns, numeric()),
+        include_str!("golden/lnc.txt")
+    );
+    assert_eq!(
+        list::connections(&[], numeric()),
+        include_str!("golden/lnc_empty.txt")
+    );
+}
+
+#[test]
+fn timeout_line() {
+    let t = IpvsTimeouts {
+        tcp: 900,
+        tcpfin: 120,
+        udp: 300,
+    };
+    assert_eq!(
+        list::timeouts(&t),
+        "Timeout (tcp tcpfin udp): 900 120 300\n"
+    );
+}
+
+#[test]
+fn list_options_that_conflict_with_c_and_timeout() {
+    for line in ["-L -c --stats", "-L --timeout --rate", "-L -c --thresholds"] {
+        let args: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let Err(f) = args::parse("ipvsadm", &args, false) else {
+            panic!("{line} was accepted");
+        };
+        assert_eq!(
+            (f.code, f.msg.as_str()),
+            (2, "options conflicts in the list command")
+        );
+    }
 }
