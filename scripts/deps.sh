@@ -9,6 +9,8 @@ PKGS=(
   build-essential m4 pkg-config libelf-dev zlib1g-dev clang llvm libbpf-dev linux-libc-dev
   # test network and peers
   iproute2 iputils-ping ethtool curl iperf3 tcpdump bpftool dnsutils procps
+  # `sluice top` is tested on a real terminal: tmux renders it, capture-pane reads it
+  tmux
   # benchmarks: the kernel baselines, pinning, the plot's font
   iptables nftables util-linux fonts-dejavu-core
 )

@@ -16,6 +16,7 @@
 //! objects ([`status`]).
 
 pub mod checks;
+pub mod describe;
 pub mod discovery;
 pub mod ipvs;
 pub mod objects;
@@ -228,6 +229,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(ipvs::routes())
         .route(STATS_PATH, axum::routing::get(stats))
         .merge(checks::routes())
+        .merge(describe::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
 }
