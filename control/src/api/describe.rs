@@ -394,7 +394,12 @@ mod tests {
         let specs = [
             spec("default/web:http", "198.18.100.10", 80, VipKind::ClusterIp),
             spec("default/web:http", "198.18.0.2", 30080, VipKind::NodePort),
-            spec("default/webber:http", "198.18.100.11", 80, VipKind::ClusterIp),
+            spec(
+                "default/webber:http",
+                "198.18.100.11",
+                80,
+                VipKind::ClusterIp,
+            ),
             spec("prod/web:http", "198.18.100.12", 80, VipKind::ClusterIp),
         ];
         let r = report();
@@ -421,7 +426,12 @@ mod tests {
 
     #[test]
     fn health_states_and_servers_a_check_removed() {
-        let specs = [spec("default/web:http", "198.18.100.10", 80, VipKind::ClusterIp)];
+        let specs = [spec(
+            "default/web:http",
+            "198.18.100.10",
+            80,
+            VipKind::ClusterIp,
+        )];
         let check = |a: &str, state, err: Option<&str>| TargetStatus {
             address: a.into(),
             port: 8080,
@@ -443,7 +453,10 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b[0].health, Some("up"));
         assert_eq!(b[1].health, None);
-        assert_eq!((b[2].address.as_str(), b[2].state), ("198.18.1.13", "removed"));
+        assert_eq!(
+            (b[2].address.as_str(), b[2].state),
+            ("198.18.1.13", "removed")
+        );
         assert_eq!(b[2].health_error.as_deref(), Some("connection refused"));
     }
 }

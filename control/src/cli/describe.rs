@@ -45,10 +45,9 @@ pub fn describe(socket: &Path, a: &DescribeArgs<'_>) -> Result<(), CliError> {
     if code != StatusCode::OK {
         let e = refused(&v, code);
         return Err(match code {
-            StatusCode::NOT_FOUND => CliError::Refused(format!(
-                "{e} in namespace {:?}",
-                a.namespace
-            )),
+            StatusCode::NOT_FOUND => {
+                CliError::Refused(format!("{e} in namespace {:?}", a.namespace))
+            }
             _ => e,
         });
     }
@@ -100,15 +99,24 @@ fn spec_lines(svc: &Value) -> Vec<(String, String)> {
     let spec = &svc["spec"];
     let mut out: Vec<(String, String)> = vec![
         ("Name".into(), str_at(svc, "/metadata/name").into()),
-        ("Namespace".into(), str_at(svc, "/metadata/namespace").into()),
-        ("Labels".into(), or_none(pairs(svc.pointer("/metadata/labels")))),
+        (
+            "Namespace".into(),
+            str_at(svc, "/metadata/namespace").into(),
+        ),
+        (
+            "Labels".into(),
+            or_none(pairs(svc.pointer("/metadata/labels"))),
+        ),
         (
             "Type".into(),
             spec["type"].as_str().unwrap_or("ClusterIP").into(),
         ),
         ("Selector".into(), or_none(pairs(spec.get("selector")))),
         ("IP".into(), or_none(str_at(spec, "/clusterIP").into())),
-        ("External IPs".into(), or_none(strings(spec.get("externalIPs")))),
+        (
+            "External IPs".into(),
+            or_none(strings(spec.get("externalIPs"))),
+        ),
     ];
     let mut ingress = strings(svc.pointer("/status/loadBalancer/ingress"));
     if ingress.is_empty() {
@@ -146,7 +154,9 @@ fn spec_lines(svc: &Value) -> Vec<(String, String)> {
 }
 
 fn n(v: &Value, k: &str) -> String {
-    v[k].as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+    v[k].as_u64()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 const FIGURES: [(&str, &str); 6] = [
@@ -165,7 +175,11 @@ fn frontend_name(f: &Value) -> String {
     } else {
         a.to_owned()
     };
-    format!("{a}:{}/{}", n(f, "port"), f["protocol"].as_str().unwrap_or("?"))
+    format!(
+        "{a}:{}/{}",
+        n(f, "port"),
+        f["protocol"].as_str().unwrap_or("?")
+    )
 }
 
 /// The front-end table: one row per VIP:port/proto.
@@ -320,12 +334,30 @@ mod tests {
         let out = render(&description());
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "Name:                     web");
-        assert!(out.contains("\nType:                     NodePort\n"), "{out}");
-        assert!(out.contains("\nSelector:                 app=web\n"), "{out}");
-        assert!(out.contains("\nPort:                     http  80/TCP\n"), "{out}");
-        assert!(out.contains("\nTargetPort:               8080/TCP\n"), "{out}");
-        assert!(out.contains("\nNodePort:                 http  30080/TCP\n"), "{out}");
-        assert!(out.contains("\nExternal Traffic Policy:  Cluster\n"), "{out}");
+        assert!(
+            out.contains("\nType:                     NodePort\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nSelector:                 app=web\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nPort:                     http  80/TCP\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nTargetPort:               8080/TCP\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nNodePort:                 http  30080/TCP\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nExternal Traffic Policy:  Cluster\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -364,7 +396,16 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert_eq!(
             r[1][..8],
-            ["198.18.100.10:80/TCP", "198.18.1.11:8080", "3", "ready", "up", "yes", "5", "50"]
+            [
+                "198.18.100.10:80/TCP",
+                "198.18.1.11:8080",
+                "3",
+                "ready",
+                "up",
+                "yes",
+                "5",
+                "50"
+            ]
         );
         assert_eq!(r[2][2..6], ["0", "terminating", "down", "no"]);
         let out = render(&description());
@@ -379,7 +420,7 @@ mod tests {
         let out = render(&description());
         let head = out
             .lines()
-            .find(|l| l.trim_start().starts_with("FRONTEND   ENDPOINT"))
+            .find(|l| l.split_whitespace().nth(1) == Some("ENDPOINT"))
             .expect("endpoint header");
         let row = out
             .lines()

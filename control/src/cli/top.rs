@@ -177,8 +177,11 @@ fn busiest(a: &Rate, b: &Rate) -> std::cmp::Ordering {
 /// Every front end's rates between two samples `secs` apart, sorted by
 /// packet rate (then bit rate, new flows, active flows, name).
 pub fn rates(old: &Sample, new: &Sample, secs: f64) -> Vec<FrontRate> {
-    let before: HashMap<&str, &FrontSample> =
-        old.fronts.iter().map(|f| (f.frontend.as_str(), f)).collect();
+    let before: HashMap<&str, &FrontSample> = old
+        .fronts
+        .iter()
+        .map(|f| (f.frontend.as_str(), f))
+        .collect();
     let mut out: Vec<FrontRate> = new
         .fronts
         .iter()
@@ -228,7 +231,14 @@ pub fn si(x: f64) -> String {
 }
 
 /// Column headers of the view.
-pub const HEADER: [&str; 6] = ["SERVICE / BACKEND", "FRONTEND", "PPS", "BPS", "FLOWS/S", "ACTIVE"];
+pub const HEADER: [&str; 6] = [
+    "SERVICE / BACKEND",
+    "FRONTEND",
+    "PPS",
+    "BPS",
+    "FLOWS/S",
+    "ACTIVE",
+];
 
 /// One row per front end, then one per backend under it, indented: the
 /// cells of the view, shared by the screen and the text frame.
@@ -398,14 +408,12 @@ fn live(socket: &Path, first: Sample, at: Instant, interval: Duration) -> std::i
         term.draw(|f| draw(f, &shown, secs, error.as_deref()))?;
         // Wait for a key until the next sample is due.
         let now = Instant::now();
-        if now < next_at {
-            if event::poll(next_at - now)? {
-                let e = event::read()?;
-                if quits(&e) {
-                    return Ok(());
-                }
-                continue;
+        if now < next_at && event::poll(next_at - now)? {
+            if quits(&event::read()?) {
+                return Ok(());
             }
+            // Another key, or a resize: redraw, keep waiting.
+            continue;
         }
         next_at = Instant::now() + interval;
         match sample(socket) {
@@ -458,8 +466,16 @@ mod tests {
 
     #[test]
     fn rates_per_second_both_ways_and_in_bits() {
-        let old = Sample::of(&report([1, 10, 10, 1000, 1000], [1, 10, 10, 1000, 1000], [0; 5]));
-        let new = Sample::of(&report([5, 30, 30, 3000, 5000], [5, 30, 30, 3000, 5000], [0; 5]));
+        let old = Sample::of(&report(
+            [1, 10, 10, 1000, 1000],
+            [1, 10, 10, 1000, 1000],
+            [0; 5],
+        ));
+        let new = Sample::of(&report(
+            [5, 30, 30, 3000, 5000],
+            [5, 30, 30, 3000, 5000],
+            [0; 5],
+        ));
         let r = rates(&old, &new, 2.0);
         assert_eq!(r[0].name, "default/web:http");
         assert_eq!(r[0].frontend, "TCP/198.18.100.10:80");
@@ -475,7 +491,11 @@ mod tests {
 
     #[test]
     fn sorted_busiest_first_and_resets_are_not_negative() {
-        let old = Sample::of(&report([0, 100, 0, 0, 0], [0, 100, 0, 0, 0], [0, 5, 0, 0, 0]));
+        let old = Sample::of(&report(
+            [0, 100, 0, 0, 0],
+            [0, 100, 0, 0, 0],
+            [0, 5, 0, 0, 0],
+        ));
         // web was recreated (counters back near zero); api got busy.
         let new = Sample::of(&report([0, 3, 0, 0, 0], [0, 3, 0, 0, 0], [0, 505, 0, 0, 0]));
         let r = rates(&old, &new, 1.0);
@@ -521,7 +541,11 @@ mod tests {
     #[test]
     fn the_screen_shows_a_title_a_header_and_a_row_per_service_and_backend() {
         let old = Sample::of(&report([0; 5], [0; 5], [0; 5]));
-        let new = Sample::of(&report([3, 1000, 1000, 100_000, 150_000], [3, 1000, 1000, 100_000, 150_000], [0; 5]));
+        let new = Sample::of(&report(
+            [3, 1000, 1000, 100_000, 150_000],
+            [3, 1000, 1000, 100_000, 150_000],
+            [0; 5],
+        ));
         let r = rates(&old, &new, 1.0);
         let s = screen(&r, 100, 8);
         assert!(
@@ -548,7 +572,10 @@ mod tests {
         let out = text_frame(&rates(&old, &new, 1.0), 1.0);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("sluice top: 2 front ends, 20 pkt/s"));
-        assert!(lines[1].starts_with("SERVICE / BACKEND   FRONTEND"), "{out}");
+        assert!(
+            lines[1].starts_with("SERVICE / BACKEND    FRONTEND"),
+            "{out}"
+        );
         assert_eq!(lines.len(), 5, "{out}");
         let pps = lines[1].find("PPS").unwrap();
         assert_eq!(&lines[2][pps..pps + 2], "20", "{out}");
