@@ -231,7 +231,7 @@ fn frontend(
     let health = |addr: &str| {
         checks
             .iter()
-            .find(|c| c.address == addr && c.services.iter().any(|n| *n == s.name))
+            .find(|c| c.address == addr && c.services.contains(&s.name))
     };
     for b in &s.backends {
         let address = b.addr.to_string();
@@ -260,7 +260,7 @@ fn frontend(
     // A health check whose action removes a down server takes it out of
     // the table: show it, so that describe says why an endpoint is missing.
     for c in checks {
-        let served = c.services.iter().any(|n| *n == s.name);
+        let served = c.services.contains(&s.name);
         if served && !f.backends.iter().any(|b| b.address == c.address) {
             f.backends.push(Backend {
                 address: c.address.clone(),
