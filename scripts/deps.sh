@@ -11,6 +11,8 @@ PKGS=(
   iproute2 iputils-ping ethtool curl iperf3 tcpdump bpftool dnsutils procps
   # tests/tests/privileges.rs: setpriv, systemd-analyze verify
   util-linux systemd
+  # `sluice top` is tested on a real terminal: tmux renders it, capture-pane reads it
+  tmux
   # benchmarks: the kernel baselines, pinning, the plot's font
   iptables nftables util-linux fonts-dejavu-core
 )

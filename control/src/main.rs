@@ -76,6 +76,36 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// One Service in detail: its spec, the front ends the workers serve
+    /// (scheduler, method, policy), its endpoints (weight, state, health,
+    /// local) and their counters.
+    Describe {
+        /// Kind: services/svc.
+        kind: String,
+        /// The Service's name.
+        name: String,
+        /// Namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// A live view of per-service and per-backend rates (packets/s,
+    /// bits/s, new flows/s), refreshed every second; `q` quits.
+    Top {
+        /// Print one text frame (rates over one interval) and exit; also
+        /// what happens when stdout is not a terminal.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Validate a config file and print the virtual services it defines.
     Check {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
@@ -114,6 +144,9 @@ struct RunCmd {
     /// default: a quarter of --flow-capacity, at least 64).
     #[arg(long)]
     flow_capacity_v6: Option<usize>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Seconds between counter log lines (0: never).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
@@ -296,26 +329,65 @@ fn run_ipvsadm(prog: &str, mut args: Vec<String>) -> ExitCode {
     ExitCode::from(cli::ipvsadm::main(prog, &args, &socket))
 }
 
+/// How `sluice run` writes its log lines (stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`,
+    /// `fields`), for log shippers.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    // netlink-packet-route warns about every attribute newer kernels add;
+    // that is noise to an operator.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .init(),
+        // Targets stay in JSON: a shipper filters on them.
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
     if let Some((prog, args)) = ipvsadm_args() {
         return run_ipvsadm(&prog, args);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // netlink-packet-route warns about every attribute newer
-                // kernels add; that is noise to an operator.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-                }),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let cli = Cli::parse();
+    init_logging(match &cli.cmd {
+        Cmd::Run(r) => r.log_format,
+        _ => LogFormat::Text,
+    });
     match cli.cmd {
         Cmd::Stats { output, socket } => cli_exit(cli::stats::stats(&socket.api_socket, output)),
+        Cmd::Describe {
+            kind,
+            name,
+            namespace,
+            output,
+            socket,
+        } => cli_exit(cli::describe::describe(
+            &socket.api_socket,
+            &cli::describe::DescribeArgs {
+                kind: &kind,
+                name: &name,
+                namespace: &namespace,
+                output,
+            },
+        )),
+        Cmd::Top {
+            once,
+            interval,
+            socket,
+        } => cli_exit(cli::top::top(&socket.api_socket, once, interval)),
         Cmd::Apply { files, socket } => cli_exit(cli::apply(&socket.api_socket, &files)),
         Cmd::Get {
             kind,

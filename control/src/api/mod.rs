@@ -16,6 +16,7 @@
 //! objects ([`status`]).
 
 pub mod checks;
+pub mod describe;
 pub mod discovery;
 pub mod ipvs;
 pub mod ipvs_conns;
@@ -230,6 +231,7 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(ipvs_conns::routes())
         .route(STATS_PATH, axum::routing::get(stats))
         .merge(checks::routes())
+        .merge(describe::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { rec })
 }

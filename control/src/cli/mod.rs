@@ -1,4 +1,4 @@
-//! `sluice apply/get/delete`: kubectl's idiom over the API's Unix socket
+//! `sluice apply/get/delete/describe/stats/top`: kubectl's idiom over the API's Unix socket
 //! (`--api-socket`, or `SLUICE_SOCKET`, default `/run/sluice/sluice.sock`).
 //!
 //! `apply` sends each object as a server-side apply (field manager
@@ -7,9 +7,11 @@
 //! `Status`.
 
 pub mod client;
+pub mod describe;
 pub mod ipvsadm;
 pub mod stats;
 pub mod table;
+pub mod top;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
