@@ -640,7 +640,12 @@ fn backend_ids(
 ) -> (Vec<u32>, Vec<u32>, ids::IdSpace, bool) {
     let Some(prev) = prev else {
         let n = spec.backends.len() as u32;
-        return ((0..n).collect(), (0..n).collect(), ids::IdSpace::dense(n), false);
+        return (
+            (0..n).collect(),
+            (0..n).collect(),
+            ids::IdSpace::dense(n),
+            false,
+        );
     };
     // The old ids by (address, port), in order (one address and port may
     // be listed more than once).

@@ -107,7 +107,10 @@ fn a_transfer_keeps_its_service_and_backend_ids_when_earlier_ones_leave() {
         sluice.logs()
     );
     let at_reload = backend_bytes(&sluice, B2);
-    assert!(bulk.is_running(), "the reload did not happen during the transfer");
+    assert!(
+        bulk.is_running(),
+        "the reload did not happen during the transfer"
+    );
 
     let out = bulk.wait(Duration::from_secs(25));
     assert!(

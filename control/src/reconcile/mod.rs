@@ -50,7 +50,8 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Store, StoreError, Stored};
 use compile::{
-    apply_steer, Base, expired_removals, live_backends, live_dr_hops, union_sets, Compiled, SteerSets,
+    apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Base, Compiled,
+    SteerSets,
 };
 
 /// How long a compile waits for a new backend's next hop.

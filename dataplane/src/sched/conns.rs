@@ -265,10 +265,7 @@ pub fn recount(table: &ServiceTable, flows: &FlowTable) {
         let Some(b) = svc.backend_position(e.backend) else {
             return;
         };
-        let Some(slot) = exact
-            .get_mut(e.service as usize)
-            .and_then(|v| v.get_mut(b))
-        else {
+        let Some(slot) = exact.get_mut(e.service as usize).and_then(|v| v.get_mut(b)) else {
             return;
         };
         let be = &svc.spec.backends[b];

@@ -34,9 +34,13 @@ fn spec(v: u8, backends: &[u8], weight: u16) -> ServiceSpec {
 
 /// One state: which front ends exist, with which backends and weight.
 fn state() -> impl Strategy<Value = Vec<(u8, Vec<u8>, u16)>> {
-    proptest::collection::btree_map(0u8..10, (proptest::collection::vec(0u8..6, 0..5), 1u16..3), 0..8)
-        .prop_map(|m| m.into_iter().map(|(v, (b, w))| (v, b, w)).collect())
-        .prop_shuffle()
+    proptest::collection::btree_map(
+        0u8..10,
+        (proptest::collection::vec(0u8..6, 0..5), 1u16..3),
+        0..8,
+    )
+    .prop_map(|m| m.into_iter().map(|(v, (b, w))| (v, b, w)).collect())
+    .prop_shuffle()
 }
 
 /// What a number named last and, once it fell free, when.
@@ -51,7 +55,10 @@ impl<K: PartialEq + Copy + std::fmt::Debug> Named<K> {
         if let Some((was, freed)) = self.by.get(&id) {
             if *was != k {
                 let f = freed.expect("a live number renamed");
-                assert!(f <= reuse_upto, "{id} freed at {f} reused (upto {reuse_upto}) for {k:?}, was {was:?}");
+                assert!(
+                    f <= reuse_upto,
+                    "{id} freed at {f} reused (upto {reuse_upto}) for {k:?}, was {was:?}"
+                );
             }
         }
         self.by.insert(id, (k, None));
@@ -151,7 +158,11 @@ fn removing_an_earlier_service_and_backend_renumbers_nothing() {
     let (slot2, svc2) = t2.lookup(&spec(2, &[], 1).vip).unwrap();
     assert_eq!((slot, id22), (slot2, svc2.backend_id(0)));
     assert_eq!(svc2.backend_position(id22), Some(0));
-    assert_eq!(svc2.backend_position(svc.backend_id(0)), None, "21 left: a hole");
+    assert_eq!(
+        svc2.backend_position(svc.backend_id(0)),
+        None,
+        "21 left: a hole"
+    );
     assert!(t2.get(0).is_none(), "slot 0 is free");
     assert!(t2.freed_ids());
     // A from-scratch build of the same state renumbers both.
@@ -167,7 +178,11 @@ fn removing_an_earlier_service_and_backend_renumbers_nothing() {
     assert_eq!(s3.backend_id(0), 2, "not the id 21 left in version 2");
     // Once allowed, they are.
     let t4 = t3
-        .build_from(4, vec![spec(3, &[31], 1), spec(2, &[23, 22], 1), spec(4, &[], 1)], 2)
+        .build_from(
+            4,
+            vec![spec(3, &[31], 1), spec(2, &[23, 22], 1), spec(4, &[], 1)],
+            2,
+        )
         .unwrap();
     assert_eq!(t4.lookup(&spec(4, &[], 1).vip).unwrap().0, 0);
 }
