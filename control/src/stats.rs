@@ -273,11 +273,16 @@ impl Stats {
     pub fn swap(&self, next: Snapshot) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.shared.snapshot.load_full();
-        // A next-hop-only epoch shares the old table's services and so its
-        // counters: they go on counting in the new one, and folding the old
-        // as well would count them twice.
-        if !old.services.shares_services_with(&next.services) {
-            g.retired.push(old);
+        // The services the new table shares with the old (all of them in a
+        // next-hop-only epoch, the unchanged ones in a rebuilt table) keep
+        // counting in the new one: only the others retire, or they would be
+        // counted twice.
+        let retired = old.services.unshared_with(&next.services);
+        if !retired.is_empty() {
+            g.retired.push(Arc::new(Snapshot {
+                services: retired,
+                ..Snapshot::default()
+            }));
         }
         self.shared.publish(next);
     }

@@ -582,7 +582,9 @@ pub fn process_hashed(
             mac: src_mac(frame),
         },
         service: svc_idx,
-        backend: b_idx as u32,
+        // The backend's stable id, not its position: a later table that
+        // drops an earlier backend keeps naming this one by it.
+        backend: svc.backend_id(b_idx),
     };
 
     // DR never masquerades: the backend answers the client itself, from
@@ -673,31 +675,35 @@ fn count_transition(snap: &Snapshot, hit: &Hit, now: FlowState) {
     let was = hit.state == FlowState::Established;
     if was != (now == FlowState::Established) && hit.entry.original.proto == proto::TCP {
         if let Some(svc) = snap.services.get(hit.entry.service) {
-            svc.conns.on_established(hit.entry.backend as usize, !was);
+            if let Some(b) = svc.backend_position(hit.entry.backend) {
+                svc.conns.on_established(b, !was);
+            }
         }
     }
 }
 
 /// Counts a packet of a known flow for its backend ([`crate::traffic`]),
-/// in the table in service, after checking that the flow's indices still
-/// name its front end (and, for NAT, its backend's address and port): a
-/// reload that renumbered them must not move the packet to another
-/// service's figures. Reads only the service the flow names, which its
-/// packets keep in cache.
+/// in the table in service. The flow names its service by slot and its
+/// backend by id, both stable across reloads
+/// ([`crate::service::ServiceTable::build_from`]); the check that they
+/// still name its front end (and, for NAT, its backend's address and
+/// port) stays, for the numbers a full number space reuses early and for
+/// flows that outlive their backend's removal. Reads only the service the
+/// flow names, which its packets keep in cache.
 #[inline]
 fn count_traffic(snap: &Snapshot, e: &FlowEntry, dir: Direction, bytes: usize, stats: &mut Stats) {
-    let b = e.backend as usize;
-    let ok = snap.services.get(e.service).filter(|svc| {
+    let ok = snap.services.get(e.service).and_then(|svc| {
         let v = &svc.spec.vip;
-        v.addr == e.original.dst
+        let b = svc.backend_position(e.backend)?;
+        let be = &svc.spec.backends[b];
+        (v.addr == e.original.dst
             && v.port == e.original.dport
             && v.proto == e.original.proto
-            && svc.spec.backends.get(b).is_some_and(|be| {
-                is_dr_flow(e) || (be.addr == e.reply.src && be.port == e.reply.sport)
-            })
+            && (is_dr_flow(e) || (be.addr == e.reply.src && be.port == e.reply.sport)))
+            .then_some((svc, b))
     });
     match ok {
-        Some(svc) => svc.traffic.on_packet(b, dir == Direction::Original, bytes),
+        Some((svc, b)) => svc.traffic.on_packet(b, dir == Direction::Original, bytes),
         None => stats.traffic_unattributed += 1,
     }
 }
@@ -777,7 +783,7 @@ enum TunnelEnds {
     /// To this real server, from this source (the route's).
     To { dst: Addr, src: Addr },
     /// An IPIP flow whose backend is no longer in the service under its
-    /// index with the same next hop (a reload renumbered it): dropped
+    /// id with the same next hop (it left, or its id was reused): dropped
     /// rather than sent unencapsulated.
     Lost,
 }
@@ -801,9 +807,8 @@ fn tunnel_ends(snap: &Snapshot, e: &FlowEntry) -> TunnelEnds {
         return TunnelEnds::NotTunnel;
     }
     match svc
-        .spec
-        .backends
-        .get(e.backend as usize)
+        .backend_position(e.backend)
+        .map(|p| &svc.spec.backends[p])
         .and_then(|b| Some((b.addr, snap.nexthops.get(&b.addr)?)))
     {
         // The flow's hop as the kernel's neighbour events have moved it.

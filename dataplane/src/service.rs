@@ -6,7 +6,17 @@
 //! config produces a new table that is published by an epoch swap
 //! ([`crate::worker::Shared`]). Only the schedulers' own cursors (atomics) move
 //! inside it.
+//!
+//! Services have stable slots and backends stable ids ([`ids`]): a new
+//! table is built from the one in service ([`ServiceTable::build_from`]),
+//! so that the numbers a flow record holds keep naming what they named
+//! when the flow was created, and every unchanged service is shared.
 
+mod ids;
+#[cfg(test)]
+mod stable_tests;
+
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
@@ -341,7 +351,18 @@ pub struct Service {
     pub conns: crate::sched::conns::ConnCounts,
     /// New flows, packets and bytes per backend ([`crate::traffic`]).
     pub traffic: crate::traffic::Traffic,
+    /// The stable id of each backend, in [`ServiceSpec::backends`] order:
+    /// what a flow record names ([`Service::backend_id`]).
+    backend_ids: Vec<u32>,
+    /// The position of each id in [`ServiceSpec::backends`]
+    /// ([`NO_BACKEND`] for an id no backend holds now).
+    backend_pos: Vec<u32>,
+    /// Which backend ids are in use and which fell free when.
+    id_space: ids::IdSpace,
 }
+
+/// [`Service::backend_pos`] of an id that no backend holds.
+const NO_BACKEND: u32 = u32::MAX;
 
 /// Error building a table.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -479,12 +500,194 @@ fn check_affinity_prefix(spec: &ServiceSpec) -> Result<(), TableError> {
     }
 }
 
+/// The part of [`ServiceTable::build_from`] that decides where each spec
+/// goes, before anything is built: its slot and the service it may share.
+struct Placement {
+    /// The slot of each spec, in spec order.
+    slots: Vec<u32>,
+    /// The slot space after the specs are placed.
+    space: ids::IdSpace,
+    /// The front-end index after the specs are placed.
+    by_vip: HashMap<VipKey, u32>,
+    /// Whether a slot fell free in this version.
+    freed: bool,
+}
+
+/// Checks one spec on its own (families, port remapping, limits).
+fn check_spec(spec: &ServiceSpec) -> Result<(), TableError> {
+    let max_backends = MAX_BACKEND as usize + 1;
+    if spec.backends.len() > max_backends {
+        return Err(TableError::TooManyBackends {
+            service: spec.name.clone(),
+            count: spec.backends.len(),
+            max: max_backends,
+        });
+    }
+    if let Some(b) = spec
+        .backends
+        .iter()
+        .find(|b| b.addr.is_v4() != spec.vip.addr.is_v4())
+    {
+        return Err(TableError::FamilyMismatch {
+            service: spec.name.clone(),
+            backend: b.addr,
+        });
+    }
+    check_local_addrs(spec)?;
+    if spec.forward == ForwardMethod::Tunnel {
+        if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+            return Err(TableError::TunnelPortRemap {
+                service: spec.name.clone(),
+                port: spec.vip.port,
+                backend_port: b.port,
+            });
+        }
+    }
+    check_affinity_prefix(spec)?;
+    if spec.forward == ForwardMethod::Dr {
+        if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+            return Err(TableError::DrPortRemap {
+                service: spec.name.clone(),
+                port: spec.vip.port,
+                backend_port: b.port,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Places `specs` over `prev`'s slots: a front end `prev` has keeps its
+/// slot, a new one takes a freed slot old enough (`reuse_upto`) or a new
+/// one, and the slots of the front ends that left are freed in `version`.
+fn place(
+    prev: &Inner,
+    version: u64,
+    specs: &[ServiceSpec],
+    reuse_upto: u64,
+) -> Result<Placement, TableError> {
+    let max_services = MAX_SERVICE + 1;
+    if specs.len() > max_services as usize {
+        return Err(TableError::TooManyServices {
+            count: specs.len(),
+            max: max_services as usize,
+        });
+    }
+    // Which spec claimed each old slot (+1; 0: none yet), and the new
+    // front ends, to refuse a front end claimed twice.
+    let mut claimed = vec![0u32; prev.slots.len()];
+    let mut fresh: HashMap<VipKey, usize> = HashMap::new();
+    let mut slots = vec![u32::MAX; specs.len()];
+    for (i, spec) in specs.iter().enumerate() {
+        check_spec(spec)?;
+        let first = match prev.by_vip.get(&spec.vip) {
+            Some(&s) => {
+                let c = &mut claimed[s as usize];
+                let first = (*c != 0).then(|| *c as usize - 1);
+                if first.is_none() {
+                    *c = i as u32 + 1;
+                    slots[i] = s;
+                }
+                first
+            }
+            None => fresh.insert(spec.vip, i),
+        };
+        if let Some(first) = first {
+            return Err(TableError::DuplicateVip {
+                vip: spec.vip,
+                first: specs[first].name.clone(),
+                second: spec.name.clone(),
+            });
+        }
+    }
+    let mut space = prev.space.clone();
+    let mut by_vip = prev.by_vip.clone();
+    let mut freed = false;
+    for (slot, c) in claimed.iter().enumerate() {
+        if let (0, Some(s)) = (*c, &prev.slots[slot]) {
+            by_vip.remove(&s.spec.vip);
+            space.free(slot as u32, version);
+            freed = true;
+        }
+    }
+    let mut new: Vec<usize> = fresh.into_values().collect();
+    new.sort_unstable();
+    for i in new {
+        // Fewer specs than slots: a number is always left.
+        let s = space
+            .take(reuse_upto, max_services)
+            .expect("more slots than services");
+        slots[i] = s;
+        by_vip.insert(specs[i].vip, s);
+    }
+    Ok(Placement {
+        slots,
+        space,
+        by_vip,
+        freed,
+    })
+}
+
+/// The ids of `spec`'s backends: a backend (address, port) of `prev`
+/// keeps its id, a new one takes a freed id old enough (`reuse_upto`) or
+/// a new one, and the ids of the backends that left are freed in
+/// `version`. Returns the ids in backend order, the id → position map
+/// and the id space, and whether an id fell free.
+fn backend_ids(
+    prev: Option<&Service>,
+    spec: &ServiceSpec,
+    version: u64,
+    reuse_upto: u64,
+) -> (Vec<u32>, Vec<u32>, ids::IdSpace, bool) {
+    let Some(prev) = prev else {
+        let n = spec.backends.len() as u32;
+        return (
+            (0..n).collect(),
+            (0..n).collect(),
+            ids::IdSpace::dense(n),
+            false,
+        );
+    };
+    // The old ids by (address, port), in order (one address and port may
+    // be listed more than once).
+    let mut old: HashMap<(Addr, u16), VecDeque<u32>> = HashMap::new();
+    for (b, &id) in prev.spec.backends.iter().zip(&prev.backend_ids) {
+        old.entry((b.addr, b.port)).or_default().push_back(id);
+    }
+    let mut ids: Vec<Option<u32>> = spec
+        .backends
+        .iter()
+        .map(|b| old.get_mut(&(b.addr, b.port)).and_then(VecDeque::pop_front))
+        .collect();
+    let mut space = prev.id_space.clone();
+    let mut left: Vec<u32> = old.into_values().flatten().collect();
+    left.sort_unstable();
+    let freed = !left.is_empty();
+    for id in left {
+        space.free(id, version);
+    }
+    for id in ids.iter_mut().filter(|i| i.is_none()) {
+        // At most MAX_BACKEND + 1 backends (checked): a number is left.
+        *id = space.take(reuse_upto, MAX_BACKEND + 1);
+    }
+    let ids: Vec<u32> = ids.into_iter().map(|i| i.unwrap_or(0)).collect();
+    let mut pos = vec![NO_BACKEND; space.end() as usize];
+    for (p, &id) in ids.iter().enumerate() {
+        pos[id as usize] = p as u32;
+    }
+    (ids, pos, space, freed)
+}
+
 /// An immutable, versioned set of services, indexed by front end.
 ///
-/// The services and their index sit behind one [`Arc`], so that a new
-/// epoch that changes only what lies beside the table (next hops, removed
-/// endpoints) shares it whole ([`ServiceTable::with_version`]), keeping the
-/// schedulers' cursors and connection counts.
+/// Each service sits in a slot that it keeps for as long as its front end
+/// exists ([`ids`]): the number a flow record holds. A new table built
+/// from the one in service ([`ServiceTable::build_from`]) shares every
+/// service whose spec did not change (one [`Arc`] each, with its
+/// scheduler state, connection counts and traffic counters) and builds
+/// only the others. The workers still do one hash lookup and one index
+/// per packet. The whole set sits behind one more [`Arc`], so that an
+/// epoch that changes only what lies beside the table (next hops) shares
+/// it whole ([`ServiceTable::with_version`]).
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     version: u64,
@@ -493,101 +696,84 @@ pub struct ServiceTable {
 
 #[derive(Debug, Default)]
 struct Inner {
-    services: Vec<Service>,
+    /// The services by slot; None: a freed slot.
+    slots: Vec<Option<Arc<Service>>>,
     by_vip: HashMap<VipKey, u32>,
+    /// Which slots are in use and which fell free when.
+    space: ids::IdSpace,
+    /// Services in use (the slots that are Some).
+    live: usize,
+    /// Whether this version freed a slot or a backend id.
+    freed: bool,
 }
 
 impl ServiceTable {
-    /// Builds a table from specs.
+    /// Builds a table from specs, from scratch: slot `i` for spec `i`,
+    /// backend id `j` for its backend `j`.
     ///
     /// # Errors
     /// [`TableError`] when two specs share a front end, a backend's family
     /// differs from its VIP's, or a direct-routing service has a backend on
     /// another port. Nothing is built then.
     pub fn build(version: u64, specs: Vec<ServiceSpec>) -> Result<ServiceTable, TableError> {
+        ServiceTable::default().build_from(version, specs, 0)
+    }
+
+    /// Builds the next table from `self`, the one in service: a front end
+    /// of `self` keeps its slot and each of its backends (by address and
+    /// port) its id; a service whose spec is unchanged is shared, counters
+    /// and all. Slots and backend ids that fall free are handed out again
+    /// only if freed in a version at or before `reuse_upto` (the control
+    /// plane's promise that no flow of that time is left), unless the
+    /// number space is full ([`ids`]).
+    ///
+    /// # Errors
+    /// As [`ServiceTable::build`]; nothing is built then.
+    pub fn build_from(
+        &self,
+        version: u64,
+        specs: Vec<ServiceSpec>,
+        reuse_upto: u64,
+    ) -> Result<ServiceTable, TableError> {
         // A flow record keeps the service and backend indices in 24 and 16
         // bits (flow_table::layout): refuse here, at config time, what
         // would otherwise make new flows fail one by one.
-        let max_services = MAX_SERVICE as usize + 1;
-        if specs.len() > max_services {
-            return Err(TableError::TooManyServices {
-                count: specs.len(),
-                max: max_services,
-            });
+        let prev = &*self.inner;
+        let placed = place(prev, version, &specs, reuse_upto)?;
+        let mut slots: Vec<Option<Arc<Service>>> = prev.slots.clone();
+        slots.resize(placed.space.end() as usize, None);
+        let mut keep = vec![false; slots.len()];
+        let mut freed = placed.freed;
+        for (spec, &slot) in specs.into_iter().zip(&placed.slots) {
+            keep[slot as usize] = true;
+            let old = prev
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .filter(|s| s.spec.vip == spec.vip);
+            if let Some(s) = old.filter(|s| s.spec == spec) {
+                slots[slot as usize] = Some(Arc::clone(s));
+                continue;
+            }
+            let (svc, f) = Service::new(spec, old.map(|s| &**s), version, reuse_upto);
+            freed |= f;
+            slots[slot as usize] = Some(Arc::new(svc));
         }
-        let mut by_vip = HashMap::with_capacity(specs.len());
-        let mut services = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let max_backends = MAX_BACKEND as usize + 1;
-            if spec.backends.len() > max_backends {
-                return Err(TableError::TooManyBackends {
-                    service: spec.name.clone(),
-                    count: spec.backends.len(),
-                    max: max_backends,
-                });
+        for (s, k) in slots.iter_mut().zip(&keep) {
+            if !k {
+                *s = None;
             }
-            if let Some(b) = spec
-                .backends
-                .iter()
-                .find(|b| b.addr.is_v4() != spec.vip.addr.is_v4())
-            {
-                return Err(TableError::FamilyMismatch {
-                    service: spec.name.clone(),
-                    backend: b.addr,
-                });
-            }
-            check_local_addrs(&spec)?;
-            if spec.forward == ForwardMethod::Tunnel {
-                if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
-                    return Err(TableError::TunnelPortRemap {
-                        service: spec.name.clone(),
-                        port: spec.vip.port,
-                        backend_port: b.port,
-                    });
-                }
-            }
-            check_affinity_prefix(&spec)?;
-            if spec.forward == ForwardMethod::Dr {
-                if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
-                    return Err(TableError::DrPortRemap {
-                        service: spec.name.clone(),
-                        port: spec.vip.port,
-                        backend_port: b.port,
-                    });
-                }
-            }
-            let idx = services.len() as u32;
-            if let Some(&first) = by_vip.get(&spec.vip) {
-                let first: &Service = &services[first as usize];
-                return Err(TableError::DuplicateVip {
-                    vip: spec.vip,
-                    first: first.spec.name.clone(),
-                    second: spec.name,
-                });
-            }
-            by_vip.insert(spec.vip, idx);
-            let affinity_id = crate::affinity::fnv64(spec.name.as_bytes());
-            let backend_hashes = spec
-                .backends
-                .iter()
-                .map(|b| crate::affinity::backend_hash(&b.addr, b.port))
-                .collect();
-            let sched_state = crate::sched::State::build(&spec);
-            let conns = crate::sched::conns::ConnCounts::for_spec(&spec);
-            let traffic = crate::traffic::Traffic::new(spec.backends.len());
-            services.push(Service {
-                spec,
-                rr: AtomicU32::new(0),
-                affinity_id,
-                backend_hashes,
-                sched_state,
-                conns,
-                traffic,
-            });
         }
+        let live = placed.slots.len();
         Ok(ServiceTable {
             version,
-            inner: Arc::new(Inner { services, by_vip }),
+            inner: Arc::new(Inner {
+                slots,
+                by_vip: placed.by_vip,
+                space: placed.space,
+                live,
+                freed,
+            }),
         })
     }
 
@@ -596,6 +782,40 @@ impl ServiceTable {
     /// counters included, is one and the same.
     pub fn shares_services_with(&self, other: &ServiceTable) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The services of `self` that `next` does not share (by slot: the
+    /// same [`Arc`]), as a table of `self`'s version: what retires when
+    /// `next` replaces `self`, so that counters are folded once.
+    pub fn unshared_with(&self, next: &ServiceTable) -> ServiceTable {
+        let slots: Vec<Option<Arc<Service>>> = self
+            .inner
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.as_ref()?;
+                match next.inner.slots.get(i).and_then(Option::as_ref) {
+                    Some(n) if Arc::ptr_eq(s, n) => None,
+                    _ => Some(Arc::clone(s)),
+                }
+            })
+            .collect();
+        let live = slots.iter().flatten().count();
+        ServiceTable {
+            version: self.version,
+            inner: Arc::new(Inner {
+                slots,
+                live,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Whether building this version freed a slot or a backend id (the
+    /// control plane notes when, to know when they may be reused).
+    pub fn freed_ids(&self) -> bool {
+        self.inner.freed
     }
 
     /// The same services under another version: shares every service (and
@@ -612,22 +832,36 @@ impl ServiceTable {
         self.version
     }
 
-    /// The service behind a front end, with its index.
+    /// The service behind a front end, with its slot.
     #[inline]
     pub fn lookup(&self, vip: &VipKey) -> Option<(u32, &Service)> {
         let idx = *self.inner.by_vip.get(vip)?;
-        Some((idx, &self.inner.services[idx as usize]))
+        Some((idx, self.get(idx)?))
     }
 
-    /// A service by index.
+    /// A service by slot.
     #[inline]
     pub fn get(&self, idx: u32) -> Option<&Service> {
-        self.inner.services.get(idx as usize)
+        self.inner.slots.get(idx as usize)?.as_deref()
     }
 
-    /// All services.
+    /// All services, in slot order.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.inner.services.iter()
+        self.inner.slots.iter().flatten().map(|s| &**s)
+    }
+
+    /// All services with their slots, in slot order.
+    pub fn indexed(&self) -> impl Iterator<Item = (u32, &Service)> {
+        self.inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.as_deref()?)))
+    }
+
+    /// One past the highest slot: the length of a vector indexed by slot.
+    pub fn slot_count(&self) -> usize {
+        self.inner.slots.len()
     }
 
     /// Recounts the connections of every service that counts them from
@@ -639,12 +873,66 @@ impl ServiceTable {
 
     /// Number of services.
     pub fn len(&self) -> usize {
-        self.inner.services.len()
+        self.inner.live
     }
 
     /// Whether there is no service.
     pub fn is_empty(&self) -> bool {
-        self.inner.services.is_empty()
+        self.inner.live == 0
+    }
+}
+
+impl Service {
+    /// Builds the service for `spec`; its backends keep the ids they had in
+    /// `prev` (the same front end in the table in service, if any).
+    /// Returns whether a backend id fell free.
+    fn new(
+        spec: ServiceSpec,
+        prev: Option<&Service>,
+        version: u64,
+        reuse_upto: u64,
+    ) -> (Service, bool) {
+        let (backend_ids, backend_pos, id_space, freed) =
+            backend_ids(prev, &spec, version, reuse_upto);
+        let affinity_id = crate::affinity::fnv64(spec.name.as_bytes());
+        let backend_hashes = spec
+            .backends
+            .iter()
+            .map(|b| crate::affinity::backend_hash(&b.addr, b.port))
+            .collect();
+        let sched_state = crate::sched::State::build(&spec);
+        let conns = crate::sched::conns::ConnCounts::for_spec(&spec);
+        let traffic = crate::traffic::Traffic::new(spec.backends.len());
+        let svc = Service {
+            spec,
+            rr: AtomicU32::new(0),
+            affinity_id,
+            backend_hashes,
+            sched_state,
+            conns,
+            traffic,
+            backend_ids,
+            backend_pos,
+            id_space,
+        };
+        (svc, freed)
+    }
+
+    /// The stable id of the backend at `pos` in [`ServiceSpec::backends`]:
+    /// what a flow record holds.
+    #[inline]
+    pub fn backend_id(&self, pos: usize) -> u32 {
+        self.backend_ids[pos]
+    }
+
+    /// The position in [`ServiceSpec::backends`] of the backend with id
+    /// `id`; None for an id no backend holds (one that left).
+    #[inline]
+    pub fn backend_position(&self, id: u32) -> Option<usize> {
+        match self.backend_pos.get(id as usize) {
+            Some(&p) if p != NO_BACKEND => Some(p as usize),
+            _ => None,
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! sources and the sets the steering XDP program matches; and the carry-over
 //! of removed endpoints from the snapshot in service into the next one.
 //!
-//! This slice compiles the whole object set on every change, behind
-//! [`compile`]; an incremental compiler replaces it without touching the
-//! publish path (`super::Publisher`).
+//! The config is still compiled whole on every change; the service table
+//! is built from the one in service ([`Base`],
+//! [`ServiceTable::build_from`]): front ends keep their slots, backends
+//! their ids, and unchanged services are shared with their state.
 
 use std::collections::BTreeSet;
 use std::collections::HashSet;
@@ -74,14 +75,26 @@ impl Compiled {
     }
 }
 
-/// Compiles `cfg` into a snapshot: service table, next hops (from `hops`,
-/// which resolves only backends it has not seen), SNAT sources and the
-/// steering sets.
+/// The table a compile starts from: the one in service, whose slots,
+/// backend ids and unchanged services the new one keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Base<'a> {
+    /// The table in service (an empty one for the first compile).
+    pub table: &'a ServiceTable,
+    /// Slots and backend ids freed in this version or earlier may be
+    /// handed out again: no flow of that time can be left.
+    pub reuse_upto: u64,
+}
+
+/// Compiles `cfg` into a snapshot: service table (built from `base`),
+/// next hops (from `hops`, which resolves only backends it has not seen),
+/// SNAT sources and the steering sets.
 ///
 /// # Errors
 /// A [`ConfigError`] when the table cannot be built (duplicate front ends).
 pub fn compile(
     version: u64,
+    base: Base<'_>,
     cfg: &Config,
     links: &[Link],
     masq: &MasqPolicy,
@@ -89,7 +102,10 @@ pub fn compile(
     resolve_timeout: Duration,
 ) -> Result<Compiled, ConfigError> {
     check_local_addrs_owned(&cfg.services)?;
-    let services = ServiceTable::build(version, cfg.services.clone()).map_err(ConfigError::from)?;
+    let services = base
+        .table
+        .build_from(version, cfg.services.clone(), base.reuse_upto)
+        .map_err(ConfigError::from)?;
     let mut steer = SteerSets::default();
     let mut snat = BTreeSet::new();
     let mut backends = BTreeSet::new();
@@ -389,8 +405,13 @@ mod tests {
     fn fullnat_backends_and_local_addresses_are_steered() {
         // 127.0.0.1 is the host's own wherever the test runs.
         let lo = Addr::from_v4([127, 0, 0, 1]);
+        let empty = ServiceTable::default();
         let c = compile(
             1,
+            Base {
+                table: &empty,
+                reuse_upto: 0,
+            },
             &fullnat_config(&[lo]),
             &[],
             &MasqPolicy::default(),
@@ -427,6 +448,10 @@ mod tests {
         // nobody's here).
         let r = compile(
             1,
+            Base {
+                table: &ServiceTable::default(),
+                reuse_upto: 0,
+            },
             &cfg,
             &[],
             &MasqPolicy::default(),

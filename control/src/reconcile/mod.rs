@@ -28,12 +28,14 @@ pub mod compile;
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
 use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy, Snapshot};
+use sluice_dataplane::service::ServiceTable;
 use sluice_dataplane::steer::{SteerError, Steering};
 use sluice_dataplane::types::{proto, Addr, L2Hop};
 use sluice_dataplane::worker::{Counters, Shared};
@@ -48,7 +50,8 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Store, StoreError, Stored};
 use compile::{
-    apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Compiled, SteerSets,
+    apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Base, Compiled,
+    SteerSets,
 };
 
 /// How long a compile waits for a new backend's next hop.
@@ -99,7 +102,19 @@ pub fn compile_config(
 /// As [`compile::compile`].
 pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError> {
     let mut hops = host.hops.lock().unwrap_or_else(|p| p.into_inner());
-    compile::compile(1, cfg, &host.links, &host.masq, &mut hops, RESOLVE_TIMEOUT)
+    let base = Base {
+        table: &ServiceTable::default(),
+        reuse_upto: 0,
+    };
+    compile::compile(
+        1,
+        base,
+        cfg,
+        &host.links,
+        &host.masq,
+        &mut hops,
+        RESOLVE_TIMEOUT,
+    )
 }
 
 /// What a publish did.
@@ -128,6 +143,12 @@ pub struct Publisher {
     /// When each removed endpoint left; forgotten once its flows must be gone.
     removed_since: HashMap<(Addr, u16, u8), Instant>,
     removed_ttl: Duration,
+    /// The epochs that freed a service slot or backend id, and when
+    /// they were published, oldest first ([`Publisher::reuse_upto`]).
+    freed_at: VecDeque<(u64, Instant)>,
+    /// The latest epoch whose freed numbers may be reused, as of the last
+    /// [`Publisher::note_freed`].
+    reuse_floor: u64,
     /// Hops that moved (old → new, and when), for [`Snapshot::moved`];
     /// forgotten after `removed_ttl`, when no flow can hold the old one.
     moved: HashMap<L2Hop, (L2Hop, Instant)>,
@@ -184,6 +205,8 @@ impl Publisher {
             unresolved: first.1,
             applied,
             removed_since: HashMap::new(),
+            freed_at: VecDeque::new(),
+            reuse_floor: 0,
             removed_ttl,
             moved: HashMap::new(),
             dns,
@@ -224,6 +247,33 @@ impl Publisher {
         self.epoch
     }
 
+    /// The latest epoch whose freed service slots and backend ids may be
+    /// handed out again: one published more than the removed-endpoint
+    /// time-to-live ago (the TCP established plus FIN-wait timeouts), by
+    /// when every flow created before it has expired or, its endpoint
+    /// being gone, been reset at its next packet.
+    fn reuse_upto(&self) -> u64 {
+        let now = Instant::now();
+        let upto = self
+            .freed_at
+            .iter()
+            .take_while(|(_, t)| now.saturating_duration_since(*t) > self.removed_ttl)
+            .last()
+            .map_or(0, |(e, _)| *e);
+        self.reuse_floor.max(upto)
+    }
+
+    /// Notes that `epoch`, just published, freed numbers; forgets the
+    /// epochs [`Publisher::reuse_upto`] has passed.
+    fn note_freed(&mut self, epoch: u64) {
+        self.reuse_floor = self.reuse_upto();
+        let upto = self.reuse_floor;
+        while self.freed_at.front().is_some_and(|(e, _)| *e <= upto) {
+            self.freed_at.pop_front();
+        }
+        self.freed_at.push_back((epoch, Instant::now()));
+    }
+
     /// Compiles `cfg` for the next epoch and carries the removed endpoints
     /// (those of the table in service that `cfg` lacks, and earlier ones
     /// not back, but not those in `forget`) into it.
@@ -234,10 +284,15 @@ impl Publisher {
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
         let cfg = Checks::overlay(cfg, &self.health_down);
+        let old = self.shared.snapshot.load();
         let mut c = {
             let mut hops = self.host.hops.lock().unwrap_or_else(|p| p.into_inner());
             compile::compile(
                 self.epoch + 1,
+                Base {
+                    table: &old.services,
+                    reuse_upto: self.reuse_upto(),
+                },
                 &cfg,
                 &self.host.links,
                 &self.host.masq,
@@ -247,7 +302,6 @@ impl Publisher {
         };
         c.snapshot.moved = self.moved_hops();
         let live = live_backends(&c.snapshot);
-        let old = self.shared.snapshot.load();
         let removed: hashbrown::HashSet<_> = live_backends(&old)
             .into_iter()
             .chain(old.removed.iter().copied())
@@ -269,6 +323,7 @@ impl Publisher {
     fn swap(&mut self, c: Compiled, cfg: Option<Config>) -> Result<Published, SteerError> {
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
+        let freed = c.snapshot.services.freed_ids();
         if cfg.is_none() && c.steer == self.current_steer {
             // Only next hops changed: the steering maps stay as they are.
             self.publish_snapshot(c.snapshot);
@@ -295,6 +350,9 @@ impl Publisher {
         };
         self.publish_snapshot(c.snapshot);
         self.epoch = epoch;
+        if freed {
+            self.note_freed(epoch);
+        }
         if !steer_changed {
             self.current_steer = c.steer;
         } else {

@@ -243,39 +243,33 @@ impl ConnCounts {
 /// flow's reply source is the backend's address and port), so flows of an
 /// older table whose indices now name another backend are not counted.
 pub fn recount(table: &ServiceTable, flows: &FlowTable) {
-    let counted: Vec<(usize, Vec<(u32, u32)>)> = table
-        .services()
-        .enumerate()
+    let counted: Vec<(u32, Vec<(u32, u32)>)> = table
+        .indexed()
         .filter(|(_, s)| s.conns.enabled())
         .map(|(i, s)| (i, s.conns.sums()))
         .collect();
     if counted.is_empty() {
         return;
     }
-    let mut exact: Vec<Vec<(u32, u32)>> = Vec::with_capacity(table.len());
-    {
-        let mut ci = counted.iter().peekable();
-        for (i, s) in table.services().enumerate() {
-            if ci.peek().is_some_and(|(j, _)| *j == i) {
-                ci.next();
-                exact.push(vec![(0, 0); s.spec.backends.len()]);
-            } else {
-                exact.push(Vec::new());
-            }
+    // By slot, then by position in the service's backends.
+    let mut exact: Vec<Vec<(u32, u32)>> = vec![Vec::new(); table.slot_count()];
+    for (i, _) in &counted {
+        if let Some(s) = table.get(*i) {
+            exact[*i as usize] = vec![(0, 0); s.spec.backends.len()];
         }
     }
     flows.for_each(|e, state, _| {
         let Some(svc) = table.get(e.service) else {
             return;
         };
-        let Some(slot) = exact
-            .get_mut(e.service as usize)
-            .and_then(|v| v.get_mut(e.backend as usize))
-        else {
+        let Some(b) = svc.backend_position(e.backend) else {
             return;
         };
-        let b = &svc.spec.backends[e.backend as usize];
-        if !is_dr_flow(e) && (e.reply.src != b.addr || e.reply.sport != b.port) {
+        let Some(slot) = exact.get_mut(e.service as usize).and_then(|v| v.get_mut(b)) else {
+            return;
+        };
+        let be = &svc.spec.backends[b];
+        if !is_dr_flow(e) && (e.reply.src != be.addr || e.reply.sport != be.port) {
             return;
         }
         if e.original.proto == proto::TCP && state == FlowState::Established {
@@ -285,8 +279,8 @@ pub fn recount(table: &ServiceTable, flows: &FlowTable) {
         }
     });
     for (i, seen) in &counted {
-        if let Some(s) = table.get(*i as u32) {
-            s.conns.settle(seen, &exact[*i]);
+        if let Some(s) = table.get(*i) {
+            s.conns.settle(seen, &exact[*i as usize]);
         }
     }
 }
