@@ -127,8 +127,9 @@ pub fn state_name(s: FlowState) -> &'static str {
 
 /// One flow as IPVS lists it: client, virtual service, real server. A NAT
 /// or FULLNAT flow names its real server in its reply key; a direct-routing
-/// or tunnel flow (client ↔ VIP both ways) by its backend index in the
-/// service in service now.
+/// or tunnel flow (client ↔ VIP both ways) by its backend's stable id in
+/// the service in service now (an id no backend holds any more: listed
+/// with the VIP as destination).
 pub fn conn_of(snap: &Snapshot, e: &FlowEntry, state: FlowState, expires: u32) -> IpvsConn {
     let end = |a: Addr, port: u16| End {
         addr: a.to_ip(),
@@ -142,7 +143,10 @@ pub fn conn_of(snap: &Snapshot, e: &FlowEntry, state: FlowState, expires: u32) -
     let dest = if is_dr_flow(e) {
         snap.services
             .lookup(&vip)
-            .and_then(|(_, s)| s.spec.backends.get(e.backend as usize))
+            .and_then(|(_, s)| {
+                let pos = s.backend_position(e.backend)?;
+                s.spec.backends.get(pos)
+            })
             .map(|b| end(b.addr, b.port))
             .unwrap_or_else(|| end(vip.addr, vip.port))
     } else {

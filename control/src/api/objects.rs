@@ -375,7 +375,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Status> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Status::bad_request("the request body is not UTF-8".into()))?;
     if ct.contains("yaml") {
-        serde_yaml::from_str(text)
+        serde_norway::from_str(text)
             .map_err(|e| Status::bad_request(format!("the request body is not valid YAML: {e}")))
     } else {
         serde_json::from_str(text)

@@ -53,7 +53,7 @@ pub fn describe(socket: &Path, a: &DescribeArgs<'_>) -> Result<(), CliError> {
     }
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&v).unwrap_or_default()),
+        Output::Yaml => print!("{}", serde_norway::to_string(&v).unwrap_or_default()),
         Output::Table | Output::Wide => print!("{}", render(&v)),
     }
     Ok(())

@@ -261,7 +261,7 @@ pub fn get(socket: &Path, a: &GetArgs<'_>) -> Result<(), CliError> {
     };
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&v).unwrap_or_default()),
+        Output::Yaml => print!("{}", serde_norway::to_string(&v).unwrap_or_default()),
         Output::Table | Output::Wide => {
             if items.is_empty() {
                 eprintln!("No resources found");

@@ -27,7 +27,7 @@ pub const HEALTH_CHECK_ACTION_ANNOTATION: &str = "sluice.dev/health-check-action
 pub(super) fn health_check(
     l: &Loader<'_>,
     ctx: &Ctx,
-    ann: &BTreeMap<String, serde_yaml::Value>,
+    ann: &BTreeMap<String, serde_norway::Value>,
 ) -> Result<Option<ServiceCheck>, ConfigError> {
     let action = match text(l, ctx, ann, HEALTH_CHECK_ACTION_ANNOTATION)? {
         None => None,

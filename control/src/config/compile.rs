@@ -637,7 +637,7 @@ impl<'c> Loader<'c> {
             }
         } else if let Some(v) = annotations.get(SOURCE_RANGES_ANNOTATION) {
             let f = format!("metadata.annotations[\"{SOURCE_RANGES_ANNOTATION}\"]");
-            let serde_yaml::Value::String(list) = v else {
+            let serde_norway::Value::String(list) = v else {
                 return Err(self.err(&ctx, &f, "must be a string of comma-separated CIDRs"));
             };
             if is_lb {
@@ -778,13 +778,13 @@ impl<'c> Loader<'c> {
     fn local_addresses(
         &self,
         ctx: &Ctx,
-        annotations: &BTreeMap<String, serde_yaml::Value>,
+        annotations: &BTreeMap<String, serde_norway::Value>,
         method: ForwardMethod,
     ) -> Result<Vec<Addr>, ConfigError> {
         let f = format!("metadata.annotations[\"{LOCAL_ADDRESSES_ANNOTATION}\"]");
         let text = match annotations.get(LOCAL_ADDRESSES_ANNOTATION) {
             None => return Ok(Vec::new()),
-            Some(serde_yaml::Value::String(v)) => v,
+            Some(serde_norway::Value::String(v)) => v,
             Some(_) => {
                 return Err(self.err(ctx, &f, "must be a string of comma-separated addresses"))
             }
@@ -836,7 +836,7 @@ impl<'c> Loader<'c> {
     fn forwarding_method(
         &self,
         ctx: &Ctx,
-        annotations: &BTreeMap<String, serde_yaml::Value>,
+        annotations: &BTreeMap<String, serde_norway::Value>,
         ty: SvcType,
         type_name: &str,
         headless: bool,
@@ -846,7 +846,7 @@ impl<'c> Loader<'c> {
         let f = format!("metadata.annotations[\"{FORWARDING_METHOD_ANNOTATION}\"]");
         let method = match annotations.get(FORWARDING_METHOD_ANNOTATION) {
             None => return Ok(ForwardMethod::Nat),
-            Some(serde_yaml::Value::String(v)) => match v.trim() {
+            Some(serde_norway::Value::String(v)) => match v.trim() {
                 "nat" => ForwardMethod::Nat,
                 "dr" => ForwardMethod::Dr,
                 "fullnat" => ForwardMethod::FullNat,

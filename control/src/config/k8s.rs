@@ -7,7 +7,7 @@
 //! server writes `null` for empty ones (`endpoints: null` on an empty
 //! EndpointSlice). Values are checked later, in `compile`, where the error
 //! can name the object and the field; here only YAML types are checked,
-//! with serde_yaml's precise location.
+//! with serde_norway's precise location.
 //!
 //! One [`Object`] struct covers every supported kind. Their top-level field
 //! names do not collide except `spec` and `status`, which Service and Pod
@@ -55,9 +55,9 @@ pub(super) struct ObjectMeta {
     pub namespace: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
     /// Any YAML value: only one annotation is read, and checked there.
-    pub annotations: Option<BTreeMap<String, serde_yaml::Value>>,
+    pub annotations: Option<BTreeMap<String, serde_norway::Value>>,
     /// A Pod being deleted (its value, a timestamp, does not matter).
-    pub deletion_timestamp: Option<serde_yaml::Value>,
+    pub deletion_timestamp: Option<serde_norway::Value>,
 }
 
 /// `spec` of a Service or of a Pod.
@@ -260,7 +260,7 @@ impl<'de> Deserialize<'de> for IntOrString {
             }
         }
         // Not `deserialize_any` on a derived untagged enum: that would buffer
-        // the value and lose serde_yaml's location on errors.
+        // the value and lose serde_norway's location on errors.
         d.deserialize_any(V)
     }
 }

@@ -53,7 +53,7 @@
 //!
 //! The loader splits the input into documents itself (on `---` / `...`
 //! markers at column 0, which YAML forbids anywhere else), parses each on
-//! its own, and shifts serde_yaml's locations by the document's first line.
+//! its own, and shifts serde_norway's locations by the document's first line.
 //! Type errors thus point at the exact line and column; semantic errors
 //! point at the line where the object's document starts.
 
@@ -77,7 +77,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 use sluice_dataplane::service::{SchedKind, ServiceSpec};
 
 use crate::model::{DnsService, HealthCheck};
@@ -393,7 +393,7 @@ pub fn parse_objects(
     let mut out = Vec::new();
     for doc in split_documents(text) {
         let value: serde_json::Value =
-            serde_yaml::from_str(doc.text).map_err(|e| yaml_error(&origin, &doc, &e, ""))?;
+            serde_norway::from_str(doc.text).map_err(|e| yaml_error(&origin, &doc, &e, ""))?;
         match value {
             serde_json::Value::Null => {}
             serde_json::Value::Object(mut m)
@@ -519,14 +519,14 @@ fn load_document(
     // is reported as such instead of as a type error in a field we would
     // have read with the wrong shape.
     let value: Value =
-        serde_yaml::from_str(doc.text).map_err(|e| yaml_error(origin, doc, &e, ""))?;
+        serde_norway::from_str(doc.text).map_err(|e| yaml_error(origin, doc, &e, ""))?;
     if value.is_null() {
         return Ok(());
     }
     let top = describe(&value);
     check_kind(origin, doc.line, &value, "", &top)?;
     if top.kind == virtual_service::KIND {
-        let vs: virtual_service::VirtualService = serde_yaml::from_str(doc.text)
+        let vs: virtual_service::VirtualService = serde_norway::from_str(doc.text)
             .map_err(|e| yaml_error(origin, doc, &e, &format!("{} {}: ", top.kind, top.object)))?;
         return add_virtual(virtuals, origin, &vs, doc.line, "");
     }
@@ -555,8 +555,8 @@ fn load_document(
         }
     }
 
-    // Pass 2, typed: serde_yaml reports wrong types with their location.
-    let object: k8s::Object = serde_yaml::from_str(doc.text).map_err(|e| {
+    // Pass 2, typed: serde_norway reports wrong types with their location.
+    let object: k8s::Object = serde_norway::from_str(doc.text).map_err(|e| {
         // Name the object the error is in: the document's, or the List item's.
         let context = item_index(&e.to_string())
             .and_then(|i| items.get(i))
@@ -593,7 +593,7 @@ fn load_mixed_list(
     };
     for (i, (item, what)) in seq.iter().zip(items).enumerate() {
         let prefix = format!("items[{i}].");
-        let bad = |e: serde_yaml::Error| ConfigError::Invalid {
+        let bad = |e: serde_norway::Error| ConfigError::Invalid {
             origin: origin.clone(),
             line: doc.line,
             kind: what.kind.clone(),
@@ -603,10 +603,10 @@ fn load_mixed_list(
         };
         if what.kind == virtual_service::KIND {
             let vs: virtual_service::VirtualService =
-                serde_yaml::from_value(item.clone()).map_err(bad)?;
+                serde_norway::from_value(item.clone()).map_err(bad)?;
             add_virtual(virtuals, origin, &vs, doc.line, &prefix)?;
         } else {
-            let obj: k8s::Object = serde_yaml::from_value(item.clone()).map_err(bad)?;
+            let obj: k8s::Object = serde_norway::from_value(item.clone()).map_err(bad)?;
             loader.add(obj, doc.line, &prefix)?;
         }
     }
@@ -692,19 +692,19 @@ fn invalid(
     }
 }
 
-/// The N of a serde_yaml message starting with the path `items[N]`.
+/// The N of a serde_norway message starting with the path `items[N]`.
 fn item_index(message: &str) -> Option<usize> {
     let rest = message.strip_prefix("items[")?;
     let end = rest.find(']')?;
     rest[..end].parse().ok()
 }
 
-/// A serde_yaml error on a document, with its location moved to the whole
+/// A serde_norway error on a document, with its location moved to the whole
 /// input and the location suffix dropped from the message.
 fn yaml_error(
     origin: &Arc<str>,
     doc: &Document<'_>,
-    e: &serde_yaml::Error,
+    e: &serde_norway::Error,
     context: &str,
 ) -> ConfigError {
     let shift = doc.text_line - 1;

@@ -54,14 +54,14 @@ pub fn parse_netmask(text: &str) -> Result<u8, String> {
 pub(super) fn netmask(
     l: &Loader<'_>,
     ctx: &Ctx,
-    ann: &BTreeMap<String, serde_yaml::Value>,
+    ann: &BTreeMap<String, serde_norway::Value>,
     affinity: bool,
 ) -> Result<Option<u8>, ConfigError> {
     let f = super::sched::field(PERSISTENCE_NETMASK_ANNOTATION);
     let text = match ann.get(PERSISTENCE_NETMASK_ANNOTATION) {
         None => return Ok(None),
-        Some(serde_yaml::Value::String(s)) => s.clone(),
-        Some(serde_yaml::Value::Number(n)) => n.to_string(),
+        Some(serde_norway::Value::String(s)) => s.clone(),
+        Some(serde_norway::Value::Number(n)) => n.to_string(),
         Some(_) => return Err(l.err(ctx, f, "must be a prefix length or a dotted mask")),
     };
     if !affinity {

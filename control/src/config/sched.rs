@@ -72,12 +72,12 @@ pub(super) fn field(a: &str) -> String {
 pub(super) fn string<'a>(
     l: &Loader<'_>,
     ctx: &Ctx,
-    ann: &'a BTreeMap<String, serde_yaml::Value>,
+    ann: &'a BTreeMap<String, serde_norway::Value>,
     a: &str,
 ) -> Result<Option<&'a str>, ConfigError> {
     match ann.get(a) {
         None => Ok(None),
-        Some(serde_yaml::Value::String(s)) => Ok(Some(s.trim())),
+        Some(serde_norway::Value::String(s)) => Ok(Some(s.trim())),
         Some(_) => Err(l.err(ctx, field(a), "must be a string")),
     }
 }
@@ -113,7 +113,7 @@ fn items<T>(
 pub(super) fn scheduling(
     l: &Loader<'_>,
     ctx: &Ctx,
-    ann: &BTreeMap<String, serde_yaml::Value>,
+    ann: &BTreeMap<String, serde_norway::Value>,
     default: SchedKind,
 ) -> Result<Scheduling, ConfigError> {
     let kind = match string(l, ctx, ann, SCHEDULER_ANNOTATION)? {

@@ -743,7 +743,7 @@ fn yaml_errors_have_file_lines() {
         other => panic!("{other:?}"),
     }
 
-    // Duplicate keys are refused (serde_yaml points at the mapping).
+    // Duplicate keys are refused (serde_norway points at the mapping).
     let msg = yaml("apiVersion: v1\nkind: Service\nkind: Service\n", 1);
     assert!(msg.contains("duplicate entry"), "{msg}");
 }

@@ -729,7 +729,7 @@ mod tests {
     use super::*;
 
     fn vs(yaml: &str) -> VirtualService {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     const BASE: &str =
@@ -833,7 +833,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let r: Result<VirtualService, _> = serde_yaml::from_str(&format!(
+        let r: Result<VirtualService, _> = serde_norway::from_str(&format!(
             "{BASE}spec: {{address: 198.18.0.1, port: 80, sheduler: rr}}\n"
         ));
         assert!(r.unwrap_err().to_string().contains("sheduler"));
