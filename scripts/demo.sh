@@ -91,6 +91,12 @@ for i in $(seq 1 6); do
 done
 echo "== ipvsadm -Ln (the Kubernetes Service is listed too)"
 "${IPVSADM[@]}" -Ln | sed 's/^/  /'
+echo "== ipvsadm -Ln --stats (connections, packets and bytes per service and real server)"
+"${IPVSADM[@]}" -Ln --stats | sed 's/^/  /'
+echo "== ipvsadm -Lnc (the connection table, first lines)"
+"${IPVSADM[@]}" -Lnc | head -6 | sed 's/^/  /'
+echo "== sluice describe svc web (front ends, endpoints, counters)"
+"$BIN/sluice" describe svc web --api-socket "$SOCK" | sed 's/^/  /'
 echo "== sluice stats (per service and backend, from the workers' counters)"
 "$BIN/sluice" stats --api-socket "$SOCK" | sed 's/^/  /'
 echo "== /metrics (a few lines) and /healthz"
