@@ -7,7 +7,8 @@
 //!   weight, thresholds and ActiveConn/InActConn (read from the table's
 //!   connection counts; zero for services whose scheduler counts nothing
 //!   and that have no threshold, since the data path keeps no counts for
-//!   them).
+//!   them), and each real server's health-check state (`up`, `down`;
+//!   absent without a check) from the checker's registry (`check/`).
 //! * `POST /apis/sluice.dev/v1/ipvs`: a batch of VirtualService writes
 //!   committed all together or not at all (one store batch, validated
 //!   whole), which is how `ipvsadm -R` restores atomically and how every
@@ -29,6 +30,7 @@ use sluice_dataplane::types::proto;
 
 use super::status::{self, Status};
 use super::AppState;
+use crate::check::HealthIndex;
 use crate::config::virtual_service::KIND;
 use crate::stats::Folded;
 use crate::store::{Batch, Key, Kind, UpsertMode, Write};
@@ -66,6 +68,9 @@ pub struct IpvsDest {
     /// Traffic since the last `-Z` (with `?stats=true`).
     #[serde(default)]
     pub stats: Counters,
+    /// Its health check's state, `up` or `down`; None without a check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// `--stats` and `--rate` figures of a real server or a service.
@@ -219,11 +224,22 @@ pub fn service_view(s: &Service) -> IpvsService {
                     active,
                     inactive,
                     stats: Counters::default(),
+                    health: None,
                 }
             })
             .collect(),
         origin: origin(&spec.name),
         stats: Counters::default(),
+    }
+}
+
+/// Fills in the check state of `v`'s real servers (`v` is the view of `s`)
+/// from the registry's index.
+pub fn fill_health(v: &mut IpvsService, s: &Service, checks: &HealthIndex) {
+    for (d, b) in v.dests.iter_mut().zip(&s.spec.backends) {
+        d.health = checks
+            .is_up(&s.spec.name, b)
+            .map(|up| if up { "up" } else { "down" }.to_owned());
     }
 }
 
@@ -257,11 +273,14 @@ struct ViewQuery {
 }
 
 async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
-    let (snap, stats) = {
+    let (snap, stats, checks) = {
         let mut rec = s.rec.lock().unwrap_or_else(|p| p.into_inner());
         let stats = rec.publisher().stats().cloned();
-        (rec.publisher().snapshot(), stats)
+        let checks = rec.publisher_ref().checks().clone();
+        (rec.publisher().snapshot(), stats, checks)
     };
+    // The registry is read after the reconciler's lock is let go.
+    let health = checks.index();
     // With figures, the services come from the table the totals were
     // summed with, so that they match.
     let (snap, totals) = match stats.filter(|_| q.stats) {
@@ -277,6 +296,7 @@ async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response
         .filter(|s| matches!(s.spec.vip.proto, proto::TCP | proto::UDP | proto::SCTP))
         .map(|s| {
             let mut v = service_view(s);
+            fill_health(&mut v, s, &health);
             if let Some((t, r)) = &totals {
                 fill_stats(&mut v, s, t, r);
             }
@@ -392,6 +412,134 @@ mod tests {
         assert_eq!(
             (o.kind.as_str(), o.namespace.as_str(), o.name.as_str()),
             ("Service", "default", "web")
+        );
+    }
+
+    const TWO_SERVICES: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  annotations:
+    sluice.dev/health-check: "tcp interval=1s timeout=1s rise=1 fall=1"
+spec:
+  clusterIP: 198.18.100.10
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: web
+  namespace: default
+subsets:
+- addresses:
+  - ip: 198.18.1.11
+  - ip: 198.18.1.12
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: default
+spec:
+  clusterIP: 198.18.100.20
+  ports:
+  - name: pg
+    port: 5432
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: db
+  namespace: default
+subsets:
+- addresses:
+  - ip: 198.18.1.21
+  ports:
+  - name: pg
+    port: 5432
+"#;
+
+    /// A real server's address, weight and health.
+    type Row = (String, u32, Option<String>);
+
+    /// The views of `cfg` compiled as the publisher does (the registry's
+    /// overlay applied) with the registry's states filled in, by VIP port:
+    /// each real server's address and health.
+    fn health_views(
+        cfg: &crate::config::Config,
+        checks: &crate::check::Checks,
+    ) -> Vec<(u16, Vec<Row>)> {
+        let compiled = crate::check::Checks::overlay(cfg, &checks.down());
+        let table =
+            sluice_dataplane::service::ServiceTable::build(1, compiled.services.clone()).unwrap();
+        let idx = checks.index();
+        let mut out: Vec<_> = table
+            .services()
+            .map(|s| {
+                let mut v = service_view(s);
+                fill_health(&mut v, s, &idx);
+                let d = v
+                    .dests
+                    .iter()
+                    .map(|d| (d.addr.to_string(), d.weight, d.health.clone()))
+                    .collect();
+                (v.port, d)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn health_comes_from_the_check_registry() {
+        let cfg = crate::config::load_str(TWO_SERVICES, "t.yaml").unwrap();
+        let checks = crate::check::Checks::default();
+        checks.set_targets(&cfg);
+        let target = |ip: &str| crate::check::Target {
+            addr: format!("{ip}:8080").parse().unwrap(),
+            spec: cfg.checks["default/web:http"].spec.clone(),
+        };
+        let s = |x: &str| Some(x.to_owned());
+        let ip = |x: &str| x.to_owned();
+        // Registered servers start up; the unchecked service has none.
+        assert_eq!(
+            health_views(&cfg, &checks),
+            vec![
+                (
+                    80,
+                    vec![
+                        (ip("198.18.1.11"), 1, s("up")),
+                        (ip("198.18.1.12"), 1, s("up"))
+                    ]
+                ),
+                (5432, vec![(ip("198.18.1.21"), 1, None)]),
+            ]
+        );
+        // One failed probe (fall=1): down, and weight 0 by the overlay.
+        let lost = crate::check::ProbeError::Timeout(std::time::Duration::from_secs(1));
+        checks.record(&target("198.18.1.11"), Err(lost));
+        assert_eq!(
+            health_views(&cfg, &checks)[0],
+            (
+                80,
+                vec![
+                    (ip("198.18.1.11"), 0, s("down")),
+                    (ip("198.18.1.12"), 1, s("up"))
+                ]
+            )
+        );
+        // One passed probe (rise=1): up again.
+        checks.record(&target("198.18.1.11"), Ok(()));
+        assert_eq!(
+            health_views(&cfg, &checks)[0].1[0],
+            (ip("198.18.1.11"), 1, s("up"))
         );
     }
 }

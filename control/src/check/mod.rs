@@ -339,6 +339,23 @@ impl Checks {
         Some(tr)
     }
 
+    /// The state of every checked real server by service, for listings
+    /// (`ipvsadm -Ln --health`); read once, looked up per server.
+    pub fn index(&self) -> HealthIndex {
+        let mut idx = HealthIndex::default();
+        for (t, e) in self.lock().iter() {
+            for s in &e.services {
+                let (port, up) = idx
+                    .services
+                    .entry(s.clone())
+                    .or_insert_with(|| (t.spec.port, HashMap::new()));
+                *port = t.spec.port;
+                up.insert(t.addr, e.health.is_up());
+            }
+        }
+        idx
+    }
+
     /// Every target's status, sorted by address and port.
     pub fn status(&self) -> Vec<TargetStatus> {
         let reg = self.lock();
@@ -361,6 +378,24 @@ impl Checks {
             (t_key(&a.address), a.port, a.check).cmp(&(t_key(&b.address), b.port, b.check))
         });
         out
+    }
+}
+
+/// The check states of real servers by service ([`Checks::index`]).
+#[derive(Clone, Debug, Default)]
+pub struct HealthIndex {
+    /// By service name (`ns/name:port`): the check's `port=` and whether
+    /// each probed address is up.
+    services: HashMap<String, (Option<u16>, HashMap<SocketAddr, bool>)>,
+}
+
+impl HealthIndex {
+    /// Whether backend `b` of service `service` passes its check; None when
+    /// the registry has no check of it.
+    pub fn is_up(&self, service: &str, b: &BackendSpec) -> Option<bool> {
+        let (port, up) = self.services.get(service)?;
+        let addr = SocketAddr::new(b.addr.to_ip(), port.unwrap_or(b.port));
+        up.get(&addr).copied()
     }
 }
 

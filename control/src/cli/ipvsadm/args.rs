@@ -131,9 +131,11 @@ pub mod opt {
     pub const TUN_REMCSUM: usize = 33;
     /// Sluice's own `--k8s` (outside ipvsadm's table).
     pub const K8S: usize = 34;
+    /// Sluice's own `--health` (outside ipvsadm's table).
+    pub const HEALTH: usize = 35;
 }
 
-const OPT_NAMES: [&str; 35] = [
+const OPT_NAMES: [&str; 36] = [
     "numeric",
     "connection",
     "service-address",
@@ -169,26 +171,27 @@ const OPT_NAMES: [&str; 35] = [
     "tun-csum",
     "tun-remcsum",
     "k8s",
+    "health",
 ];
 
 /// ipvsadm's `commands_v_options` (`+` compulsory, `x` illegal, `1`
-/// exclusive, `.` optional), one row per command; the last column is
-/// `--k8s`, allowed with `-L` only.
+/// exclusive, `.` optional), one row per command; the last two columns
+/// are `--k8s` and `--health`, allowed with `-L` only.
 const TABLE: [&str; 14] = [
-    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxx",
-    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxx",
-    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    ".11xxxxxxxxx11.......xxxxxxx.xxxxx.",
-    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....x",
-    "xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....x",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxx.xxxxxxx.xxxx....xxxxxxx",
-    "xxxxxxxxxxxxxxxxxxx.xxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    ".xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxx",
+    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxx",
+    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ".11xxxxxxxxx11.......xxxxxxx.xxxxx..",
+    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xx",
+    "xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxx.xxxxxxx.xxxx....xxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxx.xxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ".xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
 
 /// A virtual service as given (`-t`, `-u`, `--sctp-service`, `-f`).
@@ -340,6 +343,7 @@ const LONG: &[(&str, Code, Arg)] = &[
     ("tun-csum", Code::Flag(opt::TUN_CSUM), Arg::None),
     ("tun-remcsum", Code::Flag(opt::TUN_REMCSUM), Arg::None),
     ("k8s", Code::Flag(opt::K8S), Arg::None),
+    ("health", Code::Flag(opt::HEALTH), Arg::None),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -866,7 +870,21 @@ fn process(p: &mut Parsed) -> Result<(), Fail> {
                 .iter()
                 .any(|&o| p.has(o));
             let c = [opt::TIMEOUT, opt::DAEMON].iter().any(|&o| p.has(o));
-            if (a && b) || (c && p.has(opt::PERSISTENTCONN)) {
+            // `--health` adds a column to the plain layout only.
+            let other_layout = [
+                opt::CONNECTION,
+                opt::TIMEOUT,
+                opt::DAEMON,
+                opt::STATS,
+                opt::RATE,
+                opt::THRESHOLDS,
+                opt::PERSISTENTCONN,
+                opt::TUN_INFO,
+            ]
+            .iter()
+            .any(|&o| p.has(o));
+            if (a && b) || (c && p.has(opt::PERSISTENTCONN)) || (p.has(opt::HEALTH) && other_layout)
+            {
                 return Err(fail2("options conflicts in the list command"));
             }
         }
@@ -922,6 +940,8 @@ mod tests {
         assert_eq!(p.dest.port, 80);
         let p = run("-Ln").unwrap();
         assert!(p.has(opt::NUMERIC) && p.cmd == Cmd::List);
+        let p = run("-Ln --health --k8s -t 198.18.0.1:80").unwrap();
+        assert!(p.has(opt::HEALTH) && p.has(opt::K8S) && p.cmd == Cmd::List);
         let p = run("-A -u 198.18.0.1:53 -s sh -b sh-fallback,sh-port").unwrap();
         assert_eq!(p.flags, vec!["sh-fallback", "sh-port"]);
         let p = run("-A -f 7 -6 -s rr -p 60 -M 64").unwrap();
@@ -966,6 +986,12 @@ mod tests {
             ("-a -t 198.18.0.1:80 -r 198.18.1.1 -i --tun-type foo", 2, "illegal tunnel type specified"),
             ("-L -c --stats", 2, "options conflicts in the list command"),
             ("-L --timeout --persistent-conn", 2, "options conflicts in the list command"),
+            ("-Ln --health --stats", 2, "options conflicts in the list command"),
+            ("-Ln --health --thresholds", 2, "options conflicts in the list command"),
+            ("-Ln --health --tun-info", 2, "options conflicts in the list command"),
+            ("-Lnc --health", 2, "options conflicts in the list command"),
+            ("-S --health", 2, "Illegal 'health' option with the 'save' command"),
+            ("-A -t 198.18.0.1:80 --health", 2, "Illegal 'health' option with the 'add-service' command"),
             ("-L -c -t 198.18.0.1:80", 2, "The option 'service-address' conflicts with the 'connection' option in the 'list' command"),
             ("--set 1 2", 2, "--set option requires 3 timeout values"),
             ("-C extra", 2, "unexpected argument extra"),

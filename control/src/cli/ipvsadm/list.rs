@@ -39,6 +39,9 @@ pub struct Format {
     pub rate: bool,
     /// `--exact`
     pub exact: bool,
+    /// `--health`: a column of each real server's check state after
+    /// InActConn (plain layout only; `args` refuses it with the others).
+    pub health: bool,
 }
 
 /// `print_title`.
@@ -67,6 +70,9 @@ pub fn title(f: Format) -> String {
         "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n".into()
     } else if f.rule {
         String::new()
+    } else if f.health {
+        // InActConn's column is 10 wide: the title pads it like a row.
+        "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn  Health\n".into()
     } else {
         "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n".into()
     }
@@ -242,6 +248,18 @@ fn dest_entry(s: &IpvsService, d: &IpvsDest, svc_name: &str, f: Format, out: &mu
             out,
             "  -> {dname:<28} {:<7} {:<13} {:<6} {:<10} {:<10}",
             d.method, "n/a", d.weight, d.active, d.inactive
+        )
+    } else if f.health {
+        // Padded to the title's width like every ipvsadm column, the
+        // last one included.
+        writeln!(
+            out,
+            "  -> {dname:<28} {:<7} {:<6} {:<10} {:<10} {:<6}",
+            d.method,
+            d.weight,
+            d.active,
+            d.inactive,
+            d.health.as_deref().unwrap_or("-")
         )
     } else {
         writeln!(

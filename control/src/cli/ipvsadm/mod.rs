@@ -50,7 +50,7 @@ const ZERO: &str = "/apis/sluice.dev/v1/ipvs/zero";
 /// `ipvsadm -h`.
 pub fn usage(prog: &str) -> String {
     format!(
-        "{VERSION}\nUsage:\n  {prog} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n  {prog} -D virtual-service\n  {prog} -C\n  {prog} -R\n  {prog} -S [-n]\n  {prog} -a|e virtual-service -r server-address [options]\n  {prog} -d virtual-service -r server-address\n  {prog} -L|l [virtual-service] [options]\n  {prog} -Z [virtual-service]\n  {prog} --set tcp tcpfin udp\n  {prog} -h\n\nSluice serves these through its API (--api-socket PATH or SLUICE_SOCKET).\nSee the README section \"IPVS and ipvsadm\" for every option and its support.\n"
+        "{VERSION}\nUsage:\n  {prog} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n  {prog} -D virtual-service\n  {prog} -C\n  {prog} -R\n  {prog} -S [-n]\n  {prog} -a|e virtual-service -r server-address [options]\n  {prog} -d virtual-service -r server-address\n  {prog} -L|l [virtual-service] [options]\n  {prog} -Z [virtual-service]\n  {prog} --set tcp tcpfin udp\n  {prog} -h\n\nSluice's own list options: --k8s (the object of each service), --health (each real server's check state).\nSluice serves these through its API (--api-socket PATH or SLUICE_SOCKET).\nSee the README section \"IPVS and ipvsadm\" for every option and its support.\n"
     )
 }
 
@@ -94,6 +94,7 @@ fn format_of(p: &Parsed) -> Format {
         stats: p.has(opt::STATS),
         rate: p.has(opt::RATE) && !p.has(opt::STATS),
         exact: p.has(opt::EXACT),
+        health: p.has(opt::HEALTH),
     }
 }
 

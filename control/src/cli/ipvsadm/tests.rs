@@ -20,6 +20,7 @@ fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
         active: 0,
         inactive: 0,
         stats: Default::default(),
+        health: None,
     }
 }
 
@@ -518,4 +519,49 @@ fn list_options_that_conflict_with_c_and_timeout() {
             (2, "options conflicts in the list command")
         );
     }
+}
+
+#[test]
+fn health_column_golden() {
+    let state = |mut d: IpvsDest, h: Option<&str>, w: u32, act: u32, inact: u32| {
+        d.health = h.map(str::to_owned);
+        d.weight = w;
+        d.active = act;
+        d.inactive = inact;
+        d
+    };
+    let s4 = svc(
+        6,
+        "198.18.0.1",
+        80,
+        "rr",
+        vec![
+            state(dest("198.18.1.4", 8080, "Masq", 1), None, 1, 0, 0),
+            state(dest("198.18.1.3", 8080, "Masq", 1), Some("down"), 0, 0, 0),
+            state(dest("198.18.1.2", 8080, "Masq", 1), Some("up"), 1, 3, 1),
+        ],
+    );
+    let s6 = svc(
+        17,
+        "2001:db8::100",
+        53,
+        "rr",
+        vec![state(
+            dest("2001:db8:1:2:3:4:5:11", 5353, "Masq", 1),
+            Some("up"),
+            1,
+            0,
+            0,
+        )],
+    );
+    let f = Format {
+        health: true,
+        ..numeric()
+    };
+    assert_eq!(
+        list::list_all(&[s6.clone(), s4.clone()], f),
+        include_str!("golden/health.txt")
+    );
+    // Without the flag the layout is ipvsadm's own, whatever the states.
+    assert!(!list::list_all(&[s6, s4], numeric()).contains("Health"));
 }
