@@ -262,3 +262,25 @@ fn a_check_applies_to_the_ports_of_its_protocol_or_to_all_with_port() {
     assert!(c("http port=8080").applies_to(UDP));
     assert!(c("udp send=x port=53").applies_to(TCP));
 }
+
+#[test]
+fn the_index_finds_a_server_by_its_probed_port() {
+    let cfg = load("    sluice.dev/health-check: \"tcp port=9000 rise=1 fall=1\"").unwrap();
+    let checks = Checks::default();
+    checks.set_targets(&cfg);
+    let s = &cfg.services[0];
+    let b11 = s
+        .backends
+        .iter()
+        .find(|b| b.addr.to_ip().to_string() == "198.18.1.11");
+    let b11 = b11.unwrap();
+    let t = Target::of(b11, &cfg.checks[&s.name].spec);
+    assert_eq!(t.addr.port(), 9000);
+    checks.record(&t, Err(ProbeError::Refused));
+    let idx = checks.index();
+    for b in &s.backends {
+        let want = b.addr == b11.addr;
+        assert_eq!(idx.is_up(&s.name, b), Some(!want), "{:?}", b.addr);
+    }
+    assert_eq!(idx.is_up("default/other:http", b11), None);
+}
