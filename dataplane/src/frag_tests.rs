@@ -11,70 +11,16 @@ use proptest::prelude::*;
 use super::*;
 use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowTable, Timeouts};
-use crate::pipeline::{Ctx, NextHop, PortInfo, Snapshot, Stats};
+use crate::pipeline::{Ctx, Snapshot, Stats};
 use crate::port::MemPort;
-use crate::service::{BackendSpec, SchedKind, ServiceSpec, ServiceTable, VipKey};
-use crate::types::{proto, L2Hop};
+use crate::types::proto;
+use crate::udp_fixture::*;
 use crate::wire::checksum;
 use crate::worker::{Worker, WorkerOpts};
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const FRONT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const BACK_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x10];
-const CLIENT: [u8; 4] = [198, 18, 0, 2];
-const VIP: [u8; 4] = [198, 18, 100, 10];
-const BACKEND: [u8; 4] = [198, 18, 1, 11];
-const CLIENT6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const VIP6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const BACKEND6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
-
-/// UDP services on VIP:53 and [VIP6]:53 → backend:5353, NAT, one backend.
+/// The fixture network with a 1500-byte backend link.
 fn snapshot() -> Snapshot {
-    let svc = |vip: Addr, backend: Addr| ServiceSpec {
-        name: "default/dns:53".into(),
-        vip: VipKey {
-            addr: vip,
-            port: 53,
-            proto: proto::UDP,
-        },
-        backends: vec![BackendSpec {
-            addr: backend,
-            port: 5353,
-            weight: 1,
-            ..Default::default()
-        }],
-        sched: SchedKind::RoundRobin,
-        ..Default::default()
-    };
-    let (b4, b6) = (Addr::from_v4(BACKEND), Addr::from_v6(BACKEND6));
-    let services = ServiceTable::build(
-        1,
-        vec![svc(Addr::from_v4(VIP), b4), svc(Addr::from_v6(VIP6), b6)],
-    )
-    .unwrap();
-    let nh = |snat| NextHop {
-        hop: L2Hop {
-            port: 1,
-            mac: BACKEND_MAC,
-        },
-        snat,
-    };
-    Snapshot {
-        services,
-        ports: vec![
-            PortInfo {
-                mac: FRONT_MAC,
-                mtu: 1500,
-            },
-            PortInfo {
-                mac: BACK_MAC,
-                mtu: 1500,
-            },
-        ],
-        nexthops: [(b4, nh(b4)), (b6, nh(b6))].into_iter().collect(),
-        ..Default::default()
-    }
+    crate::udp_fixture::snapshot(1500)
 }
 
 /// A deterministic payload of `n` bytes, different per `seed`.

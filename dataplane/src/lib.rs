@@ -23,6 +23,8 @@ pub mod thp;
 pub mod token_bucket;
 pub mod traffic;
 pub mod types;
+#[cfg(test)]
+mod udp_fixture;
 pub mod wire;
 pub mod worker;
 pub mod xsk;

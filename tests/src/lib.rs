@@ -98,6 +98,23 @@ macro_rules! topology {
     };
 }
 
+/// Which backend answers each of `n` sequential new HTTP connections to
+/// the default VIP (`http://198.18.100.10/`), counted by backend name.
+///
+/// # Panics
+/// If a connection fails or its body is not a backend's reply.
+pub fn backend_spread(topo: &Topology, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut hits = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let out = topo.curl("http://198.18.100.10/", None);
+        assert!(out.success(), "connection {i} failed: {out}");
+        let (name, _, _) = parse_backend_reply(&out.stdout)
+            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
+        *hits.entry(name).or_insert(0) += 1;
+    }
+    hits
+}
+
 /// Parses `backend=<name> peer=<ip>:<port>` (the body `sluice-testsrv` sends)
 /// into `(name, peer ip, peer port)`.
 pub fn parse_backend_reply(body: &str) -> Option<(String, String, u16)> {

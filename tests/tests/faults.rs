@@ -8,13 +8,12 @@
 //! follows the links' `RTM_NEWLINK` events and counts each transition
 //! (`control/src/links.rs`). One topology per test; every wait is bounded.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sluice_tests::k8s::{endpoint_slice, ready_backends};
 use sluice_tests::{
-    api, parse_backend_reply, poll_until, require_root, topology, BgProcess, Pipe, Role, Sluice,
-    Topology, TopologyOpts,
+    api, backend_spread, parse_backend_reply, poll_until, require_root, topology, BgProcess, Pipe,
+    Role, Sluice, Topology, TopologyOpts,
 };
 
 /// How long a curl through the VIP may take to work again after a flap.
@@ -198,19 +197,6 @@ fn wait_state(sluice: &Sluice, i: usize, want: &str, timeout: Duration) -> Durat
     t.elapsed()
 }
 
-/// Which backend answers each of `n` new connections, counted.
-fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
-    let mut hits = BTreeMap::new();
-    for i in 0..n {
-        let out = topo.curl("http://198.18.100.10/", None);
-        assert!(out.success(), "connection {i}: {out}");
-        let (name, _, _) = parse_backend_reply(&out.stdout)
-            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
-        *hits.entry(name).or_insert(0) += 1;
-    }
-    hits
-}
-
 /// The backend (1 or 2) with an established connection on the bulk port.
 fn holder(topo: &Topology) -> Option<usize> {
     (1..=2).find(|&i| {
@@ -272,7 +258,7 @@ fn a_backend_killed_mid_stream_resets_its_flow_and_new_flows_go_elsewhere() {
     let down = wait_state(&sluice, busy, "down", 3 * INTERVAL + SLACK);
     eprintln!("b{busy} down {down:?} after the kill (fall × interval = 1.5 s)");
     let other = Topology::backend_name(3 - busy);
-    let hits = spread(&topo, 8);
+    let hits = backend_spread(&topo, 8);
     assert_eq!(
         hits.get(&other),
         Some(&8),
@@ -287,17 +273,21 @@ fn an_unplugged_backend_is_removed_by_health_checks_and_returns() {
     require_root();
     let topo = topology!(TopologyOpts::default().servers(false).backends(2));
     let (_servers, sluice) = checked_pair(&topo);
-    assert_eq!(spread(&topo, 6).len(), 2, "both backends in rotation");
+    assert_eq!(
+        backend_spread(&topo, 6).len(),
+        2,
+        "both backends in rotation"
+    );
     // Unplug b2: its switch port goes down (no carrier, nothing answers).
     topo.ip(Role::Sw, &["link", "set", "p2", "down"]);
     let down = wait_state(&sluice, 2, "down", 3 * INTERVAL + SLACK);
     eprintln!("unplugged b2 down after {down:?} (fall × interval = 1.5 s)");
-    let hits = spread(&topo, 8);
+    let hits = backend_spread(&topo, 8);
     assert_eq!(hits.get("b1"), Some(&8), "new flows go to b1: {hits:?}");
     topo.ip(Role::Sw, &["link", "set", "p2", "up"]);
     let up = wait_state(&sluice, 2, "up", 2 * INTERVAL + SLACK);
     eprintln!("plugged back, b2 up after {up:?}");
-    let hits = spread(&topo, 8);
+    let hits = backend_spread(&topo, 8);
     assert!(hits.contains_key("b2"), "b2 back in rotation: {hits:?}");
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::k8s::{endpoint_slice, ready_backends};
 use sluice_tests::{
-    api, parse_backend_reply, poll_until, require_root, topology, BgProcess, Pipe, ReloadOutcome,
-    Role, Sluice, Topology, TopologyOpts,
+    api, backend_spread, poll_until, require_root, topology, BgProcess, Pipe, ReloadOutcome, Role,
+    Sluice, Topology, TopologyOpts,
 };
 
 /// 500 ms between probes; fall 3, rise 2.
@@ -151,19 +151,6 @@ fn wait_state(
     t0.elapsed()
 }
 
-/// Which backend answers `n` new HTTP connections, counted.
-fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
-    let mut hits = BTreeMap::new();
-    for i in 0..n {
-        let out = topo.curl("http://198.18.100.10/", None);
-        assert!(out.success(), "connection {i}: {out}");
-        let (name, _, _) = parse_backend_reply(&out.stdout)
-            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
-        *hits.entry(name).or_insert(0) += 1;
-    }
-    hits
-}
-
 #[test]
 fn a_stopped_server_leaves_rotation_and_returns() {
     require_root();
@@ -175,7 +162,7 @@ fn a_stopped_server_leaves_rotation_and_returns() {
     for i in 1..=3 {
         wait_state(&sluice, &Topology::backend_ip(i), 8080, "up", 4, SLACK);
     }
-    let hits = spread(&topo, 12);
+    let hits = backend_spread(&topo, 12);
     assert_eq!(hits.len(), 3, "all three in rotation: {hits:?}");
 
     // Stop b2's server (the process this test started, by PID).
@@ -186,7 +173,7 @@ fn a_stopped_server_leaves_rotation_and_returns() {
         "b2 down after {took:?} (fall × interval = {:?})",
         3 * INTERVAL
     );
-    let hits = spread(&topo, 12);
+    let hits = backend_spread(&topo, 12);
     assert!(
         !hits.contains_key("b2") && hits.len() == 2,
         "only b1 and b3 take new connections: {hits:?}"
@@ -205,7 +192,7 @@ fn a_stopped_server_leaves_rotation_and_returns() {
     ));
     let outcome = sluice.reload();
     assert!(matches!(outcome, ReloadOutcome::Applied(_)), "{outcome:?}");
-    let hits = spread(&topo, 12);
+    let hits = backend_spread(&topo, 12);
     assert!(
         !hits.contains_key("b2"),
         "b2 back in rotation after a config change: {hits:?}"
@@ -217,7 +204,7 @@ fn a_stopped_server_leaves_rotation_and_returns() {
         "b2 up after {took:?} (rise × interval = {:?})",
         2 * INTERVAL
     );
-    let hits = spread(&topo, 12);
+    let hits = backend_spread(&topo, 12);
     assert!(
         hits.len() == 3 && hits.contains_key("b2"),
         "b2 is back in the rotation: {hits:?}"
@@ -324,7 +311,7 @@ fn weight0_lets_a_running_transfer_complete() {
         bulk.is_running(),
         "the transfer ended before the check failed"
     );
-    let hits = spread(&topo, 6);
+    let hits = backend_spread(&topo, 6);
     assert_eq!(
         hits.get(&Topology::backend_name(other)),
         Some(&6),
@@ -361,7 +348,7 @@ fn udp_check_sees_port_unreachable() {
     let s = states(&sluice);
     assert_eq!(s[&(b1.clone(), 5353)].2, "ICMP port unreachable", "{s:?}");
     // Removed: every new HTTP connection goes to b2.
-    let hits = spread(&topo, 6);
+    let hits = backend_spread(&topo, 6);
     assert_eq!(hits.get("b2"), Some(&6), "{hits:?}");
     servers[0] = Some(serve(&topo, 1, ALL));
     wait_state(&sluice, &b1, 5353, "up", 0, 2 * INTERVAL + SLACK);

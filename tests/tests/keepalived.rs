@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sluice_tests::{
-    api, parse_backend_reply, poll_until, require_root, sluice_bin, topology, BgProcess, Pipe,
+    api, backend_spread, poll_until, require_root, sluice_bin, topology, BgProcess, Pipe,
     ReloadOutcome, Role, Sluice, Topology, TopologyOpts,
 };
 
@@ -111,19 +111,6 @@ fn ipvsadm_ln(sock: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Which backend answers each of `n` new connections to the NAT VIP.
-fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
-    let mut hits = BTreeMap::new();
-    for i in 0..n {
-        let out = topo.curl("http://198.18.100.10/", None);
-        assert!(out.success(), "connection {i}: {out}");
-        let (name, _, _) = parse_backend_reply(&out.stdout)
-            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
-        *hits.entry(name).or_insert(0) += 1;
-    }
-    hits
-}
-
 const HEAD: &str = "IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
@@ -174,7 +161,7 @@ fn keepalived_conf_serves_lists_checks_and_refuses_misc_check() {
     for i in 1..=2 {
         wait_state(&sluice, i, "http", "up");
     }
-    let hits = spread(&topo, 6);
+    let hits = backend_spread(&topo, 6);
     let even: BTreeMap<String, usize> = (1..=3).map(|i| (format!("b{i}"), 2)).collect();
     assert_eq!(hits, even, "round robin over the three real servers");
     assert_eq!(ipvsadm_ln(sluice.api_socket()), format!("{HEAD}{ALL_UP}"));
@@ -184,7 +171,7 @@ fn keepalived_conf_serves_lists_checks_and_refuses_misc_check() {
     wait_state(&sluice, 2, "tcp", "down");
     wait_state(&sluice, 2, "http", "down");
     assert_eq!(ipvsadm_ln(sluice.api_socket()), format!("{HEAD}{B2_DOWN}"));
-    let hits = spread(&topo, 4);
+    let hits = backend_spread(&topo, 4);
     assert_eq!(
         hits.keys().map(String::as_str).collect::<Vec<_>>(),
         ["b1", "b3"],
@@ -204,7 +191,7 @@ fn keepalived_conf_serves_lists_checks_and_refuses_misc_check() {
     wait_state(&sluice, 2, "tcp", "up");
     wait_state(&sluice, 2, "http", "up");
     assert_eq!(ipvsadm_ln(sluice.api_socket()), format!("{HEAD}{ALL_UP}"));
-    assert_eq!(spread(&topo, 6), even, "b2 back in rotation");
+    assert_eq!(backend_spread(&topo, 6), even, "b2 back in rotation");
 
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");

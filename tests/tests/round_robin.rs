@@ -9,27 +9,14 @@
 use std::collections::BTreeMap;
 
 use sluice_tests::k8s::web_http;
-use sluice_tests::{parse_backend_reply, require_root, topology, Sluice, Topology};
-
-/// `n` sequential curls to the VIP; returns hits per backend name.
-fn spread(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
-    let mut hits = BTreeMap::new();
-    for i in 0..n {
-        let out = topo.curl("http://198.18.100.10/", None);
-        assert!(out.success(), "connection {i} failed: {out}");
-        let (name, _, _) = parse_backend_reply(&out.stdout)
-            .unwrap_or_else(|| panic!("connection {i}: not a backend reply: {out}"));
-        *hits.entry(name).or_insert(0) += 1;
-    }
-    hits
-}
+use sluice_tests::{backend_spread, require_root, topology, Sluice};
 
 #[test]
 fn one_worker_splits_exactly_evenly() {
     require_root();
     let topo = topology!();
     let sluice = Sluice::start(&topo, &web_http(&[1, 2, 3]), &["--workers", "1"]);
-    let hits = spread(&topo, 30);
+    let hits = backend_spread(&topo, 30);
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
     let expected: BTreeMap<String, usize> = [("b1", 10), ("b2", 10), ("b3", 10)]
@@ -44,7 +31,7 @@ fn two_workers_use_every_backend() {
     require_root();
     let topo = topology!();
     let sluice = Sluice::start(&topo, &web_http(&[1, 2, 3]), &["--workers", "2"]);
-    let hits = spread(&topo, 30);
+    let hits = backend_spread(&topo, 30);
     let report = sluice.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
     assert_eq!(hits.values().sum::<usize>(), 30);
