@@ -1,6 +1,8 @@
 //! Shared fixtures for Sluice's benchmarks: a snapshot with one TCP service
 //! behind three backends, and packet builders.
 
+pub mod draws;
+
 use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
 use sluice_dataplane::service::{BackendSpec, SchedKind, ServiceSpec, ServiceTable, VipKey};
 use sluice_dataplane::types::{proto, Addr, L2Hop, Mac};
