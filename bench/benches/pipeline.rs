@@ -168,6 +168,22 @@ fn burst(
     w.poll_once(ctx)
 }
 
+/// The context of every timed burst: one table, time 2 (after the
+/// population at time 1), the whole SNAT port space.
+fn timed_ctx<'a>(
+    snap: &'a sluice_dataplane::pipeline::Snapshot,
+    flows: &'a FlowTable,
+    affinity: &'a AffinityTable,
+) -> Ctx<'a> {
+    Ctx {
+        snap,
+        flows,
+        affinity,
+        now: 2,
+        share: sluice_dataplane::snat::Share::WHOLE,
+    }
+}
+
 /// The template every drawn packet is written into: a TCP ACK.
 fn ack_frame() -> Vec<u8> {
     tcp(client(0).0, VIP, client(0).1, 80, false, true)
@@ -196,13 +212,7 @@ fn bench(c: &mut Criterion) {
         let flows = FlowTable::new(cap, Timeouts::default());
         let all = populate(&snap, &flows, n, (VIP, 80));
         let aff = AffinityTable::new(64);
-        let ctx = Ctx {
-            snap: &snap,
-            flows: &flows,
-            affinity: &aff,
-            now: 2,
-            share: sluice_dataplane::snat::Share::WHOLE,
-        };
+        let ctx = timed_ctx(&snap, &flows, &aff);
         let mut w = worker();
         let mut frame = ack_frame();
         for order in [Order::Uniform, Order::Zipf] {
@@ -242,13 +252,7 @@ fn bench(c: &mut Criterion) {
                         w.port().inject(0, &tcp(ip, VIP, port, 80, true, false));
                     }
                     let t = std::time::Instant::now();
-                    w.poll_once(&Ctx {
-                        snap: &snap,
-                        flows: &flows,
-                        affinity: &aff,
-                        now: 2,
-                        share: sluice_dataplane::snat::Share::WHOLE,
-                    });
+                    w.poll_once(&ctx);
                     total += t.elapsed();
                     if next % 65_536 < BURST as u32 {
                         flows.remove_where(|e| client_no(e) >= 10_000_000);
@@ -276,13 +280,7 @@ fn bench_services(c: &mut Criterion) {
         let flows = FlowTable::new(FLOWS as usize * 2 + 65_536, Timeouts::default());
         let all = populate(&snap, &flows, FLOWS, service_vip(s / 2));
         let aff = AffinityTable::new(64);
-        let ctx = Ctx {
-            snap: &snap,
-            flows: &flows,
-            affinity: &aff,
-            now: 2,
-            share: sluice_dataplane::snat::Share::WHOLE,
-        };
+        let ctx = timed_ctx(&snap, &flows, &aff);
         let mut w = worker();
         let mut frame = ack_frame();
         let mut orig = Draws::new(&all.original, Order::Uniform);
@@ -383,13 +381,7 @@ fn bench_scaling(c: &mut Criterion) {
     let flows = FlowTable::new(2 * FLOWS as usize, Timeouts::default());
     let all = populate(&snap, &flows, FLOWS, (VIP, 80));
     let aff = AffinityTable::new(64);
-    let ctx = Ctx {
-        snap: &snap,
-        flows: &flows,
-        affinity: &aff,
-        now: 2,
-        share: sluice_dataplane::snat::Share::WHOLE,
-    };
+    let ctx = timed_ctx(&snap, &flows, &aff);
     for (name, port, tuples) in [
         ("established", 0u8, &all.original),
         ("reply", 1, &all.reply),
