@@ -45,6 +45,7 @@
 
 use hashbrown::HashMap;
 
+use crate::forward::ttl;
 use crate::pipeline::{DropReason, Snapshot, Verdict};
 use crate::types::Addr;
 use crate::wire::{ipv4, ipv6, ParseError, Parsed};
@@ -248,9 +249,12 @@ pub fn learn(out: &[u8], in_len: usize, v: Verdict, p: &Parsed) -> Option<FragRe
 /// Rewrites the later fragment `h` in `buf` (`len` bytes received) as `rw`
 /// says. Returns the verdict ([`Verdict::Tx`], or [`Verdict::TxLen`] with
 /// the grown length for a tunnel); a fragment too big for the egress link
-/// is dropped as [`DropReason::TooBig`] (no ICMP error: it would quote no
+/// is dropped as [`DropReason::TooBig`] and one whose TTL / hop limit ran
+/// out as [`DropReason::TtlExceeded`] (no ICMP error: it would quote no
 /// ports), one of the other family or too short as
-/// [`DropReason::Rewrite`]. On a drop the frame is unchanged.
+/// [`DropReason::Rewrite`]. The fragment leaves with a TTL one less
+/// ([`ttl`]; for a tunnel, the inner one). On a drop the frame is
+/// unchanged.
 pub fn apply(
     snap: &Snapshot,
     buf: &mut [u8],
@@ -265,6 +269,10 @@ pub fn apply(
     if ip_end > len.min(buf.len()) {
         return Verdict::Drop(DropReason::Rewrite);
     }
+    let version = if h.v6 { 6 } else { 4 };
+    if ttl::expired(buf, ETH_LEN, version) {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
     let mtu = usize::from(port.mtu);
     match rw.l3 {
         L3Rewrite::Addrs { src, dst } => {
@@ -274,6 +282,7 @@ pub fn apply(
             if h.ip_len > mtu {
                 return Verdict::Drop(DropReason::TooBig);
             }
+            ttl::decrement(buf, ETH_LEN, version);
             let l3 = &mut buf[ETH_LEN..ip_end];
             if h.v6 {
                 let mut ip = ipv6::Packet::new_unchecked(l3);
@@ -297,6 +306,7 @@ pub fn apply(
             if h.ip_len + hl > mtu {
                 return Verdict::Drop(DropReason::TooBig);
             }
+            ttl::decrement(buf, ETH_LEN, version);
             buf.copy_within(ETH_LEN..ip_end, ETH_LEN + hl);
             let outer = &mut buf[ETH_LEN..ETH_LEN + hl];
             outer.copy_from_slice(&hdr[..hl]);

@@ -19,7 +19,7 @@
 //! Direct routing (IPVS "gatewaying", [`ForwardMethod::Dr`]): the first
 //! packet is scheduled the same way (source ranges, affinity, terminating
 //! and removed endpoints, reject when empty), but the frame leaves with only
-//! its MACs changed ([`dr::rewrite`]), and the backend answers the client
+//! its MACs changed ([`dr::rewrite`]) and its TTL one less, and the backend answers the client
 //! directly. The flow is still recorded, as IPVS keeps a connection entry
 //! for DR, so that every packet of a connection reaches the same backend;
 //! its TCP state advances on the client's packets alone. Its reply key is
@@ -45,12 +45,17 @@
 //! ([`tunnel_ends`]), as [`Verdict::TxLen`] with the grown length. ICMP
 //! errors about such a flow are forwarded as DR's (MAC only), not
 //! tunnelled.
+//!
+//! Every method forwards as a router ([`ttl`]): a packet that arrives with
+//! a TTL / hop limit of 0 or 1 is not sent on ([`Verdict::TtlExceeded`]:
+//! the worker answers ICMP time exceeded), every other leaves with one
+//! less (for IPIP, the inner header's; the outer one starts at 64).
 
 use hashbrown::{HashMap, HashSet};
 
 use crate::affinity::AffinityTable;
 use crate::flow_table::{Direction, FlowEntry, FlowState, FlowTable, Hit, InsertError, KeyHash};
-use crate::forward::{dr, fullnat, ipip, nat};
+use crate::forward::{dr, fullnat, ipip, nat, ttl};
 use crate::sched;
 use crate::service::{ForwardMethod, MasqMode, Service, ServiceTable, VipKey, WhenEmpty};
 use crate::snat::{self, Alloc, PortRanges, Share, SnatAddrs};
@@ -221,6 +226,10 @@ pub enum DropReason {
     /// ([`Verdict::TooBig`]); counted whether or not an ICMP error answered
     /// it.
     TooBig,
+    /// The packet's TTL or hop limit ran out here
+    /// ([`Verdict::TtlExceeded`]); counted whether or not an ICMP error
+    /// answered it.
+    TtlExceeded,
 }
 
 impl From<ParseError> for DropReason {
@@ -243,7 +252,7 @@ impl From<ParseError> for DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -267,6 +276,7 @@ impl DropReason {
         DropReason::BadTcpFlags,
         DropReason::VlanTagged,
         DropReason::TooBig,
+        DropReason::TtlExceeded,
     ];
 
     /// Counter index.
@@ -299,6 +309,7 @@ impl DropReason {
             DropReason::BadTcpFlags => "bad_tcp_flags",
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TooBig => "too_big",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }
@@ -322,6 +333,12 @@ pub enum Verdict {
     /// answers with ICMP fragmentation needed / packet too big when it may
     /// (`wire::reply::icmp_too_big`, rate-limited by the worker).
     TooBig(u16),
+    /// The packet, left unchanged, arrived with a TTL / hop limit of 0 or
+    /// 1 and may not be forwarded ([`crate::forward::ttl`]): a router drops it
+    /// ([`DropReason::TtlExceeded`]) and answers with ICMP time exceeded
+    /// when it may (`wire::reply::icmp_time_exceeded`, rate-limited by the
+    /// worker with the too-big answers).
+    TtlExceeded,
 }
 
 /// Per-worker counters, plain integers on the packet path; the worker
@@ -350,6 +367,9 @@ pub struct Stats {
     /// ICMP fragmentation needed / packet too big answers sent (the worker
     /// counts them; [`Verdict::TooBig`]).
     pub icmp_too_big_sent: u64,
+    /// ICMP time exceeded answers sent (the worker counts them;
+    /// [`Verdict::TtlExceeded`]).
+    pub icmp_time_exceeded_sent: u64,
     /// Drops by [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
     /// Parse failures by [`ParseError`].
@@ -370,6 +390,7 @@ impl Stats {
             Verdict::Tx(_) | Verdict::Reply(_) | Verdict::TxLen(..) => self.tx += 1,
             Verdict::Drop(r) => self.drops[r.index()] += 1,
             Verdict::TooBig(_) => self.drops[DropReason::TooBig.index()] += 1,
+            Verdict::TtlExceeded => self.drops[DropReason::TtlExceeded.index()] += 1,
         }
     }
 }
@@ -857,9 +878,13 @@ fn emit_tunnel(
     let Some(port) = snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if ttl::expired(buf, p.l3_offset, p.ip_version) {
+        return Verdict::TtlExceeded;
+    }
     if let Some(mtu) = ipip::too_big(p.ip_version, len.saturating_sub(p.l3_offset), port.mtu) {
         return Verdict::TooBig(mtu);
     }
+    ttl::decrement(buf, p.l3_offset, p.ip_version);
     match ipip::encapsulate(buf, len, src, dst, port.mac, hop.mac) {
         Ok(n) => Verdict::TxLen(hop.port, n),
         Err(_) => Verdict::Drop(DropReason::Rewrite),
@@ -904,9 +929,13 @@ fn follow_icmp_error(
     let Some(port) = ctx.snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if ttl::expired(frame, p.l3_offset, p.ip_version) {
+        return Verdict::TtlExceeded;
+    }
     if too_big(frame, p, port) {
         return Verdict::TooBig(port.mtu);
     }
+    ttl::decrement(frame, p.l3_offset, p.ip_version);
     if icmp_error::translate_icmp_error(frame, p, e, inner_to.dst, inner_to.src, &inner_to).is_err()
     {
         return Verdict::Drop(DropReason::Rewrite);
@@ -1060,9 +1089,13 @@ fn emit(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, to: &FlowKey, hop: 
     let Some(port) = snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if ttl::expired(frame, p.l3_offset, p.ip_version) {
+        return Verdict::TtlExceeded;
+    }
     if too_big(frame, p, port) {
         return Verdict::TooBig(port.mtu);
     }
+    ttl::decrement(frame, p.l3_offset, p.ip_version);
     if nat::rewrite(frame, p, to).is_err() {
         return Verdict::Drop(DropReason::Rewrite);
     }
@@ -1076,9 +1109,13 @@ fn emit_dr(snap: &Snapshot, frame: &mut [u8], p: &wire::Parsed, hop: L2Hop) -> V
     let Some(port) = snap.ports.get(hop.port as usize) else {
         return Verdict::Drop(DropReason::BadEgress);
     };
+    if ttl::expired(frame, p.l3_offset, p.ip_version) {
+        return Verdict::TtlExceeded;
+    }
     if too_big(frame, p, port) {
         return Verdict::TooBig(port.mtu);
     }
+    ttl::decrement(frame, p.l3_offset, p.ip_version);
     if dr::rewrite(frame, port.mac, hop.mac).is_err() {
         return Verdict::Drop(DropReason::Rewrite);
     }

@@ -12,6 +12,7 @@ use crate::flow_table::{FlowState, Timeouts};
 use crate::service::{BackendSpec, SchedKind, ServiceSpec};
 
 use super::tests::{backend_ip, backend_mac, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP};
+use crate::udp_fixture::one_hop_on;
 
 const CLIENT: [u8; 4] = [198, 18, 0, 2];
 
@@ -102,9 +103,10 @@ fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     out
 }
 
-/// The frame `input` with only its MACs replaced: what DR must emit.
+/// The frame `input` with its MACs replaced and its TTL one less (the
+/// router's hop every method takes): what DR must emit.
 fn with_macs(input: &[u8], src: Mac, dst: Mac) -> Vec<u8> {
-    let mut want = input.to_vec();
+    let mut want = crate::udp_fixture::one_hop_on(input, 14);
     want[..6].copy_from_slice(&dst);
     want[6..12].copy_from_slice(&src);
     want
@@ -165,7 +167,7 @@ fn key(sport: u16, dport: u16, p: u8) -> FlowKey {
 }
 
 #[test]
-fn syn_to_dr_vip_leaves_with_only_the_macs_changed() {
+fn syn_to_dr_vip_leaves_with_only_the_macs_and_ttl_changed() {
     // Every client is masqueraded under this policy, for NAT; DR ignores it.
     let mut env = Env::new(dr_snapshot(
         MasqPolicy {
@@ -232,7 +234,7 @@ fn dr_round_robins_over_backends_and_keeps_udp_flows() {
         let q = udp(CLIENT, VIP, 5000 + p, 53);
         let mut f = q.clone();
         assert_eq!(env.run(&mut f, 0, 1), Verdict::Tx(1));
-        assert_eq!(&f[12..], &q[12..]);
+        assert_eq!(&f[12..], &one_hop_on(&q, 14)[12..]);
         seen.push(f[5]);
     }
     assert_eq!(seen, [0x10, 0x11, 0x12, 0x10, 0x11, 0x12]);
@@ -450,9 +452,10 @@ fn nat_flows_are_not_dr_flows() {
 
 proptest! {
     /// Any client, port and protocol: the frame that leaves is the one that
-    /// came in but for the MACs, and the same flow keeps its backend.
+    /// came in but for the MACs and the TTL, and the same flow keeps its
+    /// backend.
     #[test]
-    fn dr_output_is_the_input_but_for_the_macs(
+    fn dr_output_is_the_input_but_for_the_macs_and_ttl(
         c in any::<[u8; 2]>(), sport in 1u16.., udp_flow in any::<bool>(), masq_all in any::<bool>()
     ) {
         let mut env = Env::new(dr_snapshot(MasqPolicy { all: masq_all, ..MasqPolicy::default() }, 3));
@@ -461,12 +464,12 @@ proptest! {
         let mut f = input.clone();
         prop_assert_eq!(env.run(&mut f, 0, 1), Verdict::Tx(1));
         prop_assert_eq!(&f[6..12], &BACK_MAC[..]);
-        prop_assert_eq!(&f[12..], &input[12..]);
+        prop_assert_eq!(&f[12..], &one_hop_on(&input, 14)[12..]);
         let first = f[5];
         let again = if udp_flow { udp(client, VIP, sport, 53) } else { tcp(client, VIP, sport, 80, tcp_flags::ACK) };
         let mut g = again.clone();
         prop_assert_eq!(env.run(&mut g, 0, 2), Verdict::Tx(1));
         prop_assert_eq!(g[5], first);
-        prop_assert_eq!(&g[12..], &again[12..]);
+        prop_assert_eq!(&g[12..], &one_hop_on(&again, 14)[12..]);
     }
 }

@@ -1,7 +1,7 @@
 //! Fixture tests of the packet core for IPIP services
 //! ([`ForwardMethod::Tunnel`]): the client's packet leaves inside an outer
 //! header to the real server, from the route's source, the inner packet
-//! byte for byte as received; too big once encapsulated → `TooBig` with
+//! byte for byte as received but for its TTL, one less; too big once encapsulated → `TooBig` with
 //! the MTU minus the overhead.
 
 use etherparse::PacketBuilder;
@@ -12,6 +12,7 @@ use crate::flow_table::Timeouts;
 use crate::service::{BackendSpec, SchedKind, ServiceSpec};
 
 use super::tests::{backend_mac, BACK_MAC, CLIENT_MAC, FRONT_MAC};
+use crate::udp_fixture::one_hop_on;
 
 fn v6(last: u8) -> Addr {
     Addr::from_v6([
@@ -135,7 +136,12 @@ fn ipv4_client_packets_leave_in_ipv4_to_the_real_server() {
             outer.header_checksum(),
             outer.to_header().calc_header_checksum()
         );
-        assert_eq!(&out[34..], &input[14..], "inner packet changed");
+        // The inner packet as a router sends it on: TTL one less.
+        assert_eq!(
+            &out[34..],
+            &one_hop_on(&input, 14)[14..],
+            "inner packet changed"
+        );
     }
     // One flow, recorded like DR's: reply key the backend's direct answer.
     let hit = flows
@@ -168,7 +174,7 @@ fn ipv6_client_packets_leave_in_ipv6_to_the_real_server() {
     assert_eq!(Addr::from_v6(outer.destination()), rs);
     assert_eq!(usize::from(outer.payload_length()), input.len() - 14);
     assert_eq!(outer.hop_limit(), 64);
-    assert_eq!(&out[54..], &input[14..]);
+    assert_eq!(&out[54..], &one_hop_on(&input, 14)[14..]);
 }
 
 #[test]

@@ -65,3 +65,19 @@ pub fn snapshot(back_mtu: u16) -> Snapshot {
         ..Default::default()
     }
 }
+
+/// `frame` as a router sends it on: the IP header at `l3` with its TTL /
+/// hop limit one less and, for IPv4, the header checksum computed afresh
+/// (not incrementally, so the expectation is independent of
+/// `forward::ttl`). What every forwarding method does besides its rewrite.
+pub fn one_hop_on(frame: &[u8], l3: usize) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    if f[l3] >> 4 == 6 {
+        f[l3 + 7] -= 1;
+    } else {
+        let mut ip = crate::wire::ipv4::Packet::new_checked(&mut f[l3..]).unwrap();
+        ip.set_ttl(ip.ttl() - 1);
+        ip.fill_checksum();
+    }
+    f
+}

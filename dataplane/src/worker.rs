@@ -95,6 +95,8 @@ pub struct Counters {
     pub tx_ring_full: AtomicU64,
     /// ICMP fragmentation needed / packet too big answers sent.
     pub icmp_too_big_sent: AtomicU64,
+    /// ICMP time exceeded answers sent.
+    pub icmp_time_exceeded_sent: AtomicU64,
     /// Drops by [`DropReason`].
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Parse errors by [`ParseError`].
@@ -132,6 +134,7 @@ impl Counters {
         bump(&self.new_flows, s.new_flows);
         bump(&self.snat_flows, s.snat_flows);
         bump(&self.icmp_too_big_sent, s.icmp_too_big_sent);
+        bump(&self.icmp_time_exceeded_sent, s.icmp_time_exceeded_sent);
         bump(&self.snat_port_reused, s.snat_port_reused);
         bump(&self.snat_embryonic_evicted, s.snat_embryonic_evicted);
         bump(&self.traffic_unattributed, s.traffic_unattributed);
@@ -165,6 +168,10 @@ impl Counters {
             ("tx_ring_full".to_string(), l(&self.tx_ring_full)),
             ("icmp_too_big_sent".to_string(), l(&self.icmp_too_big_sent)),
             (
+                "icmp_time_exceeded_sent".to_string(),
+                l(&self.icmp_time_exceeded_sent),
+            ),
+            (
                 "traffic_unattributed".to_string(),
                 l(&self.traffic_unattributed),
             ),
@@ -186,17 +193,19 @@ impl Counters {
     }
 }
 
-/// Answers a frame too big for its egress link (`mtu`) with ICMP
-/// fragmentation needed / packet too big, in place, when the worker's
-/// budget has a token and the packet may be answered (IPv4 with DF, or
-/// IPv6: [`reply::icmp_too_big`]); spends the token only then. Returns
+/// Answers, in place, a frame too big for its egress link
+/// ([`Verdict::TooBig`]) with ICMP fragmentation needed / packet too big,
+/// or one whose TTL ran out ([`Verdict::TtlExceeded`]) with ICMP time
+/// exceeded, when the worker's budget (one for both) has a token and the
+/// packet may be answered ([`reply::icmp_too_big`],
+/// [`reply::icmp_time_exceeded`]); spends the token only then. Returns
 /// whether the frame is now the answer.
 #[inline(never)]
-fn answer_too_big(
+fn answer_icmp(
     buf: &mut [u8],
     len: &mut usize,
     parsed: Result<Parsed, ParseError>,
-    mtu: u16,
+    v: Verdict,
     icmp: &mut TokenBucket,
     now_ms: u64,
 ) -> bool {
@@ -204,7 +213,12 @@ fn answer_too_big(
     if !icmp.ready(now_ms) {
         return false;
     }
-    match reply::icmp_too_big(buf, *len, &p, mtu) {
+    let answer = match v {
+        Verdict::TooBig(mtu) => reply::icmp_too_big(buf, *len, &p, mtu),
+        Verdict::TtlExceeded => reply::icmp_time_exceeded(buf, *len, &p),
+        _ => None,
+    };
+    match answer {
         Some(n) => {
             icmp.spend();
             *len = n;
@@ -335,8 +349,8 @@ impl<P: Port> Worker<P> {
                         *len = n;
                         (v, false)
                     }
-                    Verdict::TooBig(mtu) => {
-                        (v, answer_too_big(buf, len, parsed, mtu, icmp, now_ms))
+                    Verdict::TooBig(_) | Verdict::TtlExceeded => {
+                        (v, answer_icmp(buf, len, parsed, v, icmp, now_ms))
                     }
                     _ => (v, false),
                 }
@@ -352,7 +366,12 @@ impl<P: Port> Worker<P> {
                     self.stats.icmp_too_big_sent += 1;
                     self.port.send(port, frame);
                 }
-                Verdict::TooBig(_) => self.port.release(frame),
+                Verdict::TtlExceeded if answered => {
+                    self.stats.tx += 1;
+                    self.stats.icmp_time_exceeded_sent += 1;
+                    self.port.send(port, frame);
+                }
+                Verdict::TooBig(_) | Verdict::TtlExceeded => self.port.release(frame),
             }
         }
         (self.batch, self.parsed) = (batch, parsed_all);
@@ -435,7 +454,9 @@ impl<P: Port> Worker<P> {
         match v {
             Verdict::Tx(out) | Verdict::TxLen(out, _) => self.port.send(out, frame),
             Verdict::Reply(_) => self.port.send(ingress, frame),
-            Verdict::Drop(_) | Verdict::TooBig(_) => self.port.release(frame),
+            Verdict::Drop(_) | Verdict::TooBig(_) | Verdict::TtlExceeded => {
+                self.port.release(frame)
+            }
         }
     }
 
@@ -502,11 +523,13 @@ impl<P: Port> Worker<P> {
 
 #[cfg(test)]
 mod tests {
-    //! Frames too big for the egress link, through the worker over the
-    //! in-memory port: the ICMP answer, its rate limit and the counters.
+    //! Frames too big for the egress link or out of TTL, through the worker
+    //! over the in-memory port: the ICMP answers, their rate limit and the
+    //! counters.
 
     use etherparse::{
-        icmpv4, Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+        icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, NetSlice, PacketBuilder, SlicedPacket,
+        TransportSlice,
     };
 
     use super::*;
@@ -683,6 +706,95 @@ mod tests {
         assert_eq!(st.drops[DropReason::TooBig.index()], 30);
     }
 
+    /// `f` with its TTL / hop limit set to `ttl` (and the IPv4 checksum).
+    fn with_ttl(mut f: Vec<u8>, ttl: u8) -> Vec<u8> {
+        if f[12..14] == [0x86, 0xdd] {
+            f[14 + 7] = ttl;
+        } else {
+            let mut ip = crate::wire::ipv4::Packet::new_checked(&mut f[14..]).unwrap();
+            ip.set_ttl(ttl);
+            ip.fill_checksum();
+        }
+        f
+    }
+
+    #[test]
+    fn ttl_1_gets_time_exceeded_and_ttl_2_leaves_with_1() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        let total = w.port().free_frames();
+        let dying = with_ttl(udp4(40001, 100, true), 1);
+        let frames = [with_ttl(udp4(40000, 100, true), 2), dying.clone()];
+        let (sent, st) = burst(&mut w, &flows, &frames, 0);
+        assert_eq!(sent.len(), 2, "{sent:02x?}");
+        let (port, out) = &sent[0];
+        assert_eq!(*port, 1, "TTL 2 goes to the backend");
+        let ip = crate::wire::ipv4::Packet::new_checked(&out[14..]).unwrap();
+        assert_eq!(ip.ttl(), 1);
+        assert!(ip.verify_checksum());
+        let (port, out) = &sent[1];
+        assert_eq!(*port, 0, "TTL 1 is answered to the client");
+        let e = SlicedPacket::from_ethernet(out).unwrap();
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(m))) = (&e.net, &e.transport)
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (ip.header().source(), ip.header().destination()),
+            (VIP, CLIENT)
+        );
+        assert_eq!(
+            m.icmp_type(),
+            Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+        );
+        // It quotes the datagram as the client sent it, TTL 1.
+        assert_eq!(m.payload(), &dying[14..14 + 28]);
+        assert_eq!(st.drops[DropReason::TtlExceeded.index()], 1);
+        assert_eq!((st.rx, st.tx, st.icmp_time_exceeded_sent), (2, 2, 1));
+        assert_eq!(w.port().free_frames(), total);
+
+        // IPv6: hop limit 0 and 1 are answered, 2 leaves with 1.
+        let frames = [0, 1, 2].map(|h| with_ttl(udp6(41000 + u16::from(h), 10), h));
+        let (sent, st) = burst(&mut w, &flows, &frames, 0);
+        assert_eq!(sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [0, 0, 1]);
+        for (_, out) in &sent[..2] {
+            let e = SlicedPacket::from_ethernet(out).unwrap();
+            let Some(TransportSlice::Icmpv6(m)) = &e.transport else {
+                panic!("{e:?}")
+            };
+            assert_eq!(
+                m.icmp_type(),
+                Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
+            );
+        }
+        assert_eq!(sent[2].1[14 + 7], 1);
+        assert_eq!(
+            (
+                st.drops[DropReason::TtlExceeded.index()],
+                st.icmp_time_exceeded_sent
+            ),
+            (2, 2)
+        );
+    }
+
+    #[test]
+    fn time_exceeded_shares_the_rate_limit_with_too_big() {
+        let flows = FlowTable::new(1024, Timeouts::default());
+        let mut w = worker();
+        let burst_n = TokenBucket::ICMP_BURST as usize;
+        let mut flood: Vec<Vec<u8>> = (0..burst_n as u16)
+            .map(|i| udp4(40000 + i, 1400, true))
+            .collect();
+        flood.extend((0..10).map(|i| with_ttl(udp4(45000 + i, 10, true), 1)));
+        let (sent, st) = burst(&mut w, &flows, &flood, 0);
+        assert_eq!(sent.len(), burst_n);
+        assert_eq!(
+            (st.icmp_too_big_sent, st.icmp_time_exceeded_sent),
+            (burst_n as u64, 0)
+        );
+        assert_eq!(st.drops[DropReason::TtlExceeded.index()], 10);
+    }
+
     #[test]
     fn counters_name_the_too_big_drops_and_answers() {
         let names: Vec<String> = Counters::default()
@@ -692,5 +804,10 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| n == "drop_too_big"), "{names:?}");
         assert!(names.iter().any(|n| n == "icmp_too_big_sent"), "{names:?}");
+        assert!(names.iter().any(|n| n == "drop_ttl_exceeded"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "icmp_time_exceeded_sent"),
+            "{names:?}"
+        );
     }
 }

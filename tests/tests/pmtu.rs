@@ -14,6 +14,9 @@
 //!   backend on a 1500 link behind a smaller hop would), so the client's
 //!   full-size segments do not fit the backend link; a 2 MB upload still
 //!   completes intact, with the client's path MTU at 1400.
+//! * TTL: a datagram sent with TTL 1 (hop limit 1) through the VIP gets
+//!   ICMP time exceeded from the VIP (type 11 / ICMPv6 type 3), as from
+//!   any router and as IPVS answers; TTL 2 reaches the backend.
 
 use std::time::Duration;
 
@@ -274,4 +277,74 @@ fn a_tcp_upload_completes_through_path_mtu_discovery() {
     );
     assert!(sent >= 1, "no ICMP answer: {:?}", report.counters);
     assert!(dropped >= sent, "{:?}", report.counters);
+}
+
+/// A `udp-query` with `--ttl` and the ICMP detail.
+fn ttl_query(topo: &Topology, to: &str, ttl: &str) -> sluice_tests::CmdOutput {
+    topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            to,
+            "--ttl",
+            ttl,
+            "--icmp-detail",
+            "1",
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn a_datagram_whose_ttl_runs_out_at_the_lb_gets_time_exceeded() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).ipv6(true));
+    let conf = format!("{}\n---\n{}", config(), config6());
+    let sluice = Sluice::start(&topo, &conf, &["--workers", "1"]);
+    for (to, offender, origin, ty) in [
+        (format!("{VIP}:5353"), VIP, "2", "11"),
+        (format!("[{VIP6}]:5353"), VIP6, "3", "3"),
+    ] {
+        let out = ttl_query(&topo, &to, "1");
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(6),
+            "expected EHOSTUNREACH: {out}\nsluice log:\n{}",
+            sluice.logs()
+        );
+        let detail = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("icmp-error "))
+            .unwrap_or_else(|| panic!("no ICMP detail: {out}"));
+        assert_eq!(field(detail, "errno"), "113", "not EHOSTUNREACH: {detail}");
+        assert_eq!(field(detail, "origin"), origin, "not ICMP: {detail}");
+        assert_eq!(
+            (field(detail, "type"), field(detail, "code")),
+            (ty, "0"),
+            "not time exceeded: {detail}"
+        );
+        assert_eq!(field(detail, "offender"), offender, "{detail}");
+        // One hop more and it reaches the backend, a hop behind the LB.
+        let out = ttl_query(&topo, &to, "2");
+        assert!(out.success(), "{out}\nsluice log:\n{}", sluice.logs());
+        assert!(out.stdout.starts_with("backend=b1 "), "{out}");
+    }
+
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    assert_eq!(
+        report.counter("drop_ttl_exceeded"),
+        2,
+        "{:?}",
+        report.counters
+    );
+    assert_eq!(
+        report.counter("icmp_time_exceeded_sent"),
+        2,
+        "{:?}",
+        report.counters
+    );
 }

@@ -259,7 +259,7 @@ fuzz_target!(|data: &[u8]| {
                     "the core built a bad answer"
                 );
             }
-            Verdict::Drop(_) | Verdict::TooBig(_) => {}
+            Verdict::Drop(_) | Verdict::TooBig(_) | Verdict::TtlExceeded => {}
         }
     }
 });

@@ -17,9 +17,14 @@
 //! - [`ipip`]: IP-in-IP tunnelling (IPVS `-i`): the packet goes out
 //!   unchanged inside an outer IPv4/IPv6 header to the real server.
 //!
+//! - [`ttl`]: what every method also does, as a router: a packet with a
+//!   TTL / hop limit of 0 or 1 is answered with ICMP time exceeded, the
+//!   rest leave with one less.
+//!
 //! DPVS's TOA (the client's address in a TCP option) is not done.
 
 pub mod dr;
 pub mod fullnat;
 pub mod ipip;
 pub mod nat;
+pub mod ttl;

@@ -389,6 +389,29 @@ pub fn icmp_too_big(buf: &mut [u8], len: usize, p: &Parsed, mtu: u16) -> Option<
     )
 }
 
+/// Rewrites the frame into the error a router sends for a packet whose TTL
+/// or hop limit ran out on it: ICMP time exceeded in transit (type 11 code
+/// 0, RFC 792) or ICMPv6 time exceeded / hop limit exceeded (type 3 code
+/// 0, RFC 4443 § 3.3), back to its sender, from the address the packet was
+/// sent to (the VIP for a client, as IPVS's `icmp_send` from the local
+/// VIP does) and quoting what [`icmp_port_unreachable`] quotes. The four
+/// bytes after the checksum are unused (zero).
+///
+/// Returns the new frame length, or `None`, with the frame unchanged,
+/// where [`icmp_port_unreachable`] does (an ICMP packet is never answered
+/// with an ICMP error, RFC 1812 § 4.3.2.7).
+pub fn icmp_time_exceeded(buf: &mut [u8], len: usize, p: &Parsed) -> Option<usize> {
+    let r = received(buf.get(..len)?, p)?;
+    write_icmp_error(
+        buf,
+        p,
+        &r,
+        (icmp::V4_TIME_EXCEEDED, 0),
+        (icmp::V6_TIME_EXCEEDED, 0),
+        [0; 4],
+    )
+}
+
 /// Writes an ICMP (`v4`: type, code) or ICMPv6 (`v6`) error about the
 /// received packet `r` back to its sender, with `word` as the four bytes
 /// after the checksum, quoting as [`icmp_port_unreachable`] documents.
@@ -1261,6 +1284,59 @@ mod tests {
         // The minimum MTUs themselves are answered.
         too_big_of(&with_df(&frame(false, None, None, big), true), 68);
         too_big_of(&frame(true, None, None, big), 1280);
+    }
+
+    #[test]
+    fn time_exceeded_v4_and_v6_quote_the_packet_from_its_destination() {
+        for v6 in [false, true] {
+            for tcp in [Some(SYN), None] {
+                let f = frame(v6, None, tcp, &[0x11; 64]);
+                let p0 = parse(&f).unwrap();
+                let mut buf = f.clone();
+                buf.resize(FRAME_CAP, 0x55);
+                let n = icmp_time_exceeded(&mut buf, f.len(), &p0).expect("an answer");
+                let out = &buf[..n];
+                let icmp_proto = if v6 { proto::ICMPV6 } else { proto::ICMP };
+                let e = check_common(&f, out, icmp_proto).unwrap();
+                let l3 = p0.l3_offset;
+                let quoted = match (&e.net, &e.transport) {
+                    (Some(NetSlice::Ipv4(_)), Some(TransportSlice::Icmpv4(m))) => {
+                        assert_eq!(
+                            m.icmp_type(),
+                            Icmpv4Type::TimeExceeded(
+                                icmpv4::TimeExceededCode::TtlExceededInTransit
+                            )
+                        );
+                        assert_eq!(m.checksum(), checksum::icmpv4(m.slice()));
+                        assert_eq!(m.bytes5to8(), [0; 4]);
+                        assert_eq!(m.payload().len(), p0.l4_offset - l3 + 8);
+                        m.payload().to_vec()
+                    }
+                    (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(m))) => {
+                        assert_eq!(
+                            m.icmp_type(),
+                            Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
+                        );
+                        let h = ip.header();
+                        assert!(m.is_checksum_valid(h.source(), h.destination()));
+                        assert_eq!(m.payload().len(), f.len() - l3);
+                        m.payload().to_vec()
+                    }
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(&quoted[..], &f[l3..l3 + quoted.len()]);
+            }
+        }
+        // An ICMP packet is not answered, and the frame stays as it was.
+        let mut f = frame(false, None, None, &[0; 64]);
+        let mut p = parse(&f).unwrap();
+        p.key.proto = proto::ICMP;
+        f[p.l3_offset + 9] = proto::ICMP;
+        let mut buf = f.clone();
+        buf.resize(FRAME_CAP, 0);
+        let before = buf.clone();
+        assert_eq!(icmp_time_exceeded(&mut buf, f.len(), &p), None);
+        assert_eq!(buf, before);
     }
 }
 

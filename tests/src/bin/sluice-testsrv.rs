@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
-//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1] [--size BYTES]
+//! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1] [--size BYTES] [--ttl N]
 //! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
 //! sluice-testsrv bulk-put ADDR:PORT --bytes N [--timeout-ms T]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
@@ -46,7 +46,10 @@
 //!   (path MTU discovery), so a query too big for the path gets ICMP
 //!   fragmentation needed / packet too big, which the socket reports as
 //!   `too-big (EMSGSIZE)` (exit status 5; with `--icmp-detail 1` after the
-//!   ICMP error line).
+//!   ICMP error line). `--ttl N` sends with that TTL / hop limit; one that
+//!   runs out on the way gets ICMP time exceeded, which the socket (with
+//!   `--icmp-detail 1`) reports as `unreachable (EHOSTUNREACH)` (exit
+//!   status 6, after the ICMP error line).
 //! * udp-stream: one connected UDP socket sends a datagram every
 //!   `--interval-ms` (default 200), `--count` times, and prints one line per
 //!   datagram: `<unix ms> <seq> <reply>` or `<unix ms> <seq> timeout` /
@@ -610,6 +613,13 @@ fn udp_query(args: &Args) -> Res<()> {
     if icmp_detail {
         set_recverr(&s, addr)?;
     }
+    if args.get("ttl").is_some() {
+        let ttl = u32::try_from(args.num("ttl", None)?).map_err(|e| format!("--ttl: {e}"))?;
+        match addr {
+            SocketAddr::V4(_) => s.set_ttl(ttl).map_err(|e| format!("IP_TTL: {e}"))?,
+            SocketAddr::V6(_) => set_hop_limit(&s, ttl)?,
+        }
+    }
     let mut buf = [0u8; 2048];
     for i in 0..count {
         let mut q = format!("query {i}").into_bytes();
@@ -622,7 +632,8 @@ fn udp_query(args: &Args) -> Res<()> {
             Err(e) => {
                 let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
                 let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
-                if (refused || too_big) && icmp_detail {
+                let unreachable = e.raw_os_error() == Some(libc::EHOSTUNREACH);
+                if (refused || too_big || unreachable) && icmp_detail {
                     match read_icmp_error(&s) {
                         Ok(line) => println!("{line}"),
                         Err(d) => eprintln!("sluice-testsrv udp-query: no ICMP detail: {d}"),
@@ -636,6 +647,8 @@ fn udp_query(args: &Args) -> Res<()> {
                     ("refused (ECONNREFUSED)", UDP_REFUSED)
                 } else if too_big {
                     ("too-big (EMSGSIZE)", UDP_TOO_BIG)
+                } else if unreachable {
+                    ("unreachable (EHOSTUNREACH)", UDP_UNREACHABLE)
                 } else if timed_out {
                     ("timeout", UDP_TIMEOUT)
                 } else {
@@ -664,6 +677,33 @@ const UDP_TIMEOUT: i32 = 4;
 /// Exit status of `udp-query` when the socket reported EMSGSIZE (an ICMP
 /// fragmentation needed / packet too big arrived for the flow).
 const UDP_TOO_BIG: i32 = 5;
+/// Exit status of `udp-query` when the socket reported EHOSTUNREACH (an
+/// ICMP time exceeded or host unreachable arrived for the flow).
+const UDP_UNREACHABLE: i32 = 6;
+
+/// `IPV6_UNICAST_HOPS` (`--ttl` for an IPv6 destination): std has no
+/// setter for it.
+fn set_hop_limit(s: &UdpSocket, hops: u32) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let v = hops as libc::c_int;
+    // SAFETY: `v` is a valid c_int for this option, the fd is open.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "IPV6_UNICAST_HOPS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
 
 /// `IP_RECVERR` (`IPV6_RECVERR`): ICMP errors are queued with their details
 /// (`--icmp-detail 1`).
