@@ -113,6 +113,9 @@ fn local_front() -> ServiceSpec {
     node_port(vec![backend(0, true)], Some(cluster_ip()))
 }
 
+/// A SYN's fate: the (source, destination) it left with, or its verdict.
+type Sent = Result<([u8; 4], [u8; 4]), Verdict>;
+
 struct Env {
     snap: Snapshot,
     flows: FlowTable,
@@ -144,7 +147,7 @@ impl Env {
 
     /// SYNs from `client` to NODE:30080 from `n` source ports: the
     /// (source, destination) of each forwarded packet, or the verdict.
-    fn syns(&mut self, client: [u8; 4], n: u16) -> Vec<Result<([u8; 4], [u8; 4]), Verdict>> {
+    fn syns(&mut self, client: [u8; 4], n: u16) -> Vec<Sent> {
         (0..n)
             .map(|i| {
                 let mut f = tcp(
@@ -168,7 +171,7 @@ impl Env {
     }
 }
 
-fn destinations(out: &[Result<([u8; 4], [u8; 4]), Verdict>]) -> BTreeSet<[u8; 4]> {
+fn destinations(out: &[Sent]) -> BTreeSet<[u8; 4]> {
     out.iter().map(|r| r.as_ref().unwrap().1).collect()
 }
 
