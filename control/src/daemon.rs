@@ -196,8 +196,14 @@ pub enum RunError {
 pub fn run(args: RunArgs) -> Result<(), RunError> {
     // Validate the file before anything needs privileges, so that a config
     // mistake is reported as such everywhere.
+    // Against this run's node-port range: the file may use a range wider
+    // than the default one (`--nodeport-range`).
     if let Some(path) = &args.config {
-        config::load_file_with(path, &CompileCtx::default())?;
+        let ctx = CompileCtx {
+            nodeport_range: args.nodeport_range,
+            ..CompileCtx::default()
+        };
+        config::load_file_with(path, &ctx)?;
     }
     args.api.check().map_err(RunError::Api)?;
     crate::caps::check_run(args.dns.map(|a| a.port()))?;

@@ -111,6 +111,10 @@ enum Cmd {
         /// Kubernetes YAML (Service, Endpoints, EndpointSlice; `---` separated).
         #[arg(long, short)]
         config: PathBuf,
+        /// Range nodePorts are allocated from and must lie in (as `sluice
+        /// run --nodeport-range`).
+        #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
+        nodeport_range: (u16, u16),
     },
 }
 
@@ -422,7 +426,16 @@ fn main() -> ExitCode {
             };
             cli_exit(cli::delete(&socket.api_socket, &files, kn, &namespace))
         }
-        Cmd::Check { config } => match sluice_control::config::load_file(&config) {
+        Cmd::Check {
+            config,
+            nodeport_range,
+        } => match sluice_control::config::load_file_with(
+            &config,
+            &sluice_control::config::CompileCtx {
+                nodeport_range,
+                ..Default::default()
+            },
+        ) {
             Ok(cfg) => {
                 for s in &cfg.services {
                     // NAT is the default and stays unmarked; DR is shown,

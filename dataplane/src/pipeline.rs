@@ -559,10 +559,18 @@ pub fn process_hashed(
         }
         return Verdict::Drop(DropReason::NoFlow);
     }
-    let spec = &svc.spec;
-    if !spec.source_ranges.is_empty() && !spec.source_ranges.iter().any(|c| c.contains(&key.src)) {
+    if !svc.spec.source_ranges.is_empty()
+        && !svc.spec.source_ranges.iter().any(|c| c.contains(&key.src))
+    {
         return Verdict::Drop(DropReason::SourceRange);
     }
+    // A pod reaching an external front end of a Local service is served by
+    // the ClusterIP's endpoints, unmasqueraded (kube-proxy's short-circuit).
+    let (svc_idx, svc, short) = match short_circuit(snap, &svc.spec, &key.src) {
+        Some((i, s)) => (i, s, true),
+        None => (svc_idx, svc, false),
+    };
+    let spec = &svc.spec;
 
     let Some(b_idx) = choose_backend(ctx, svc, &key, stats) else {
         return match spec.when_empty {
@@ -611,16 +619,15 @@ pub fn process_hashed(
     // DR never masquerades: the backend answers the client itself, from
     // the VIP, so there is nothing to translate back. FULLNAT always does.
     let full = spec.forward == ForwardMethod::FullNat;
+    // A short-circuited pod keeps its address (even under
+    // --masquerade-all, which kube-proxy applies to ClusterIP destinations
+    // only), but for hairpin and for a pod on the backend's own segment,
+    // whose replies would bypass the LB.
+    let mode = if short { MasqMode::Never } else { spec.masq };
     let masq = full
         || !direct
-            && must_masquerade(
-                snap,
-                spec.masq,
-                &key.src,
-                &backend.addr,
-                ingress,
-                nh.hop.port,
-            );
+            && (must_masquerade(snap, mode, &key.src, &backend.addr, ingress, nh.hop.port)
+                || short && ingress == nh.hop.port);
     let inserted = if full {
         let space = snat::Space {
             addrs: fullnat::sources(spec, &snap.masq.addrs, &backend.addr, &nh.snat),
@@ -672,6 +679,46 @@ pub fn process_hashed(
     forward_buf(snap, buf, len, &p, &entry, Direction::Original)
 }
 
+/// The service that serves `client` instead of `spec` by kube-proxy's
+/// short-circuit: `spec`'s [`ServiceSpec::short_circuit`] front end, when
+/// the client is inside the cluster CIDR (a pod; no cluster CIDR, no pod)
+/// and that front end is in the table.
+///
+/// [`ServiceSpec::short_circuit`]: crate::service::ServiceSpec::short_circuit
+#[inline]
+fn short_circuit<'s>(
+    snap: &'s Snapshot,
+    spec: &crate::service::ServiceSpec,
+    client: &Addr,
+) -> Option<(u32, &'s Service)> {
+    let to = spec.short_circuit.as_ref()?;
+    if !snap.masq.cluster_cidrs.iter().any(|c| c.contains(client)) {
+        return None;
+    }
+    snap.services.lookup(to)
+}
+
+/// Whether `svc` is the service a flow addressed to `e.original`'s front
+/// end was scheduled on: that front end itself, or the ClusterIP front end
+/// it short-circuits pods to ([`short_circuit`]; one more table lookup, for
+/// those flows only).
+#[inline]
+fn serves_front_end(snap: &Snapshot, svc: &Service, e: &FlowEntry) -> bool {
+    let v = &svc.spec.vip;
+    let o = &e.original;
+    if (v.addr, v.port, v.proto) == (o.dst, o.dport, o.proto) {
+        return true;
+    }
+    let front = VipKey {
+        addr: o.dst,
+        port: o.dport,
+        proto: o.proto,
+    };
+    snap.services
+        .lookup(&front)
+        .is_some_and(|(_, f)| f.spec.short_circuit == Some(*v))
+}
+
 /// Why a well-formed frame must not be forwarded at all, before any table
 /// is read: a tagged frame (it would leave tagged on an untagged link) or a
 /// TCP flag combination no stack sends (it must not create a flow, nor
@@ -714,14 +761,11 @@ fn count_transition(snap: &Snapshot, hit: &Hit, now: FlowState) {
 #[inline]
 fn count_traffic(snap: &Snapshot, e: &FlowEntry, dir: Direction, bytes: usize, stats: &mut Stats) {
     let ok = snap.services.get(e.service).and_then(|svc| {
-        let v = &svc.spec.vip;
         let b = svc.backend_position(e.backend)?;
         let be = &svc.spec.backends[b];
-        (v.addr == e.original.dst
-            && v.port == e.original.dport
-            && v.proto == e.original.proto
-            && (is_dr_flow(e) || (be.addr == e.reply.src && be.port == e.reply.sport)))
-            .then_some((svc, b))
+        ((is_dr_flow(e) || (be.addr == e.reply.src && be.port == e.reply.sport))
+            && serves_front_end(snap, svc, e))
+        .then_some((svc, b))
     });
     match ok {
         Some((svc, b)) => svc.traffic.on_packet(b, dir == Direction::Original, bytes),
@@ -821,10 +865,7 @@ fn tunnel_ends(snap: &Snapshot, e: &FlowEntry) -> TunnelEnds {
     let Some(svc) = snap.services.get(e.service) else {
         return TunnelEnds::NotTunnel;
     };
-    let vip = &svc.spec.vip;
-    if svc.spec.forward != ForwardMethod::Tunnel
-        || (vip.addr, vip.port) != (e.original.dst, e.original.dport)
-    {
+    if svc.spec.forward != ForwardMethod::Tunnel || !serves_front_end(snap, svc, e) {
         return TunnelEnds::NotTunnel;
     }
     match svc
@@ -1149,3 +1190,7 @@ mod fullnat_tests;
 #[cfg(test)]
 #[path = "pipeline_ipip_tests.rs"]
 mod ipip_tests;
+
+#[cfg(test)]
+#[path = "pipeline_policy_tests.rs"]
+mod policy_tests;

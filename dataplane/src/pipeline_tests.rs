@@ -91,7 +91,7 @@ fn outside_masq() -> MasqPolicy {
     }
 }
 
-fn tcp(
+pub(super) fn tcp(
     src_mac: Mac,
     dst_mac: Mac,
     src: [u8; 4],
@@ -144,16 +144,16 @@ fn udp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], sport: u16, dport
 /// Everything a test checks about a frame that left: MACs, tuple, and
 /// whether both checksums verify against a full recomputation.
 #[derive(Debug, PartialEq, Eq)]
-struct Out {
-    src_mac: Mac,
-    dst_mac: Mac,
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
+pub(super) struct Out {
+    pub(super) src_mac: Mac,
+    pub(super) dst_mac: Mac,
+    pub(super) src: [u8; 4],
+    pub(super) dst: [u8; 4],
+    pub(super) sport: u16,
+    pub(super) dport: u16,
 }
 
-fn inspect(frame: &[u8]) -> Out {
+pub(super) fn inspect(frame: &[u8]) -> Out {
     let p = SlicedPacket::from_ethernet(frame).unwrap();
     let eth = p.link.as_ref().unwrap();
     let etherparse::LinkSlice::Ethernet2(eth) = eth else {
@@ -200,7 +200,7 @@ fn inspect(frame: &[u8]) -> Out {
 
 /// Runs `frame` through the core with a frame buffer of realistic capacity;
 /// `frame` becomes what leaves (forwarded or answered).
-fn run_with(
+pub(super) fn run_with(
     snap: &Snapshot,
     flows: &FlowTable,
     aff: &AffinityTable,

@@ -327,6 +327,12 @@ pub struct ServiceSpec {
     /// `--snat-address`es, else the route's preferred source towards the
     /// backend. Only with [`ForwardMethod::FullNat`].
     pub local_addrs: Vec<Addr>,
+    /// kube-proxy's short-circuit for an external front end with
+    /// `externalTrafficPolicy: Local`: the ClusterIP front end whose
+    /// endpoints (all of them, not only the local ones) serve clients
+    /// inside the cluster CIDR (pods), unmasqueraded. None: no
+    /// short-circuit (cluster policy, ClusterIP front ends, IPVS services).
+    pub short_circuit: Option<VipKey>,
 }
 
 /// A virtual service inside a built table.

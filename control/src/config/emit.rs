@@ -14,7 +14,13 @@
 //!   ports, but a `nodePort` written explicitly still answers (kube-proxy
 //!   programs any non-zero `nodePort`).
 //! * `ExternalIp`: the `externalIPs` this host owns
-//!   ([`CompileCtx::local_addrs`]), on the service port.
+//!   ([`CompileCtx::local_addrs`]), on the service port. One it does not
+//!   own gets a front end only with `externalTrafficPolicy: Local` and no
+//!   local endpoint, and that front end has no backend: a packet that
+//!   reaches this host anyway is dropped and counted (rejected when the
+//!   port has no endpoint anywhere), as kube-proxy's "has no local
+//!   endpoints" rule does on every node; pods are not short-circuited
+//!   there (Sluice serves no address it does not own).
 //! * `LoadBalancer`: `status.loadBalancer.ingress[].ip` (except those with
 //!   `ipMode: Proxy`) and `spec.loadBalancerIP`, on the service port, with
 //!   `loadBalancerSourceRanges` (or, when empty, the
@@ -44,10 +50,20 @@
 //! The last cell is kube-proxy's: its filter rule REJECTs a service port
 //! "has no endpoints" and DROPs one that "has no local endpoints". Where
 //! the iptables and IPVS modes differ, the iptables mode is followed (IPVS
-//! mode has no REJECT for empty services and lets traffic time out). Not
-//! modelled: kube-proxy's short-circuit that sends traffic from pods on
-//! this node to an external front end with policy Local through the
-//! Cluster endpoints.
+//! mode has no REJECT for empty services and lets traffic time out).
+//!
+//! kube-proxy's short-circuit: an external front end with policy Local
+//! names the ClusterIP front end of its family and port
+//! ([`ServiceSpec::short_circuit`]); a client inside `--cluster-cidr` (a
+//! pod) is scheduled there, over every endpoint, and not masqueraded
+//! (kube-proxy's "pod traffic for ... external destinations" rule jumps to
+//! the cluster-policy chain). With `internalTrafficPolicy: Local` as well,
+//! that ClusterIP front end holds the local endpoints only, and so do the
+//! pods' flows (kube-proxy would use every endpoint).
+//!
+//! A LoadBalancer front end whose source ranges hold an address of this
+//! host also admits the Service's load-balancer IPs as sources
+//! (kube-proxy's `allowFromNode`, see `lb_source_ranges`).
 //!
 //! A Service annotated `sluice.dev/forwarding-method: dr` (direct routing)
 //! keeps the backends and "when empty" columns but never masquerades: its
@@ -82,7 +98,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sluice_dataplane::service::{
     BackendSpec, ForwardMethod, MasqMode, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
 };
-use sluice_dataplane::types::{proto, Addr};
+use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::compile::{
     proto_name, Ep, EpGroup, EpPort, EpSource, Loader, Policy, Svc, SvcPort, SvcType, Target,
@@ -471,13 +487,21 @@ impl Loader<'_> {
                     affinity_timeout: svc.affinity,
                     affinity_prefix: svc.affinity_prefix,
                     source_ranges: if kind == VipKind::LoadBalancer {
-                        svc.source_ranges
-                            .iter()
-                            .filter(|(v4, _)| *v4 == addr.is_v4())
-                            .map(|(_, c)| *c)
-                            .collect()
+                        lb_source_ranges(svc, addr.is_v4(), &local_addrs)
                     } else {
                         Vec::new()
+                    },
+                    short_circuit: if kind != VipKind::ClusterIp && policy == Policy::Local {
+                        svc.ips
+                            .iter()
+                            .find(|ip| ip.is_v4() == addr.is_v4())
+                            .map(|&ip| VipKey {
+                                addr: ip,
+                                port: sp.port,
+                                proto: sp.proto,
+                            })
+                    } else {
+                        None
                     },
                     when_empty,
                     forward: svc.forward,
@@ -499,12 +523,18 @@ impl Loader<'_> {
                     specs.push(mk(*a, np, VipKind::NodePort));
                 }
             }
-            for a in svc
-                .external_ips
-                .iter()
-                .filter(|a| family_ok(a) && local_addrs.contains(a))
-            {
-                specs.push(mk(*a, sp.port, VipKind::ExternalIp));
+            for a in svc.external_ips.iter().filter(|a| family_ok(a)) {
+                let spec = mk(*a, sp.port, VipKind::ExternalIp);
+                if local_addrs.contains(a) {
+                    specs.push(spec);
+                } else if svc.external_policy == Policy::Local && spec.backends.is_empty() {
+                    // Not ours, but kube-proxy drops it wherever it
+                    // arrives: a front end that only drops (or rejects).
+                    specs.push(ServiceSpec {
+                        short_circuit: None,
+                        ..spec
+                    });
+                }
             }
             for a in svc.lb_ips.iter().filter(|a| family_ok(a)) {
                 specs.push(mk(*a, sp.port, VipKind::LoadBalancer));
@@ -512,6 +542,33 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// The allowed sources of a LoadBalancer front end of one family: the
+/// `loadBalancerSourceRanges` of that family and, when one of them holds an
+/// address of this host, the Service's load-balancer IPs of that family as
+/// hosts. That is kube-proxy's `allowFromNode`: a VIP-like cloud load
+/// balancer whose IP is also routed to the node loops a node's request back
+/// with the LB IP as its source, and ranges that admit the node must admit
+/// that packet too.
+fn lb_source_ranges(svc: &Svc, v4: bool, host_addrs: &[Addr]) -> Vec<Cidr> {
+    let mut out: Vec<Cidr> = svc
+        .source_ranges
+        .iter()
+        .filter(|(f, _)| *f == v4)
+        .map(|(_, c)| *c)
+        .collect();
+    if out.iter().any(|c| host_addrs.iter().any(|a| c.contains(a))) {
+        let host = if v4 { 32 } else { 128 };
+        for ip in svc.lb_ips.iter().filter(|a| a.is_v4() == v4) {
+            if let Some(c) = Cidr::new(*ip, host) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn dedup(addrs: impl Iterator<Item = Addr>) -> Vec<Addr> {

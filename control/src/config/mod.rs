@@ -65,6 +65,8 @@ mod k8s;
 pub mod keepalived;
 mod nodeport;
 mod persistence;
+#[cfg(test)]
+mod policy_tests;
 mod sched;
 #[cfg(test)]
 mod semantics_tests;

@@ -14,15 +14,15 @@ use sluice_dataplane::types::{proto, Addr, Cidr};
 use super::*;
 use crate::model::{DnsService, HealthCheck, NamedPort, SrvProto};
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn a(s: &str) -> Addr {
+pub(super) fn a(s: &str) -> Addr {
     Addr::from(ip(s))
 }
 
-fn node1() -> CompileCtx {
+pub(super) fn node1() -> CompileCtx {
     CompileCtx {
         node_name: Some("node1".into()),
         node_addrs: vec![ip("198.18.0.1"), ip("198.18.1.1")],
@@ -33,7 +33,7 @@ fn node1() -> CompileCtx {
 }
 
 #[track_caller]
-fn load(text: &str) -> Config {
+pub(super) fn load(text: &str) -> Config {
     load_str_with(text, "t.yaml", &node1()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -62,7 +62,7 @@ fn be(addr: &str, port: u16, weight: u16, local: bool) -> BackendSpec {
 }
 
 /// The (kind, front end) of every spec, in order.
-fn fronts(cfg: &Config) -> Vec<(VipKind, String)> {
+pub(super) fn fronts(cfg: &Config) -> Vec<(VipKind, String)> {
     cfg.services
         .iter()
         .map(|s| (s.kind, s.vip.to_string()))
@@ -70,14 +70,14 @@ fn fronts(cfg: &Config) -> Vec<(VipKind, String)> {
 }
 
 #[track_caller]
-fn get<'c>(cfg: &'c Config, kind: VipKind, vip: &str) -> &'c ServiceSpec {
+pub(super) fn get<'c>(cfg: &'c Config, kind: VipKind, vip: &str) -> &'c ServiceSpec {
     cfg.services
         .iter()
         .find(|s| s.kind == kind && s.vip.to_string() == vip)
         .unwrap_or_else(|| panic!("no {kind:?} {vip} in {:?}", fronts(cfg)))
 }
 
-fn svc(spec: &str) -> String {
+pub(super) fn svc(spec: &str) -> String {
     format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {spec}\n")
 }
 
@@ -95,7 +95,7 @@ fn slice(name: &str, eps: &[(&str, &str, &str)], ports: &str) -> String {
 const READY: &str = "{ready: true}";
 const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
 
-fn two_nodes() -> String {
+pub(super) fn two_nodes() -> String {
     slice(
         "web-1",
         &[("10.1.0.1", "node1", READY), ("10.1.0.2", "node2", READY)],
@@ -1025,9 +1025,14 @@ fn examples_load() {
         (lb.masq, lb.when_empty, lb.affinity_timeout),
         (MasqMode::Never, WhenEmpty::Drop, Some(600))
     );
+    // The range holds the node's addresses, so the LB IP itself is
+    // admitted too (kube-proxy's allowFromNode).
     assert_eq!(
         lb.source_ranges,
-        vec!["198.18.0.0/15".parse::<Cidr>().unwrap()]
+        vec![
+            "198.18.0.0/15".parse::<Cidr>().unwrap(),
+            "198.18.200.1/32".parse::<Cidr>().unwrap()
+        ]
     );
     assert_eq!(
         cfg.health_checks,
@@ -1145,7 +1150,8 @@ fn dr_annotation_selects_direct_routing_on_every_front_end() {
         assert_eq!(s.backends.len(), 2);
     }
     let lb = get(&cfg, VipKind::LoadBalancer, "198.18.200.1:80/tcp");
-    assert_eq!(lb.source_ranges.len(), 1);
+    // The range, and the LB IP (the range holds the node: allowFromNode).
+    assert_eq!(lb.source_ranges.len(), 2);
 
     // Local keeps only local endpoints, still without SNAT.
     let local = text.replace(

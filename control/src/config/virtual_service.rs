@@ -716,6 +716,8 @@ impl VsDef {
             affinity_prefix: self.persistence.and_then(|p| p.1),
             source_ranges: Vec::new(),
             when_empty: WhenEmpty::Reject,
+            // IPVS has no traffic policies.
+            short_circuit: None,
             forward,
             // FULLNAT sources: the run-wide --snat-address set (per-service
             // local addresses, DPVS's --add-laddr, are not in the object yet).

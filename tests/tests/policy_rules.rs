@@ -1,0 +1,360 @@
+//! kube-proxy's remaining policy rules, each with the client kinds it
+//! tells apart (issue 12, "The remaining rules"):
+//!
+//! * `--nodeport-range` is what the config is validated against, in
+//!   `sluice run` and in `sluice check`;
+//! * the short-circuit: a pod (a source inside `--cluster-cidr`, here
+//!   198.18.0.130 with `--cluster-cidr 198.18.0.128/25`) reaching a NodePort
+//!   or LoadBalancer IP of an `externalTrafficPolicy: Local` service goes to
+//!   every endpoint, with its address kept; an external client
+//!   (198.18.0.2) only to the local one;
+//! * `allowFromNode`: `loadBalancerSourceRanges` holding a node address
+//!   admit a packet whose source is the LoadBalancer IP itself (the client
+//!   namespace SNATs its connection to the LB IP with nftables, as a
+//!   cloud load balancer that keeps the LB IP as source would).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
+use sluice_tests::{
+    exec_timeout, parse_backend_reply, require_root, sluice_bin, topology, Role, Sluice, Topology,
+};
+
+const LB_IP: &str = "198.18.100.20";
+
+fn node_port_service(node_port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: NodePort
+  clusterIP: 198.18.100.10
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+    nodePort: {node_port}
+---
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &ready_backends(&[1, 2, 3])
+        )
+    )
+}
+
+/// A config file of its own in the temp directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(text: &str) -> TempFile {
+        let mut b = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .expect("urandom");
+        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let p = std::env::temp_dir().join(format!("sluice-policy-{name}.yaml"));
+        std::fs::write(&p, text).expect("write temp config");
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn check_validates_against_the_given_node_port_range() {
+    let f = TempFile::new(&node_port_service(3001));
+    let check = |extra: &[&str]| {
+        let mut c = Command::new(sluice_bin());
+        c.arg("check").arg("--config").arg(&f.0).args(extra);
+        exec_timeout(c, Duration::from_secs(10))
+    };
+    let out = check(&[]);
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(2),
+        "3001 is outside the default range: {out}"
+    );
+    assert!(out.stderr.contains("30000-32767"), "{out}");
+    let out = check(&["--nodeport-range", "3000-32767"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("198.18.100.10:80/tcp"), "{out}");
+}
+
+#[test]
+fn run_serves_a_node_port_of_the_given_range() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start(
+        &topo,
+        &node_port_service(3001),
+        &["--workers", "1", "--nodeport-range", "3000-32767"],
+    );
+    let out = topo.curl("http://198.18.0.1:3001/", None);
+    assert!(out.success(), "{out}\nlog:\n{}", sluice.logs());
+    assert!(parse_backend_reply(&out.stdout).is_some(), "{out}");
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}
+
+/// A LoadBalancer with policy Local: b1 on node1 (this LB), b2 and b3 on
+/// node3.
+fn local_lb() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: LoadBalancer
+  clusterIP: 198.18.100.10
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+    nodePort: 30080
+status:
+  loadBalancer:
+    ingress:
+    - ip: {LB_IP}
+---
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[
+                Ep::ready(Topology::backend_ip(1)).on("node1"),
+                Ep::ready(Topology::backend_ip(2)).on("node3"),
+                Ep::ready(Topology::backend_ip(3)).on("node3"),
+            ],
+        )
+    )
+}
+
+/// The (backend, peer address) of `n` new connections from `from` to `url`.
+fn answers(
+    topo: &Topology,
+    sluice: &Sluice,
+    url: &str,
+    from: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let out = topo.curl(url, Some(from));
+            assert!(
+                out.success(),
+                "{url} from {from} (try {i}): {out}\nlog:\n{}",
+                sluice.logs()
+            );
+            let (name, peer, _) = parse_backend_reply(&out.stdout).expect("backend reply");
+            (name, peer)
+        })
+        .collect()
+}
+
+#[test]
+fn pods_reach_every_endpoint_of_a_local_service_unmasqueraded() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start(
+        &topo,
+        &local_lb(),
+        &[
+            "--workers",
+            "1",
+            "--node-name",
+            "node1",
+            "--cluster-cidr",
+            "198.18.0.128/25",
+        ],
+    );
+    let pod = "198.18.0.130";
+    for url in ["http://198.18.0.1:30080/", &format!("http://{LB_IP}/")] {
+        let got = answers(&topo, &sluice, url, pod, 6);
+        let names: BTreeSet<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(["b1", "b2", "b3"]),
+            "{url}: a pod must reach every endpoint: {got:?}"
+        );
+        assert!(
+            got.iter().all(|(_, peer)| peer == pod),
+            "{url}: the pod's address must be kept: {got:?}"
+        );
+        // An external client: the local endpoint only, address kept.
+        let got = answers(&topo, &sluice, url, "198.18.0.2", 3);
+        assert!(
+            got.iter().all(|(n, p)| n == "b1" && p == "198.18.0.2"),
+            "{url}: external clients keep the Local policy: {got:?}"
+        );
+    }
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    assert_eq!(report.counter("snat_flows"), 0, "{:?}", report.counters);
+}
+
+fn lb_with_ranges(ranges: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: LoadBalancer
+  clusterIP: 198.18.100.10
+  loadBalancerSourceRanges: [{ranges}]
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+    nodePort: 30080
+status:
+  loadBalancer:
+    ingress:
+    - ip: {LB_IP}
+---
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &ready_backends(&[1, 2, 3])
+        )
+    )
+}
+
+/// In the client namespace, SNATs connections to the LB IP's port 80 to the
+/// LB IP itself (nftables; the namespace's ruleset goes with it).
+fn snat_to_lb_ip(topo: &Topology) {
+    let rules = format!(
+        "table ip lbsrc {{\n\
+         chain pre {{ type nat hook prerouting priority -100; }}\n\
+         chain post {{ type nat hook postrouting priority 100; ip daddr {LB_IP} tcp dport 80 snat to {LB_IP}; }}\n\
+         }}\n"
+    );
+    let path = std::env::temp_dir().join(format!("{}-lbsrc.nft", topo.prefix()));
+    std::fs::write(&path, rules).expect("write nft rules");
+    let out = topo.exec(
+        Role::Client,
+        &["nft", "-f", &path.to_string_lossy()],
+        Duration::from_secs(10),
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(out.success(), "nft: {out}");
+}
+
+/// Connects from the client to the LB IP with its source translated to
+/// the LB IP: whether a backend answered, and the attempt's output.
+fn from_lb_ip(ranges: &str) -> (bool, String, sluice_tests::StopReport) {
+    let topo = topology!();
+    let sluice = Sluice::start(&topo, &lb_with_ranges(ranges), &["--workers", "1"]);
+    // An ordinary client outside the ranges is refused either way.
+    let out = topo.curl(&format!("http://{LB_IP}/"), Some("198.18.0.2"));
+    assert!(!out.success(), "198.18.0.2 is outside {ranges}: {out}");
+    snat_to_lb_ip(&topo);
+    let out = topo.curl(&format!("http://{LB_IP}/"), Some("198.18.0.2"));
+    let served = out.success() && parse_backend_reply(&out.stdout).is_some();
+    let text = format!("{out}\nlog:\n{}", sluice.logs());
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    (served, text, report)
+}
+
+#[test]
+fn ranges_holding_a_node_address_admit_the_load_balancer_ip_as_source() {
+    require_root();
+    // 198.18.0.1 is the LB node's front address.
+    let (served, out, report) = from_lb_ip("198.18.0.1/32");
+    assert!(served, "the LB IP as source must be admitted: {out}");
+    assert!(report.counter("new_flows") >= 1, "{:?}", report.counters);
+    // Ranges without a node address: the LB IP is an ordinary outsider.
+    let (served, out, report) = from_lb_ip("198.18.0.128/25");
+    assert!(!served, "the LB IP must not be admitted: {out}");
+    assert!(
+        report.counter("drop_source_range") >= 2,
+        "{:?}",
+        report.counters
+    );
+}
+
+/// A Service with policy Local whose only endpoint (b1) is on another node,
+/// and an external IP this host does not own (198.18.100.60; the client
+/// routes 198.18.100.0/24 to the LB).
+fn unowned_external_ip(policy: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: 198.18.100.10
+  externalTrafficPolicy: {policy}
+  externalIPs: [198.18.100.60]
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+---
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("http", 8080, "TCP")],
+            &[Ep::ready(Topology::backend_ip(1)).on("node3")],
+        )
+    )
+}
+
+#[test]
+fn unowned_external_ip_without_local_endpoint_is_dropped_and_counted() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start(
+        &topo,
+        &unowned_external_ip("Local"),
+        &["--workers", "1", "--node-name", "node1"],
+    );
+    let out = topo.curl_in(
+        Role::Client,
+        &[
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "3",
+            "http://198.18.100.60/",
+        ],
+    );
+    // Dropped, not refused: curl gives up at its own timeout (exit 28).
+    assert_eq!(out.status.and_then(|s| s.code()), Some(28), "{out}");
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    assert!(
+        report.counter("drop_no_backend") >= 1,
+        "{:?}",
+        report.counters
+    );
+    assert_eq!(report.counter("new_flows"), 0, "{:?}", report.counters);
+}
