@@ -106,10 +106,13 @@ fn ipvsadm_connections_stats_zero_and_timeouts() {
     );
     let (text, row) = poll_until(Duration::from_secs(5), || {
         let text = ok(&sock, "-Lnc");
-        let row = parse(&text).into_iter().find(|r| r[0] == "TCP")?;
+        // The entry appears at the SYN; wait for the handshake's ACK.
+        let row = parse(&text)
+            .into_iter()
+            .find(|r| r[0] == "TCP" && r[2] == "ESTABLISHED")?;
         Some((text, row))
     })
-    .unwrap_or_else(|| panic!("no TCP entry; log:\n{}", sluice.logs()));
+    .unwrap_or_else(|| panic!("no established TCP entry; log:\n{}", sluice.logs()));
     assert!(bulk.is_running(), "the transfer is still open");
     assert_eq!(row.len(), 6, "{row:?}");
     assert!(row[1] == "15:00" || row[1].starts_with("14:5"), "{row:?}");
