@@ -361,14 +361,12 @@ impl<P: Port> Worker<P> {
                 Verdict::Reply(_) => self.port.send(port, frame),
                 Verdict::TxLen(out, _) => self.port.send(out, frame),
                 Verdict::Drop(_) => self.port.release(frame),
-                Verdict::TooBig(_) if answered => {
+                Verdict::TooBig(_) | Verdict::TtlExceeded if answered => {
                     self.stats.tx += 1;
-                    self.stats.icmp_too_big_sent += 1;
-                    self.port.send(port, frame);
-                }
-                Verdict::TtlExceeded if answered => {
-                    self.stats.tx += 1;
-                    self.stats.icmp_time_exceeded_sent += 1;
+                    match v {
+                        Verdict::TooBig(_) => self.stats.icmp_too_big_sent += 1,
+                        _ => self.stats.icmp_time_exceeded_sent += 1,
+                    }
                     self.port.send(port, frame);
                 }
                 Verdict::TooBig(_) | Verdict::TtlExceeded => self.port.release(frame),
