@@ -109,7 +109,18 @@ struct Plan {
     slices: BTreeMap<Name, Option<String>>,
     pods: BTreeMap<Name, Option<BTreeMap<String, String>>>,
     endpoints: BTreeMap<Name, bool>,
+    /// Per Service, the slices that stop and start naming it: grouped
+    /// once per batch, so that a batch of every slice (the first build)
+    /// stays linear.
+    slice_moves: HashMap<Name, SliceMoves>,
     assigned: Option<HashMap<Name, Assigned>>,
+}
+
+/// The slices that leave and join one Service in a batch.
+#[derive(Default)]
+struct SliceMoves {
+    left: Vec<String>,
+    joined: Vec<String>,
 }
 
 fn name_of(k: &Key) -> Name {
@@ -198,6 +209,7 @@ impl Incremental {
             slices: BTreeMap::new(),
             pods: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            slice_moves: HashMap::new(),
             assigned: None,
         };
         for k in changed {
@@ -258,6 +270,7 @@ impl Incremental {
                 }
             }
         }
+        plan.slice_moves = self.slice_moves(&plan.slices);
         // A Service with a selector changed in this batch reads the Pods
         // after it; those of unchanged Services were handled above.
         let mut checked: BTreeMap<Name, CheckedService<'_>> = BTreeMap::new();
@@ -313,18 +326,31 @@ impl Incremental {
         Ok(plan)
     }
 
+    /// Groups the batch's slice changes by the Service they leave and the
+    /// one they join.
+    fn slice_moves(&self, slices: &BTreeMap<Name, Option<String>>) -> HashMap<Name, SliceMoves> {
+        let mut moves: HashMap<Name, SliceMoves> = HashMap::new();
+        for (s, owner) in slices {
+            if let Some(old) = self.slice_owner.get(s) {
+                let m = moves.entry((s.0.clone(), old.clone())).or_default();
+                m.left.push(s.1.clone());
+            }
+            if let Some(new) = owner {
+                let m = moves.entry((s.0.clone(), new.clone())).or_default();
+                m.joined.push(s.1.clone());
+            }
+        }
+        moves
+    }
+
     /// The slices naming Service `n` after the batch.
     fn slices_after(&self, n: &Name, plan: &Plan) -> BTreeSet<String> {
         let mut out = self.slices_of.get(n).cloned().unwrap_or_default();
-        for (s, owner) in plan.slices.range((n.0.clone(), String::new())..) {
-            if s.0 != n.0 {
-                break;
+        if let Some(m) = plan.slice_moves.get(n) {
+            for s in &m.left {
+                out.remove(s);
             }
-            if owner.as_deref() == Some(n.1.as_str()) {
-                out.insert(s.1.clone());
-            } else {
-                out.remove(&s.1);
-            }
+            out.extend(m.joined.iter().cloned());
         }
         out
     }
