@@ -7,11 +7,18 @@
 //!
 //! One endpoint change, table part: the next table built from the one in
 //! service (`ServiceTable::build_from`: slots and backend ids kept, the
-//! unchanged services shared), over 200 changes, p50 and p99. The config
-//! compile (objects → specs) is still whole on every change; its cost is
-//! the `objects->specs` figure, so one change through the reconciler
-//! costs about `objects->specs + build_from` (no XDP here: the steering
-//! maps and the workers' epoch load are not in these figures).
+//! unchanged services shared), over 200 changes, p50 and p99.
+//!
+//! One endpoint change through the reconciler's compile path, beside the
+//! whole compile in the same run: the store's commit of a one-object batch
+//! (`Store::commit_with`), the incremental objects → specs of the Services
+//! it touches (`reconcile::incremental::Incremental::apply`) and the table
+//! from the changed specs only (`ServiceTable::build_changed`), 200
+//! changes, p50 and p99; also the whole `Config` the publisher keeps
+//! (`Incremental::config`, a copy of every spec). Then 1000 such
+//! single-endpoint batches back to back: the sustained rate. Not in these
+//! figures: the steering maps (XDP), next hops, the publisher's live-set
+//! and flush passes, the workers' epoch load, persistence.
 //!
 //! Not criterion: one 100k compile takes seconds; each size runs a few
 //! times and prints the median. `cargo bench -p sluice-bench --bench compile`
@@ -20,8 +27,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use serde_json::{json, Value};
 use sluice_control::config::{self, CompileCtx};
+use sluice_control::reconcile::incremental::Incremental;
+use sluice_control::store::{Batch, Key, Store, Stored, UpsertMode, Write};
 use sluice_dataplane::service::{ServiceSpec, ServiceTable};
 use sluice_dataplane::types::Addr;
 
@@ -104,6 +117,117 @@ fn one_change(specs: &[ServiceSpec], changes: u32) -> (Duration, Duration) {
     (quantile(times.clone(), 0.5), quantile(times, 0.99))
 }
 
+/// Service `i`'s EndpointSlice with its last endpoint moved to another
+/// address (`k` picks which).
+fn moved_slice(i: u32, k: u32) -> Value {
+    let [_, mut slice] = objects(i);
+    slice["endpoints"][2]["addresses"][0] = json!(format!("198.19.255.{}", k % 250 + 1));
+    slice
+}
+
+/// A store holding `objs`, as the reconciler has it.
+fn store_of(objs: &[Value]) -> Store {
+    let map: BTreeMap<Key, Stored> = objs
+        .iter()
+        .map(|o| {
+            (
+                Key::of(o).expect("keyed"),
+                Stored {
+                    object: Arc::new(o.clone()),
+                    owner: Arc::from("bench"),
+                    resource_version: 1,
+                },
+            )
+        })
+        .collect();
+    Store::restored(map, 1)
+}
+
+/// What one single-endpoint batch cost through the compile path.
+struct ChangeCost {
+    /// `Incremental::apply` + `ServiceTable::build_changed`.
+    compile: Duration,
+    /// The whole store commit around it (its copy of the object map too).
+    commit: Duration,
+    /// `Incremental::config`: the whole config for the publisher.
+    config: Duration,
+}
+
+/// Commits one batch moving an endpoint of service `i` through the
+/// incremental compile, replacing `table` with the next one.
+fn incremental_change(
+    store: &mut Store,
+    inc: &mut Incremental,
+    table: &mut ServiceTable,
+    i: u32,
+    k: u32,
+) -> ChangeCost {
+    let mut compile = Duration::ZERO;
+    let mut config = Duration::ZERO;
+    let batch = Batch {
+        writes: vec![Write::Upsert {
+            object: moved_slice(i, k),
+            owner: Arc::from("bench"),
+            mode: UpsertMode::Apply(None),
+        }],
+    };
+    let version = table.version() + 1;
+    let t = Instant::now();
+    store
+        .commit_with(batch, SystemTime::now(), |objects, events| {
+            let t = Instant::now();
+            let changed: BTreeSet<Key> = events.iter().map(|e| e.key.clone()).collect();
+            let delta = inc.apply(objects, &changed)?;
+            let next = table.build_changed(version, &delta.removed, delta.upserted, 0)?;
+            compile = t.elapsed();
+            let t = Instant::now();
+            let cfg = inc.config();
+            config = t.elapsed();
+            assert_eq!(cfg.services.len(), next.len());
+            *table = next;
+            Ok::<_, config::ConfigError>(())
+        })
+        .expect("the change commits");
+    ChangeCost {
+        compile,
+        commit: t.elapsed() - config,
+        config,
+    }
+}
+
+/// The incremental path at `n` services: (p50, p99) of compile, commit
+/// and config over `changes` changes, then the rate of `burst` changes
+/// back to back (commit + compile + config each).
+fn incremental(objs: &[Value], n: u32, ctx: &CompileCtx) {
+    let mut store = store_of(objs);
+    let t = Instant::now();
+    let mut inc = Incremental::build(store.objects(), ctx.clone()).expect("valid objects");
+    let built = t.elapsed();
+    let mut table = ServiceTable::build(1, inc.config().services).expect("valid table");
+    let (mut compile, mut commit, mut config) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..200 {
+        let c = incremental_change(&mut store, &mut inc, &mut table, (k * 7919) % n, k);
+        compile.push(c.compile);
+        commit.push(c.commit);
+        config.push(c.config);
+    }
+    let q = |v: &Vec<Duration>| (quantile(v.clone(), 0.5), quantile(v.clone(), 0.99));
+    let ((c50, c99), (m50, m99), (g50, g99)) = (q(&compile), q(&commit), q(&config));
+    println!(
+        "services={n} one endpoint change, incremental objects->specs + build_changed: p50 {c50:?} p99 {c99:?}; store commit around it p50 {m50:?} p99 {m99:?}; whole Config copy p50 {g50:?} p99 {g99:?} (200 changes; incremental build from scratch {built:?})"
+    );
+    let burst = 1000u32;
+    let t = Instant::now();
+    for k in 0..burst {
+        incremental_change(&mut store, &mut inc, &mut table, (k * 104_729) % n, k + 7);
+    }
+    let took = t.elapsed();
+    println!(
+        "services={n} {burst} single-endpoint batches back to back (commit + incremental compile + build_changed + Config copy): {took:?}, {:.0} updates/s",
+        f64::from(burst) / took.as_secs_f64()
+    );
+}
+
 fn main() {
     let sizes: Vec<u32> = std::env::var("SLUICE_BENCH_SIZES")
         .ok()
@@ -135,6 +259,7 @@ fn main() {
         let specs = config::load_objects(objs.iter(), "bench", &ctx)
             .expect("valid objects")
             .services;
+        incremental(&objs, n, &ctx);
         let (p50, p99) = one_change(&specs, 200);
         println!(
             "services={n} one endpoint change, table built from the one in service: p50 {p50:?} p99 {p99:?} (200 changes)"

@@ -466,6 +466,21 @@ impl Store {
         now: SystemTime,
         validate: impl FnOnce(&BTreeMap<Key, Stored>) -> Result<T, E>,
     ) -> Result<Commit<T>, StoreError<E>> {
+        self.commit_with(batch, now, |objects, _| validate(objects))
+    }
+
+    /// As [`Store::commit`], but the validator also gets the batch's
+    /// events (what it changed, in order), so that it can compile only the
+    /// change (`reconcile/incremental.rs`).
+    ///
+    /// # Errors
+    /// As [`Store::commit`]; the store is unchanged.
+    pub fn commit_with<T, E>(
+        &mut self,
+        batch: Batch,
+        now: SystemTime,
+        validate: impl FnOnce(&BTreeMap<Key, Stored>, &[Event]) -> Result<T, E>,
+    ) -> Result<Commit<T>, StoreError<E>> {
         let mut next = self.objects.clone();
         let mut rev = self.revision;
         let mut events = Vec::new();
@@ -528,7 +543,7 @@ impl Store {
                 },
             }
         }
-        let output = validate(&next).map_err(StoreError::Invalid)?;
+        let output = validate(&next, &events).map_err(StoreError::Invalid)?;
         self.objects = next;
         self.revision = rev;
         for e in &events {

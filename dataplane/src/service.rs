@@ -12,6 +12,8 @@
 //! so that the numbers a flow record holds keep naming what they named
 //! when the flow was created, and every unchanged service is shared.
 
+#[cfg(test)]
+mod changed_tests;
 mod ids;
 #[cfg(test)]
 mod stable_tests;
@@ -519,47 +521,54 @@ struct Placement {
     freed: bool,
 }
 
-/// Checks one spec on its own (families, port remapping, limits).
-fn check_spec(spec: &ServiceSpec) -> Result<(), TableError> {
-    let max_backends = MAX_BACKEND as usize + 1;
-    if spec.backends.len() > max_backends {
-        return Err(TableError::TooManyBackends {
-            service: spec.name.clone(),
-            count: spec.backends.len(),
-            max: max_backends,
-        });
-    }
-    if let Some(b) = spec
-        .backends
-        .iter()
-        .find(|b| b.addr.is_v4() != spec.vip.addr.is_v4())
-    {
-        return Err(TableError::FamilyMismatch {
-            service: spec.name.clone(),
-            backend: b.addr,
-        });
-    }
-    check_local_addrs(spec)?;
-    if spec.forward == ForwardMethod::Tunnel {
-        if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
-            return Err(TableError::TunnelPortRemap {
+impl ServiceSpec {
+    /// Checks this spec on its own (families, port remapping, limits), as
+    /// [`ServiceTable::build`] does for each.
+    ///
+    /// # Errors
+    /// The [`TableError`] naming the spec and the cause.
+    pub fn check(&self) -> Result<(), TableError> {
+        let spec = self;
+        let max_backends = MAX_BACKEND as usize + 1;
+        if spec.backends.len() > max_backends {
+            return Err(TableError::TooManyBackends {
                 service: spec.name.clone(),
-                port: spec.vip.port,
-                backend_port: b.port,
+                count: spec.backends.len(),
+                max: max_backends,
             });
         }
-    }
-    check_affinity_prefix(spec)?;
-    if spec.forward == ForwardMethod::Dr {
-        if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
-            return Err(TableError::DrPortRemap {
+        if let Some(b) = spec
+            .backends
+            .iter()
+            .find(|b| b.addr.is_v4() != spec.vip.addr.is_v4())
+        {
+            return Err(TableError::FamilyMismatch {
                 service: spec.name.clone(),
-                port: spec.vip.port,
-                backend_port: b.port,
+                backend: b.addr,
             });
         }
+        check_local_addrs(spec)?;
+        if spec.forward == ForwardMethod::Tunnel {
+            if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+                return Err(TableError::TunnelPortRemap {
+                    service: spec.name.clone(),
+                    port: spec.vip.port,
+                    backend_port: b.port,
+                });
+            }
+        }
+        check_affinity_prefix(spec)?;
+        if spec.forward == ForwardMethod::Dr {
+            if let Some(b) = spec.backends.iter().find(|b| b.port != spec.vip.port) {
+                return Err(TableError::DrPortRemap {
+                    service: spec.name.clone(),
+                    port: spec.vip.port,
+                    backend_port: b.port,
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Places `specs` over `prev`'s slots: a front end `prev` has keeps its
@@ -584,7 +593,7 @@ fn place(
     let mut fresh: HashMap<VipKey, usize> = HashMap::new();
     let mut slots = vec![u32::MAX; specs.len()];
     for (i, spec) in specs.iter().enumerate() {
-        check_spec(spec)?;
+        spec.check()?;
         let first = match prev.by_vip.get(&spec.vip) {
             Some(&s) => {
                 let c = &mut claimed[s as usize];
@@ -781,6 +790,134 @@ impl ServiceTable {
                 freed,
             }),
         })
+    }
+
+    /// Builds the next table from `self` given only what changed: the
+    /// front ends in `removed` leave, each spec of `upserted` replaces the
+    /// service of its front end (or adds one). Slots, backend ids and
+    /// sharing follow the same rules as [`ServiceTable::build_from`] with
+    /// the whole list; a new front end takes its slot in `upserted` order.
+    /// Costs O(changes) besides copying the slot and front-end index
+    /// (no comparison of the unchanged specs), so that one endpoint change
+    /// at 100k services does not compare 100k specs.
+    ///
+    /// A front end both removed and upserted is upserted; one removed that
+    /// `self` does not have is ignored.
+    ///
+    /// # Errors
+    /// As [`ServiceTable::build`] (a spec that does not check, two upserts
+    /// of one front end, too many services); nothing is built then.
+    pub fn build_changed(
+        &self,
+        version: u64,
+        removed: &[VipKey],
+        upserted: Vec<ServiceSpec>,
+        reuse_upto: u64,
+    ) -> Result<ServiceTable, TableError> {
+        let prev = &*self.inner;
+        let mut seen: HashMap<VipKey, usize> = HashMap::with_capacity(upserted.len());
+        for (i, spec) in upserted.iter().enumerate() {
+            spec.check()?;
+            if let Some(first) = seen.insert(spec.vip, i) {
+                return Err(TableError::DuplicateVip {
+                    vip: spec.vip,
+                    first: upserted[first].name.clone(),
+                    second: spec.name.clone(),
+                });
+            }
+        }
+        let leaving: Vec<u32> = removed
+            .iter()
+            .filter(|v| !seen.contains_key(*v))
+            .filter_map(|v| prev.by_vip.get(v).copied())
+            .collect();
+        let fresh = upserted
+            .iter()
+            .filter(|s| !prev.by_vip.contains_key(&s.vip))
+            .count();
+        let live = prev.live - leaving.len() + fresh;
+        let max_services = MAX_SERVICE + 1;
+        if live > max_services as usize {
+            return Err(TableError::TooManyServices {
+                count: live,
+                max: max_services as usize,
+            });
+        }
+        let mut slots = prev.slots.clone();
+        let mut by_vip = prev.by_vip.clone();
+        let mut space = prev.space.clone();
+        let mut freed = false;
+        for slot in leaving {
+            if let Some(s) = slots[slot as usize].take() {
+                by_vip.remove(&s.spec.vip);
+                space.free(slot, version);
+                freed = true;
+            }
+        }
+        for spec in upserted {
+            let slot = match by_vip.get(&spec.vip) {
+                Some(&s) => s,
+                None => {
+                    // At most MAX_SERVICE + 1 live (checked): a number is left.
+                    let s = space
+                        .take(reuse_upto, max_services)
+                        .expect("more slots than services");
+                    by_vip.insert(spec.vip, s);
+                    s
+                }
+            };
+            if slots.len() <= slot as usize {
+                slots.resize(slot as usize + 1, None);
+            }
+            let old = slots[slot as usize]
+                .as_ref()
+                .filter(|s| s.spec.vip == spec.vip);
+            if let Some(s) = old.filter(|s| s.spec == spec) {
+                slots[slot as usize] = Some(Arc::clone(s));
+                continue;
+            }
+            let (svc, f) = Service::new(spec, old.map(|s| &**s), version, reuse_upto);
+            freed |= f;
+            slots[slot as usize] = Some(Arc::new(svc));
+        }
+        Ok(ServiceTable {
+            version,
+            inner: Arc::new(Inner {
+                slots,
+                by_vip,
+                space,
+                live,
+                freed,
+            }),
+        })
+    }
+
+    /// Checks `specs` as [`ServiceTable::build`] would, without building
+    /// anything: each spec on its own ([`ServiceSpec::check`]), no front
+    /// end twice, not more than a flow record can name.
+    ///
+    /// # Errors
+    /// The [`TableError`] [`ServiceTable::build`] would return.
+    pub fn check_specs(specs: &[ServiceSpec]) -> Result<(), TableError> {
+        let max_services = MAX_SERVICE as usize + 1;
+        if specs.len() > max_services {
+            return Err(TableError::TooManyServices {
+                count: specs.len(),
+                max: max_services,
+            });
+        }
+        let mut seen: HashMap<VipKey, usize> = HashMap::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            spec.check()?;
+            if let Some(first) = seen.insert(spec.vip, i) {
+                return Err(TableError::DuplicateVip {
+                    vip: spec.vip,
+                    first: specs[first].name.clone(),
+                    second: spec.name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether both tables hold the same services (one came from the other

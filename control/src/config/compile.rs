@@ -38,7 +38,7 @@ pub const LOCAL_ADDRESSES_ANNOTATION: &str = "sluice.dev/local-addresses";
 const METHODS: &str = "\"nat\", \"dr\", \"fullnat\" or \"ipip\"";
 
 /// Where an object came from, to build errors about it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Ctx {
     pub line: usize,
     pub kind: &'static str,

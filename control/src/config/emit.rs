@@ -101,25 +101,51 @@ use sluice_dataplane::service::{
 use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::compile::{
-    proto_name, Ep, EpGroup, EpPort, EpSource, Loader, Policy, Svc, SvcPort, SvcType, Target,
+    Ep, EpGroup, EpPort, EpSource, Loader, Policy, Svc, SvcPort, SvcType, Target,
     SERVICE_NAME_LABEL,
 };
-use super::nodeport::NodePorts;
+use super::nodeport::{assign_node_ports, Assigned, NodePortReq};
+use super::unit::ServiceUnit;
 #[cfg(doc)]
 use super::CompileCtx;
 use super::{Config, ConfigError};
 use crate::model::{DnsService, HealthCheck, NamedPort, SrvProto};
 
-/// The node ports a Service ended with.
-struct Assigned {
-    /// Per `spec.ports` entry.
-    node_ports: Vec<Option<u16>>,
-    health_check: Option<u16>,
-}
-
 impl Loader<'_> {
     /// Cross-checks the objects and compiles them.
     pub(super) fn finish(self) -> Result<Config, ConfigError> {
+        let (from_endpoints, from_slices) = self.endpoint_sources()?;
+        let reqs: Vec<NodePortReq> = self.services.iter().map(NodePortReq::of).collect();
+        let assigned = assign_node_ports(&self.origin, self.cc.nodeport_range, &reqs)?;
+
+        let mut specs = Vec::new();
+        let mut dns = Vec::with_capacity(self.services.len());
+        let mut health_checks = Vec::new();
+        let mut checks = BTreeMap::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let unit = self.emit_unit(svc, from_endpoints[i], &from_slices[i], &assigned[i])?;
+            specs.extend(unit.specs);
+            dns.push(unit.dns);
+            health_checks.extend(unit.health_check);
+            checks.extend(unit.checks);
+        }
+        ServiceTable::check_specs(&specs)?;
+        Ok(Config {
+            services: specs,
+            dns,
+            health_checks,
+            checks,
+            objects: self.summary,
+        })
+    }
+
+    /// Which endpoint source feeds which service (by index in
+    /// `self.services`), refusing duplicates and sources without their
+    /// Service.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn endpoint_sources(
+        &self,
+    ) -> Result<(Vec<Option<&EpSource>>, Vec<Vec<&EpSource>>), ConfigError> {
         let mut by_name: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
             if let Some(&first) = by_name.get(&(s.ns.as_str(), s.name.as_str())) {
@@ -144,7 +170,6 @@ impl Loader<'_> {
                 ));
             }
         }
-        // Which endpoint source feeds which service.
         let mut from_endpoints: Vec<Option<&EpSource>> = vec![None; self.services.len()];
         let mut from_slices: Vec<Vec<&EpSource>> = vec![Vec::new(); self.services.len()];
         seen.clear();
@@ -182,166 +207,69 @@ impl Loader<'_> {
             };
             from_slices[i].push(sl);
         }
-
-        let assigned = self.assign_node_ports()?;
-
-        let mut specs = Vec::new();
-        let mut dns = Vec::with_capacity(self.services.len());
-        let mut health_checks = Vec::new();
-        let mut checks = BTreeMap::new();
-        for (i, svc) in self.services.iter().enumerate() {
-            // As kube-proxy: slices, when there are any, win over Endpoints;
-            // without either, the selector's Pods (the controller's view).
-            let pod_groups;
-            let groups: Vec<&EpGroup> = if !from_slices[i].is_empty() {
-                from_slices[i].iter().flat_map(|s| &s.groups).collect()
-            } else if let Some(ep) = from_endpoints[i] {
-                ep.groups.iter().collect()
-            } else if !svc.selector.is_empty() {
-                pod_groups = self.pod_groups(svc);
-                pod_groups.iter().collect()
-            } else {
-                Vec::new()
-            };
-            let a = &assigned[i];
-            let first = specs.len();
-            self.emit_service(svc, &groups, a, &mut specs)?;
-            if let Some(c) = &svc.check {
-                for s in &specs[first..] {
-                    checks.insert(s.name.clone(), c.clone());
-                }
-            }
-            dns.push(dns_record(svc, &groups));
-            if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
-                let node = self.cc.node_name.as_deref();
-                let mut local = BTreeSet::new();
-                for sp in &svc.ports {
-                    for g in &groups {
-                        if find_port(g, sp).is_some() {
-                            local.extend(
-                                g.eps
-                                    .iter()
-                                    .filter(|e| e.ready && is_local(e, node))
-                                    .map(|e| e.addr),
-                            );
-                        }
-                    }
-                }
-                health_checks.push(HealthCheck {
-                    port,
-                    service: format!("{}/{}", svc.ns, svc.name),
-                    local_endpoints: u32::try_from(local.len()).unwrap_or(u32::MAX),
-                });
-            }
-        }
-        ServiceTable::build(0, specs.clone())?;
-        Ok(Config {
-            services: specs,
-            dns,
-            health_checks,
-            checks,
-            objects: self.summary,
-        })
+        Ok((from_endpoints, from_slices))
     }
 
-    /// Claims every explicit node port, then allocates the missing ones in
-    /// file order (see `nodeport.rs`).
-    fn assign_node_ports(&self) -> Result<Vec<Assigned>, ConfigError> {
-        let mut table = NodePorts::new(self.cc.nodeport_range);
-        let owner = |svc: &Svc, field: &str| {
-            format!(
-                "Service {}/{} ({field}, line {})",
-                svc.ns, svc.name, svc.ctx.line
-            )
+    /// Compiles one Service from its endpoint sources and node ports: its
+    /// virtual services, DNS record, health check and real-server checks.
+    /// What the whole compile concatenates, and what the reconciler's
+    /// incremental compile recompiles alone (`reconcile/incremental.rs`).
+    pub(super) fn emit_unit(
+        &self,
+        svc: &Svc,
+        endpoints: Option<&EpSource>,
+        slices: &[&EpSource],
+        a: &Assigned,
+    ) -> Result<ServiceUnit, ConfigError> {
+        // As kube-proxy: slices, when there are any, win over Endpoints;
+        // without either, the selector's Pods (the controller's view).
+        let pod_groups;
+        let groups: Vec<&EpGroup> = if !slices.is_empty() {
+            slices.iter().flat_map(|s| &s.groups).collect()
+        } else if let Some(ep) = endpoints {
+            ep.groups.iter().collect()
+        } else if !svc.selector.is_empty() {
+            pod_groups = self.pod_groups(svc);
+            pod_groups.iter().collect()
+        } else {
+            Vec::new()
         };
-        let mut out = Vec::with_capacity(self.services.len());
-        for svc in &self.services {
-            for (j, sp) in svc.ports.iter().enumerate() {
-                if let Some(np) = sp.node_port {
-                    let field = format!("spec.ports[{j}].nodePort");
-                    if let Err(other) = table.claim(np, sp.proto, owner(svc, &field)) {
-                        return Err(self.err(
-                            &svc.ctx,
-                            &field,
-                            format!("{np}/{} is already used by {other}", proto_name(sp.proto)),
-                        ));
+        let mut specs = Vec::new();
+        self.emit_service(svc, &groups, a, &mut specs)?;
+        let checks = match &svc.check {
+            Some(c) => specs.iter().map(|s| (s.name.clone(), c.clone())).collect(),
+            None => Vec::new(),
+        };
+        let dns = dns_record(svc, &groups);
+        let mut health_check = None;
+        if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
+            let node = self.cc.node_name.as_deref();
+            let mut local = BTreeSet::new();
+            for sp in &svc.ports {
+                for g in &groups {
+                    if find_port(g, sp).is_some() {
+                        local.extend(
+                            g.eps
+                                .iter()
+                                .filter(|e| e.ready && is_local(e, node))
+                                .map(|e| e.addr),
+                        );
                     }
                 }
             }
-            if let Some(hc) = svc.health_check_node_port {
-                let field = "spec.healthCheckNodePort";
-                if let Err(other) = table.claim(hc, proto::TCP, owner(svc, field)) {
-                    return Err(self.err(
-                        &svc.ctx,
-                        field,
-                        format!("{hc}/TCP is already used by {other}"),
-                    ));
-                }
-            }
-            out.push(Assigned {
-                node_ports: svc.ports.iter().map(|p| p.node_port).collect(),
-                health_check: svc.health_check_node_port,
+            health_check = Some(HealthCheck {
+                port,
+                service: format!("{}/{}", svc.ns, svc.name),
+                local_endpoints: u32::try_from(local.len()).unwrap_or(u32::MAX),
             });
         }
-        let (lo, hi) = self.cc.nodeport_range;
-        let full = |svc: &Svc, field: &str| {
-            self.err(
-                &svc.ctx,
-                field,
-                format!("no free port left in the node-port range {lo}-{hi}"),
-            )
-        };
-        for (svc, a) in self.services.iter().zip(&mut out) {
-            if svc.allocate_node_ports {
-                for (j, sp) in svc.ports.iter().enumerate() {
-                    if a.node_ports[j].is_some() {
-                        continue;
-                    }
-                    let field = format!("spec.ports[{j}].nodePort");
-                    // As the API server: ports sharing a number (TCP and
-                    // UDP 53) share one node port.
-                    let sibling = svc
-                        .ports
-                        .iter()
-                        .zip(&a.node_ports)
-                        .find(|(q, np)| q.port == sp.port && np.is_some())
-                        .and_then(|(_, np)| *np);
-                    let np = match sibling {
-                        Some(np) => {
-                            if let Err(other) = table.claim(np, sp.proto, owner(svc, &field)) {
-                                return Err(self.err(
-                                    &svc.ctx,
-                                    &field,
-                                    format!(
-                                        "{np}/{} (shared with the port's other protocol) is already used by {other}",
-                                        proto_name(sp.proto)
-                                    ),
-                                ));
-                            }
-                            np
-                        }
-                        None => table
-                            .allocate(
-                                &format!("{}/{}/{}", svc.ns, svc.name, sp.name),
-                                sp.proto,
-                                owner(svc, &field),
-                            )
-                            .ok_or_else(|| full(svc, &field))?,
-                    };
-                    a.node_ports[j] = Some(np);
-                }
-            }
-            if svc.needs_health_check && a.health_check.is_none() {
-                let field = "spec.healthCheckNodePort";
-                let key = format!("{}/{}/healthCheckNodePort", svc.ns, svc.name);
-                a.health_check = Some(
-                    table
-                        .allocate(&key, proto::TCP, owner(svc, field))
-                        .ok_or_else(|| full(svc, field))?,
-                );
-            }
-        }
-        Ok(out)
+        Ok(ServiceUnit {
+            specs,
+            dns,
+            health_check,
+            checks,
+            headless: svc.headless,
+        })
     }
 
     /// The endpoint groups the endpoints controller would write for a

@@ -72,6 +72,7 @@ mod sched;
 mod semantics_tests;
 #[cfg(test)]
 mod tests;
+pub mod unit;
 pub mod virtual_service;
 
 use std::fmt;
@@ -311,7 +312,7 @@ fn with_virtuals(
         }
         cfg.services.push(spec);
     }
-    sluice_dataplane::service::ServiceTable::build(0, cfg.services.clone())?;
+    sluice_dataplane::service::ServiceTable::check_specs(&cfg.services)?;
     Ok(cfg)
 }
 
@@ -337,32 +338,52 @@ pub fn load_objects<'a>(
     let mut loader = compile::Loader::new(origin.clone(), ctx);
     let mut virtuals = Vec::new();
     for obj in objects {
-        let what = describe_json(obj);
-        if what.kind == virtual_service::KIND {
-            let vs: virtual_service::VirtualService = serde_path_to_error::deserialize(obj)
-                .map_err(|e| ConfigError::Invalid {
-                    origin: origin.clone(),
-                    line: 0,
-                    kind: what.kind.clone(),
-                    object: what.object.clone(),
-                    field: e.path().to_string(),
-                    reason: e.inner().to_string(),
-                })?;
-            add_virtual(&mut virtuals, &origin, &vs, 0, "")?;
-            continue;
+        if describe_json(obj).kind == virtual_service::KIND {
+            add_virtual_json(&mut virtuals, &origin, obj)?;
+        } else {
+            add_json(&mut loader, obj, &origin)?;
         }
-        let object: k8s::Object =
-            serde_path_to_error::deserialize(obj).map_err(|e| ConfigError::Invalid {
-                origin: origin.clone(),
-                line: 0,
-                kind: what.kind.clone(),
-                object: what.object.clone(),
-                field: e.path().to_string(),
-                reason: e.inner().to_string(),
-            })?;
-        loader.add(object, 0, "")?;
     }
     with_virtuals(loader.finish()?, virtuals, &origin)
+}
+
+/// Checks a `VirtualService` given as JSON and keeps it for [`with_virtuals`].
+fn add_virtual_json(
+    virtuals: &mut Vec<Virtual>,
+    origin: &Arc<str>,
+    obj: &serde_json::Value,
+) -> Result<(), ConfigError> {
+    let what = describe_json(obj);
+    let vs: virtual_service::VirtualService =
+        serde_path_to_error::deserialize(obj).map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            line: 0,
+            kind: what.kind.clone(),
+            object: what.object.clone(),
+            field: e.path().to_string(),
+            reason: e.inner().to_string(),
+        })?;
+    add_virtual(virtuals, origin, &vs, 0, "")
+}
+
+/// Reads a Kubernetes object given as JSON into the loader (which checks it).
+fn add_json(
+    loader: &mut compile::Loader<'_>,
+    obj: &serde_json::Value,
+    origin: &Arc<str>,
+) -> Result<(), ConfigError> {
+    let object: k8s::Object = serde_path_to_error::deserialize(obj).map_err(|e| {
+        let what = describe_json(obj);
+        ConfigError::Invalid {
+            origin: origin.clone(),
+            line: 0,
+            kind: what.kind,
+            object: what.object,
+            field: e.path().to_string(),
+            reason: e.inner().to_string(),
+        }
+    })?;
+    loader.add(object, 0, "")
 }
 
 fn describe_json(v: &serde_json::Value) -> Described {

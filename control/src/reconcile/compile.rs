@@ -3,10 +3,11 @@
 //! sources and the sets the steering XDP program matches; and the carry-over
 //! of removed endpoints from the snapshot in service into the next one.
 //!
-//! The config is still compiled whole on every change; the service table
-//! is built from the one in service ([`Base`],
-//! [`ServiceTable::build_from`]): front ends keep their slots, backends
-//! their ids, and unchanged services are shared with their state.
+//! The service table is built from the one in service ([`Base`]): from
+//! the incremental compile's change ([`ServiceTable::build_changed`],
+//! `incremental.rs`) when there is one, else from the whole spec list
+//! ([`ServiceTable::build_from`]); either way front ends keep their slots,
+//! backends their ids, and unchanged services are shared with their state.
 
 use std::collections::BTreeSet;
 use std::collections::HashSet;
@@ -20,6 +21,7 @@ use sluice_dataplane::steer::{SteerError, Steering};
 use sluice_dataplane::types::{Addr, L2Hop};
 use tracing::warn;
 
+use super::incremental::Delta;
 use crate::config::{Config, ConfigError};
 use crate::netlink::{self, Link};
 use crate::nexthop::NextHopCache;
@@ -84,6 +86,11 @@ pub struct Base<'a> {
     /// Slots and backend ids freed in this version or earlier may be
     /// handed out again: no flow of that time can be left.
     pub reuse_upto: u64,
+    /// What changed since the config `table` was built from, when known
+    /// (the incremental compile): the table is then built from the change
+    /// alone ([`ServiceTable::build_changed`]) instead of from the whole
+    /// spec list.
+    pub delta: Option<&'a Delta>,
 }
 
 /// Compiles `cfg` into a snapshot: service table (built from `base`),
@@ -102,10 +109,16 @@ pub fn compile(
     resolve_timeout: Duration,
 ) -> Result<Compiled, ConfigError> {
     check_local_addrs_owned(&cfg.services)?;
-    let services = base
-        .table
-        .build_from(version, cfg.services.clone(), base.reuse_upto)
-        .map_err(ConfigError::from)?;
+    let services = match base.delta {
+        Some(d) => {
+            base.table
+                .build_changed(version, &d.removed, d.upserted.clone(), base.reuse_upto)
+        }
+        None => base
+            .table
+            .build_from(version, cfg.services.clone(), base.reuse_upto),
+    }
+    .map_err(ConfigError::from)?;
     let mut steer = SteerSets::default();
     let mut snat = BTreeSet::new();
     let mut backends = BTreeSet::new();
@@ -411,6 +424,7 @@ mod tests {
             Base {
                 table: &empty,
                 reuse_upto: 0,
+                delta: None,
             },
             &fullnat_config(&[lo]),
             &[],
@@ -451,6 +465,7 @@ mod tests {
             Base {
                 table: &ServiceTable::default(),
                 reuse_upto: 0,
+                delta: None,
             },
             &cfg,
             &[],

@@ -25,10 +25,13 @@
 //! health survives config changes and needs none.
 
 pub mod compile;
+pub mod incremental;
+#[cfg(test)]
+mod incremental_tests;
 
-use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -53,6 +56,7 @@ use compile::{
     apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Base, Compiled,
     SteerSets,
 };
+use incremental::{Delta, Incremental};
 
 /// How long a compile waits for a new backend's next hop.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -105,6 +109,7 @@ pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError>
     let base = Base {
         table: &ServiceTable::default(),
         reuse_upto: 0,
+        delta: None,
     };
     compile::compile(
         1,
@@ -283,6 +288,18 @@ impl Publisher {
         forget: &HashSet<(Addr, u16, u8)>,
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
+        self.prepare_with(cfg, None, forget, timeout)
+    }
+
+    /// [`Publisher::prepare`], building the table from `delta` (what
+    /// changed since the config in service) when given.
+    fn prepare_with(
+        &self,
+        cfg: &Config,
+        delta: Option<&Delta>,
+        forget: &HashSet<(Addr, u16, u8)>,
+        timeout: Duration,
+    ) -> Result<Compiled, ConfigError> {
         let cfg = Checks::overlay(cfg, &self.health_down);
         let old = self.shared.snapshot.load();
         let mut c = {
@@ -292,6 +309,7 @@ impl Publisher {
                 Base {
                     table: &old.services,
                     reuse_upto: self.reuse_upto(),
+                    delta,
                 },
                 &cfg,
                 &self.host.links,
@@ -426,6 +444,29 @@ impl Publisher {
         let before = std::mem::replace(&mut self.health_down, self.checks.down());
         let r = self
             .prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)
+            .map_err(ApplyError::from)
+            .and_then(|c| Ok(self.swap(c, Some(cfg))?));
+        if r.is_err() {
+            self.health_down = before;
+        }
+        r
+    }
+
+    /// Compiles and publishes `cfg`, which differs from the config in
+    /// service by `delta` (the incremental compile's): the table is built
+    /// from the change alone. While a real-server check holds a server
+    /// down (now or in the table in service), the whole spec list is used
+    /// instead, as the checks' overlay rewrites specs the change does not
+    /// name.
+    ///
+    /// # Errors
+    /// [`ApplyError`]; nothing was published.
+    pub fn publish_delta(&mut self, cfg: Config, delta: &Delta) -> Result<Published, ApplyError> {
+        let before = std::mem::replace(&mut self.health_down, self.checks.down());
+        let overlaid = !before.is_empty() || !self.health_down.is_empty();
+        let delta = (!overlaid).then_some(delta);
+        let r = self
+            .prepare_with(&cfg, delta, &HashSet::new(), RESOLVE_TIMEOUT)
             .map_err(ApplyError::from)
             .and_then(|c| Ok(self.swap(c, Some(cfg))?));
         if r.is_err() {
@@ -648,6 +689,18 @@ fn note_moved(moved: &mut HashMap<L2Hop, (L2Hop, Instant)>, old: L2Hop, new: L2H
     moved.insert(old, (new, now));
 }
 
+/// The incremental compile of `store` (None, logged, when it does not
+/// compile: every write then compiles whole, as the store would refuse it).
+fn build_incremental(store: &Store, ctx: &CompileCtx) -> Option<Incremental> {
+    match Incremental::build(store.objects(), ctx.clone()) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            warn!("incremental compile unavailable, compiling every change whole: {e}");
+            None
+        }
+    }
+}
+
 /// What a committed write did.
 #[derive(Debug)]
 pub struct Applied {
@@ -666,18 +719,23 @@ pub struct Reconciler {
     persister: Option<crate::persist::Persister>,
     /// Apply-to-visible latencies (`sluice_sync_duration_seconds`).
     sync: Option<crate::metrics::Sync>,
+    /// The incremental compile of the store's objects; None until built
+    /// or after a publish that failed past it (then rebuilt).
+    inc: Option<Incremental>,
 }
 
 impl Reconciler {
     /// A reconciler over a store already compiled into the data path.
     pub fn new(store: Store, publisher: Publisher) -> Reconciler {
         let (events, _) = broadcast::channel(4096);
+        let inc = build_incremental(&store, &publisher.host.ctx);
         Reconciler {
             store,
             publisher,
             events,
             persister: None,
             sync: None,
+            inc,
         }
     }
 
@@ -721,10 +779,27 @@ impl Reconciler {
         let arrived = Instant::now();
         let ctx = self.publisher.host.ctx.clone();
         let publisher = &mut self.publisher;
-        let commit = self.store.commit(batch, SystemTime::now(), |objects| {
-            let cfg = compile_config(objects, &ctx)?;
-            publisher.publish(cfg)
-        })?;
+        let mut inc = self.inc.take().filter(|i| *i.ctx() == ctx);
+        let mut published = false;
+        let r = self
+            .store
+            .commit_with(batch, SystemTime::now(), |objects, events| {
+                let Some(inc) = inc.as_mut() else {
+                    let cfg = compile_config(objects, &ctx)?;
+                    return publisher.publish(cfg);
+                };
+                let changed: BTreeSet<Key> = events.iter().map(|e| e.key.clone()).collect();
+                // A refused change leaves the cache as it was.
+                let delta = inc.apply(objects, &changed)?;
+                published = true;
+                publisher.publish_delta(inc.config(), &delta)
+            });
+        self.inc = match (inc, published, r.is_ok()) {
+            // Compiled but not published: the cache is ahead of the store.
+            (Some(_), true, false) | (None, _, true) => build_incremental(&self.store, &ctx),
+            (inc, _, _) => inc,
+        };
+        let commit = r?;
         let seen = self.publisher.wait_seen(commit.output.epoch, SEEN_TIMEOUT);
         if !seen {
             warn!(
