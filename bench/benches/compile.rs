@@ -27,14 +27,14 @@
 
 use std::time::{Duration, Instant};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
 use sluice_control::config::{self, CompileCtx};
 use sluice_control::reconcile::incremental::Incremental;
-use sluice_control::store::{Batch, Key, Store, Stored, UpsertMode, Write};
+use sluice_control::store::{Batch, Key, Objects, Store, Stored, UpsertMode, Write};
 use sluice_dataplane::service::{ServiceSpec, ServiceTable};
 use sluice_dataplane::types::Addr;
 
@@ -127,7 +127,7 @@ fn moved_slice(i: u32, k: u32) -> Value {
 
 /// A store holding `objs`, as the reconciler has it.
 fn store_of(objs: &[Value]) -> Store {
-    let map: BTreeMap<Key, Stored> = objs
+    let map: Objects = objs
         .iter()
         .map(|o| {
             (

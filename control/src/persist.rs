@@ -33,7 +33,6 @@
 //! This is the trade kube-proxy and IPVS make (neither persists at all), with
 //! etcd's stronger point available later by waiting on [`Persister::flush`].
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -44,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::store::{Key, Store, Stored};
+use crate::store::{Key, Objects, Store, Stored};
 
 /// The default `--state-dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
@@ -100,14 +99,14 @@ struct FileOut<'a> {
     objects: Vec<Entry<'a>>,
 }
 
-/// A state to write: the store's objects (shared, so taking it is a
-/// pointer copy per object) and its revision.
+/// A state to write: the store's objects (a persistent map, so taking it
+/// is an O(1) clone whatever the store's size) and its revision.
 #[derive(Clone, Debug, Default)]
 pub struct Pending {
     /// The store's resource version.
     pub revision: u64,
-    /// The objects with their owners.
-    pub objects: Vec<(Arc<str>, Arc<Value>)>,
+    /// The objects (with their owners).
+    pub objects: Objects,
 }
 
 impl Pending {
@@ -115,11 +114,7 @@ impl Pending {
     pub fn of(store: &Store) -> Pending {
         Pending {
             revision: store.revision(),
-            objects: store
-                .objects()
-                .values()
-                .map(|s| (s.owner.clone(), s.object.clone()))
-                .collect(),
+            objects: store.objects().clone(),
         }
     }
 }
@@ -132,10 +127,10 @@ pub fn encode(p: &Pending) -> Vec<u8> {
         revision: p.revision,
         objects: p
             .objects
-            .iter()
-            .map(|(o, v)| Entry {
-                owner: std::borrow::Cow::Borrowed(o),
-                object: std::borrow::Cow::Borrowed(v),
+            .values()
+            .map(|s| Entry {
+                owner: std::borrow::Cow::Borrowed(&s.owner),
+                object: std::borrow::Cow::Borrowed(&s.object),
             })
             .collect(),
     };
@@ -174,7 +169,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Store, PersistError> {
         .get("objects")
         .and_then(Value::as_array)
         .ok_or_else(|| corrupt("no \"objects\" list".into()))?;
-    let mut objects = BTreeMap::new();
+    let mut objects = Objects::new();
     for (i, e) in entries.iter().enumerate() {
         let (key, stored) = entry(e).map_err(|r| corrupt(format!("objects[{i}]: {r}")))?;
         if objects.insert(key.clone(), stored).is_some() {

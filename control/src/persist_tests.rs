@@ -158,7 +158,7 @@ fn the_coalescer_keeps_only_the_newest_state() {
     for rev in 1..=100 {
         c.submit(Pending {
             revision: rev,
-            objects: Vec::new(),
+            objects: Objects::new(),
         });
     }
     let p = c.take().expect("one state to write");
@@ -189,7 +189,7 @@ fn a_burst_while_a_write_runs_costs_one_more_write() {
     .unwrap();
     let state = |revision| Pending {
         revision,
-        objects: Vec::new(),
+        objects: Objects::new(),
     };
     p.submit(state(1));
     entered.recv_timeout(Duration::from_secs(10)).unwrap();

@@ -16,7 +16,7 @@
 //!
 //! The store is pure: no I/O, and the clock comes in as an argument.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -341,13 +341,19 @@ pub enum StoreError<E = std::convert::Infallible> {
     },
 }
 
+/// The objects by key: a persistent ordered map, so that a commit's
+/// working copy and a snapshot for the persister are O(1) clones sharing
+/// the untouched nodes (a `BTreeMap` copy cost 30 ms per commit at 10k
+/// services), and writes O(log n).
+pub type Objects = imbl::OrdMap<Key, Stored>;
+
 /// Default number of events kept for watches.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    objects: BTreeMap<Key, Stored>,
+    objects: Objects,
     revision: u64,
     history: VecDeque<Event>,
     history_cap: usize,
@@ -377,7 +383,7 @@ impl Store {
     /// An empty store keeping `history` events for watches.
     pub fn new(history: usize) -> Store {
         Store {
-            objects: BTreeMap::new(),
+            objects: Objects::new(),
             revision: 0,
             history: VecDeque::new(),
             history_cap: history.max(1),
@@ -389,7 +395,7 @@ impl Store {
     /// left them ([`crate::persist`]): uids, creation times and resource
     /// versions are kept; the watch history starts empty at `revision`
     /// (a watch from before it gets [`StoreError::Gone`] and relists).
-    pub fn restored(objects: BTreeMap<Key, Stored>, revision: u64) -> Store {
+    pub fn restored(objects: Objects, revision: u64) -> Store {
         let revision = objects
             .values()
             .map(|s| s.resource_version)
@@ -411,7 +417,7 @@ impl Store {
     }
 
     /// The objects, in key order.
-    pub fn objects(&self) -> &BTreeMap<Key, Stored> {
+    pub fn objects(&self) -> &Objects {
         &self.objects
     }
 
@@ -464,7 +470,7 @@ impl Store {
         &mut self,
         batch: Batch,
         now: SystemTime,
-        validate: impl FnOnce(&BTreeMap<Key, Stored>) -> Result<T, E>,
+        validate: impl FnOnce(&Objects) -> Result<T, E>,
     ) -> Result<Commit<T>, StoreError<E>> {
         self.commit_with(batch, now, |objects, _| validate(objects))
     }
@@ -479,7 +485,7 @@ impl Store {
         &mut self,
         batch: Batch,
         now: SystemTime,
-        validate: impl FnOnce(&BTreeMap<Key, Stored>, &[Event]) -> Result<T, E>,
+        validate: impl FnOnce(&Objects, &[Event]) -> Result<T, E>,
     ) -> Result<Commit<T>, StoreError<E>> {
         let mut next = self.objects.clone();
         let mut rev = self.revision;
@@ -670,7 +676,7 @@ mod tests {
         }
     }
 
-    fn ok(_: &BTreeMap<Key, Stored>) -> Result<(), String> {
+    fn ok(_: &Objects) -> Result<(), String> {
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use crate::config::unit::{
     self, assign_node_ports, Assigned, CheckedService, NodePortReq, ServiceUnit,
 };
 use crate::config::{CompileCtx, Config, ConfigError, ObjectsSummary};
-use crate::store::{Key, Kind, Stored};
+use crate::store::{Key, Kind, Objects};
 
 /// (namespace, name).
 type Name = (String, String);
@@ -131,7 +131,7 @@ fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn object<'o>(objects: &'o BTreeMap<Key, Stored>, kind: Kind, n: &Name) -> Option<&'o Value> {
+fn object<'o>(objects: &'o Objects, kind: Kind, n: &Name) -> Option<&'o Value> {
     objects.get(&Key::new(kind, &n.0, &n.1)).map(|s| &*s.object)
 }
 
@@ -159,10 +159,7 @@ impl Incremental {
     ///
     /// # Errors
     /// As the whole compile.
-    pub fn build(
-        objects: &BTreeMap<Key, Stored>,
-        ctx: CompileCtx,
-    ) -> Result<Incremental, ConfigError> {
+    pub fn build(objects: &Objects, ctx: CompileCtx) -> Result<Incremental, ConfigError> {
         let mut inc = Incremental::new(ctx);
         let all: BTreeSet<Key> = objects.keys().cloned().collect();
         inc.apply(objects, &all)?;
@@ -183,7 +180,7 @@ impl Incremental {
     /// cache is unchanged then.
     pub fn apply(
         &mut self,
-        objects: &BTreeMap<Key, Stored>,
+        objects: &Objects,
         changed: &BTreeSet<Key>,
     ) -> Result<Delta, ConfigError> {
         let (lo, hi) = self.ctx.nodeport_range;
@@ -197,11 +194,7 @@ impl Incremental {
     }
 
     /// Computes the batch's effect without writing anything.
-    fn plan(
-        &self,
-        objects: &BTreeMap<Key, Stored>,
-        changed: &BTreeSet<Key>,
-    ) -> Result<Plan, ConfigError> {
+    fn plan(&self, objects: &Objects, changed: &BTreeSet<Key>) -> Result<Plan, ConfigError> {
         let mut affected: BTreeSet<Name> = BTreeSet::new();
         let mut plan = Plan {
             units: BTreeMap::new(),
@@ -357,12 +350,7 @@ impl Incremental {
 
     /// Refuses endpoint sources left without their Service `n`, as the
     /// whole compile does.
-    fn check_orphans(
-        &self,
-        objects: &BTreeMap<Key, Stored>,
-        n: &Name,
-        plan: &Plan,
-    ) -> Result<(), ConfigError> {
+    fn check_orphans(&self, objects: &Objects, n: &Name, plan: &Plan) -> Result<(), ConfigError> {
         let invalid =
             |kind: &str, object: String, field: String, reason: String| ConfigError::Invalid {
                 origin: Arc::from(ORIGIN),

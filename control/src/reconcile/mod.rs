@@ -29,9 +29,9 @@ pub mod incremental;
 #[cfg(test)]
 mod incremental_tests;
 
+use std::collections::BTreeSet;
 use std::collections::HashSet;
 use std::collections::VecDeque;
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,7 +51,7 @@ use crate::dns::{DnsServer, DnsZone};
 use crate::health::HealthServer;
 use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
-use crate::store::{Batch, Commit, Event, Key, Store, StoreError, Stored};
+use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
     apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Base, Compiled,
     SteerSets,
@@ -93,10 +93,7 @@ pub enum ApplyError {
 ///
 /// # Errors
 /// As [`config::load_objects`].
-pub fn compile_config(
-    objects: &BTreeMap<Key, Stored>,
-    ctx: &CompileCtx,
-) -> Result<Config, ConfigError> {
+pub fn compile_config(objects: &Objects, ctx: &CompileCtx) -> Result<Config, ConfigError> {
     config::load_objects(objects.values().map(|s| &*s.object), "store", ctx)
 }
 
