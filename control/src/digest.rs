@@ -125,7 +125,7 @@ mod tests {
                 ..spec(10, &[(11, 1), (12, 1)])
             },
         ] {
-            assert_ne!(digest(&[changed.clone()]), base, "{changed:?}");
+            assert_ne!(digest(std::slice::from_ref(&changed)), base, "{changed:?}");
         }
         let mut local = spec(10, &[(11, 1), (12, 1)]);
         local.backends[0].local = true;

@@ -341,9 +341,10 @@ pub fn healthy(r: &Report) -> bool {
 }
 
 async fn metrics(State(s): State<Sources>) -> Response {
-    let body = tokio::task::spawn_blocking(move || render(&s.stats.report(), &s.sync, &Tier::of(&s)))
-        .await
-        .unwrap_or_default();
+    let body =
+        tokio::task::spawn_blocking(move || render(&s.stats.report(), &s.sync, &Tier::of(&s)))
+            .await
+            .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
@@ -478,7 +479,10 @@ mod tests {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
         let plain = render(&r, &sync, &Tier::default());
-        assert!(!plain.contains("bgp_"), "no BGP metrics without --bgp:\n{plain}");
+        assert!(
+            !plain.contains("bgp_"),
+            "no BGP metrics without --bgp:\n{plain}"
+        );
         assert!(healthy(&r));
         let mut stale = r.clone();
         stale.workers[0].heartbeat_age_ms = 5000;

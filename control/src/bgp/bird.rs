@@ -214,8 +214,7 @@ impl ReplyParser {
             // An asynchronous message (a log line), not part of a reply.
             return Ok(None);
         }
-        if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || !matches!(b[4], b'-' | b' ')
-        {
+        if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || !matches!(b[4], b'-' | b' ') {
             return Err(line.to_string());
         }
         let code = line[..4].parse().map_err(|_| line.to_string())?;
@@ -277,12 +276,10 @@ fn read_final(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(sock(e)),
         };
-        let lines = parser
-            .feed(&buf[..n])
-            .map_err(|line| BirdError::Protocol {
-                path: path.to_path_buf(),
-                line,
-            })?;
+        let lines = parser.feed(&buf[..n]).map_err(|line| BirdError::Protocol {
+            path: path.to_path_buf(),
+            line,
+        })?;
         if let Some(last) = lines.into_iter().find(|l| l.last) {
             return Ok(last);
         }
@@ -427,13 +424,18 @@ mod tests {
 
     #[test]
     fn bytes_may_arrive_in_any_pieces() {
-        let bytes = b"0001 BIRD 2.0.12 ready.\n0002-Reading configuration from x\n0003 Reconfigured\n";
+        let bytes =
+            b"0001 BIRD 2.0.12 ready.\n0002-Reading configuration from x\n0003 Reconfigured\n";
         for cut in 0..bytes.len() {
             let mut p = ReplyParser::default();
             let mut lines = p.feed(&bytes[..cut]).expect("first piece");
             lines.extend(p.feed(&bytes[cut..]).expect("second piece"));
             let codes: Vec<_> = lines.iter().map(|l| (l.code, l.last)).collect();
-            assert_eq!(codes, vec![(1, true), (2, false), (3, true)], "cut at {cut}");
+            assert_eq!(
+                codes,
+                vec![(1, true), (2, false), (3, true)],
+                "cut at {cut}"
+            );
         }
     }
 
@@ -479,7 +481,10 @@ mod tests {
         }
         // An endless line is cut, not buffered without bound.
         let mut p = ReplyParser::default();
-        assert!(p.feed(&vec![b'0'; 1 << 20]).expect("no line yet").is_empty());
+        assert!(p
+            .feed(&vec![b'0'; 1 << 20])
+            .expect("no line yet")
+            .is_empty());
         assert!(p.buf.len() <= MAX_LINE);
     }
 

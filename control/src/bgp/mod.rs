@@ -157,7 +157,10 @@ pub fn candidates(table: &ServiceTable) -> BTreeMap<IpAddr, bool> {
 /// without workers.
 pub fn data_path_alive(heartbeats: &[u64], now_ms: u64, stale: Duration) -> bool {
     let stale = stale.as_millis() as u64;
-    !heartbeats.is_empty() && heartbeats.iter().all(|&b| now_ms.saturating_sub(b) <= stale)
+    !heartbeats.is_empty()
+        && heartbeats
+            .iter()
+            .all(|&b| now_ms.saturating_sub(b) <= stale)
 }
 
 /// Why nothing is announced although the table has usable VIPs.
@@ -408,16 +411,16 @@ fn run(
         let want = a.want(&shared.snapshot.load().services, Instant::now(), alive);
         if want.hold != last_hold {
             match want.hold {
-                Some(Hold::DataPathStopped) => error!("bgp: withdrawing every VIP: {}", Hold::DataPathStopped),
+                Some(Hold::DataPathStopped) => {
+                    error!("bgp: withdrawing every VIP: {}", Hold::DataPathStopped)
+                }
                 Some(h) => info!("bgp: holding announcements: {h}"),
                 None if last_hold.is_some() => info!("bgp: announcing"),
                 None => {}
             }
             last_hold = want.hold;
         }
-        if a.needs_sync(&want.vips)
-            && last_failure.is_none_or(|t| t.elapsed() >= RETRY)
-        {
+        if a.needs_sync(&want.vips) && last_failure.is_none_or(|t| t.elapsed() >= RETRY) {
             match sync(&opts, &want.vips) {
                 Ok(()) => {
                     log_change(&a.announced(), &want.vips);

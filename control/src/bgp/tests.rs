@@ -61,7 +61,10 @@ fn a_vip_is_usable_with_one_ready_endpoint_on_any_port() {
             "198.18.100.20",
             80,
             VipKind::LoadBalancer,
-            vec![backend("198.18.1.11", 0, false), backend("198.18.1.12", 0, true)],
+            vec![
+                backend("198.18.1.11", 0, false),
+                backend("198.18.1.12", 0, true),
+            ],
         ),
         // No endpoint at all.
         svc("198.18.100.30", 80, VipKind::ExternalIp, vec![]),
