@@ -354,7 +354,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
     let mut publisher = publisher;
     publisher.set_stats(stats.clone());
-    // The announcer's warm-up starts here, with the data path serving.
+    stats.spawn_estimator().map_err(RunError::Runtime)?;
+    // The announcer's warm-up starts here, with the data path serving; no
+    // early return follows that would leave it announcing without the
+    // withdrawal at the end of this function.
     let bgp = match &args.bgp {
         Some(o) => Some(
             crate::bgp::spawn(o.clone(), shared.clone(), counters.clone())
@@ -365,7 +368,6 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     if let Some(b) = &bgp {
         publisher.set_on_publish(Box::new(b.waker()));
     }
-    stats.spawn_estimator().map_err(RunError::Runtime)?;
     let sync = crate::metrics::Sync::default();
     let mut rec = Reconciler::new(store, publisher);
     rec.set_persister(persister.clone());

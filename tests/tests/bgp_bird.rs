@@ -185,3 +185,52 @@ fn a_vip_is_announced_while_it_has_ready_endpoints_and_withdrawn_at_shutdown() {
     let include = std::fs::read_to_string(Bird::include_path(&topo, Role::Lb)).expect("include");
     assert!(!include.contains("route "), "{include}");
 }
+
+/// The limit README "Running a tier" states: a SIGKILLed sluice cannot
+/// withdraw (its watchdog died with it; BIRD and its session stay up), so
+/// the route stays; what the operator pairs it with, emptying the include
+/// file and `birdc configure` (e.g. a systemd `ExecStopPost=`), withdraws
+/// it. A restarted sluice also withdraws at once (its first sync, during
+/// the warm-up, writes the empty set).
+#[test]
+fn a_sigkilled_sluice_leaves_its_route_until_the_include_is_emptied() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).backends(2));
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP]);
+    let lb = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let args = bgp_args(&topo, Role::Lb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let birds = [&rt, &lb];
+
+    let sluice = Sluice::start(&topo, &config(true), &args);
+    wait_route(&topo, &birds, &[LB_IP], "after the warm-up", &sluice.logs());
+    drop(sluice); // SIGKILL, by PID
+                  // Longer than the hold time (3 s): the session is BIRD's, not sluice's.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        kernel_nexthops(&topo, VIP),
+        vec![LB_IP.to_string()],
+        "a SIGKILLed sluice cannot withdraw; BIRD keeps announcing"
+    );
+
+    // A restarted sluice withdraws during its warm-up, then announces.
+    let long_warmup: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "1s" { "30s" } else { a })
+        .collect();
+    let sluice = Sluice::start(&topo, &config(true), &long_warmup);
+    wait_route(&topo, &birds, &[], "restart, warming up", &sluice.logs());
+    drop(sluice);
+
+    // Killed in its warm-up, it leaves nothing announced.
+    wait_route(&topo, &birds, &[], "killed in the warm-up", "");
+
+    // The operator's remedy after a crash: empty include, `birdc configure`.
+    let sluice = Sluice::start(&topo, &config(true), &args);
+    wait_route(&topo, &birds, &[LB_IP], "announced again", &sluice.logs());
+    drop(sluice);
+    std::fs::write(Bird::include_path(&topo, Role::Lb), "").expect("empty include");
+    let out = lb.birdc("configure");
+    assert!(out.stdout.contains("Reconfigured"), "{out}");
+    wait_route(&topo, &birds, &[], "include emptied by the operator", "");
+}
