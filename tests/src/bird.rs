@@ -186,7 +186,8 @@ pub fn lb_conf(my_ip: &str, router_ip: &str, include: &Path, include6: &Path) ->
          protocol static sluice {{\n  ipv4;\n  include \"{}\";\n}}\n\n\
          protocol static sluice6 {{\n  ipv6;\n  include \"{}\";\n}}\n\n\
          protocol bgp uplink {{\n  local {my_ip} as {LB_AS};\n  neighbor {router_ip} as {ROUTER_AS};\n{TIMERS}\
-         \x20 ipv4 {{ import none; export where proto = \"sluice\"; }};\n}}\n",
+         \x20 ipv4 {{ import none; export where proto = \"sluice\"; }};\n\
+         \x20 ipv6 {{ import none; export where proto = \"sluice6\"; }};\n}}\n",
         include.display(),
         include6.display()
     )
