@@ -107,10 +107,10 @@ fn request(topo: &Topology) -> Result<String, String> {
         .ok_or_else(|| out.to_string())
 }
 
-/// `sluice_bgp_announced{vip="VIP"}` as the LB's `/metrics` shows it.
-fn announced_metric(topo: &Topology) -> Option<u64> {
-    let out = topo.exec(
-        Role::Lb,
+/// The LB's `/metrics` text (the default address, in its namespace).
+fn metrics(topo: &Topology, lb: Role) -> String {
+    topo.exec(
+        lb,
         &[
             "curl",
             "-sS",
@@ -119,9 +119,14 @@ fn announced_metric(topo: &Topology) -> Option<u64> {
             "http://127.0.0.1:10249/metrics",
         ],
         Duration::from_secs(5),
-    );
+    )
+    .stdout
+}
+
+/// `sluice_bgp_announced{vip="VIP"}` as the LB's `/metrics` shows it.
+fn announced_metric(topo: &Topology) -> Option<u64> {
     let key = format!("sluice_bgp_announced{{vip=\"{VIP}\"}} ");
-    out.stdout
+    metrics(topo, Role::Lb)
         .lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
@@ -233,4 +238,154 @@ fn a_sigkilled_sluice_leaves_its_route_until_the_include_is_emptied() {
     let out = lb.birdc("configure");
     assert!(out.stdout.contains("Reconfigured"), "{out}");
     wait_route(&topo, &birds, &[], "include emptied by the operator", "");
+}
+
+/// `default/dns` on the VIP, UDP 5353, backends b1 and b2, Maglev (`mh`,
+/// on the client address: the same client goes to the same backend on
+/// every host that has the same config).
+fn mh_config() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: default\n  \
+         annotations:\n    sluice.dev/scheduler: mh\nspec:\n  type: ClusterIP\n  \
+         clusterIP: {VIP}\n  ports:\n  - name: dns\n    protocol: UDP\n    port: 5353\n    \
+         targetPort: 5353\n---\n{}",
+        endpoint_slice(
+            "dns-1",
+            "dns",
+            &[("dns", 5353, "UDP")],
+            &[1, 2].map(|i| Ep::ready(Topology::backend_ip(i)))
+        )
+    )
+}
+
+/// `sluice_table_digest_info{digest="..."}`'s digest in `lb`'s `/metrics`.
+fn digest(topo: &Topology, lb: Role) -> Option<String> {
+    metrics(topo, lb).lines().find_map(|l| {
+        let rest = l.strip_prefix("sluice_table_digest_info{digest=\"")?;
+        Some(rest.split('"').next()?.to_string())
+    })
+}
+
+/// Two LB hosts, each with sluice and BIRD, announce the same VIP; the
+/// router's BIRD merges the two paths into one multipath kernel route
+/// (`merge paths on`) and the kernel spreads flows by their ports
+/// (`fib_multipath_hash_policy=1`). 64 UDP flows from distinct source
+/// ports are all answered, both hosts carry some (the backend sees each
+/// host's own SNAT address), and with `mh` both hosts send every flow of
+/// the one client to the same backend. Withdrawing on one host leaves the
+/// route with the other alone.
+#[test]
+fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
+    let out = topo.exec(
+        Role::Router,
+        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
+        Duration::from_secs(5),
+    );
+    assert!(out.success(), "{out}");
+    const LB2_IP: &str = "198.18.0.3";
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
+    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
+    let birds = [&rt, &lb1, &lb2];
+    let cfg = mh_config();
+    // Masqueraded, so that each backend's reply returns to the host that
+    // forwarded the request (its own SNAT address) and names that host.
+    let masq = |mut a: Vec<String>| {
+        a.push("--masquerade-all".into());
+        a
+    };
+    let args1 = masq(bgp_args(&topo, Role::Lb));
+    let args2 = masq(bgp_args(&topo, Role::Lb2));
+    let s1 = Sluice::start_in(
+        &topo,
+        Role::Lb,
+        &cfg,
+        &args1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let s2 = Sluice::start_in(
+        &topo,
+        Role::Lb2,
+        &cfg,
+        &args2.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_route(
+        &topo,
+        &birds,
+        &[LB_IP, LB2_IP],
+        "both hosts announce",
+        &s1.logs(),
+    );
+    let (d1, d2) = (digest(&topo, Role::Lb), digest(&topo, Role::Lb2));
+    assert!(
+        d1.is_some() && d1 == d2,
+        "the hosts' table digests differ: {d1:?} {d2:?}"
+    );
+
+    // 64 flows, each a new socket (a new source port), one query each.
+    let mut by_host = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_backend = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..64 {
+        let out = topo.testsrv(
+            Role::Client,
+            &[
+                "udp-query",
+                &format!("{VIP}:5353"),
+                "--count",
+                "1",
+                "--timeout-ms",
+                "2000",
+            ],
+            Duration::from_secs(5),
+        );
+        let (backend, peer, _) = parse_backend_reply(&out.stdout).unwrap_or_else(|| {
+            panic!(
+                "flow {i} not answered: {out}\n--- lb log\n{}\n--- lb2 log\n{}",
+                s1.logs(),
+                s2.logs()
+            )
+        });
+        *by_host.entry(peer).or_default() += 1;
+        *by_backend.entry(backend).or_default() += 1;
+    }
+    eprintln!("ECMP split by SNAT address (host): {by_host:?}; by backend: {by_backend:?}");
+    assert_eq!(
+        by_host.keys().collect::<Vec<_>>(),
+        ["198.18.1.1", "198.18.1.2"],
+        "every flow answered, through both hosts: {by_host:?}"
+    );
+    assert_eq!(
+        by_backend.len(),
+        1,
+        "mh on the client address: both hosts choose the same backend: {by_backend:?}"
+    );
+
+    // One host withdraws (SIGTERM): the route keeps the other alone.
+    let report = s2.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    wait_route(&topo, &birds, &[LB_IP], "lb2 stopped", &s1.logs());
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            &format!("{VIP}:5353"),
+            "--count",
+            "8",
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("peer=198.18.1.1:"))
+            .count(),
+        8,
+        "after lb2 withdrew, lb answers every query: {out}"
+    );
+    let report = s1.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    wait_route(&topo, &birds, &[], "both stopped", &report.logs);
 }
