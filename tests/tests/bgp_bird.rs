@@ -389,3 +389,152 @@ fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
     wait_route(&topo, &birds, &[], "both stopped", &report.logs);
 }
+
+/// The loss of a host: lb2 cut off the network (the front switch drops
+/// its frames) and its sluice and BIRD SIGKILLed, mid-stream. The router's BGP hold timer (3 s) removes
+/// lb2's path; the flows ECMP had sent to lb2 move to lb, whose `mh`
+/// choice sends them to the same backend, so every stream is answered
+/// again, by the backend it had. How long the moved streams went
+/// unanswered is printed (not asserted: speed is not a test's business).
+#[test]
+fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
+    let out = topo.exec(
+        Role::Router,
+        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
+        Duration::from_secs(5),
+    );
+    assert!(out.success(), "{out}");
+    const LB2_IP: &str = "198.18.0.3";
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
+    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
+    let cfg = mh_config();
+    let args = |r| {
+        let mut a = bgp_args(&topo, r);
+        a.push("--masquerade-all".into());
+        a
+    };
+    let (a1, a2) = (args(Role::Lb), args(Role::Lb2));
+    let s1 = Sluice::start_in(
+        &topo,
+        Role::Lb,
+        &cfg,
+        &a1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let s2 = Sluice::start_in(
+        &topo,
+        Role::Lb2,
+        &cfg,
+        &a2.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let logs = s1.logs();
+    wait_route(
+        &topo,
+        &[&rt, &lb1, &lb2],
+        &[LB_IP, LB2_IP],
+        "both hosts",
+        &logs,
+    );
+
+    // 16 streams (16 source ports), a datagram every 100 ms for 10 s.
+    let streams: Vec<_> = (0..16)
+        .map(|_| {
+            topo.spawn_testsrv(
+                Role::Client,
+                &[
+                    "udp-stream",
+                    &format!("{VIP}:5353"),
+                    "--count",
+                    "100",
+                    "--interval-ms",
+                    "100",
+                ],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = std::time::Instant::now();
+    // Off the network first, so that no FIN of the dying BIRD's session
+    // reaches the router: it notices only when its hold timer expires.
+    // The front switch drops every frame to or from lb2's MAC (a link
+    // down would make the bridge flood lb2's frames to lb instead).
+    let m = sluice_tests::craft::mac(&topo, Role::Lb2, "front");
+    let mac = m.map(|b| format!("{b:02x}")).join(":");
+    for cmd in [
+        "add table bridge cut".to_string(),
+        "add chain bridge cut cutoff { type filter hook forward priority 0; }".to_string(),
+        format!("add rule bridge cut cutoff ether daddr {mac} drop"),
+        format!("add rule bridge cut cutoff ether saddr {mac} drop"),
+    ] {
+        let out = topo.exec(Role::Sw, &["nft", &cmd], Duration::from_secs(5));
+        assert!(out.success(), "{out}");
+    }
+    drop(s2); // SIGKILL, by PID
+    drop(lb2); // and its BIRD: the host is gone
+    let gone = poll_until(ROUTE_WAIT, || {
+        (kernel_nexthops(&topo, VIP) == [LB_IP]).then_some(killed.elapsed())
+    });
+    assert!(
+        gone.is_some(),
+        "lb2's path still at the router: {:?}",
+        kernel_nexthops(&topo, VIP)
+    );
+    let mut moved = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        let out = s.wait(Duration::from_secs(20));
+        assert!(out.success(), "stream {i}: {out}");
+        // (seq, host, backend) of the answered datagrams; timeouts counted.
+        let mut answered = Vec::new();
+        let mut lost = 0;
+        for l in out.stdout.lines() {
+            let seq: u32 = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match parse_backend_reply(l) {
+                Some((b, peer, _)) => answered.push((seq, peer, b)),
+                None => lost += 1,
+            }
+        }
+        let backends: std::collections::BTreeSet<_> = answered.iter().map(|a| &a.2).collect();
+        assert_eq!(
+            backends.len(),
+            1,
+            "stream {i} changed backend:\n{}",
+            out.stdout
+        );
+        let last = answered.last().map(|a| a.0);
+        assert_eq!(
+            last,
+            Some(99),
+            "stream {i} is answered again at its end:\n{}",
+            out.stdout
+        );
+        let first_host = answered.first().map(|a| a.1.clone());
+        if first_host.as_deref() == Some("198.18.1.2") {
+            assert!(
+                answered.iter().any(|a| a.1 == "198.18.1.1"),
+                "stream {i} on lb2 moved to lb:\n{}",
+                out.stdout
+            );
+            moved.push(lost * 100);
+        } else {
+            assert_eq!(
+                lost, 0,
+                "stream {i} stayed on lb and lost nothing:\n{}",
+                out.stdout
+            );
+        }
+    }
+    eprintln!(
+        "host loss: lb2's path gone from the router after {gone:?}; {} of 16 streams moved, \
+         unanswered for {moved:?} ms each",
+        moved.len()
+    );
+    assert!(!moved.is_empty(), "ECMP sent no stream to lb2");
+    let report = s1.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}
