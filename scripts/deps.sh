@@ -15,6 +15,8 @@ PKGS=(
   tmux
   # benchmarks: the kernel baselines, pinning, the plot's font
   iptables nftables util-linux fonts-dejavu-core
+  # tests/tests/bgp_bird.rs: a real BIRD 2 (bird, birdc) in the LB and router namespaces
+  bird2
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -31,6 +33,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests start their own bird processes (own config, socket and pid
+  # file in a temp dir); the packaged service, just installed by us, is not
+  # wanted running or starting at boot. A bird2 that was already installed
+  # is the operator's and is left alone.
+  if printf '%s\n' "${missing[@]}" | grep -qx bird2; then
+    systemctl disable --now bird.service >/dev/null 2>&1 || true
+  fi
 else
   echo "deps.sh: all packages present"
 fi

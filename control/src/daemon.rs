@@ -98,6 +98,8 @@ pub struct RunArgs {
     pub metrics_bind: SocketAddr,
     /// `/healthz` address.
     pub healthz_bind: SocketAddr,
+    /// Announce the VIPs through BIRD (`--bgp bird`), if asked.
+    pub bgp: Option<crate::bgp::BgpOpts>,
 }
 
 /// Why `sluice run` could not start or had to stop.
@@ -175,6 +177,9 @@ pub enum RunError {
     /// The metrics or healthz address could not be bound.
     #[error("{0}")]
     Metrics(#[from] crate::metrics::BindError),
+    /// The BGP announcer's options are unusable.
+    #[error("{0}")]
+    Bgp(#[from] crate::bgp::BgpError),
     /// The store refused the first state.
     #[error("{0}")]
     Store(String),
@@ -206,6 +211,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         config::load_file_with(path, &ctx)?;
     }
     args.api.check().map_err(RunError::Api)?;
+    if let Some(b) = &args.bgp {
+        b.check()?;
+    }
     crate::caps::check_run(args.dns.map(|a| a.port()))?;
     if args.ifaces.len() > usize::from(MAX_PORT) + 1 {
         return Err(RunError::TooManyInterfaces(args.ifaces.len()));
@@ -347,11 +355,29 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let mut publisher = publisher;
     publisher.set_stats(stats.clone());
     stats.spawn_estimator().map_err(RunError::Runtime)?;
+    // The announcer's warm-up starts here, with the data path serving; no
+    // early return follows that would leave it announcing without the
+    // withdrawal at the end of this function.
+    let bgp = match &args.bgp {
+        Some(o) => Some(
+            crate::bgp::spawn(o.clone(), shared.clone(), counters.clone())
+                .map_err(RunError::Runtime)?,
+        ),
+        None => None,
+    };
+    if let Some(b) = &bgp {
+        publisher.set_on_publish(Box::new(b.waker()));
+    }
     let sync = crate::metrics::Sync::default();
     let mut rec = Reconciler::new(store, publisher);
     rec.set_persister(persister.clone());
     rec.set_sync(sync.clone());
-    let sources = crate::metrics::Sources { stats, sync };
+    let sources = crate::metrics::Sources {
+        stats,
+        sync,
+        bgp: bgp.as_ref().map(|b| b.status()),
+        digest: Default::default(),
+    };
     let metrics_task = rt.spawn(crate::metrics::serve(metrics_listeners, sources));
     let rec: SharedReconciler = Arc::new(Mutex::new(rec));
     info!(
@@ -369,6 +395,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     rt.block_on(control_loop(
         &args, &host, &rec, &shared, &counters, signals, listeners, monitor,
     ));
+    // Withdraw while the workers still serve, so that flows drain to the
+    // other hosts as the routes go.
+    if let Some(b) = bgp {
+        match b.shutdown(BGP_SHUTDOWN_TIMEOUT) {
+            Some(Ok(())) => info!("bgp: every VIP withdrawn"),
+            Some(Err(e)) => error!("bgp: VIPs not withdrawn: {e}"),
+            None => error!("bgp: the announcer did not answer within {BGP_SHUTDOWN_TIMEOUT:?}; VIPs may stay announced"),
+        }
+    }
     if let Some(w) = watch {
         w.abort();
     }
@@ -501,6 +536,9 @@ fn commit_first(
             other => RunError::Store(other.to_string()),
         })
 }
+
+/// How long the shutdown waits for BIRD to take the withdrawal.
+const BGP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the start waits for every worker to enter its loop.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);

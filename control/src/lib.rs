@@ -4,11 +4,13 @@
 //! the `sluice run` daemon and the CLI (`sluice apply/get/delete`).
 
 pub mod api;
+pub mod bgp;
 pub mod caps;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod dns;
 pub mod health;
 pub mod links;

@@ -230,6 +230,32 @@ struct RunCmd {
     /// flag and default).
     #[arg(long, default_value = sluice_control::metrics::DEFAULT_HEALTHZ_ADDR)]
     healthz_bind_address: std::net::SocketAddr,
+    /// Announce the VIPs that have ready endpoints through this routing
+    /// daemon (README "Running a tier"): `bird`, BIRD 2 over its control
+    /// socket.
+    #[arg(long, value_enum)]
+    bgp: Option<BgpDaemon>,
+    /// BIRD's control socket (with --bgp bird).
+    #[arg(long, default_value = sluice_control::bgp::DEFAULT_SOCKET, requires = "bgp")]
+    bird_socket: PathBuf,
+    /// The file of IPv4 VIP routes that bird.conf includes in its static
+    /// protocol `sluice` (with --bgp bird).
+    #[arg(long, default_value = sluice_control::bgp::DEFAULT_INCLUDE, requires = "bgp")]
+    bird_include: PathBuf,
+    /// The file of IPv6 VIP routes that bird.conf includes in its static
+    /// protocol `sluice6` (with --bgp bird).
+    #[arg(long, default_value = sluice_control::bgp::DEFAULT_INCLUDE6, requires = "bgp")]
+    bird_include6: PathBuf,
+    /// Serve this long before announcing anything (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "bgp")]
+    announce_after: std::time::Duration,
+}
+
+/// The routing daemons `--bgp` drives.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BgpDaemon {
+    /// BIRD 2 (Debian `bird2`).
+    Bird,
 }
 
 /// The API socket the CLI talks to.
@@ -514,6 +540,12 @@ fn main() -> ExitCode {
                 state_dir: r.state_dir,
                 metrics_bind: r.metrics_bind_address,
                 healthz_bind: r.healthz_bind_address,
+                bgp: r.bgp.map(|BgpDaemon::Bird| sluice_control::bgp::BgpOpts {
+                    socket: r.bird_socket,
+                    include: r.bird_include,
+                    include6: r.bird_include6,
+                    announce_after: r.announce_after,
+                }),
             };
             match run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,

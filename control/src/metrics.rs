@@ -92,6 +92,53 @@ pub struct Sources {
     pub stats: Stats,
     /// The sync figures.
     pub sync: Sync,
+    /// The BGP announcer's state, with `--bgp`.
+    pub bgp: Option<crate::bgp::Status>,
+    /// The table digest of the last table scraped, by its version.
+    pub digest: DigestCache,
+}
+
+/// The table digest ([`crate::digest`]) of the table last scraped, kept
+/// by version, so that a scrape of an unchanged table does not hash it
+/// again.
+#[derive(Clone, Debug, Default)]
+pub struct DigestCache(Arc<std::sync::Mutex<Option<(u64, u64)>>>);
+
+impl DigestCache {
+    /// The digest of `table`.
+    pub fn of(&self, table: &sluice_dataplane::service::ServiceTable) -> u64 {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match *c {
+            Some((v, d)) if v == table.version() => d,
+            _ => {
+                let d = crate::digest::table_digest(table);
+                *c = Some((table.version(), d));
+                d
+            }
+        }
+    }
+}
+
+/// The figures that let an operator compare the hosts of a tier: the
+/// table digest, and with `--bgp` what is announced.
+#[derive(Clone, Debug, Default)]
+pub struct Tier {
+    /// [`crate::digest::table_digest`] of the table in service.
+    pub digest: u64,
+    /// Every candidate VIP with whether it is announced, and the changes
+    /// BIRD did not take; None without `--bgp`.
+    pub bgp: Option<(Vec<(std::net::IpAddr, bool)>, u64)>,
+}
+
+impl Tier {
+    /// The figures of `s` now.
+    pub fn of(s: &Sources) -> Tier {
+        let snap = s.stats.shared().snapshot.load();
+        Tier {
+            digest: s.digest.of(&snap.services),
+            bgp: s.bgp.as_ref().map(|b| (b.announced(), b.failures())),
+        }
+    }
 }
 
 type Labels = Vec<(String, String)>;
@@ -118,11 +165,12 @@ fn l(pairs: &[(&str, String)]) -> Labels {
         .collect()
 }
 
-/// The exposition text of `r` and `sync`.
-pub fn render(r: &Report, sync: &Sync) -> String {
+/// The exposition text of `r`, `sync` and `tier`.
+pub fn render(r: &Report, sync: &Sync, tier: &Tier) -> String {
     let mut reg = Registry::with_prefix("sluice");
     service_metrics(&mut reg, r);
     worker_metrics(&mut reg, r);
+    tier_metrics(&mut reg, tier);
     let g = |reg: &mut Registry, name: &str, help: &str, v: i64| {
         let m = Gauge::<i64>::default();
         m.set(v);
@@ -218,6 +266,37 @@ fn service_metrics(reg: &mut Registry, r: &Report) {
     }
 }
 
+fn tier_metrics(reg: &mut Registry, t: &Tier) {
+    let digest = family::<Gauge>(
+        reg,
+        "table_digest_info",
+        "Digest of the services and endpoints in service, independent of their order: equal on hosts that agree",
+    );
+    digest
+        .get_or_create(&l(&[("digest", crate::digest::hex(t.digest))]))
+        .set(1);
+    let Some((vips, failures)) = &t.bgp else {
+        return;
+    };
+    let announced = family::<Gauge>(
+        reg,
+        "bgp_announced",
+        "1 while BIRD announces the VIP for this host, 0 for a VIP served but withdrawn",
+    );
+    for (vip, on) in vips {
+        announced
+            .get_or_create(&l(&[("vip", vip.to_string())]))
+            .set(i64::from(*on));
+    }
+    let f = Counter::<u64>::default();
+    f.inc_by(*failures);
+    reg.register(
+        "bgp_configure_failures",
+        "Announcement changes BIRD did not take (include file, control socket or refusal)",
+        f,
+    );
+}
+
 fn worker_metrics(reg: &mut Registry, r: &Report) {
     let rx = family::<Counter>(reg, "worker_rx_packets", "Frames received per worker");
     let tx = family::<Counter>(reg, "worker_tx_packets", "Frames sent per worker");
@@ -262,9 +341,10 @@ pub fn healthy(r: &Report) -> bool {
 }
 
 async fn metrics(State(s): State<Sources>) -> Response {
-    let body = tokio::task::spawn_blocking(move || render(&s.stats.report(), &s.sync))
-        .await
-        .unwrap_or_default();
+    let body =
+        tokio::task::spawn_blocking(move || render(&s.stats.report(), &s.sync, &Tier::of(&s)))
+            .await
+            .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
@@ -372,8 +452,22 @@ mod tests {
         };
         let sync = Sync::default();
         sync.observe(Duration::from_millis(3));
-        let t = render(&r, &sync);
+        let tier = Tier {
+            digest: 0xab,
+            bgp: Some((
+                vec![
+                    ("198.18.100.10".parse().expect("ip"), true),
+                    ("2001:db8:100::10".parse().expect("ip"), false),
+                ],
+                2,
+            )),
+        };
+        let t = render(&r, &sync, &tier);
         for want in [
+            "sluice_table_digest_info{digest=\"00000000000000ab\"} 1",
+            "sluice_bgp_announced{vip=\"198.18.100.10\"} 1",
+            "sluice_bgp_announced{vip=\"2001:db8:100::10\"} 0",
+            "sluice_bgp_configure_failures_total 2",
             "sluice_worker_rx_packets_total{worker=\"0\"} 5",
             "sluice_worker_drops_total{worker=\"0\",reason=\"too_big\"} 0",
             "sluice_table_generation 3",
@@ -384,6 +478,11 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
+        let plain = render(&r, &sync, &Tier::default());
+        assert!(
+            !plain.contains("bgp_"),
+            "no BGP metrics without --bgp:\n{plain}"
+        );
         assert!(healthy(&r));
         let mut stale = r.clone();
         stale.workers[0].heartbeat_age_ms = 5000;

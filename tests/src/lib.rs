@@ -26,6 +26,7 @@
 //! the ones the harness started.
 
 pub mod api;
+pub mod bird;
 pub mod craft;
 pub mod fake_apiserver;
 pub mod k8s;

@@ -11,6 +11,12 @@
 //!   LBs' `front` links meet on a second bridge (`brf` in `<p>-sw`, ports
 //!   `f0` client, `f1` lb, `f2` lb2); both LBs' `back` links join the
 //!   backends' bridge (`p0` lb, `q0` lb2).
+//! * [`TopologyOpts::router`]: a router namespace `<p>-rt` (`eth0`
+//!   198.18.0.4/24, port `f3` of the front bridge, which it implies) that
+//!   forwards; the client reaches 198.18.100.0/24 through it instead of
+//!   through the LB, so VIP routes are the router's to learn (over BGP,
+//!   `tests/src/bird.rs`). It sends no ICMP redirects (its next hops share
+//!   the client's subnet).
 //!
 //! ```text
 //!  two nodes:  client eth0 198.18.0.2 ─ f0 ┐          ┌ p0 ─ back 198.18.1.1  lb  front 198.18.0.1 ─ f1 ┐
@@ -48,6 +54,9 @@ pub enum Role {
     Lb2,
     /// `<p>-sw`: bridge `br0` over `p0` (to lb) and `p1..pN` (to backends).
     Sw,
+    /// `<p>-rt`, only with [`TopologyOpts::router`]: `eth0` 198.18.0.4/24
+    /// on the front bridge, IPv4 forwarding on.
+    Router,
     /// `<p>-bN` (1-based): `eth0` 198.18.1.(10+N)/24.
     Backend(usize),
 }
@@ -69,6 +78,9 @@ pub struct TopologyOpts {
     pub ipv6: bool,
     /// LB nodes: 1 (default) or 2 (see the module doc).
     pub lb_nodes: usize,
+    /// A router namespace in front of the LBs (see the module doc).
+    /// Default false.
+    pub router: bool,
     /// Path of the `sluice-testsrv` binary (set by the [`topology!`](crate::topology)
     /// macro); if `None`, `SLUICE_TESTSRV` or the binary next to the test
     /// executable's directory is used.
@@ -82,6 +94,7 @@ impl Default for TopologyOpts {
             servers: true,
             ipv6: false,
             lb_nodes: 1,
+            router: false,
             testsrv: None,
         }
     }
@@ -108,6 +121,11 @@ impl TopologyOpts {
         self.lb_nodes = n;
         self
     }
+    /// Sets whether a router namespace stands in front of the LBs.
+    pub fn router(mut self, on: bool) -> Self {
+        self.router = on;
+        self
+    }
     /// Sets the `sluice-testsrv` path.
     pub fn testsrv(mut self, path: impl Into<PathBuf>) -> Self {
         self.testsrv = Some(path.into());
@@ -121,6 +139,7 @@ pub struct Topology {
     backends: usize,
     lb_nodes: usize,
     ipv6: bool,
+    router: bool,
     testsrv: PathBuf,
     /// Namespaces created so far, in creation order (deleted in reverse).
     created: Vec<String>,
@@ -182,6 +201,7 @@ impl Topology {
             backends: opts.backends,
             lb_nodes: opts.lb_nodes,
             ipv6: opts.ipv6,
+            router: opts.router,
             testsrv: find_testsrv(opts.testsrv.clone()),
             created: Vec::new(),
             servers: Vec::new(),
@@ -204,6 +224,9 @@ impl Topology {
             roles.push(Role::Lb2);
         }
         roles.push(Role::Sw);
+        if self.router {
+            roles.push(Role::Router);
+        }
         roles.extend((1..=self.backends).map(Role::Backend));
         for &r in &roles {
             let ns = self.ns(r);
@@ -242,6 +265,18 @@ impl Topology {
                 self.sysctl(lb, &["net.ipv6.conf.all.forwarding=0"])?;
             }
         }
+        if self.router {
+            // Before its link exists, so that `eth0` inherits "no redirects".
+            self.sysctl(
+                Role::Router,
+                &[
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.conf.all.send_redirects=0",
+                    "net.ipv4.conf.default.send_redirects=0",
+                ],
+            )?;
+        }
+        let front_bridge = two || self.router;
 
         let (client, lb, sw) = (self.ns(Role::Client), self.ns(Role::Lb), self.ns(Role::Sw));
         // (role, link, two queues): every veth end, for the offload settings.
@@ -254,28 +289,42 @@ impl Topology {
             (Role::Lb, "back".into(), true),
             (Role::Sw, "p0".into(), true),
         ]);
-        if two {
-            let lb2 = self.ns(Role::Lb2);
+        if front_bridge {
             ip(&["-n", &sw, "link", "add", "brf", "type", "bridge"])?;
             ip(&["-n", &sw, "link", "set", "brf", "up"])?;
             veth(&client, "eth0", &sw, "f0", 2)?;
             veth(&lb, "front", &sw, "f1", 2)?;
-            veth(&lb2, "front", &sw, "f2", 2)?;
-            veth(&lb2, "back", &sw, "q0", 2)?;
-            for port in ["f0", "f1", "f2"] {
-                ip(&["-n", &sw, "link", "set", port, "master", "brf"])?;
-            }
-            ip(&["-n", &sw, "link", "set", "q0", "master", "br0"])?;
+            let mut ports = vec!["f0", "f1"];
             ends.extend([
                 (Role::Client, "eth0".into(), true),
                 (Role::Lb, "front".into(), true),
-                (Role::Lb2, "front".into(), true),
-                (Role::Lb2, "back".into(), true),
                 (Role::Sw, "f0".into(), true),
                 (Role::Sw, "f1".into(), true),
-                (Role::Sw, "f2".into(), true),
-                (Role::Sw, "q0".into(), true),
             ]);
+            if two {
+                let lb2 = self.ns(Role::Lb2);
+                veth(&lb2, "front", &sw, "f2", 2)?;
+                veth(&lb2, "back", &sw, "q0", 2)?;
+                ports.push("f2");
+                ip(&["-n", &sw, "link", "set", "q0", "master", "br0"])?;
+                ends.extend([
+                    (Role::Lb2, "front".into(), true),
+                    (Role::Lb2, "back".into(), true),
+                    (Role::Sw, "f2".into(), true),
+                    (Role::Sw, "q0".into(), true),
+                ]);
+            }
+            if self.router {
+                veth(&self.ns(Role::Router), "eth0", &sw, "f3", 2)?;
+                ports.push("f3");
+                ends.extend([
+                    (Role::Router, "eth0".into(), true),
+                    (Role::Sw, "f3".into(), true),
+                ]);
+            }
+            for port in ports {
+                ip(&["-n", &sw, "link", "set", port, "master", "brf"])?;
+            }
         } else {
             veth(&client, "eth0", &lb, "front", 2)?;
             ends.extend([
@@ -319,6 +368,9 @@ impl Topology {
             addrs.push((Role::Lb2, "198.18.0.3/24", "front"));
             addrs.push((Role::Lb2, "198.18.1.2/24", "back"));
         }
+        if self.router {
+            addrs.push((Role::Router, "198.18.0.4/24", "eth0"));
+        }
         if opts.ipv6 {
             addrs.push((Role::Client, "2001:db8::2/64", "eth0"));
             addrs.push((Role::Lb, "2001:db8::1/64", "front"));
@@ -331,6 +383,11 @@ impl Topology {
         for (r, a, dev) in addrs {
             self.add_addr(r, a, dev)?;
         }
+        let vip_gateway = if self.router {
+            "198.18.0.4"
+        } else {
+            "198.18.0.1"
+        };
         ip(&[
             "-n",
             &client,
@@ -338,7 +395,7 @@ impl Topology {
             "add",
             "198.18.100.0/24",
             "via",
-            "198.18.0.1",
+            vip_gateway,
         ])?;
         if opts.ipv6 {
             ip(&[
@@ -430,6 +487,11 @@ impl Topology {
         self.lb_nodes
     }
 
+    /// Whether a router namespace stands in front of the LBs.
+    pub fn has_router(&self) -> bool {
+        self.router
+    }
+
     /// Whether the links have IPv6 addresses.
     pub fn has_ipv6(&self) -> bool {
         self.ipv6
@@ -464,6 +526,7 @@ impl Topology {
             Role::Lb => format!("{p}-lb"),
             Role::Lb2 => format!("{p}-lb2"),
             Role::Sw => format!("{p}-sw"),
+            Role::Router => format!("{p}-rt"),
             Role::Backend(i) => format!("{p}-b{i}"),
         }
     }

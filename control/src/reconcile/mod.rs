@@ -163,6 +163,10 @@ pub struct Publisher {
     /// The down targets the compiles apply (a copy of the registry's,
     /// taken at each publish, so a change is seen as one).
     health_down: HashSet<Target>,
+    /// Called after every publish (the BGP announcer's wake-up, so that a
+    /// VIP that gained or lost its last endpoint is announced or withdrawn
+    /// at once, [`crate::bgp`]).
+    on_publish: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The parts a publisher hands back at shutdown.
@@ -214,7 +218,13 @@ impl Publisher {
             dns,
             health,
             stats: None,
+            on_publish: None,
         }
+    }
+
+    /// Calls `f` after every publish from now on (it must not block).
+    pub fn set_on_publish(&mut self, f: Box<dyn Fn() + Send + Sync>) {
+        self.on_publish = Some(f);
     }
 
     /// The snapshot the workers read now (for listings such as
@@ -241,6 +251,9 @@ impl Publisher {
         match &self.stats {
             Some(s) => s.swap(snap),
             None => self.shared.publish(snap),
+        }
+        if let Some(f) = &self.on_publish {
+            f();
         }
     }
 

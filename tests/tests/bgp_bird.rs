@@ -1,0 +1,540 @@
+//! VIP announcement through BIRD 2 (`sluice run --bgp bird`, issue 14).
+//!
+//! A router namespace runs BIRD with a BGP session to a BIRD in the LB
+//! namespace; the LB's BIRD has the `bird.conf` of README "Running a tier
+//! (BGP with BIRD)" (static protocols `sluice`/`sluice6` that include the
+//! files Sluice writes, exported to BGP); the router's BIRD installs what
+//! it learns in its kernel table, and the client reaches the VIPs only
+//! through the router (`TopologyOpts::router`). Nothing here speaks BGP but
+//! BIRD.
+//!
+//! ```text
+//!  client 198.18.0.2 ── brf ── rt 198.18.0.4 (bird, kernel routes, forwarding)
+//!                        └──── lb 198.18.0.1 (sluice --bgp bird, bird) ── backends
+//! ```
+//!
+//! Every wait is a bounded poll (15 s); nothing asserts on speed.
+
+use std::time::Duration;
+
+use sluice_tests::bird::{kernel_nexthops, Bird};
+use sluice_tests::k8s::{endpoint_slice, Ep};
+use sluice_tests::{
+    parse_backend_reply, poll_until, require_root, topology, ReloadOutcome, Role, Sluice, Topology,
+    TopologyOpts, VIP,
+};
+
+/// How long a route may take to appear or go (BGP session set-up with
+/// 1 s timers, the 1 s warm-up, BIRD's reconfiguration).
+const ROUTE_WAIT: Duration = Duration::from_secs(15);
+const ROUTER_IP: &str = "198.18.0.4";
+const LB_IP: &str = "198.18.0.1";
+
+/// `default/web` on the VIP, port 80 → 8080, backends b1 and b2, ready or
+/// not (`ready: false, serving: false`: no usable endpoint).
+fn config(ready: bool) -> String {
+    let eps: Vec<Ep> = [1, 2]
+        .iter()
+        .map(|&i| Ep {
+            ready,
+            serving: ready,
+            ..Ep::ready(Topology::backend_ip(i))
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
+         type: ClusterIP\n  clusterIP: {VIP}\n  ports:\n  - name: http\n    \
+         protocol: TCP\n    port: 80\n    targetPort: 8080\n---\n{}",
+        endpoint_slice("web-1", "web", &[("http", 8080, "TCP")], &eps)
+    )
+}
+
+/// `sluice run` arguments that drive the LB's BIRD of `topo`.
+fn bgp_args(topo: &Topology, role: Role) -> Vec<String> {
+    let p = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "--workers".into(),
+        "1".into(),
+        "--bgp".into(),
+        "bird".into(),
+        "--bird-socket".into(),
+        p(Bird::socket_path(topo, role)),
+        "--bird-include".into(),
+        p(Bird::include_path(topo, role)),
+        "--bird-include6".into(),
+        p(Bird::include6_path(topo, role)),
+        "--announce-after".into(),
+        "1s".into(),
+    ]
+}
+
+/// Waits until the router's kernel route to the VIP has exactly `want` as
+/// next hops (empty: no route); panics with both BIRDs' views otherwise.
+fn wait_route(topo: &Topology, birds: &[&Bird], want: &[&str], what: &str, logs: &str) {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    let got = poll_until(ROUTE_WAIT, || {
+        (kernel_nexthops(topo, VIP) == want).then_some(())
+    });
+    if got.is_none() {
+        let views: Vec<String> = birds
+            .iter()
+            .map(|b| {
+                let r = b.birdc("show route all");
+                let p = b.birdc("show protocols");
+                format!("{}\n{}", p.stdout, r.stdout)
+            })
+            .collect();
+        panic!(
+            "{what}: the router's route to {VIP} has next hops {:?}, want {want:?} \
+             (after {ROUTE_WAIT:?})\n--- ip route in the router\n{}\n--- BIRDs\n{}\n--- sluice log\n{logs}",
+            kernel_nexthops(topo, VIP),
+            topo.exec(Role::Router, &["ip", "route"], Duration::from_secs(5))
+                .stdout,
+            views.join("\n---\n"),
+        );
+    }
+}
+
+/// One HTTP request from the client to the VIP (through the router):
+/// the name of the backend that answered.
+fn request(topo: &Topology) -> Result<String, String> {
+    let out = topo.curl(&format!("http://{VIP}/"), None);
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    parse_backend_reply(&out.stdout)
+        .map(|r| r.0)
+        .ok_or_else(|| out.to_string())
+}
+
+/// The LB's `/metrics` text (the default address, in its namespace).
+fn metrics(topo: &Topology, lb: Role) -> String {
+    topo.exec(
+        lb,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:10249/metrics",
+        ],
+        Duration::from_secs(5),
+    )
+    .stdout
+}
+
+/// `sluice_bgp_announced{vip="VIP"}` as the LB's `/metrics` shows it.
+fn announced_metric(topo: &Topology) -> Option<u64> {
+    let key = format!("sluice_bgp_announced{{vip=\"{VIP}\"}} ");
+    metrics(topo, Role::Lb)
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_vip_is_announced_while_it_has_ready_endpoints_and_withdrawn_at_shutdown() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).backends(2));
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP]);
+    let lb = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let args = bgp_args(&topo, Role::Lb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sluice = Sluice::start(&topo, &config(true), &args);
+    let birds = [&rt, &lb];
+
+    // (a) After the warm-up the router has VIP/32 via the LB.
+    wait_route(&topo, &birds, &[LB_IP], "after the warm-up", &sluice.logs());
+    assert_eq!(announced_metric(&topo), Some(1), "{}", sluice.logs());
+    let include = std::fs::read_to_string(Bird::include_path(&topo, Role::Lb)).expect("include");
+    assert!(
+        include.contains(&format!("route {VIP}/32 blackhole;")),
+        "{include}"
+    );
+
+    // (b) A client's request through the router reaches a backend.
+    let backend = poll_until(Duration::from_secs(10), || request(&topo).ok());
+    assert!(
+        backend.as_deref().is_some_and(|b| b == "b1" || b == "b2"),
+        "no backend answered through the router: {:?}\n--- sluice log\n{}",
+        request(&topo),
+        sluice.logs()
+    );
+
+    // (c) No usable endpoint: withdrawn; ready again: announced again.
+    sluice.rewrite_config(&config(false));
+    let r = sluice.reload();
+    assert!(matches!(r, ReloadOutcome::Applied(_)), "{r:?}");
+    wait_route(&topo, &birds, &[], "endpoints not ready", &sluice.logs());
+    assert_eq!(announced_metric(&topo), Some(0), "{}", sluice.logs());
+    sluice.rewrite_config(&config(true));
+    let r = sluice.reload();
+    assert!(matches!(r, ReloadOutcome::Applied(_)), "{r:?}");
+    wait_route(
+        &topo,
+        &birds,
+        &[LB_IP],
+        "endpoints ready again",
+        &sluice.logs(),
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || request(&topo).ok()).is_some(),
+        "no answer after the route came back: {:?}",
+        request(&topo)
+    );
+
+    // (d) SIGTERM: every VIP withdrawn before sluice exits.
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    wait_route(&topo, &birds, &[], "after SIGTERM", &report.logs);
+    let include = std::fs::read_to_string(Bird::include_path(&topo, Role::Lb)).expect("include");
+    assert!(!include.contains("route "), "{include}");
+}
+
+/// The limit README "Running a tier" states: a SIGKILLed sluice cannot
+/// withdraw (its watchdog died with it; BIRD and its session stay up), so
+/// the route stays; what the operator pairs it with, emptying the include
+/// file and `birdc configure` (e.g. a systemd `ExecStopPost=`), withdraws
+/// it. A restarted sluice also withdraws at once (its first sync, during
+/// the warm-up, writes the empty set).
+#[test]
+fn a_sigkilled_sluice_leaves_its_route_until_the_include_is_emptied() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).backends(2));
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP]);
+    let lb = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let args = bgp_args(&topo, Role::Lb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let birds = [&rt, &lb];
+
+    let sluice = Sluice::start(&topo, &config(true), &args);
+    wait_route(&topo, &birds, &[LB_IP], "after the warm-up", &sluice.logs());
+    drop(sluice); // SIGKILL, by PID
+                  // Longer than the hold time (3 s): the session is BIRD's, not sluice's.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        kernel_nexthops(&topo, VIP),
+        vec![LB_IP.to_string()],
+        "a SIGKILLed sluice cannot withdraw; BIRD keeps announcing"
+    );
+
+    // A restarted sluice withdraws during its warm-up, then announces.
+    let long_warmup: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "1s" { "30s" } else { a })
+        .collect();
+    let sluice = Sluice::start(&topo, &config(true), &long_warmup);
+    wait_route(&topo, &birds, &[], "restart, warming up", &sluice.logs());
+    drop(sluice);
+
+    // Killed in its warm-up, it leaves nothing announced.
+    wait_route(&topo, &birds, &[], "killed in the warm-up", "");
+
+    // The operator's remedy after a crash: empty include, `birdc configure`.
+    let sluice = Sluice::start(&topo, &config(true), &args);
+    wait_route(&topo, &birds, &[LB_IP], "announced again", &sluice.logs());
+    drop(sluice);
+    std::fs::write(Bird::include_path(&topo, Role::Lb), "").expect("empty include");
+    let out = lb.birdc("configure");
+    assert!(out.stdout.contains("Reconfigured"), "{out}");
+    wait_route(&topo, &birds, &[], "include emptied by the operator", "");
+}
+
+/// `default/dns` on the VIP, UDP 5353, backends b1 and b2, Maglev (`mh`,
+/// on the client address: the same client goes to the same backend on
+/// every host that has the same config).
+fn mh_config() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: default\n  \
+         annotations:\n    sluice.dev/scheduler: mh\nspec:\n  type: ClusterIP\n  \
+         clusterIP: {VIP}\n  ports:\n  - name: dns\n    protocol: UDP\n    port: 5353\n    \
+         targetPort: 5353\n---\n{}",
+        endpoint_slice(
+            "dns-1",
+            "dns",
+            &[("dns", 5353, "UDP")],
+            &[1, 2].map(|i| Ep::ready(Topology::backend_ip(i)))
+        )
+    )
+}
+
+/// `sluice_table_digest_info{digest="..."}`'s digest in `lb`'s `/metrics`.
+fn digest(topo: &Topology, lb: Role) -> Option<String> {
+    metrics(topo, lb).lines().find_map(|l| {
+        let rest = l.strip_prefix("sluice_table_digest_info{digest=\"")?;
+        Some(rest.split('"').next()?.to_string())
+    })
+}
+
+/// Two LB hosts, each with sluice and BIRD, announce the same VIP; the
+/// router's BIRD merges the two paths into one multipath kernel route
+/// (`merge paths on`) and the kernel spreads flows by their ports
+/// (`fib_multipath_hash_policy=1`). 64 UDP flows from distinct source
+/// ports are all answered, both hosts carry some (the backend sees each
+/// host's own SNAT address), and with `mh` both hosts send every flow of
+/// the one client to the same backend. Withdrawing on one host leaves the
+/// route with the other alone.
+#[test]
+fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
+    let out = topo.exec(
+        Role::Router,
+        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
+        Duration::from_secs(5),
+    );
+    assert!(out.success(), "{out}");
+    const LB2_IP: &str = "198.18.0.3";
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
+    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
+    let birds = [&rt, &lb1, &lb2];
+    let cfg = mh_config();
+    // Masqueraded, so that each backend's reply returns to the host that
+    // forwarded the request (its own SNAT address) and names that host.
+    let masq = |mut a: Vec<String>| {
+        a.push("--masquerade-all".into());
+        a
+    };
+    let args1 = masq(bgp_args(&topo, Role::Lb));
+    let args2 = masq(bgp_args(&topo, Role::Lb2));
+    let s1 = Sluice::start_in(
+        &topo,
+        Role::Lb,
+        &cfg,
+        &args1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let s2 = Sluice::start_in(
+        &topo,
+        Role::Lb2,
+        &cfg,
+        &args2.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_route(
+        &topo,
+        &birds,
+        &[LB_IP, LB2_IP],
+        "both hosts announce",
+        &s1.logs(),
+    );
+    let (d1, d2) = (digest(&topo, Role::Lb), digest(&topo, Role::Lb2));
+    assert!(
+        d1.is_some() && d1 == d2,
+        "the hosts' table digests differ: {d1:?} {d2:?}"
+    );
+
+    // 64 flows, each a new socket (a new source port), one query each.
+    let mut by_host = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_backend = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..64 {
+        let out = topo.testsrv(
+            Role::Client,
+            &[
+                "udp-query",
+                &format!("{VIP}:5353"),
+                "--count",
+                "1",
+                "--timeout-ms",
+                "2000",
+            ],
+            Duration::from_secs(5),
+        );
+        let (backend, peer, _) = parse_backend_reply(&out.stdout).unwrap_or_else(|| {
+            panic!(
+                "flow {i} not answered: {out}\n--- lb log\n{}\n--- lb2 log\n{}",
+                s1.logs(),
+                s2.logs()
+            )
+        });
+        *by_host.entry(peer).or_default() += 1;
+        *by_backend.entry(backend).or_default() += 1;
+    }
+    eprintln!("ECMP split by SNAT address (host): {by_host:?}; by backend: {by_backend:?}");
+    assert_eq!(
+        by_host.keys().collect::<Vec<_>>(),
+        ["198.18.1.1", "198.18.1.2"],
+        "every flow answered, through both hosts: {by_host:?}"
+    );
+    assert_eq!(
+        by_backend.len(),
+        1,
+        "mh on the client address: both hosts choose the same backend: {by_backend:?}"
+    );
+
+    // One host withdraws (SIGTERM): the route keeps the other alone.
+    let report = s2.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    wait_route(&topo, &birds, &[LB_IP], "lb2 stopped", &s1.logs());
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            &format!("{VIP}:5353"),
+            "--count",
+            "8",
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("peer=198.18.1.1:"))
+            .count(),
+        8,
+        "after lb2 withdrew, lb answers every query: {out}"
+    );
+    let report = s1.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    wait_route(&topo, &birds, &[], "both stopped", &report.logs);
+}
+
+/// The loss of a host: lb2 cut off the network (the front switch drops
+/// its frames) and its sluice and BIRD SIGKILLed, mid-stream. The router's BGP hold timer (3 s) removes
+/// lb2's path; the flows ECMP had sent to lb2 move to lb, whose `mh`
+/// choice sends them to the same backend, so every stream is answered
+/// again, by the backend it had. How long the moved streams went
+/// unanswered is printed (not asserted: speed is not a test's business).
+#[test]
+fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
+    let out = topo.exec(
+        Role::Router,
+        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
+        Duration::from_secs(5),
+    );
+    assert!(out.success(), "{out}");
+    const LB2_IP: &str = "198.18.0.3";
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
+    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
+    let cfg = mh_config();
+    let args = |r| {
+        let mut a = bgp_args(&topo, r);
+        a.push("--masquerade-all".into());
+        a
+    };
+    let (a1, a2) = (args(Role::Lb), args(Role::Lb2));
+    let s1 = Sluice::start_in(
+        &topo,
+        Role::Lb,
+        &cfg,
+        &a1.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let s2 = Sluice::start_in(
+        &topo,
+        Role::Lb2,
+        &cfg,
+        &a2.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let logs = s1.logs();
+    wait_route(
+        &topo,
+        &[&rt, &lb1, &lb2],
+        &[LB_IP, LB2_IP],
+        "both hosts",
+        &logs,
+    );
+
+    // 16 streams (16 source ports), a datagram every 100 ms for 10 s.
+    let streams: Vec<_> = (0..16)
+        .map(|_| {
+            topo.spawn_testsrv(
+                Role::Client,
+                &[
+                    "udp-stream",
+                    &format!("{VIP}:5353"),
+                    "--count",
+                    "100",
+                    "--interval-ms",
+                    "100",
+                ],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = std::time::Instant::now();
+    // Off the network first, so that no FIN of the dying BIRD's session
+    // reaches the router: it notices only when its hold timer expires.
+    // The front switch drops every frame to or from lb2's MAC (a link
+    // down would make the bridge flood lb2's frames to lb instead).
+    let m = sluice_tests::craft::mac(&topo, Role::Lb2, "front");
+    let mac = m.map(|b| format!("{b:02x}")).join(":");
+    for cmd in [
+        "add table bridge cut".to_string(),
+        "add chain bridge cut cutoff { type filter hook forward priority 0; }".to_string(),
+        format!("add rule bridge cut cutoff ether daddr {mac} drop"),
+        format!("add rule bridge cut cutoff ether saddr {mac} drop"),
+    ] {
+        let out = topo.exec(Role::Sw, &["nft", &cmd], Duration::from_secs(5));
+        assert!(out.success(), "{out}");
+    }
+    drop(s2); // SIGKILL, by PID
+    drop(lb2); // and its BIRD: the host is gone
+    let gone = poll_until(ROUTE_WAIT, || {
+        (kernel_nexthops(&topo, VIP) == [LB_IP]).then_some(killed.elapsed())
+    });
+    assert!(
+        gone.is_some(),
+        "lb2's path still at the router: {:?}",
+        kernel_nexthops(&topo, VIP)
+    );
+    let mut moved = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        let out = s.wait(Duration::from_secs(20));
+        assert!(out.success(), "stream {i}: {out}");
+        // (seq, host, backend) of the answered datagrams; timeouts counted.
+        let mut answered = Vec::new();
+        let mut lost = 0;
+        for l in out.stdout.lines() {
+            let seq: u32 = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match parse_backend_reply(l) {
+                Some((b, peer, _)) => answered.push((seq, peer, b)),
+                None => lost += 1,
+            }
+        }
+        let backends: std::collections::BTreeSet<_> = answered.iter().map(|a| &a.2).collect();
+        assert_eq!(
+            backends.len(),
+            1,
+            "stream {i} changed backend:\n{}",
+            out.stdout
+        );
+        let last = answered.last().map(|a| a.0);
+        assert_eq!(
+            last,
+            Some(99),
+            "stream {i} is answered again at its end:\n{}",
+            out.stdout
+        );
+        let first_host = answered.first().map(|a| a.1.clone());
+        if first_host.as_deref() == Some("198.18.1.2") {
+            assert!(
+                answered.iter().any(|a| a.1 == "198.18.1.1"),
+                "stream {i} on lb2 moved to lb:\n{}",
+                out.stdout
+            );
+            moved.push(lost * 100);
+        } else {
+            assert_eq!(
+                lost, 0,
+                "stream {i} stayed on lb and lost nothing:\n{}",
+                out.stdout
+            );
+        }
+    }
+    eprintln!(
+        "host loss: lb2's path gone from the router after {gone:?}; {} of 16 streams moved, \
+         unanswered for {moved:?} ms each",
+        moved.len()
+    );
+    assert!(!moved.is_empty(), "ECMP sent no stream to lb2");
+    let report = s1.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}
