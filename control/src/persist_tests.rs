@@ -258,7 +258,7 @@ fn the_caching_encoder_gives_the_serde_bytes_across_changes() {
         owner: Arc::from(owner),
         mode: UpsertMode::Apply(None),
     };
-    let mut commit = |s: &mut Store, w: Write| {
+    let commit = |s: &mut Store, w: Write| {
         let mut b = Batch::default();
         b.push(w);
         s.commit(b, SystemTime::now(), |_| Ok::<_, ()>(())).unwrap();
