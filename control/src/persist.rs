@@ -121,21 +121,52 @@ impl Pending {
 
 /// The file's bytes for `p`.
 pub fn encode(p: &Pending) -> Vec<u8> {
-    let out = FileOut {
-        format: FORMAT,
-        version: VERSION,
-        revision: p.revision,
-        objects: p
-            .objects
-            .values()
-            .map(|s| Entry {
-                owner: std::borrow::Cow::Borrowed(&s.owner),
-                object: std::borrow::Cow::Borrowed(&s.object),
-            })
-            .collect(),
-    };
-    // Serialising a Value tree with string keys cannot fail.
-    serde_json::to_vec(&out).unwrap_or_default()
+    Encoder::default().encode(p)
+}
+
+/// Encodes states, keeping each object's serialised entry until its
+/// resource version changes: a write after one change serialises one
+/// object and copies the others' bytes (serialising every object on
+/// every write took half a core at 10k services under a stream of
+/// changes). The bytes are exactly [`FileOut`]'s serde encoding.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    cache: hashbrown::HashMap<Key, (u64, Vec<u8>)>,
+}
+
+impl Encoder {
+    /// The file's bytes for `p`; forgets objects `p` no longer has.
+    pub fn encode(&mut self, p: &Pending) -> Vec<u8> {
+        let head = FileOut {
+            format: FORMAT,
+            version: VERSION,
+            revision: p.revision,
+            objects: Vec::new(),
+        };
+        // Serialising a Value tree with string keys cannot fail.
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        // `..."objects":[]}`: the entries go between the brackets.
+        out.truncate(out.len().saturating_sub(2));
+        let mut next = hashbrown::HashMap::with_capacity(p.objects.len());
+        for (i, (k, s)) in p.objects.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let bytes = match self.cache.remove(k) {
+                Some((rv, b)) if rv == s.resource_version => b,
+                _ => serde_json::to_vec(&Entry {
+                    owner: std::borrow::Cow::Borrowed(&s.owner),
+                    object: std::borrow::Cow::Borrowed(&s.object),
+                })
+                .unwrap_or_default(),
+            };
+            out.extend_from_slice(&bytes);
+            next.insert(k.clone(), (s.resource_version, bytes));
+        }
+        out.extend_from_slice(b"]}");
+        self.cache = next;
+        out
+    }
 }
 
 /// The store `bytes` (read from `path`) describe.
@@ -342,7 +373,8 @@ impl Persister {
     /// # Errors
     /// When the thread cannot be started.
     pub fn spawn(dir: PathBuf) -> io::Result<Persister> {
-        Persister::with_sink(move |p| write_atomic(&dir, &encode(p)))
+        let mut enc = Encoder::default();
+        Persister::with_sink(move |p| write_atomic(&dir, &enc.encode(p)))
     }
 
     /// Starts a writer thread that hands each state to `sink` (tests count

@@ -212,3 +212,83 @@ fn the_persister_writes_the_file() {
     assert_eq!(load(&dir).unwrap().unwrap().objects(), s.objects());
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The file's bytes the plain serde way: what [`Encoder`] must give.
+fn reference_encode(p: &Pending) -> Vec<u8> {
+    let out = FileOut {
+        format: FORMAT,
+        version: VERSION,
+        revision: p.revision,
+        objects: p
+            .objects
+            .values()
+            .map(|s| Entry {
+                owner: std::borrow::Cow::Borrowed(&s.owner),
+                object: std::borrow::Cow::Borrowed(&s.object),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&out).unwrap()
+}
+
+#[test]
+fn the_caching_encoder_gives_the_serde_bytes_across_changes() {
+    let mut s = store();
+    let mut enc = Encoder::default();
+    let check = |enc: &mut Encoder, s: &Store| {
+        let p = Pending::of(s);
+        let bytes = enc.encode(&p);
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            String::from_utf8(reference_encode(&p)).unwrap()
+        );
+        let back = decode(Path::new("state.json"), &bytes).expect("decodes");
+        assert_eq!(back.objects(), s.objects());
+    };
+    check(&mut enc, &s);
+    // The Service changes (a cached entry must not be reused), its owner
+    // changes with the same object, an object is added, one deleted.
+    let svc = |port: u16| {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "prod"},
+            "spec": {"clusterIP": "198.18.100.10", "ports": [{"port": port}]}})
+    };
+    let upsert = |object: Value, owner: &str| Write::Upsert {
+        object,
+        owner: Arc::from(owner),
+        mode: UpsertMode::Apply(None),
+    };
+    let commit = |s: &mut Store, w: Write| {
+        let mut b = Batch::default();
+        b.push(w);
+        s.commit(b, SystemTime::now(), |_| Ok::<_, ()>(())).unwrap();
+    };
+    commit(&mut s, upsert(svc(81), "kubectl"));
+    check(&mut enc, &s);
+    commit(&mut s, upsert(svc(81), "other-manager"));
+    check(&mut enc, &s);
+    commit(
+        &mut s,
+        upsert(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q"}}),
+            "kubectl",
+        ),
+    );
+    check(&mut enc, &s);
+    let pod =
+        Key::of(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}})).unwrap();
+    commit(
+        &mut s,
+        Write::Delete {
+            key: pod,
+            must_exist: true,
+        },
+    );
+    check(&mut enc, &s);
+    assert_eq!(
+        enc.cache.len(),
+        s.objects().len(),
+        "deleted objects are forgotten"
+    );
+    check(&mut enc, &Store::default());
+}

@@ -45,6 +45,36 @@ pub struct Compiled {
     pub steer: SteerSets,
     /// Backends whose next hop could not be resolved (retried later).
     pub unresolved: Vec<Addr>,
+    /// Where the snapshot's flows may go, when already computed.
+    pub live: Option<Live>,
+}
+
+/// Where the flows of one snapshot may be forwarded: computed once per
+/// publish (a walk of every service's backends) and kept for the
+/// snapshot in service, so a change compares against it instead of
+/// walking the old table again.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// [`live_backends`].
+    pub backends: HashSet<(Addr, u16, u8)>,
+    /// [`live_dr_hops`].
+    pub dr: HashSet<(L2Hop, u16, u8)>,
+}
+
+impl Live {
+    /// Both sets of `snap`.
+    pub fn of(snap: &Snapshot) -> Live {
+        Live {
+            backends: live_backends(snap),
+            dr: live_dr_hops(snap),
+        }
+    }
+
+    /// Whether some endpoint of `self` is not in `next` (flows need
+    /// flushing then).
+    pub fn lost_in(&self, next: &Live) -> bool {
+        !self.backends.is_subset(&next.backends) || !self.dr.is_subset(&next.dr)
+    }
 }
 
 impl Compiled {
@@ -174,6 +204,7 @@ pub fn compile(
         snapshot,
         steer,
         unresolved,
+        live: None,
     })
 }
 
@@ -320,6 +351,7 @@ mod tests {
                 ..SteerSets::default()
             },
             unresolved: Vec::new(),
+            live: None,
         };
         let hop = |m| NextHop {
             hop: L2Hop {

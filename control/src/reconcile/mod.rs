@@ -53,8 +53,7 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
-    apply_steer, expired_removals, live_backends, live_dr_hops, union_sets, Base, Compiled,
-    SteerSets,
+    apply_steer, expired_removals, live_backends, union_sets, Base, Compiled, Live, SteerSets,
 };
 use incremental::{Delta, Incremental};
 
@@ -142,6 +141,8 @@ pub struct Publisher {
     current_steer: SteerSets,
     unresolved: Vec<Addr>,
     applied: Config,
+    /// Where the flows of the snapshot in service may go.
+    live: Live,
     /// When each removed endpoint left; forgotten once its flows must be gone.
     removed_since: HashMap<(Addr, u16, u8), Instant>,
     removed_ttl: Duration,
@@ -199,7 +200,9 @@ impl Publisher {
         };
         let checks = Checks::default();
         checks.set_targets(&applied);
+        let live = Live::of(&shared.snapshot.load());
         Publisher {
+            live,
             checks,
             health_down: HashSet::new(),
             host,
@@ -247,7 +250,8 @@ impl Publisher {
     /// Puts `snap` in service: through the traffic totals when they are
     /// kept ([`Publisher::set_stats`]), so no packet count is lost at the
     /// swap.
-    fn publish_snapshot(&self, snap: sluice_dataplane::pipeline::Snapshot) {
+    fn publish_snapshot(&mut self, snap: sluice_dataplane::pipeline::Snapshot, live: Live) {
+        self.live = live;
         match &self.stats {
             Some(s) => s.swap(snap),
             None => self.shared.publish(snap),
@@ -330,12 +334,19 @@ impl Publisher {
         };
         c.snapshot.moved = self.moved_hops();
         let live = live_backends(&c.snapshot);
-        let removed: hashbrown::HashSet<_> = live_backends(&old)
-            .into_iter()
-            .chain(old.removed.iter().copied())
+        let removed: hashbrown::HashSet<_> = self
+            .live
+            .backends
+            .iter()
+            .chain(old.removed.iter())
             .filter(|b| !live.contains(b) && !forget.contains(b))
+            .copied()
             .collect();
         c.keep_removed(removed, &old.nexthops);
+        c.live = Some(Live {
+            backends: live,
+            dr: compile::live_dr_hops(&c.snapshot),
+        });
         Ok(c)
     }
 
@@ -348,13 +359,14 @@ impl Publisher {
     /// # Errors
     /// [`SteerError`] when the union could not be steered; then nothing was
     /// published.
-    fn swap(&mut self, c: Compiled, cfg: Option<Config>) -> Result<Published, SteerError> {
+    fn swap(&mut self, mut c: Compiled, cfg: Option<Config>) -> Result<Published, SteerError> {
+        let live = c.live.take().unwrap_or_else(|| Live::of(&c.snapshot));
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
         let freed = c.snapshot.services.freed_ids();
         if cfg.is_none() && c.steer == self.current_steer {
             // Only next hops changed: the steering maps stay as they are.
-            self.publish_snapshot(c.snapshot);
+            self.publish_snapshot(c.snapshot, live);
             self.epoch = epoch;
             self.unresolved = c.unresolved;
             return Ok(Published {
@@ -369,14 +381,9 @@ impl Publisher {
         if steer_changed {
             apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
         }
-        let live = live_backends(&c.snapshot);
-        let live_dr = live_dr_hops(&c.snapshot);
         // Flows need flushing only when an endpoint left.
-        let left = {
-            let old = self.shared.snapshot.load();
-            !live_backends(&old).is_subset(&live) || !live_dr_hops(&old).is_subset(&live_dr)
-        };
-        self.publish_snapshot(c.snapshot);
+        let left = self.live.lost_in(&live);
+        self.publish_snapshot(c.snapshot, live);
         self.epoch = epoch;
         if freed {
             self.note_freed(epoch);
@@ -417,14 +424,17 @@ impl Publisher {
             0
         } else {
             let snap = self.shared.snapshot.load();
+            let live = &self.live;
             self.shared.flows.remove_where(|e| {
                 e.reply.proto != proto::TCP
                     && if is_dr_flow(e) {
                         // Named by next hop, not address (keep_removed).
                         let hop = snap.current_hop(e.orig_hop);
-                        !live_dr.contains(&(hop, e.original.dport, e.original.proto))
+                        !live.dr.contains(&(hop, e.original.dport, e.original.proto))
                     } else {
-                        !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
+                        !live
+                            .backends
+                            .contains(&(e.reply.src, e.reply.sport, e.reply.proto))
                     }
             })
         };
@@ -595,6 +605,7 @@ impl Publisher {
                 .filter(|a| !moved.iter().any(|m| m.addr == **a))
                 .copied()
                 .collect(),
+            live: None,
         };
         drop(old);
         match self.swap(c, None) {
@@ -655,6 +666,7 @@ impl Publisher {
             },
             steer: self.current_steer.clone(),
             unresolved: self.unresolved.clone(),
+            live: None,
         };
         drop(old);
         if let Err(e) = self.swap(c, None) {
