@@ -33,6 +33,7 @@
 //! most [`EDNS_PAYLOAD`]) first lose their additional section, then are
 //! sent with TC and no records, so the client retries over TCP.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -179,13 +180,17 @@ pub struct DnsZone {
 impl DnsZone {
     /// The zone for `domain` (e.g. `cluster.local`, a trailing dot is
     /// allowed) holding `services`, with TTL [`DEFAULT_TTL`].
-    pub fn new(domain: &str, services: &[DnsService]) -> Result<DnsZone, DnsError> {
+    pub fn new<S: Borrow<DnsService>>(domain: &str, services: &[S]) -> Result<DnsZone, DnsError> {
         DnsZone::with_ttl(domain, services, DEFAULT_TTL)
     }
 
     /// Like [`DnsZone::new`] with the TTL of every record (also the SOA
     /// minimum, i.e. the negative-caching TTL).
-    pub fn with_ttl(domain: &str, services: &[DnsService], ttl: u32) -> Result<DnsZone, DnsError> {
+    pub fn with_ttl<S: Borrow<DnsService>>(
+        domain: &str,
+        services: &[S],
+        ttl: u32,
+    ) -> Result<DnsZone, DnsError> {
         let origin_labels = parse_domain(domain)?;
         let origin = name_of(origin_labels.iter().map(Vec::as_slice)).map_err(|reason| {
             DnsError::InvalidDomain {
@@ -224,7 +229,7 @@ impl DnsZone {
         zone.node(&fixed("dns-version")?).txt = Some(TXT::new(vec![SCHEMA_VERSION.to_owned()]));
 
         let mut seen = HashSet::new();
-        for svc in services {
+        for svc in services.iter().map(Borrow::borrow) {
             zone.add_service(svc, &origin_labels, &mut seen)?;
         }
         Ok(zone)

@@ -131,7 +131,10 @@ pub fn encode(p: &Pending) -> Vec<u8> {
 /// changes). The bytes are exactly [`FileOut`]'s serde encoding.
 #[derive(Debug, Default)]
 pub struct Encoder {
-    cache: hashbrown::HashMap<Key, (u64, Vec<u8>)>,
+    /// Key → (resource version, the write that last saw it, its bytes).
+    cache: hashbrown::HashMap<Key, (u64, u64, Vec<u8>)>,
+    /// Writes encoded.
+    writes: u64,
 }
 
 impl Encoder {
@@ -147,24 +150,37 @@ impl Encoder {
         let mut out = serde_json::to_vec(&head).unwrap_or_default();
         // `..."objects":[]}`: the entries go between the brackets.
         out.truncate(out.len().saturating_sub(2));
-        let mut next = hashbrown::HashMap::with_capacity(p.objects.len());
+        self.writes += 1;
+        let write = self.writes;
         for (i, (k, s)) in p.objects.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            let bytes = match self.cache.remove(k) {
-                Some((rv, b)) if rv == s.resource_version => b,
-                _ => serde_json::to_vec(&Entry {
+            let fresh = || {
+                serde_json::to_vec(&Entry {
                     owner: std::borrow::Cow::Borrowed(&s.owner),
                     object: std::borrow::Cow::Borrowed(&s.object),
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
             };
-            out.extend_from_slice(&bytes);
-            next.insert(k.clone(), (s.resource_version, bytes));
+            // Updated in place: only a new key is cloned.
+            let e = match self.cache.get_mut(k) {
+                Some(e) => e,
+                None => self
+                    .cache
+                    .entry(k.clone())
+                    .or_insert((s.resource_version, 0, fresh())),
+            };
+            if e.0 != s.resource_version {
+                *e = (s.resource_version, write, fresh());
+            }
+            e.1 = write;
+            out.extend_from_slice(&e.2);
+        }
+        if self.cache.len() != p.objects.len() {
+            self.cache.retain(|_, e| e.1 == write);
         }
         out.extend_from_slice(b"]}");
-        self.cache = next;
         out
     }
 }

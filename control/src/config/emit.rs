@@ -94,6 +94,7 @@
 //! `LocalReadyEndpoints`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sluice_dataplane::service::{
     BackendSpec, ForwardMethod, MasqMode, ServiceSpec, ServiceTable, VipKey, VipKind, WhenEmpty,
@@ -240,7 +241,7 @@ impl Loader<'_> {
             Some(c) => specs.iter().map(|s| (s.name.clone(), c.clone())).collect(),
             None => Vec::new(),
         };
-        let dns = dns_record(svc, &groups);
+        let dns = Arc::new(dns_record(svc, &groups));
         let mut health_check = None;
         if let (true, Some(port)) = (svc.needs_health_check, a.health_check) {
             let node = self.cc.node_name.as_deref();

@@ -134,7 +134,7 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     /// One record set per Service (headless and ExternalName included), in
     /// file order.
-    pub dns: Vec<DnsService>,
+    pub dns: Vec<Arc<DnsService>>,
     /// The `healthCheckNodePort`s to serve (LoadBalancer services with
     /// `externalTrafficPolicy: Local`), in file order.
     pub health_checks: Vec<HealthCheck>,

@@ -706,7 +706,7 @@ fn sctp_and_udp_compile() {
         ]
     );
     assert_eq!(
-        cfg.dns[0],
+        *cfg.dns[0],
         DnsService::ClusterIp {
             namespace: "default".into(),
             name: "web".into(),
@@ -873,7 +873,7 @@ spec: {type: ExternalName, externalName: billing.example.com., ports: [{port: 44
     let cfg = load(headless);
     assert!(cfg.services.is_empty());
     assert_eq!(
-        cfg.dns,
+        cfg.dns.iter().map(|d| (**d).clone()).collect::<Vec<_>>(),
         vec![
             DnsService::Headless {
                 namespace: "data".into(),
@@ -904,7 +904,7 @@ spec: {type: ExternalName, externalName: billing.example.com., ports: [{port: 44
     // An unnamed port gets no SRV.
     let cfg = load(&svc("{clusterIP: 10.96.0.95, ports: [{port: 80}]}"));
     assert_eq!(
-        cfg.dns,
+        cfg.dns.iter().map(|d| (**d).clone()).collect::<Vec<_>>(),
         vec![DnsService::ClusterIp {
             namespace: "default".into(),
             name: "web".into(),
@@ -1074,7 +1074,7 @@ fn examples_load() {
     );
     assert!(cfg.services.is_empty());
     assert!(
-        matches!(&cfg.dns[0], DnsService::Headless { ips, ports, .. } if ips.len() == 2 && ports[0].port == 5432)
+        matches!(&*cfg.dns[0], DnsService::Headless { ips, ports, .. } if ips.len() == 2 && ports[0].port == 5432)
     );
 
     let cfg = ex(
@@ -1082,7 +1082,7 @@ fn examples_load() {
         include_str!("../../../examples/externalname.yaml"),
     );
     assert!(
-        matches!(&cfg.dns[0], DnsService::ExternalName { target, .. } if target == "billing.example.com")
+        matches!(&*cfg.dns[0], DnsService::ExternalName { target, .. } if target == "billing.example.com")
     );
 
     let cfg = ex("dr.yaml", include_str!("../../../examples/dr.yaml"));

@@ -30,7 +30,7 @@ pub struct ServiceUnit {
     /// Its virtual services, in the whole compile's order.
     pub specs: Vec<ServiceSpec>,
     /// Its DNS record set.
-    pub dns: DnsService,
+    pub dns: Arc<DnsService>,
     /// Its `healthCheckNodePort` server, if it has one.
     pub health_check: Option<HealthCheck>,
     /// Its real-server checks, by service-port name.

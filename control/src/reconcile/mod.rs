@@ -377,10 +377,15 @@ impl Publisher {
         }
         // Unchanged sets leave the maps alone (most endpoint changes).
         let steer_changed = c.steer != self.current_steer;
-        let union = union_sets(&self.current_steer, &c.steer);
-        if steer_changed {
-            apply_steer(&mut self.steering, &union, &self.host.masq.ports)?;
-        }
+        // The union is only needed (and only built: a walk of every set)
+        // when the sets change.
+        let union = if steer_changed {
+            let u = union_sets(&self.current_steer, &c.steer);
+            apply_steer(&mut self.steering, &u, &self.host.masq.ports)?;
+            Some(u)
+        } else {
+            None
+        };
         // Flows need flushing only when an endpoint left.
         let left = self.live.lost_in(&live);
         self.publish_snapshot(c.snapshot, live);
@@ -388,10 +393,9 @@ impl Publisher {
         if freed {
             self.note_freed(epoch);
         }
-        if !steer_changed {
-            self.current_steer = c.steer;
-        } else {
-            match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
+        match union {
+            None => self.current_steer = c.steer,
+            Some(union) => match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
                 Ok(()) => self.current_steer = c.steer,
                 Err(e) => {
                     // The union (a superset) stays; nothing is lost but the
@@ -399,7 +403,7 @@ impl Publisher {
                     warn!("steering maps keep the old entries too: {e}");
                     self.current_steer = union;
                 }
-            }
+            },
         }
         self.unresolved = c.unresolved;
         {
