@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod nexthop;
+pub mod nodeport_addresses;
 pub mod persist;
 pub mod reconcile;
 pub mod snat;

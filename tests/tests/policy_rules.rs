@@ -11,7 +11,12 @@
 //! * `allowFromNode`: `loadBalancerSourceRanges` holding a node address
 //!   admit a packet whose source is the LoadBalancer IP itself (the client
 //!   namespace SNATs its connection to the LB IP with nftables, as a
-//!   cloud load balancer that keeps the LB IP as source would).
+//!   cloud load balancer that keeps the LB IP as source would);
+//! * `--nodeport-addresses`: on a node with two front addresses (198.18.0.1
+//!   and a secondary 198.18.0.50), NodePorts and the healthCheckNodePort
+//!   answer only on the selected one; the other reaches the kernel, which
+//!   refuses it; without the flag both answer. A selection that keeps no
+//!   node address, or a malformed one, stops `sluice run` with exit 2.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -357,4 +362,92 @@ fn unowned_external_ip_without_local_endpoint_is_dropped_and_counted() {
         report.counters
     );
     assert_eq!(report.counter("new_flows"), 0, "{:?}", report.counters);
+}
+
+/// The LB node's secondary front address (`--nodeport-addresses` tests).
+const SECOND_ADDR: &str = "198.18.0.50";
+
+/// What a client sees on one node address: (NodePort answered by a
+/// backend, healthCheckNodePort answered), with curl's output.
+fn node_port_and_health(topo: &Topology, addr: &str) -> (bool, bool, String) {
+    let np = topo.curl(&format!("http://{addr}:30080/"), Some("198.18.0.2"));
+    let served = np.success() && parse_backend_reply(&np.stdout).is_some();
+    let hc = topo.curl(&format!("http://{addr}:32100/healthz"), Some("198.18.0.2"));
+    (
+        served,
+        hc.success(),
+        format!("nodePort: {np}\nhealth: {hc}"),
+    )
+}
+
+/// Starts sluice on [`local_lb`] with the LB node's front holding a second
+/// address, with `extra` flags; what [`node_port_and_health`] sees on each
+/// address (198.18.0.1, then [`SECOND_ADDR`]).
+fn node_ports_by_address(extra: &[&str]) -> [(bool, bool, String); 2] {
+    let topo = topology!();
+    topo.add_address(Role::Lb, &format!("{SECOND_ADDR}/24"), "front");
+    let mut args = vec!["--workers", "1", "--node-name", "node1"];
+    args.extend_from_slice(extra);
+    let sluice = Sluice::start(&topo, &local_lb(), &args);
+    let got = ["198.18.0.1", SECOND_ADDR].map(|a| {
+        let (np, hc, out) = node_port_and_health(&topo, a);
+        (np, hc, format!("{a}: {out}\nlog:\n{}", sluice.logs()))
+    });
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    got
+}
+
+#[test]
+fn node_ports_answer_only_on_the_selected_node_addresses() {
+    require_root();
+    let [first, second] = node_ports_by_address(&["--nodeport-addresses", "198.18.0.48/30"]);
+    assert!(
+        second.0,
+        "the selected address must serve the NodePort: {}",
+        second.2
+    );
+    assert!(
+        second.1,
+        "the selected address must serve the health port: {}",
+        second.2
+    );
+    assert!(
+        !first.0,
+        "an unselected address must not serve the NodePort: {}",
+        first.2
+    );
+    assert!(
+        !first.1,
+        "an unselected address must not serve the health port: {}",
+        first.2
+    );
+}
+
+#[test]
+fn without_node_port_addresses_every_node_address_answers() {
+    require_root();
+    for (np, hc, out) in node_ports_by_address(&[]) {
+        assert!(np && hc, "every node address must answer: {out}");
+    }
+}
+
+#[test]
+fn node_port_addresses_that_select_nothing_or_do_not_parse_exit_2() {
+    require_root();
+    let topo = topology!();
+    for (value, says) in [
+        ("10.0.0.0/8", "none of the node addresses"),
+        ("198.18.0.0/33", "too long"),
+        ("primary,198.18.0.0/24", "cannot be combined"),
+    ] {
+        let out = Sluice::run_to_exit(
+            &topo,
+            &local_lb(),
+            &["--workers", "1", "--nodeport-addresses", value],
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{value}: {out}");
+        assert!(out.stderr.contains(says), "{value}: {out}");
+    }
 }
