@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
+use sluice_tests::k8s::{ready_backends, Ep, WebService};
 use sluice_tests::{
     exec_timeout, parse_backend_reply, require_root, sluice_bin, topology, Role, Sluice, Topology,
 };
@@ -31,30 +31,9 @@ use sluice_tests::{
 const LB_IP: &str = "198.18.100.20";
 
 fn node_port_service(node_port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: NodePort
-  clusterIP: 198.18.100.10
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: {node_port}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &ready_backends(&[1, 2, 3])
-        )
-    )
+    WebService::new("type: NodePort")
+        .node_port(node_port)
+        .yaml(&ready_backends(&[1, 2, 3]))
 }
 
 /// A config file of its own in the temp directory, removed on drop.
@@ -118,40 +97,18 @@ fn run_serves_a_node_port_of_the_given_range() {
 /// A LoadBalancer with policy Local: b1 on node1 (this LB), b2 and b3 on
 /// node3.
 fn local_lb() -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: LoadBalancer
-  clusterIP: 198.18.100.10
-  externalTrafficPolicy: Local
-  healthCheckNodePort: 32100
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: 30080
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LB_IP}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[
-                Ep::ready(Topology::backend_ip(1)).on("node1"),
-                Ep::ready(Topology::backend_ip(2)).on("node3"),
-                Ep::ready(Topology::backend_ip(3)).on("node3"),
-            ],
-        )
+    WebService::new(
+        "type: LoadBalancer
+         externalTrafficPolicy: Local
+         healthCheckNodePort: 32100",
     )
+    .node_port(30080)
+    .lb_ip(LB_IP)
+    .yaml(&[
+        Ep::ready(Topology::backend_ip(1)).on("node1"),
+        Ep::ready(Topology::backend_ip(2)).on("node3"),
+        Ep::ready(Topology::backend_ip(3)).on("node3"),
+    ])
 }
 
 /// The (backend, peer address) of `n` new connections from `from` to `url`.
@@ -218,35 +175,13 @@ fn pods_reach_every_endpoint_of_a_local_service_unmasqueraded() {
 }
 
 fn lb_with_ranges(ranges: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: LoadBalancer
-  clusterIP: 198.18.100.10
-  loadBalancerSourceRanges: [{ranges}]
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: 30080
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LB_IP}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &ready_backends(&[1, 2, 3])
-        )
-    )
+    WebService::new(&format!(
+        "type: LoadBalancer
+         loadBalancerSourceRanges: [{ranges}]"
+    ))
+    .node_port(30080)
+    .lb_ip(LB_IP)
+    .yaml(&ready_backends(&[1, 2, 3]))
 }
 
 /// In the client namespace, SNATs connections to the LB IP's port 80 to the
@@ -307,30 +242,11 @@ fn ranges_holding_a_node_address_admit_the_load_balancer_ip_as_source() {
 /// and an external IP this host does not own (198.18.100.60; the client
 /// routes 198.18.100.0/24 to the LB).
 fn unowned_external_ip(policy: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: 198.18.100.10
-  externalTrafficPolicy: {policy}
-  externalIPs: [198.18.100.60]
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(Topology::backend_ip(1)).on("node3")],
-        )
-    )
+    WebService::new(&format!(
+        "externalTrafficPolicy: {policy}
+         externalIPs: [198.18.100.60]"
+    ))
+    .yaml(&[Ep::ready(Topology::backend_ip(1)).on("node3")])
 }
 
 #[test]
