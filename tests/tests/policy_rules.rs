@@ -14,8 +14,8 @@
 //!   cloud load balancer that keeps the LB IP as source would);
 //! * `--nodeport-addresses`: on a node with two front addresses (198.18.0.1
 //!   and a secondary 198.18.0.50), NodePorts and the healthCheckNodePort
-//!   answer only on the selected one; the other reaches the kernel, which
-//!   refuses it; without the flag both answer. A selection that keeps no
+//!   answer only on the selected one (by prefix, or `primary`); the other
+//!   reaches the kernel, which refuses it; without the flag both answer. A selection that keeps no
 //!   node address, or a malformed one, stops `sluice run` with exit 2.
 
 use std::collections::BTreeSet;
@@ -337,6 +337,23 @@ fn node_ports_answer_only_on_the_selected_node_addresses() {
         !first.1,
         "an unselected address must not serve the health port: {}",
         first.2
+    );
+}
+
+#[test]
+fn primary_node_port_addresses_are_the_first_address_of_the_first_link() {
+    require_root();
+    // 198.18.0.1 is `front`'s primary address, 198.18.0.50 a secondary one.
+    let [first, second] = node_ports_by_address(&["--nodeport-addresses", "primary"]);
+    assert!(
+        first.0 && first.1,
+        "the primary address must answer: {}",
+        first.2
+    );
+    assert!(
+        !second.0 && !second.1,
+        "a secondary address must not answer: {}",
+        second.2
     );
 }
 
