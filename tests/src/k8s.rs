@@ -110,15 +110,18 @@ pub fn web_http(idx: &[usize]) -> String {
     WebService::new("type: ClusterIP").yaml(&ready_backends(idx))
 }
 
-/// The `default/web` Service of a test, 198.18.100.10 with one port `http`
-/// 80 → 8080/TCP, and its EndpointSlice `web-1`: what tests share is
+/// The `default/web` Service of a test, 198.18.100.10 (or
+/// [`WebService::cluster_ip`]) with one port `http` 80 → 8080/TCP, and its
+/// EndpointSlice `web-1`: what tests share is
 /// written here, what the test is about (type, policies, ranges, IPs) is
 /// the test's own `spec` text.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WebService<'a> {
     /// Lines of `spec:` (unindented, one field a line), e.g.
     /// `"type: LoadBalancer\nexternalTrafficPolicy: Local"`.
     pub spec: &'a str,
+    /// `clusterIP`.
+    pub cluster_ip: &'a str,
     /// The port's `nodePort`, if given.
     pub node_port: Option<u16>,
     /// `status.loadBalancer.ingress[0].ip`, if any.
@@ -130,8 +133,17 @@ impl<'a> WebService<'a> {
     pub fn new(spec: &'a str) -> Self {
         Self {
             spec,
-            ..Self::default()
+            cluster_ip: "198.18.100.10",
+            node_port: None,
+            lb_ip: None,
         }
+    }
+
+    /// Sets `clusterIP` (list `clusterIPs`, `ipFamilies` in `spec` for an
+    /// IPv6 one).
+    pub fn cluster_ip(mut self, ip: &'a str) -> Self {
+        self.cluster_ip = ip;
+        self
     }
 
     /// Sets the port's `nodePort`.
@@ -155,9 +167,11 @@ impl<'a> WebService<'a> {
         for line in self.spec.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let _ = writeln!(s, "  {line}");
         }
-        s.push_str(
-            "  clusterIP: 198.18.100.10\n  ports:\n  - name: http\n    protocol: TCP\n    \
+        let _ = write!(
+            s,
+            "  clusterIP: {}\n  ports:\n  - name: http\n    protocol: TCP\n    \
              port: 80\n    targetPort: 8080\n",
+            self.cluster_ip
         );
         if let Some(np) = self.node_port {
             let _ = writeln!(s, "    nodePort: {np}");

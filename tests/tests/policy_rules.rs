@@ -15,7 +15,8 @@
 //! * `--nodeport-addresses`: on a node with two front addresses (198.18.0.1
 //!   and a secondary 198.18.0.50), NodePorts and the healthCheckNodePort
 //!   answer only on the selected one (by prefix, or `primary`); the other
-//!   reaches the kernel, which refuses it; without the flag both answer. A selection that keeps no
+//!   reaches the kernel, which refuses it (IPv4 and IPv6); without the flag
+//!   both answer. A selection that keeps no
 //!   node address, or a malformed one, stops `sluice run` with exit 2.
 
 use std::collections::BTreeSet;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use sluice_tests::k8s::{ready_backends, Ep, WebService};
 use sluice_tests::{
     exec_timeout, parse_backend_reply, require_root, sluice_bin, topology, Role, Sluice, Topology,
+    TopologyOpts,
 };
 
 const LB_IP: &str = "198.18.100.20";
@@ -355,6 +357,50 @@ fn primary_node_port_addresses_are_the_first_address_of_the_first_link() {
         "a secondary address must not answer: {}",
         second.2
     );
+}
+
+/// A single-stack IPv6 NodePort service over the backends' IPv6 addresses.
+fn node_port_v6() -> String {
+    WebService::new(
+        "type: NodePort
+         clusterIPs: [\"2001:db8:100::10\"]
+         ipFamilies: [IPv6]
+         ipFamilyPolicy: SingleStack",
+    )
+    .cluster_ip("2001:db8:100::10")
+    .node_port(30080)
+    .yaml(
+        &(1..=3)
+            .map(|i| Ep::ready(Topology::backend_ip6(i)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn ipv6_node_ports_answer_only_on_the_selected_node_addresses() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().ipv6(true));
+    topo.add_address(Role::Lb, "2001:db8::50/64", "front");
+    let sluice = Sluice::start(
+        &topo,
+        &node_port_v6(),
+        &["--workers", "1", "--nodeport-addresses", "2001:db8::50/128"],
+    );
+    let get = |host: &str| {
+        let url = format!("http://[{host}]:30080/");
+        let out = topo.curl_in(Role::Client, &["-6", "-g", "--max-time", "3", &url]);
+        let served = out.success() && parse_backend_reply(&out.stdout).is_some();
+        (served, format!("{url}: {out}\nlog:\n{}", sluice.logs()))
+    };
+    let (served, out) = get("2001:db8::50");
+    assert!(
+        served,
+        "the selected address must serve the NodePort: {out}"
+    );
+    let (served, out) = get("2001:db8::1");
+    assert!(!served, "an unselected address must not: {out}");
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
 }
 
 #[test]
