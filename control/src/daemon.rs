@@ -39,6 +39,7 @@ use crate::dns::{DnsError, DnsServer, DnsZone};
 use crate::health::HealthServer;
 use crate::netlink::{self, Link, NetlinkError};
 use crate::nexthop;
+use crate::nodeport_addresses::{NodePortAddresses, NodePortAddressesError};
 use crate::reconcile::compile::apply_steer;
 use crate::reconcile::{self, compile_config, Host, Publisher, Reconciler};
 use crate::source;
@@ -79,6 +80,9 @@ pub struct RunArgs {
     pub node_name: Option<String>,
     /// NodePort range.
     pub nodeport_range: (u16, u16),
+    /// Which node addresses NodePorts and health-check node ports answer
+    /// on (`--nodeport-addresses`; default all).
+    pub nodeport_addresses: NodePortAddresses,
     /// Default scheduler (`--scheduler`).
     pub scheduler: sluice_dataplane::service::SchedKind,
     /// Serve the cluster DNS on this address.
@@ -174,6 +178,9 @@ pub enum RunError {
     /// The cluster watch could not start (kubeconfig, client).
     #[error("{0}")]
     Cluster(#[from] source::cluster::ClusterError),
+    /// `--nodeport-addresses` selects none of the node's addresses.
+    #[error("{0}")]
+    NodePortAddresses(#[from] NodePortAddressesError),
     /// The metrics or healthz address could not be bound.
     #[error("{0}")]
     Metrics(#[from] crate::metrics::BindError),
@@ -234,14 +241,18 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         }
     }
     let links = open_links(&args.ifaces)?;
-    let node_addrs = node_addresses(&links);
+    let per_link = link_addresses(&links);
+    // Every address is this host's (externalIPs it owns, allowFromNode);
+    // NodePorts answer on the selected ones only.
+    let host_addrs = NodePortAddresses::All.select(&per_link);
+    let node_addrs = args.nodeport_addresses.resolve(&per_link)?;
     let (snat_ports, snat_addrs) =
         crate::snat::resolve(args.snat_ports.as_ref(), &args.snat_addresses)?;
     let host = Host {
         ctx: CompileCtx {
             node_name: args.node_name.clone(),
             node_addrs: node_addrs.clone(),
-            local_addrs: node_addrs.clone(),
+            local_addrs: host_addrs.clone(),
             nodeport_range: args.nodeport_range,
             scheduler: args.scheduler,
         },
@@ -259,14 +270,18 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // top, compiled before anything is attached ([`first_state`]).
     let (store, first) = first_state(&args, &host)?;
     let (cfg, compiled) = first.output;
-    info!(
-        "node {}: addresses {}",
-        args.node_name.as_deref().unwrap_or("(no --node-name)"),
-        node_addrs
-            .iter()
+    let show = |v: &[IpAddr]| {
+        v.iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(" ")
+    };
+    info!(
+        "node {}: addresses {}; NodePorts on {} (--nodeport-addresses {})",
+        args.node_name.as_deref().unwrap_or("(no --node-name)"),
+        show(&host_addrs),
+        show(&node_addrs),
+        args.nodeport_addresses
     );
     let max_queues = links.iter().map(|l| l.rx_queues.max(1)).max().unwrap_or(1);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -872,23 +887,23 @@ fn totals(counters: &[Arc<Counters>]) -> BTreeMap<String, u64> {
     m
 }
 
-/// The addresses NodePorts answer on: every address of the served
-/// interfaces but IPv6 link-local ones.
-fn node_addresses(links: &[Link]) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for l in links {
-        match netlink::addresses(l.index) {
-            Ok(addrs) => {
-                for (a, _) in addrs {
-                    let link_local =
-                        matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                    if !link_local && !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
+/// The addresses of each served interface, in `--iface` order and the
+/// kernel's dump order, IPv6 link-local ones left out (they are not node
+/// addresses a client could reach a NodePort on); what
+/// [`NodePortAddresses::select`] chooses from.
+fn link_addresses(links: &[Link]) -> Vec<Vec<IpAddr>> {
+    links
+        .iter()
+        .map(|l| match netlink::addresses(l.index) {
+            Ok(addrs) => addrs
+                .into_iter()
+                .map(|(a, _)| a)
+                .filter(|a| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .collect(),
+            Err(e) => {
+                warn!("addresses of {}: {e}", l.name);
+                Vec::new()
             }
-            Err(e) => warn!("addresses of {}: {e}", l.name),
-        }
-    }
-    out
+        })
+        .collect()
 }

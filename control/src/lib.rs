@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod nexthop;
+pub mod nodeport_addresses;
 pub mod persist;
 pub mod reconcile;
 pub mod snat;

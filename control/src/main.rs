@@ -180,6 +180,14 @@ struct RunCmd {
     /// Range nodePorts are allocated from and must lie in.
     #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
     nodeport_range: (u16, u16),
+    /// Node addresses NodePorts and healthCheckNodePorts answer on
+    /// (kube-proxy's flag): CIDR[,CIDR...] keeps the addresses of the
+    /// --iface links inside one of the prefixes; `primary` keeps the first
+    /// IPv4 and the first IPv6 address of the first --iface. Default: every
+    /// address of the --iface links but IPv6 link-local ones. A selection
+    /// that keeps no address is refused at start.
+    #[arg(long)]
+    nodeport_addresses: Option<sluice_control::nodeport_addresses::NodePortAddresses>,
     /// Scheduler of Services without a `sluice.dev/scheduler` annotation
     /// (kube-proxy's --ipvs-scheduler): rr wrr lc wlc sed nq sh dh lblc
     /// lblcr fo ovf mh.
@@ -522,6 +530,7 @@ fn main() -> ExitCode {
                 snat_addresses: r.snat_addresses,
                 node_name: r.node_name.or_else(host_name),
                 nodeport_range: r.nodeport_range,
+                nodeport_addresses: r.nodeport_addresses.unwrap_or_default(),
                 scheduler: r.scheduler,
                 dns: r.dns,
                 cluster_domain: r.cluster_domain,
@@ -553,7 +562,7 @@ fn main() -> ExitCode {
                     tracing::error!("{e}");
                     eprintln!("sluice: {e}");
                     ExitCode::from(match e {
-                        RunError::Config(_) => 2,
+                        RunError::Config(_) | RunError::NodePortAddresses(_) => 2,
                         _ => 1,
                     })
                 }

@@ -214,6 +214,12 @@ fn masquerade_all_does_not_masquerade_short_circuited_pods() {
     };
     let mut env = Env::new(local_front(), masq);
     let out = env.syns(POD, 4);
+    // Short-circuited (the remote endpoint too), yet not masqueraded.
+    assert_eq!(
+        destinations(&out),
+        BTreeSet::from([backend_ip(0), backend_ip(1)]),
+        "{out:?}"
+    );
     assert!(out.iter().all(|r| r.as_ref().unwrap().0 == POD), "{out:?}");
     assert_eq!(env.stats.snat_flows, 0);
 }
@@ -236,11 +242,19 @@ fn no_local_endpoint_drops_outsiders_but_serves_pods() {
 fn source_ranges_apply_before_the_short_circuit() {
     let mut front = local_front();
     front.kind = VipKind::LoadBalancer;
-    front.source_ranges = vec!["198.18.0.0/25".parse().unwrap()];
+    // POD (.130) is outside the range, another pod (.170) inside it.
+    front.source_ranges = vec!["198.18.0.160/27".parse().unwrap()];
     let mut env = Env::new(front, pods());
     assert_eq!(
         env.syns(POD, 1),
-        vec![Err(Verdict::Drop(DropReason::SourceRange))]
+        vec![Err(Verdict::Drop(DropReason::SourceRange))],
+        "the ClusterIP it would short-circuit to has no ranges: they must apply first"
+    );
+    let inside = env.syns([198, 18, 0, 170], 4);
+    assert_eq!(
+        destinations(&inside),
+        BTreeSet::from([backend_ip(0), backend_ip(1)]),
+        "a pod inside the range is short-circuited: {inside:?}"
     );
 }
 

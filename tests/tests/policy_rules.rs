@@ -11,45 +11,31 @@
 //! * `allowFromNode`: `loadBalancerSourceRanges` holding a node address
 //!   admit a packet whose source is the LoadBalancer IP itself (the client
 //!   namespace SNATs its connection to the LB IP with nftables, as a
-//!   cloud load balancer that keeps the LB IP as source would).
+//!   cloud load balancer that keeps the LB IP as source would);
+//! * `--nodeport-addresses`: on a node with two front addresses (198.18.0.1
+//!   and a secondary 198.18.0.50), NodePorts and the healthCheckNodePort
+//!   answer only on the selected one (by prefix, or `primary`); the other
+//!   reaches the kernel, which refuses it (IPv4 and IPv6); without the flag
+//!   both answer. A selection that keeps no
+//!   node address, or a malformed one, stops `sluice run` with exit 2.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
+use sluice_tests::k8s::{ready_backends, Ep, WebService};
 use sluice_tests::{
     exec_timeout, parse_backend_reply, require_root, sluice_bin, topology, Role, Sluice, Topology,
+    TopologyOpts,
 };
 
 const LB_IP: &str = "198.18.100.20";
 
 fn node_port_service(node_port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: NodePort
-  clusterIP: 198.18.100.10
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: {node_port}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &ready_backends(&[1, 2, 3])
-        )
-    )
+    WebService::new("type: NodePort")
+        .node_port(node_port)
+        .yaml(&ready_backends(&[1, 2, 3]))
 }
 
 /// A config file of its own in the temp directory, removed on drop.
@@ -113,40 +99,18 @@ fn run_serves_a_node_port_of_the_given_range() {
 /// A LoadBalancer with policy Local: b1 on node1 (this LB), b2 and b3 on
 /// node3.
 fn local_lb() -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: LoadBalancer
-  clusterIP: 198.18.100.10
-  externalTrafficPolicy: Local
-  healthCheckNodePort: 32100
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: 30080
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LB_IP}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[
-                Ep::ready(Topology::backend_ip(1)).on("node1"),
-                Ep::ready(Topology::backend_ip(2)).on("node3"),
-                Ep::ready(Topology::backend_ip(3)).on("node3"),
-            ],
-        )
+    WebService::new(
+        "type: LoadBalancer
+         externalTrafficPolicy: Local
+         healthCheckNodePort: 32100",
     )
+    .node_port(30080)
+    .lb_ip(LB_IP)
+    .yaml(&[
+        Ep::ready(Topology::backend_ip(1)).on("node1"),
+        Ep::ready(Topology::backend_ip(2)).on("node3"),
+        Ep::ready(Topology::backend_ip(3)).on("node3"),
+    ])
 }
 
 /// The (backend, peer address) of `n` new connections from `from` to `url`.
@@ -213,35 +177,13 @@ fn pods_reach_every_endpoint_of_a_local_service_unmasqueraded() {
 }
 
 fn lb_with_ranges(ranges: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  type: LoadBalancer
-  clusterIP: 198.18.100.10
-  loadBalancerSourceRanges: [{ranges}]
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
-    nodePort: 30080
-status:
-  loadBalancer:
-    ingress:
-    - ip: {LB_IP}
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &ready_backends(&[1, 2, 3])
-        )
-    )
+    WebService::new(&format!(
+        "type: LoadBalancer
+         loadBalancerSourceRanges: [{ranges}]"
+    ))
+    .node_port(30080)
+    .lb_ip(LB_IP)
+    .yaml(&ready_backends(&[1, 2, 3]))
 }
 
 /// In the client namespace, SNATs connections to the LB IP's port 80 to the
@@ -302,30 +244,11 @@ fn ranges_holding_a_node_address_admit_the_load_balancer_ip_as_source() {
 /// and an external IP this host does not own (198.18.100.60; the client
 /// routes 198.18.100.0/24 to the LB).
 fn unowned_external_ip(policy: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  clusterIP: 198.18.100.10
-  externalTrafficPolicy: {policy}
-  externalIPs: [198.18.100.60]
-  ports:
-  - name: http
-    protocol: TCP
-    port: 80
-    targetPort: 8080
----
-{}"#,
-        endpoint_slice(
-            "web-1",
-            "web",
-            &[("http", 8080, "TCP")],
-            &[Ep::ready(Topology::backend_ip(1)).on("node3")],
-        )
-    )
+    WebService::new(&format!(
+        "externalTrafficPolicy: {policy}
+         externalIPs: [198.18.100.60]"
+    ))
+    .yaml(&[Ep::ready(Topology::backend_ip(1)).on("node3")])
 }
 
 #[test]
@@ -357,4 +280,153 @@ fn unowned_external_ip_without_local_endpoint_is_dropped_and_counted() {
         report.counters
     );
     assert_eq!(report.counter("new_flows"), 0, "{:?}", report.counters);
+}
+
+/// The LB node's secondary front address (`--nodeport-addresses` tests).
+const SECOND_ADDR: &str = "198.18.0.50";
+
+/// What a client sees on one node address: (NodePort answered by a
+/// backend, healthCheckNodePort answered), with curl's output.
+fn node_port_and_health(topo: &Topology, addr: &str) -> (bool, bool, String) {
+    let np = topo.curl(&format!("http://{addr}:30080/"), Some("198.18.0.2"));
+    let served = np.success() && parse_backend_reply(&np.stdout).is_some();
+    let hc = topo.curl(&format!("http://{addr}:32100/healthz"), Some("198.18.0.2"));
+    (
+        served,
+        hc.success(),
+        format!("nodePort: {np}\nhealth: {hc}"),
+    )
+}
+
+/// Starts sluice on [`local_lb`] with the LB node's front holding a second
+/// address, with `extra` flags; what [`node_port_and_health`] sees on each
+/// address (198.18.0.1, then [`SECOND_ADDR`]).
+fn node_ports_by_address(extra: &[&str]) -> [(bool, bool, String); 2] {
+    let topo = topology!();
+    topo.add_address(Role::Lb, &format!("{SECOND_ADDR}/24"), "front");
+    let mut args = vec!["--workers", "1", "--node-name", "node1"];
+    args.extend_from_slice(extra);
+    let sluice = Sluice::start(&topo, &local_lb(), &args);
+    let got = ["198.18.0.1", SECOND_ADDR].map(|a| {
+        let (np, hc, out) = node_port_and_health(&topo, a);
+        (np, hc, format!("{a}: {out}\nlog:\n{}", sluice.logs()))
+    });
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    got
+}
+
+#[test]
+fn node_ports_answer_only_on_the_selected_node_addresses() {
+    require_root();
+    let [first, second] = node_ports_by_address(&["--nodeport-addresses", "198.18.0.48/30"]);
+    assert!(
+        second.0,
+        "the selected address must serve the NodePort: {}",
+        second.2
+    );
+    assert!(
+        second.1,
+        "the selected address must serve the health port: {}",
+        second.2
+    );
+    assert!(
+        !first.0,
+        "an unselected address must not serve the NodePort: {}",
+        first.2
+    );
+    assert!(
+        !first.1,
+        "an unselected address must not serve the health port: {}",
+        first.2
+    );
+}
+
+#[test]
+fn primary_node_port_addresses_are_the_first_address_of_the_first_link() {
+    require_root();
+    // 198.18.0.1 is `front`'s primary address, 198.18.0.50 a secondary one.
+    let [first, second] = node_ports_by_address(&["--nodeport-addresses", "primary"]);
+    assert!(
+        first.0 && first.1,
+        "the primary address must answer: {}",
+        first.2
+    );
+    assert!(
+        !second.0 && !second.1,
+        "a secondary address must not answer: {}",
+        second.2
+    );
+}
+
+/// A single-stack IPv6 NodePort service over the backends' IPv6 addresses.
+fn node_port_v6() -> String {
+    WebService::new(
+        "type: NodePort
+         clusterIPs: [\"2001:db8:100::10\"]
+         ipFamilies: [IPv6]
+         ipFamilyPolicy: SingleStack",
+    )
+    .cluster_ip("2001:db8:100::10")
+    .node_port(30080)
+    .yaml(
+        &(1..=3)
+            .map(|i| Ep::ready(Topology::backend_ip6(i)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn ipv6_node_ports_answer_only_on_the_selected_node_addresses() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().ipv6(true));
+    topo.add_address(Role::Lb, "2001:db8::50/64", "front");
+    let sluice = Sluice::start(
+        &topo,
+        &node_port_v6(),
+        &["--workers", "1", "--nodeport-addresses", "2001:db8::50/128"],
+    );
+    let get = |host: &str| {
+        let url = format!("http://[{host}]:30080/");
+        let out = topo.curl_in(Role::Client, &["-6", "-g", "--max-time", "3", &url]);
+        let served = out.success() && parse_backend_reply(&out.stdout).is_some();
+        (served, format!("{url}: {out}\nlog:\n{}", sluice.logs()))
+    };
+    let (served, out) = get("2001:db8::50");
+    assert!(
+        served,
+        "the selected address must serve the NodePort: {out}"
+    );
+    let (served, out) = get("2001:db8::1");
+    assert!(!served, "an unselected address must not: {out}");
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}
+
+#[test]
+fn without_node_port_addresses_every_node_address_answers() {
+    require_root();
+    for (np, hc, out) in node_ports_by_address(&[]) {
+        assert!(np && hc, "every node address must answer: {out}");
+    }
+}
+
+#[test]
+fn node_port_addresses_that_select_nothing_or_do_not_parse_exit_2() {
+    require_root();
+    let topo = topology!();
+    for (value, says) in [
+        ("10.0.0.0/8", "none of the node addresses"),
+        ("198.18.0.0/33", "too long"),
+        ("primary,198.18.0.0/24", "cannot be combined"),
+    ] {
+        let out = Sluice::run_to_exit(
+            &topo,
+            &local_lb(),
+            &["--workers", "1", "--nodeport-addresses", value],
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{value}: {out}");
+        assert!(out.stderr.contains(says), "{value}: {out}");
+    }
 }
