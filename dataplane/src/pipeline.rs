@@ -46,6 +46,12 @@
 //! errors about such a flow are forwarded as DR's (MAC only), not
 //! tunnelled.
 //!
+//! A TCP segment without SYN that no flow owns is answered with a RST
+//! (IPVS creates connections only on SYN), except for an `mh` service
+//! forwarding by DR or IPIP, where it is scheduled and recorded like a SYN
+//! ([`picks_up_mid_flow`]): the flows another host of a tier carried until
+//! its loss keep their backend here (Katran's behaviour).
+//!
 //! Every method forwards as a router ([`ttl`]): a packet that arrives with
 //! a TTL / hop limit of 0 or 1 is not sent on ([`Verdict::TtlExceeded`]:
 //! the worker answers ICMP time exceeded), every other leaves with one
@@ -544,13 +550,15 @@ pub fn process_hashed(
     };
     if key.proto == proto::TCP
         && (p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)) != tcp_flags::SYN
+        && !picks_up_mid_flow(&svc.spec, p.tcp_flags)
     {
         // IPVS creates TCP connections only on SYN; a segment of a flow we
         // do not know (expired, flushed because its endpoint left, or from
         // before a restart) must not be scheduled onto a backend that never
         // saw its handshake. Answer it with a RST, as the host would, so the
         // client fails fast instead of retransmitting into a void (never a
-        // RST for a RST: RFC 793).
+        // RST for a RST: RFC 793). The exception, [`picks_up_mid_flow`],
+        // goes on below like a SYN.
         if p.tcp_flags & tcp_flags::RST == 0 {
             if let Some(n) = reply::tcp_rst(buf, len, &p) {
                 stats.resets += 1;
@@ -717,6 +725,26 @@ fn serves_front_end(snap: &Snapshot, svc: &Service, e: &FlowEntry) -> bool {
     snap.services
         .lookup(&front)
         .is_some_and(|(_, f)| f.spec.short_circuit == Some(*v))
+}
+
+/// Whether a TCP segment without SYN that no flow owns is scheduled and
+/// recorded as a new flow (Katran's behaviour, issue 14) rather than
+/// answered with a RST: for a Maglev (`mh`) service forwarding by DR or
+/// IPIP, whose choice is the same on every host with the same config
+/// ([`crate::sched::maglev`]), and whose frames reach the backend with
+/// the client's own addresses and ports. A flow that ECMP moves to this
+/// host after another host's loss then reaches the backend that holds
+/// its connection. Not for NAT or FULLNAT: the backend's socket is keyed
+/// on the source the first host gave the flow (its SNAT or local address
+/// and port, which this host does not own), so a segment translated here
+/// reaches no connection; the backend would reset the client, as our
+/// RST does now, after this host had spent a flow and a SNAT port on it.
+/// Never for a RST (nothing to pick up).
+#[inline]
+fn picks_up_mid_flow(spec: &crate::service::ServiceSpec, tcp_flags: u8) -> bool {
+    spec.sched == crate::service::SchedKind::Maglev
+        && matches!(spec.forward, ForwardMethod::Dr | ForwardMethod::Tunnel)
+        && tcp_flags & tcp_flags::RST == 0
 }
 
 /// Why a well-formed frame must not be forwarded at all, before any table
@@ -1194,3 +1222,7 @@ mod ipip_tests;
 #[cfg(test)]
 #[path = "pipeline_policy_tests.rs"]
 mod policy_tests;
+
+#[cfg(test)]
+#[path = "pipeline_pickup_tests.rs"]
+mod pickup_tests;
