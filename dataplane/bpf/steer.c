@@ -111,7 +111,9 @@
 #include <bpf/bpf_endian.h>
 
 #define MAX_QUEUES 256
-#define MAX_VIPS 65536
+/* 100k Services with a front end each must fit; entries are allocated as
+ * they are added (BPF_F_NO_PREALLOC), so the bound costs no memory. */
+#define MAX_VIPS 262144
 #define MAX_BACKENDS 65536
 #define MAX_SNAT_ADDRS 256
 #define MAX_LOCAL_ADDRS 4096
@@ -197,6 +199,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct l4_key);
 	__type(value, __u8);
 } vips SEC(".maps");

@@ -136,7 +136,7 @@ const PROG: &str = "sluice_steer";
 /// Capacity of the `xsks` map (receive queues that can hold a socket).
 pub const MAX_QUEUES: u32 = 256;
 /// Capacity of the `vips` map.
-pub const MAX_VIPS: usize = 65536;
+pub const MAX_VIPS: usize = 262_144;
 /// Capacity of the `backends` map.
 pub const MAX_BACKENDS: usize = 65536;
 /// Capacity of the `snat_addrs` map.

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# End-to-end cost of one API change at scale: starts the real `sluice run`
+# in the test network (scripts/topology.sh) with N Services (ClusterIP, one
+# port, an EndpointSlice of 3 endpoints each), then applies CHANGES
+# single-endpoint EndpointSlice changes (one endpoint going not ready and
+# back) through the API with `sluice apply`, each answered only once every
+# worker has loaded its table. Prints the round trip's p50/p90/max and the
+# daemon's own sluice_sync_duration_seconds (write to table loaded).
+#
+#   scripts/bench-sync.sh [N=10000] [CHANGES=40]
+#
+# Release build (cargo build --release --bins) first. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}; K=${2:-40}
+BIN=$PWD/target/release
+P=bsync
+[[ $(id -u) -eq 0 ]] || { echo "bench-sync.sh: needs root (CAP_NET_ADMIN)" >&2; exit 1; }
+[[ -x $BIN/sluice ]] || { echo "bench-sync.sh: build first: cargo build --release --bins" >&2; exit 1; }
+work=$(mktemp -d /tmp/sluice-bench-sync.XXXXXX)
+spid=
+cleanup() {
+  [[ -n "$spid" ]] && kill "$spid" 2>/dev/null && wait "$spid" 2>/dev/null
+  scripts/topology.sh down $P >/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+python3 - "$N" "$work" <<'PY'
+import ipaddress, sys
+n, work = int(sys.argv[1]), sys.argv[2]
+base = ipaddress.IPv4Address("198.18.16.1")  # up to 198.19.255.x: 198.18.0.0/15 only
+assert n <= 2**17 - 4096 - 2, "at most 126974 services fit in 198.18.16.1-198.19.255.254"
+def slice_(i, ready=True):
+    cond = "" if ready else "\n    conditions: {ready: false}"
+    return f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s{i}-a, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}
+addressType: IPv4
+endpoints:
+  - addresses: ["198.18.1.11"]
+  - addresses: ["198.18.1.12"]
+  - addresses: ["198.18.1.13"]{cond}
+ports: [{{name: http, protocol: TCP, port: 8080}}]
+"""
+with open(f"{work}/services.yaml", "w") as f:
+    for i in range(n):
+        f.write(f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: s{i}, namespace: default}}
+spec:
+  clusterIP: {base + i}
+  ports: [{{name: http, protocol: TCP, port: 80, targetPort: 8080}}]
+---
+""" + slice_(i))
+open(f"{work}/down.yaml", "w").write(slice_(n // 2, False))
+open(f"{work}/up.yaml", "w").write(slice_(n // 2, True))
+PY
+scripts/topology.sh up $P 3 >/dev/null
+sock=$work/api.sock
+t0=$(date +%s%N)
+ip netns exec $P-lb "$BIN/sluice" run --config "$work/services.yaml" --iface front --iface back \
+  --workers 1 --stats-interval 0 --api-socket "$sock" --state-dir "$work/state" \
+  --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 \
+  >"$work/out" 2>"$work/log" &
+spid=$!
+for _ in $(seq 1 3000); do  # at most 300 s
+  grep -q "sluice ready" "$work/log" && break
+  kill -0 "$spid" 2>/dev/null || { cat "$work/log" >&2; echo "bench-sync.sh: sluice exited" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q "sluice ready" "$work/log" || { echo "bench-sync.sh: sluice not ready after 300 s" >&2; exit 1; }
+echo "services=$N: sluice ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms (file parse, compile, steering maps, workers)"
+: >"$work/times"
+for i in $(seq 1 "$K"); do
+  f=$work/down.yaml; (( i % 2 )) || f=$work/up.yaml
+  s=$(date +%s%N)
+  "$BIN/sluice" apply -f "$f" --api-socket "$sock" >/dev/null
+  echo $(( ($(date +%s%N) - s) / 1000 )) >>"$work/times"
+done
+sort -n "$work/times" | awk -v n="$N" '{a[NR]=$1} END {
+  printf "services=%d one endpoint change through the API (sluice apply round trip, answered once every worker loaded the table): n=%d p50 %.1f ms p90 %.1f ms max %.1f ms\n",
+    n, NR, a[int(NR*0.5)+1]/1000, a[int(NR*0.9)]/1000, a[NR]/1000 }'
+ip netns exec $P-lb curl -s 127.0.0.1:10249/metrics \
+  | awk '/^sluice_sync_duration_seconds_sum/ {s=$2} /^sluice_sync_duration_seconds_count/ {c=$2}
+         END { if (c > 0) printf "daemon sluice_sync_duration_seconds: %d writes, mean %.1f ms\n", c, s / c * 1000 }'
