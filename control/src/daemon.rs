@@ -373,9 +373,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // The announcer's warm-up starts here, with the data path serving; no
     // early return follows that would leave it announcing without the
     // withdrawal at the end of this function.
+    let applied = crate::bgp::ConfigApplied::default();
     let bgp = match &args.bgp {
         Some(o) => Some(
-            crate::bgp::spawn(o.clone(), shared.clone(), counters.clone())
+            crate::bgp::spawn(o.clone(), shared.clone(), counters.clone(), applied.clone())
                 .map_err(RunError::Runtime)?,
         ),
         None => None,
@@ -392,6 +393,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         sync,
         bgp: bgp.as_ref().map(|b| b.status()),
         digest: Default::default(),
+        applied: applied.clone(),
     };
     let metrics_task = rt.spawn(crate::metrics::serve(metrics_listeners, sources));
     let rec: SharedReconciler = Arc::new(Mutex::new(rec));
@@ -408,7 +410,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let link_stats = Arc::new(crate::links::LinkStats::default());
     let monitor = crate::links::LinkMonitor::new(&links, link_stats.clone());
     rt.block_on(control_loop(
-        &args, &host, &rec, &shared, &counters, signals, listeners, monitor,
+        &args, &host, &rec, &shared, &counters, signals, listeners, monitor, &applied,
     ));
     // Withdraw while the workers still serve, so that flows drain to the
     // other hosts as the routes go.
@@ -728,6 +730,7 @@ async fn control_loop(
     mut signals: Signals,
     listeners: api::Listeners,
     mut links: crate::links::LinkMonitor,
+    applied: &crate::bgp::ConfigApplied,
 ) {
     let api = tokio::spawn(api::serve(listeners, rec.clone(), args.api.clone()));
     let checks = spawn_checks(rec).await;
@@ -744,7 +747,9 @@ async fn control_loop(
     loop {
         tokio::select! {
             _ = signals.hup.recv() => match &args.config {
-                Some(path) => reload_file(rec, path.clone(), host.ctx.clone()).await,
+                Some(path) => {
+                    reload_file(rec, path.clone(), host.ctx.clone(), applied.clone()).await
+                }
                 None => info!("SIGHUP: no --config file to apply"),
             },
             _ = signals.int.recv() => break,
@@ -836,7 +841,15 @@ async fn spawn_checks(rec: &SharedReconciler) -> Vec<tokio::task::JoinHandle<()>
 }
 
 /// Applies the file's objects (SIGHUP); a bad file changes nothing.
-async fn reload_file(rec: &SharedReconciler, path: PathBuf, ctx: CompileCtx) {
+/// Applies the config file again (SIGHUP) and records in `applied`
+/// whether it applied: a failure leaves the host on an older generation
+/// than its file, which withholds its announcements ([`crate::bgp`]).
+async fn reload_file(
+    rec: &SharedReconciler,
+    path: PathBuf,
+    ctx: CompileCtx,
+    applied: crate::bgp::ConfigApplied,
+) {
     with_reconciler(rec, move |r| {
         let epoch = r.publisher().epoch();
         let result = source::file::read(&path, &ctx)
@@ -845,6 +858,7 @@ async fn reload_file(rec: &SharedReconciler, path: PathBuf, ctx: CompileCtx) {
                 let b = source::file::batch(objects, r.store());
                 r.apply(b).map_err(|e| e.to_string())
             });
+        applied.set(result.is_ok());
         match result {
             Ok(a) => info!(
                 "reload applied version={} services={} flushed_flows={} objects_changed={}",

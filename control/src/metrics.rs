@@ -96,6 +96,8 @@ pub struct Sources {
     pub bgp: Option<crate::bgp::Status>,
     /// The table digest of the last table scraped, by its version.
     pub digest: DigestCache,
+    /// Whether the config file's last reload applied.
+    pub applied: crate::bgp::ConfigApplied,
 }
 
 /// The table digest ([`crate::digest`]) of the table last scraped, kept
@@ -128,6 +130,8 @@ pub struct Tier {
     /// Every candidate VIP with whether it is announced, and the changes
     /// BIRD did not take; None without `--bgp`.
     pub bgp: Option<(Vec<(std::net::IpAddr, bool)>, u64)>,
+    /// Whether the config file's last reload applied (true with none).
+    pub reload_ok: bool,
 }
 
 impl Tier {
@@ -137,6 +141,7 @@ impl Tier {
         Tier {
             digest: s.digest.of(&snap.services),
             bgp: s.bgp.as_ref().map(|b| (b.announced(), b.failures())),
+            reload_ok: s.applied.get(),
         }
     }
 }
@@ -275,6 +280,13 @@ fn tier_metrics(reg: &mut Registry, t: &Tier) {
     digest
         .get_or_create(&l(&[("digest", crate::digest::hex(t.digest))]))
         .set(1);
+    let ok = Gauge::<i64>::default();
+    ok.set(i64::from(t.reload_ok));
+    reg.register(
+        "config_last_reload_success",
+        "1 if the config file's last reload applied (or none was asked for), 0 if it failed: the host serves an older generation than its file and announces nothing",
+        ok,
+    );
     let Some((vips, failures)) = &t.bgp else {
         return;
     };
@@ -461,9 +473,11 @@ mod tests {
                 ],
                 2,
             )),
+            reload_ok: false,
         };
         let t = render(&r, &sync, &tier);
         for want in [
+            "sluice_config_last_reload_success 0",
             "sluice_table_digest_info{digest=\"00000000000000ab\"} 1",
             "sluice_bgp_announced{vip=\"198.18.100.10\"} 1",
             "sluice_bgp_announced{vip=\"2001:db8:100::10\"} 0",

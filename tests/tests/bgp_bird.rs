@@ -538,3 +538,45 @@ fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
     let report = s1.stop();
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
 }
+
+/// `sluice_config_last_reload_success` as the LB's `/metrics` shows it.
+fn reload_metric(topo: &Topology) -> Option<u64> {
+    metrics(topo, Role::Lb)
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_config_last_reload_success "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// One source of truth (issue 14): a config file that fails to apply at
+/// reload leaves the host on an older generation than its file, so it
+/// withdraws its VIPs (it may disagree with the hosts that applied the
+/// file) until a reload applies.
+#[test]
+fn a_host_whose_config_failed_to_apply_withdraws_until_a_reload_applies() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().router(true).backends(2));
+    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP]);
+    let lb = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
+    let args = bgp_args(&topo, Role::Lb);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sluice = Sluice::start(&topo, &config(true), &args);
+    let birds = [&rt, &lb];
+    wait_route(&topo, &birds, &[LB_IP], "after the warm-up", &sluice.logs());
+    assert_eq!(reload_metric(&topo), Some(1), "{}", sluice.logs());
+
+    sluice.rewrite_config("apiVersion: v1\nkind: Service\nmetadata: [not, a, map\n");
+    let r = sluice.reload();
+    assert!(matches!(r, ReloadOutcome::Rejected(_)), "{r:?}");
+    wait_route(&topo, &birds, &[], "the reload failed", &sluice.logs());
+    assert_eq!(reload_metric(&topo), Some(0), "{}", sluice.logs());
+    // Still serving the old generation, only not announced.
+    assert_eq!(announced_metric(&topo), Some(0), "{}", sluice.logs());
+
+    sluice.rewrite_config(&config(true));
+    let r = sluice.reload();
+    assert!(matches!(r, ReloadOutcome::Applied(_)), "{r:?}");
+    wait_route(&topo, &birds, &[LB_IP], "a reload applied", &sluice.logs());
+    assert_eq!(reload_metric(&topo), Some(1), "{}", sluice.logs());
+    let report = sluice.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+}

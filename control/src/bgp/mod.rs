@@ -170,6 +170,10 @@ pub enum Hold {
     WarmingUp,
     /// A worker's heartbeat is stale.
     DataPathStopped,
+    /// The config file failed to apply at its last reload: this host
+    /// serves an older generation than its file, so it may disagree with
+    /// the hosts that applied it ([`ConfigApplied`]).
+    ConfigFailed,
 }
 
 impl std::fmt::Display for Hold {
@@ -177,7 +181,35 @@ impl std::fmt::Display for Hold {
         f.write_str(match self {
             Hold::WarmingUp => "warming up",
             Hold::DataPathStopped => "the data path stopped (a worker's heartbeat is stale)",
+            Hold::ConfigFailed => "the config file failed to apply at the last reload",
         })
+    }
+}
+
+/// Whether the config file's last reload applied (true until one fails,
+/// and again after one succeeds), shared by the reload path, the
+/// announcer and `/metrics` (`sluice_config_last_reload_success`). One
+/// source of truth (issue 14): a host left on an older generation than
+/// its file does not announce. A write refused by the API does not set
+/// it: that leaves no file behind that the host failed to follow.
+#[derive(Clone, Debug)]
+pub struct ConfigApplied(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for ConfigApplied {
+    fn default() -> Self {
+        ConfigApplied(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl ConfigApplied {
+    /// Records the outcome of a reload of the config file.
+    pub fn set(&self, ok: bool) {
+        self.0.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the last reload applied.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -215,13 +247,16 @@ impl Announcer {
         }
     }
 
-    /// What should be announced at `now`, given the table in service and
-    /// whether the data path runs.
-    pub fn want(&self, table: &ServiceTable, now: Instant, alive: bool) -> Want {
+    /// What should be announced at `now`, given the table in service,
+    /// whether the data path runs and whether the last config reload
+    /// applied ([`ConfigApplied`]).
+    pub fn want(&self, table: &ServiceTable, now: Instant, alive: bool, applied: bool) -> Want {
         let all = candidates(table);
         let usable: BTreeSet<IpAddr> = all.iter().filter(|(_, u)| **u).map(|(a, _)| *a).collect();
         let hold = if !alive {
             Some(Hold::DataPathStopped)
+        } else if !applied {
+            Some(Hold::ConfigFailed)
         } else if now.saturating_duration_since(self.started) < self.after {
             Some(Hold::WarmingUp)
         } else {
@@ -356,13 +391,14 @@ pub fn spawn(
     opts: BgpOpts,
     shared: Arc<Shared>,
     counters: Vec<Arc<Counters>>,
+    applied: ConfigApplied,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::sync_channel(8);
     let status = Status::default();
     let st = status.clone();
     let thread = std::thread::Builder::new()
         .name("sluice-bgp".into())
-        .spawn(move || run(opts, shared, counters, rx, st))?;
+        .spawn(move || run(opts, shared, counters, applied, rx, st))?;
     Ok(Handle {
         tx,
         thread: Some(thread),
@@ -376,6 +412,7 @@ fn run(
     opts: BgpOpts,
     shared: Arc<Shared>,
     counters: Vec<Arc<Counters>>,
+    applied: ConfigApplied,
     rx: mpsc::Receiver<Msg>,
     status: Status,
 ) {
@@ -408,7 +445,12 @@ fn run(
             .collect();
         let now_ms = shared.epoch.elapsed().as_millis() as u64;
         let alive = data_path_alive(&beats, now_ms, WATCHDOG_STALE);
-        let want = a.want(&shared.snapshot.load().services, Instant::now(), alive);
+        let want = a.want(
+            &shared.snapshot.load().services,
+            Instant::now(),
+            alive,
+            applied.get(),
+        );
         if want.hold != last_hold {
             match want.hold {
                 Some(Hold::DataPathStopped) => {

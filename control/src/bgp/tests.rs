@@ -104,11 +104,11 @@ fn nothing_is_announced_before_the_warm_up_ends() {
         vec![backend("198.18.1.11", 1, false)],
     )]);
     let a = Announcer::new(t0, Duration::from_secs(5));
-    let early = a.want(&t, t0 + Duration::from_millis(4999), true);
+    let early = a.want(&t, t0 + Duration::from_millis(4999), true, true);
     assert!(early.vips.is_empty());
     assert_eq!(early.hold, Some(Hold::WarmingUp));
     assert_eq!(early.candidates, set(&["198.18.100.10"]));
-    let late = a.want(&t, t0 + Duration::from_secs(5), true);
+    let late = a.want(&t, t0 + Duration::from_secs(5), true, true);
     assert_eq!(late.vips, set(&["198.18.100.10"]));
     assert_eq!(late.hold, None);
 }
@@ -123,12 +123,12 @@ fn a_stopped_data_path_withdraws_everything() {
         vec![backend("198.18.1.11", 1, false)],
     )]);
     let a = Announcer::new(t0, Duration::ZERO);
-    let w = a.want(&t, t0, false);
+    let w = a.want(&t, t0, false, true);
     assert!(w.vips.is_empty());
     assert_eq!(w.hold, Some(Hold::DataPathStopped));
     // No usable VIP: nothing is held back, so no hold to report.
     let empty = table(vec![svc("198.18.100.10", 80, VipKind::ClusterIp, vec![])]);
-    assert_eq!(a.want(&empty, t0, false).hold, None);
+    assert_eq!(a.want(&empty, t0, false, true).hold, None);
 }
 
 #[test]
@@ -221,4 +221,30 @@ fn sync_writes_both_files_and_reports_refusals() {
     assert!(!v4.contains("2001:db8"), "{v4}");
     assert!(v6.contains("route 2001:db8:100::10/128 blackhole;"), "{v6}");
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_failed_config_reload_withdraws_until_one_applies() {
+    let t0 = Instant::now();
+    let t = table(vec![svc(
+        "198.18.100.10",
+        80,
+        VipKind::ClusterIp,
+        vec![backend("198.18.1.11", 1, false)],
+    )]);
+    let a = Announcer::new(t0, Duration::ZERO);
+    let cfg = ConfigApplied::default();
+    assert!(cfg.get(), "the config a host starts with applied");
+    assert_eq!(
+        a.want(&t, t0, true, cfg.get()).vips,
+        set(&["198.18.100.10"])
+    );
+    cfg.set(false);
+    let w = a.want(&t, t0, true, cfg.get());
+    assert!(w.vips.is_empty());
+    assert_eq!(w.hold, Some(Hold::ConfigFailed));
+    assert_eq!(w.candidates, set(&["198.18.100.10"]));
+    cfg.clone().set(true);
+    let w = a.want(&t, t0, true, cfg.get());
+    assert_eq!((w.vips, w.hold), (set(&["198.18.100.10"]), None));
 }
