@@ -639,10 +639,15 @@ fn udp_truncation() {
 #[test]
 fn zone_errors_and_len() {
     assert_eq!(zone().len(), 2 + 2 + 1 + (3 + 3 + 3) + 1 + 1);
-    assert!(DnsZone::new::<DnsService>("cluster.local", &[]).unwrap().is_empty());
+    assert!(DnsZone::new::<DnsService>("cluster.local", &[])
+        .unwrap()
+        .is_empty());
     for bad in ["", ".", "bad_domain.local", "a..b", "-x.local"] {
         assert!(
-            matches!(DnsZone::new::<DnsService>(bad, &[]), Err(DnsError::InvalidDomain { .. })),
+            matches!(
+                DnsZone::new::<DnsService>(bad, &[]),
+                Err(DnsError::InvalidDomain { .. })
+            ),
             "{bad:?}"
         );
     }
