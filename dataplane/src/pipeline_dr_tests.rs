@@ -11,7 +11,9 @@ use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowState, Timeouts};
 use crate::service::{BackendSpec, SchedKind, ServiceSpec};
 
-use super::tests::{backend_ip, backend_mac, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP};
+use super::tests::{
+    backend_ip, backend_mac, fixture_snapshot, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP,
+};
 use crate::udp_fixture::one_hop_on;
 
 const CLIENT: [u8; 4] = [198, 18, 0, 2];
@@ -43,37 +45,7 @@ fn dr_snapshot(masq: MasqPolicy, n: u8) -> Snapshot {
         ..Default::default()
     };
     let services = ServiceTable::build(1, vec![svc(80, proto::TCP), svc(53, proto::UDP)]).unwrap();
-    let nexthops = (0..n)
-        .map(|i| {
-            (
-                Addr::from_v4(backend_ip(i)),
-                NextHop {
-                    hop: L2Hop {
-                        port: 1,
-                        mac: backend_mac(i),
-                    },
-                    snat: Addr::from_v4([198, 18, 1, 1]),
-                },
-            )
-        })
-        .collect();
-    Snapshot {
-        services,
-        ports: vec![
-            PortInfo {
-                mac: FRONT_MAC,
-                mtu: 1500,
-            },
-            PortInfo {
-                mac: BACK_MAC,
-                mtu: 1500,
-            },
-        ],
-        nexthops,
-        masq,
-        removed: Default::default(),
-        moved: Default::default(),
-    }
+    fixture_snapshot(services, n, masq)
 }
 
 fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {

@@ -13,7 +13,7 @@ use crate::affinity::AffinityTable;
 use crate::flow_table::{FlowState, Timeouts};
 use crate::service::{BackendSpec, SchedKind, ServiceSpec};
 
-use super::tests::{backend_ip, backend_mac, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP};
+use super::tests::{backend_ip, fixture_snapshot, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP};
 
 /// A TCP service on VIP:80 scheduled by `sched`, forwarded by `forward`,
 /// three backends on port 80 (DR cannot remap) reached on port 1; clients
@@ -38,37 +38,11 @@ fn snapshot(sched: SchedKind, forward: ForwardMethod) -> Snapshot {
         forward,
         ..Default::default()
     };
-    let nexthops = (0..3)
-        .map(|i| {
-            (
-                Addr::from_v4(backend_ip(i)),
-                NextHop {
-                    hop: L2Hop {
-                        port: 1,
-                        mac: backend_mac(i),
-                    },
-                    snat: Addr::from_v4([198, 18, 1, 1]),
-                },
-            )
-        })
-        .collect();
-    Snapshot {
-        services: ServiceTable::build(1, vec![spec]).unwrap(),
-        ports: vec![
-            PortInfo {
-                mac: FRONT_MAC,
-                mtu: 1500,
-            },
-            PortInfo {
-                mac: BACK_MAC,
-                mtu: 1500,
-            },
-        ],
-        nexthops,
-        masq: MasqPolicy::default(),
-        removed: Default::default(),
-        moved: Default::default(),
-    }
+    fixture_snapshot(
+        ServiceTable::build(1, vec![spec]).unwrap(),
+        3,
+        MasqPolicy::default(),
+    )
 }
 
 /// Client `198.18.0.<host>` → VIP:80 from `sport`, with `flags`.

@@ -11,7 +11,8 @@
 use std::collections::BTreeSet;
 
 use super::tests::{
-    backend_ip, backend_mac, inspect, run_with, tcp, BACK_MAC, CLIENT_MAC, FRONT_MAC, VIP,
+    backend_ip, backend_mac, fixture_snapshot, inspect, run_with, tcp, BACK_MAC, CLIENT_MAC,
+    FRONT_MAC, VIP,
 };
 use super::*;
 use crate::affinity::AffinityTable;
@@ -69,37 +70,7 @@ fn snapshot(front: ServiceSpec, masq: MasqPolicy) -> Snapshot {
         ..Default::default()
     };
     let services = ServiceTable::build(1, vec![cluster, front]).unwrap();
-    let nexthops = (0..2)
-        .map(|i| {
-            (
-                Addr::from_v4(backend_ip(i)),
-                NextHop {
-                    hop: L2Hop {
-                        port: 1,
-                        mac: backend_mac(i),
-                    },
-                    snat: Addr::from_v4([198, 18, 1, 1]),
-                },
-            )
-        })
-        .collect();
-    Snapshot {
-        services,
-        ports: vec![
-            PortInfo {
-                mac: FRONT_MAC,
-                mtu: 1500,
-            },
-            PortInfo {
-                mac: BACK_MAC,
-                mtu: 1500,
-            },
-        ],
-        nexthops,
-        masq,
-        removed: Default::default(),
-        moved: Default::default(),
-    }
+    fixture_snapshot(services, 2, masq)
 }
 
 fn pods() -> MasqPolicy {

@@ -28,30 +28,11 @@ pub(super) fn backend_ip(i: u8) -> [u8; 4] {
     [198, 18, 1, 11 + i]
 }
 
-/// One TCP and one UDP service on the VIP, three backends behind each,
-/// backends reached on port 1, clients on port 0.
-fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
-    let backends: Vec<BackendSpec> = (0..nb_backends)
-        .map(|i| BackendSpec {
-            addr: Addr::from_v4(backend_ip(i)),
-            port: 8080,
-            weight: 1,
-            ..Default::default()
-        })
-        .collect();
-    let svc = |port, proto| ServiceSpec {
-        name: format!("default/web:{port}"),
-        vip: VipKey {
-            addr: Addr::from_v4(VIP),
-            port,
-            proto,
-        },
-        backends: backends.clone(),
-        sched: SchedKind::RoundRobin,
-        ..Default::default()
-    };
-    let services = ServiceTable::build(1, vec![svc(80, proto::TCP), svc(53, proto::UDP)]).unwrap();
-    let nexthops = (0..nb_backends)
+/// The fixture network's snapshot: `services`, backends `0..n` reached on
+/// port 1 (the back link, whose address is their SNAT source), clients on
+/// port 0. Shared by the pipeline fixtures of every forwarding mode.
+pub(super) fn fixture_snapshot(services: ServiceTable, n: u8, masq: MasqPolicy) -> Snapshot {
+    let nexthops = (0..n)
         .map(|i| {
             (
                 Addr::from_v4(backend_ip(i)),
@@ -82,6 +63,32 @@ fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
         removed: Default::default(),
         moved: Default::default(),
     }
+}
+
+/// One TCP and one UDP service on the VIP, three backends behind each,
+/// backends reached on port 1, clients on port 0.
+fn snapshot(masq: MasqPolicy, nb_backends: u8) -> Snapshot {
+    let backends: Vec<BackendSpec> = (0..nb_backends)
+        .map(|i| BackendSpec {
+            addr: Addr::from_v4(backend_ip(i)),
+            port: 8080,
+            weight: 1,
+            ..Default::default()
+        })
+        .collect();
+    let svc = |port, proto| ServiceSpec {
+        name: format!("default/web:{port}"),
+        vip: VipKey {
+            addr: Addr::from_v4(VIP),
+            port,
+            proto,
+        },
+        backends: backends.clone(),
+        sched: SchedKind::RoundRobin,
+        ..Default::default()
+    };
+    let services = ServiceTable::build(1, vec![svc(80, proto::TCP), svc(53, proto::UDP)]).unwrap();
+    fixture_snapshot(services, nb_backends, masq)
 }
 
 fn outside_masq() -> MasqPolicy {
