@@ -522,8 +522,7 @@ fn first_state(
         match commit_first(&mut store, objects.clone(), host) {
             Ok(c) => return Ok((store, c)),
             Err(RunError::Config(e)) => {
-                let path = crate::persist::state_path(&args.state_dir);
-                let kept = crate::persist::set_aside(&path, "rejected")
+                let kept = crate::persist::set_aside_state(&args.state_dir, "rejected")
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|e| format!("(not moved: {e})"));
                 error!("the saved state does not compile with the config: {e}; kept as {kept}; starting from the config file alone");

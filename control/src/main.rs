@@ -226,7 +226,7 @@ struct RunCmd {
     /// cluster is followed.
     #[arg(long)]
     cluster_watch: bool,
-    /// Directory of the saved object set (state.json), restored at start
+    /// Directory of the saved object set (state.json and state.log), restored at start
     /// before the data path attaches.
     #[arg(long, default_value = sluice_control::persist::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,

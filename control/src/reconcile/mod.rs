@@ -837,7 +837,7 @@ impl Reconciler {
             s.observe(arrived.elapsed());
         }
         if let (Some(p), false) = (&self.persister, commit.events.is_empty()) {
-            p.submit(crate::persist::Pending::of(&self.store));
+            p.submit(crate::persist::Pending::after(&self.store, &commit.events));
         }
         for e in &commit.events {
             // No receiver is no error.

@@ -1,8 +1,11 @@
 //! Round trip, refused files (truncated, garbage, another version), moving
-//! aside without overwriting, and the coalescing of writes.
+//! aside without overwriting, the coalescing of writes, and the log:
+//! replay, a torn last line, lines a snapshot holds, folding.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -159,6 +162,7 @@ fn the_coalescer_keeps_only_the_newest_state() {
         c.submit(Pending {
             revision: rev,
             objects: Objects::new(),
+            changed: Changed::Keys(BTreeSet::new()),
         });
     }
     let p = c.take().expect("one state to write");
@@ -190,6 +194,7 @@ fn a_burst_while_a_write_runs_costs_one_more_write() {
     let state = |revision| Pending {
         revision,
         objects: Objects::new(),
+        changed: Changed::All,
     };
     p.submit(state(1));
     entered.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -291,4 +296,224 @@ fn the_caching_encoder_gives_the_serde_bytes_across_changes() {
         "deleted objects are forgotten"
     );
     check(&mut enc, &Store::default());
+}
+
+fn svc(name: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "prod"},
+        "spec": {"clusterIP": "198.18.100.10", "ports": [{"port": port}]}})
+}
+
+/// Commits one write to `s`; returns its events.
+fn commit_one(s: &mut Store, w: Write) -> Vec<Event> {
+    let mut b = Batch::default();
+    b.push(w);
+    s.commit(b, SystemTime::now(), |_| Ok::<_, ()>(()))
+        .unwrap()
+        .events
+}
+
+fn upsert(object: Value) -> Write {
+    Write::Upsert {
+        object,
+        owner: Arc::from("kubectl"),
+        mode: UpsertMode::Apply(None),
+    }
+}
+
+fn delete(object: &Value) -> Write {
+    Write::Delete {
+        key: Key::of(object).unwrap(),
+        must_exist: true,
+    }
+}
+
+fn assert_restores(dir: &Path, s: &Store) {
+    let back = load(dir).unwrap().expect("a saved state");
+    assert_eq!(back.objects(), s.objects());
+    assert_eq!(back.revision(), s.revision());
+}
+
+#[test]
+fn a_change_is_one_log_line_and_the_snapshot_stays() {
+    let dir = temp_dir("log");
+    let mut disk = Disk::new(dir.clone());
+    let mut s = store();
+    assert_eq!(disk.write(&Pending::of(&s)).unwrap(), Written::Snapshot);
+    let snapshot = fs::read(state_path(&dir)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 81)));
+    assert_eq!(
+        disk.write(&Pending::after(&s, &ev)).unwrap(),
+        Written::Appended
+    );
+    let ev = commit_one(&mut s, upsert(svc("api", 82)));
+    assert_eq!(
+        disk.write(&Pending::after(&s, &ev)).unwrap(),
+        Written::Appended
+    );
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
+    let ev = commit_one(&mut s, delete(&pod));
+    assert_eq!(
+        disk.write(&Pending::after(&s, &ev)).unwrap(),
+        Written::Appended
+    );
+    assert_eq!(
+        fs::read(state_path(&dir)).unwrap(),
+        snapshot,
+        "snapshot untouched"
+    );
+    let log = fs::read_to_string(log_path(&dir)).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(
+        !log.contains("198.18.100.10\",\"ports\":[{\"port\":80"),
+        "{log}"
+    );
+    assert_restores(&dir, &s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_torn_last_line_is_dropped_and_the_state_before_it_restored() {
+    let dir = temp_dir("torn");
+    let mut disk = Disk::new(dir.clone());
+    let mut s = store();
+    disk.write(&Pending::of(&s)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 81)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let before = s.objects().clone();
+    let ev = commit_one(&mut s, upsert(svc("api", 82)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let log = log_path(&dir);
+    let bytes = fs::read(&log).unwrap();
+    fs::write(&log, &bytes[..bytes.len() - 7]).unwrap();
+    let back = load(&dir).unwrap().unwrap();
+    assert_eq!(back.objects(), &before);
+    assert_eq!(back.revision(), s.revision() - 1);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_corrupt_line_refuses_the_state_and_both_files_are_kept() {
+    let dir = temp_dir("badline");
+    let mut disk = Disk::new(dir.clone());
+    let mut s = store();
+    disk.write(&Pending::of(&s)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 81)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("api", 82)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let log = log_path(&dir);
+    let text = fs::read_to_string(&log).unwrap();
+    let second = text.lines().nth(1).unwrap();
+    fs::write(&log, format!("{{\"revision\": oops\n{second}\n")).unwrap();
+    match load(&dir) {
+        Err(PersistError::Corrupt { path, reason }) => {
+            assert_eq!(path, log);
+            assert!(reason.starts_with("line 1:"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        restore(&dir),
+        Restore::Refused { kept: Some(_), .. }
+    ));
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("state.json.corrupt-")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("state.log.corrupt-")),
+        "{names:?}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lines_a_newer_snapshot_holds_are_skipped() {
+    // A crash after the new snapshot, before the log was emptied.
+    let dir = temp_dir("skip");
+    let mut disk = Disk::new(dir.clone());
+    let mut s = store();
+    disk.write(&Pending::of(&s)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 81)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 82)));
+    disk.write(&Pending::after(&s, &ev)).unwrap();
+    let lines = fs::read(log_path(&dir)).unwrap();
+    let ev = commit_one(&mut s, upsert(svc("web", 83)));
+    Disk::new(dir.clone())
+        .write(&Pending::after(&s, &ev))
+        .unwrap();
+    fs::write(log_path(&dir), &lines).unwrap();
+    let mut objects = load(&dir).unwrap().unwrap().objects().clone();
+    assert_restores(&dir, &s);
+    let mut rev = s.revision();
+    let r = log::replay(&log_path(&dir), &lines, &mut objects, &mut rev).unwrap();
+    assert_eq!((r.applied, r.skipped, r.torn), (0, 2, false));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_coalescer_keeps_what_every_replaced_state_changed() {
+    let mut s = store();
+    let mut c = Coalescer::default();
+    let ev = commit_one(&mut s, upsert(svc("a", 1)));
+    c.submit(Pending::after(&s, &ev));
+    let ev = commit_one(&mut s, upsert(svc("b", 2)));
+    c.submit(Pending::after(&s, &ev));
+    let keys = |names: &[&str]| -> BTreeSet<Key> {
+        names.iter().map(|n| Key::of(&svc(n, 1)).unwrap()).collect()
+    };
+    assert_eq!(c.take().unwrap().changed, Changed::Keys(keys(&["a", "b"])));
+    c.done();
+    c.submit(Pending::of(&s));
+    let ev = commit_one(&mut s, upsert(svc("c", 3)));
+    c.submit(Pending::after(&s, &ev));
+    assert_eq!(
+        c.take().unwrap().changed,
+        Changed::All,
+        "a whole write stays whole"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any run of upserts and deletes, written through a coalescer that
+    /// sometimes merges states and a log folded at a small size,
+    /// restores to the store's state.
+    #[test]
+    fn the_snapshot_and_log_restore_any_run(
+        ops in proptest::collection::vec((0u8..6, 0u16..4, proptest::bool::ANY), 1..30),
+    ) {
+        let dir = temp_dir("prop");
+        let mut disk = Disk::with_min_log(dir.clone(), 600);
+        let mut s = store();
+        let mut c = Coalescer::default();
+        c.submit(Pending::of(&s));
+        for (name, port, write_now) in ops {
+            let object = svc(&format!("s{name}"), 80 + port);
+            let w = if port == 0 && s.objects().contains_key(&Key::of(&object).unwrap()) {
+                delete(&object)
+            } else {
+                upsert(object)
+            };
+            let ev = commit_one(&mut s, w);
+            c.submit(Pending::after(&s, &ev));
+            if write_now {
+                let p = c.take().unwrap();
+                disk.write(&p).unwrap();
+                c.done();
+            }
+        }
+        if let Some(p) = c.take() {
+            disk.write(&p).unwrap();
+        }
+        assert_restores(&dir, &s);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -2,26 +2,36 @@
 //! so that a restart — also after `kill -9` — serves what was served before,
 //! from its first packet.
 //!
-//! **Format.** One JSON file, `state.json`: `{"format": "sluice-state",
-//! "version": 1, "revision": N, "objects": [{"owner": ..., "object": ...}]}`,
-//! every object as the API returns it (uid, resourceVersion,
-//! creationTimestamp kept) with its owner (field manager), which is what the
-//! file source needs to delete only what it wrote. A file that does not
-//! parse, is truncated, is not this format or has another version is
-//! refused whole ([`PersistError`]); the daemon moves it aside
-//! ([`set_aside`]: `state.json.corrupt-<unix time>`, never over an existing
-//! file) and starts from the config file alone, saying so.
+//! **Format.** A snapshot and a log ([`log`]). The snapshot is one JSON
+//! file, `state.json`: `{"format": "sluice-state", "version": 1,
+//! "revision": N, "objects": [{"owner": ..., "object": ...}]}`, every
+//! object as the API returns it (uid, resourceVersion, creationTimestamp
+//! kept) with its owner (field manager), which is what the file source
+//! needs to delete only what it wrote. The log, `state.log`, holds one line
+//! per write since the snapshot: the objects it put and the keys it
+//! deleted. The state is the snapshot with the log replayed over it. A
+//! snapshot or log line that does not parse, is not this format or has
+//! another version is refused whole ([`PersistError`]); the daemon moves
+//! both files aside ([`set_aside`]: `state.json.corrupt-<unix time>`, never
+//! over an existing file) and starts from the config file alone, saying so.
 //!
-//! **Atomic.** Each write goes to `state.json.tmp`, is fsynced, renamed over
-//! `state.json` and the directory fsynced ([`write_atomic`]): a crash leaves
-//! either the old file or the new one, never half of one.
+//! **Atomic.** A snapshot goes to `state.json.tmp`, is fsynced, renamed
+//! over `state.json` and the directory fsynced ([`write_atomic`]); a log
+//! line is appended and fsynced. A crash leaves the old snapshot or the new
+//! one, and at most a last log line cut short, which the replay drops.
+//!
+//! **Cost in proportion to the change.** A write costs its own objects: one
+//! log line. The log is folded into a new snapshot (and emptied) once it is
+//! larger than the snapshot (and at least [`writer::MIN_LOG_BYTES`]), so a
+//! snapshot's cost is spread over as many bytes of changes; the first write
+//! of a run is a snapshot too ([`Disk`]).
 //!
 //! **Batched.** The reconciler hands every committed state to a
-//! [`Persister`], which keeps only the newest one pending and writes it from
-//! its own thread; while a write (and its two fsyncs) runs, further commits
-//! replace the pending state, so a burst of N writes costs one or two file
-//! writes, not N ([`Coalescer`]). Nothing of this runs on the packet path,
-//! and no API answer waits for it.
+//! [`Persister`], which keeps only the newest one pending (with the keys
+//! every state it replaced changed) and writes it from its own thread;
+//! while a write runs, further commits replace the pending state, so a
+//! burst of N writes costs one or two writes, not N ([`Coalescer`]).
+//! Nothing of this runs on the packet path, and no API answer waits for it.
 //!
 //! **The durability point.** An API write is answered once its table is
 //! visible to the workers (the reconciler waits for that), *not* once it is
@@ -36,14 +46,20 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::store::{Key, Objects, Store, Stored};
+use crate::store::{Event, Key, Objects, Store, Stored};
+
+pub mod log;
+mod writer;
+
+pub use log::LOG_FILE;
+pub use writer::{Changed, Coalescer, Disk, Persister, Written};
 
 /// The default `--state-dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
@@ -107,14 +123,26 @@ pub struct Pending {
     pub revision: u64,
     /// The objects (with their owners).
     pub objects: Objects,
+    /// What changed since the state submitted before.
+    pub changed: Changed,
 }
 
 impl Pending {
-    /// The state of `store`.
+    /// The state of `store`, written whole.
     pub fn of(store: &Store) -> Pending {
         Pending {
             revision: store.revision(),
             objects: store.objects().clone(),
+            changed: Changed::All,
+        }
+    }
+
+    /// The state of `store` after a commit of `events`: only their keys
+    /// changed since the state submitted before.
+    pub fn after(store: &Store, events: &[Event]) -> Pending {
+        Pending {
+            changed: Changed::Keys(events.iter().map(|e| e.key.clone()).collect()),
+            ..Pending::of(store)
         }
     }
 }
@@ -252,17 +280,49 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Reads the state of `dir`; `Ok(None)` when there is none yet.
+/// The log of `dir`.
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join(LOG_FILE)
+}
+
+/// Reads `path`; `Ok(None)` when it does not exist.
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, PersistError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PersistError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Reads the state of `dir`: the snapshot with the log replayed over it;
+/// `Ok(None)` when there is no snapshot yet (a log without one is left
+/// for [`restore`] to move aside).
 ///
 /// # Errors
 /// [`PersistError`]: unreadable, corrupt, or another version.
 pub fn load(dir: &Path) -> Result<Option<Store>, PersistError> {
     let path = state_path(dir);
-    match fs::read(&path) {
-        Ok(bytes) => decode(&path, &bytes).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PersistError::Io { path, source }),
+    let Some(bytes) = read_opt(&path)? else {
+        return Ok(None);
+    };
+    let snapshot = decode(&path, &bytes)?;
+    let log = log_path(dir);
+    let Some(lines) = read_opt(&log)? else {
+        return Ok(Some(snapshot));
+    };
+    let mut objects = snapshot.objects().clone();
+    let mut revision = snapshot.revision();
+    let r = log::replay(&log, &lines, &mut objects, &mut revision)?;
+    if r.torn {
+        warn!(
+            "{}: the last write was cut short (a crash) and is dropped",
+            log.display()
+        );
     }
+    Ok(Some(Store::restored(objects, revision)))
 }
 
 /// Moves a refused state file aside as `<name>.<why>-<unix time>` (with a
@@ -292,6 +352,24 @@ pub fn set_aside(path: &Path, why: &str) -> Result<PathBuf, PersistError> {
         source,
     })?;
     Ok(to)
+}
+
+/// Moves `dir`'s snapshot aside ([`set_aside`]) and its log too when it
+/// has one (`state.log.<why>-<unix time>`): a refused state is kept whole.
+/// Returns the snapshot's new path.
+///
+/// # Errors
+/// [`PersistError::Io`] when the snapshot cannot be renamed.
+pub fn set_aside_state(dir: &Path, why: &str) -> Result<PathBuf, PersistError> {
+    let kept = set_aside(&state_path(dir), why)?;
+    let log = log_path(dir);
+    if log.exists() {
+        match set_aside(&log, why) {
+            Ok(p) => info!("{} kept as {}", log.display(), p.display()),
+            Err(e) => warn!("moving the log aside: {e}"),
+        }
+    }
+    Ok(kept)
 }
 
 /// Writes `bytes` as `dir/state.json` atomically: temp file, fsync,
@@ -328,133 +406,6 @@ pub fn write_atomic(dir: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     Ok(())
 }
 
-/// The batching core, without threads: commits [`Coalescer::submit`] the
-/// newest state, the writer [`Coalescer::take`]s what is pending (the
-/// newest only) when it is free.
-#[derive(Debug, Default)]
-pub struct Coalescer {
-    pending: Option<Pending>,
-    /// A write is running (taken, not yet [`Coalescer::done`]).
-    busy: bool,
-    /// States submitted, and files written, so far.
-    submitted: u64,
-    written: u64,
-}
-
-impl Coalescer {
-    /// A new state replaces any pending one.
-    pub fn submit(&mut self, p: Pending) {
-        self.pending = Some(p);
-        self.submitted += 1;
-    }
-
-    /// The state to write now, if any; marks the writer busy.
-    pub fn take(&mut self) -> Option<Pending> {
-        let p = self.pending.take()?;
-        self.busy = true;
-        Some(p)
-    }
-
-    /// The write of the last taken state finished.
-    pub fn done(&mut self) {
-        self.busy = false;
-        self.written += 1;
-    }
-
-    /// Nothing pending and no write running.
-    pub fn idle(&self) -> bool {
-        self.pending.is_none() && !self.busy
-    }
-
-    /// (states submitted, files written).
-    pub fn counts(&self) -> (u64, u64) {
-        (self.submitted, self.written)
-    }
-}
-
-struct Inner {
-    state: Mutex<Coalescer>,
-    wake: Condvar,
-}
-
-/// The writer thread and its queue of one.
-#[derive(Clone)]
-pub struct Persister {
-    inner: Arc<Inner>,
-}
-
-impl Persister {
-    /// Starts the writer thread writing into `dir`.
-    ///
-    /// # Errors
-    /// When the thread cannot be started.
-    pub fn spawn(dir: PathBuf) -> io::Result<Persister> {
-        let mut enc = Encoder::default();
-        Persister::with_sink(move |p| write_atomic(&dir, &enc.encode(p)))
-    }
-
-    /// Starts a writer thread that hands each state to `sink` (tests count
-    /// the writes).
-    ///
-    /// # Errors
-    /// When the thread cannot be started.
-    pub fn with_sink(
-        mut sink: impl FnMut(&Pending) -> Result<(), PersistError> + Send + 'static,
-    ) -> io::Result<Persister> {
-        let inner = Arc::new(Inner {
-            state: Mutex::new(Coalescer::default()),
-            wake: Condvar::new(),
-        });
-        let me = inner.clone();
-        std::thread::Builder::new()
-            .name("sluice-persist".into())
-            .spawn(move || loop {
-                let p = {
-                    let mut c = me.state.lock().unwrap_or_else(|e| e.into_inner());
-                    loop {
-                        if let Some(p) = c.take() {
-                            break p;
-                        }
-                        c = me.wake.wait(c).unwrap_or_else(|e| e.into_inner());
-                    }
-                };
-                if let Err(e) = sink(&p) {
-                    warn!("state not saved (revision {}): {e}", p.revision);
-                }
-                me.state.lock().unwrap_or_else(|e| e.into_inner()).done();
-                me.wake.notify_all();
-            })?;
-        Ok(Persister { inner })
-    }
-
-    /// Queues `p` to be written (replacing a state not written yet).
-    pub fn submit(&self, p: Pending) {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .submit(p);
-        self.inner.wake.notify_all();
-    }
-
-    /// Waits until every submitted state is written (or failed).
-    pub fn flush(&self) {
-        let mut c = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        while !c.idle() {
-            c = self.inner.wake.wait(c).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// (states submitted, files written) so far.
-    pub fn counts(&self) -> (u64, u64) {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counts()
-    }
-}
-
 /// What start-up found in the state directory.
 #[derive(Debug)]
 pub enum Restore {
@@ -477,6 +428,19 @@ pub fn restore(dir: &Path) -> Restore {
     match load(dir) {
         Ok(None) => {
             info!("state dir {}: no saved state", dir.display());
+            let log = log_path(dir);
+            if log.exists() {
+                // Never written without a snapshot before it: the snapshot
+                // was removed by hand. Kept, not replayed over nothing.
+                match set_aside(&log, "orphan") {
+                    Ok(p) => warn!(
+                        "{}: a log without its snapshot, kept as {}",
+                        log.display(),
+                        p.display()
+                    ),
+                    Err(e) => warn!("moving a log without its snapshot aside: {e}"),
+                }
+            }
             Restore::Fresh
         }
         Ok(Some(store)) => {
@@ -496,7 +460,7 @@ pub fn restore(dir: &Path) -> Restore {
             }
         }
         Err(error) => {
-            let kept = match set_aside(&state_path(dir), "corrupt") {
+            let kept = match set_aside_state(dir, "corrupt") {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::error!("moving the refused state file aside: {e}");
@@ -515,5 +479,4 @@ pub fn restore(dir: &Path) -> Restore {
 }
 
 #[cfg(test)]
-#[path = "persist_tests.rs"]
 mod tests;
