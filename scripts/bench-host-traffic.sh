@@ -83,8 +83,11 @@ def per_conn(f, addr):
 for name, f, vip, ep in [("tcp", tcp, ("198.18.100.10", 80), ("198.18.1.11", 8080)),
                          ("udp", udp, ("198.18.100.10", 5353), ("198.18.1.11", 5353))]:
     # Interleaved halves, so drift on a shared machine hits both alike.
-    a = (per_conn(f, vip) + per_conn(f, vip)) / 2
-    b = (per_conn(f, ep) + per_conn(f, ep)) / 2
+    b1 = per_conn(f, ep)
+    a1 = per_conn(f, vip)
+    a2 = per_conn(f, vip)
+    b2 = per_conn(f, ep)
+    a, b = (a1 + a2) / 2, (b1 + b2) / 2
     print(f"{name}: {n}x2 per target: through the ClusterIP {a:.1f} us/conn, "
           f"straight to the endpoint {b:.1f} us/conn, ratio {a / b:.3f}")
 PY
