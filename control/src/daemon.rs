@@ -61,6 +61,9 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Cidr>,
     /// Masquerade every client.
     pub masquerade_all: bool,
+    /// Serve the node's own connections to services
+    /// ([`crate::host_traffic`]).
+    pub host_traffic: crate::host_traffic::Mode,
     /// Flow table capacity.
     pub flow_capacity: usize,
     /// Capacity of the connection table for IPv6 flows (default: a quarter
@@ -109,6 +112,9 @@ pub struct RunArgs {
 /// Why `sluice run` could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// `--host-traffic on` could not start.
+    #[error("{0}")]
+    HostTraffic(#[from] crate::host_traffic::HostTrafficError),
     /// The config file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
@@ -353,6 +359,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let handles = start_workers(ports, &shared, &counters, &cores, args.busy_poll)?;
     wait_workers_running(&counters);
     attach_all(&mut steering)?;
+    let host_traffic = start_host_traffic(&args, &shared, &host_addrs)?;
     let persister =
         crate::persist::Persister::spawn(args.state_dir.clone()).map_err(RunError::Runtime)?;
     persister.submit(crate::persist::Pending::of(&store));
@@ -426,6 +433,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     metrics_task.abort();
     rt.shutdown_timeout(Duration::from_secs(2));
+    let host_counts = host_traffic.map_or((0, 0), |h| h.stop());
 
     info!("stopping");
     persister.flush();
@@ -455,6 +463,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         println!("counter {k} {v}");
     }
     println!("counter flows_live {}", shared.flows.len());
+    println!("counter host_traffic_redirected {}", host_counts.0);
+    println!("counter host_traffic_refused {}", host_counts.1);
     for (k, v) in shared.flows.early_drops().named() {
         println!("counter {k} {v}");
     }
@@ -488,6 +498,25 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     api::remove_socket(&args.api);
     info!("sluice stopped");
     Ok(())
+}
+
+/// The node-traffic socket programs, when `--host-traffic on`.
+fn start_host_traffic(
+    args: &RunArgs,
+    shared: &Arc<Shared>,
+    host_addrs: &[IpAddr],
+) -> Result<Option<crate::host_traffic::HostTraffic>, RunError> {
+    if args.host_traffic == crate::host_traffic::Mode::Off {
+        return Ok(None);
+    }
+    let opts = crate::host_traffic::PlanOpts {
+        host_addrs: host_addrs.iter().map(|&a| a.into()).collect(),
+        localhost_nodeports: crate::host_traffic::localhost_nodeports(&args.nodeport_addresses),
+    };
+    Ok(Some(crate::host_traffic::HostTraffic::start(
+        shared.clone(),
+        opts,
+    )?))
 }
 
 /// The store and first commit `sluice run` starts from.

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod digest;
 pub mod dns;
 pub mod health;
+pub mod host_traffic;
 pub mod links;
 pub mod metrics;
 pub mod model;

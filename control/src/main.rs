@@ -140,6 +140,16 @@ struct RunCmd {
     /// Masquerade every client (kube-proxy --masquerade-all).
     #[arg(long)]
     masquerade_all: bool,
+    /// Serve the node's own connections to its services (ClusterIPs,
+    /// externalIPs, LoadBalancer IPs, NodePorts on its addresses and, when
+    /// --nodeport-addresses selects it, 127.0.0.1) as kube-proxy does:
+    /// cgroup socket programs of this network namespace pick the endpoint
+    /// at connect(); no endpoint: ECONNREFUSED. Needs a cgroup2 mount.
+    /// Off by default: on a dedicated LB host it would change where the
+    /// host's own VIP connections go; turn it on where Sluice replaces
+    /// kube-proxy on a node. README "From the node itself".
+    #[arg(long, value_enum, default_value_t = sluice_control::host_traffic::Mode::Off)]
+    host_traffic: sluice_control::host_traffic::Mode,
     /// Capacity of the connection table, in IPv4 flows (58 bytes each,
     /// allocated at start; at most 16777214).
     #[arg(long, default_value_t = 1 << 20)]
@@ -517,6 +527,7 @@ fn main() -> ExitCode {
                 workers: r.workers,
                 cluster_cidrs: r.cluster_cidrs,
                 masquerade_all: r.masquerade_all,
+                host_traffic: r.host_traffic,
                 flow_capacity: r.flow_capacity,
                 flow_capacity_v6: r.flow_capacity_v6,
                 stats_interval: r.stats_interval,

@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod flow_table;
 pub mod forward;
 pub mod frag;
+pub mod host_sock;
 pub mod pipeline;
 pub mod port;
 pub mod prefetch;

@@ -8,6 +8,7 @@
 //! ```text
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
 //! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1] [--size BYTES] [--ttl N]
+//! sluice-testsrv udp-sendto ADDR:PORT [--timeout-ms T]
 //! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
 //! sluice-testsrv bulk-put ADDR:PORT --bytes N [--timeout-ms T]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
@@ -209,6 +210,7 @@ fn main() -> ExitCode {
     let result = Args::parse(rest).and_then(|args| match cmd.as_str() {
         "serve" => serve(&args),
         "udp-query" => udp_query(&args),
+        "udp-sendto" => udp_sendto(&args),
         "bulk-get" => bulk_get(&args),
         "bulk-put" => bulk_put(&args),
         "udp-stream" => udp_stream(&args),
@@ -666,6 +668,32 @@ fn udp_query(args: &Args) -> Res<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `udp-sendto`: one datagram from an *unconnected* socket (`sendto`), one
+/// reply by `recvfrom`; prints the reply and `from=ADDR`, the source the
+/// socket reported. A refused send exits [`UDP_REFUSED`].
+fn udp_sendto(args: &Args) -> Res<()> {
+    let addr = args.addr()?;
+    let timeout = Duration::from_millis(args.num("timeout-ms", Some(2000))?);
+    let s = UdpSocket::bind((args.bind_ip()?, 0)).map_err(|e| format!("bind: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = s.send_to(b"query 0", addr) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            println!("refused (ECONNREFUSED)");
+            eprintln!("sluice-testsrv udp-sendto: to {addr}: {e}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(UDP_REFUSED);
+        }
+        return Err(format!("sendto {addr}: {e}"));
+    }
+    let mut buf = [0u8; 2048];
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .map_err(|e| format!("recvfrom: {e}"))?;
+    println!("{} from={from}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }
 
