@@ -15,7 +15,9 @@
 //!   backend's traffic counters, which `ipvsadm --stats`, `sluice stats`
 //!   and the metrics read.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
@@ -23,6 +25,7 @@ use crate::flow_table::{Direction, FlowState, FlowTable};
 use crate::pipeline::{endpoint_removed, Snapshot};
 use crate::types::proto;
 use crate::wire::tcp_flags;
+use crate::worker::Shared;
 
 use super::entry::{FastKey, FastValue};
 use super::map::FastMap;
@@ -30,6 +33,9 @@ use super::rewrite::plan;
 
 /// How often the sweep runs.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// How soon a new snapshot is noticed.
+pub const NOTICE: Duration = Duration::from_millis(20);
 
 /// What sweeps did, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub struct Sweeper {
     /// Packets and bytes already credited, by (map, key).
     credited: HashMap<(usize, FastKey), (u64, u64)>,
     buf: Vec<(FastKey, FastValue)>,
+    /// The snapshot the last sweep read (by address).
+    snap_seen: u64,
     /// Totals.
     pub stats: SweepStats,
 }
@@ -67,7 +75,43 @@ impl Sweeper {
             ifindex,
             credited: HashMap::new(),
             buf: Vec::new(),
+            snap_seen: 0,
             stats: SweepStats::default(),
+        }
+    }
+
+    /// Sweeps every [`SWEEP_EVERY`], and within [`NOTICE`] of a new
+    /// snapshot (a removed endpoint, a moved next hop), until
+    /// `shared.stop`; then withdraws every entry, so that nothing is
+    /// forwarded on behalf of a load balancer that stopped.
+    pub fn run(&mut self, shared: &Shared) {
+        let mut last = Instant::now();
+        let mut seen = u64::MAX;
+        while !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(NOTICE);
+            let snap = shared.snapshot.load();
+            let v = snap.services.version();
+            let ptr = Arc::as_ptr(&snap) as usize as u64;
+            if last.elapsed() >= SWEEP_EVERY || v != seen || ptr != self.snap_seen {
+                seen = v;
+                self.snap_seen = ptr;
+                last = Instant::now();
+                self.sweep(&snap, &shared.flows, shared.now());
+            }
+        }
+        self.withdraw_all();
+    }
+
+    /// Withdraws every entry of every map.
+    pub fn withdraw_all(&mut self) {
+        for m in &mut self.maps {
+            let mut buf = Vec::new();
+            if m.entries(&mut buf).is_err() {
+                continue;
+            }
+            for (k, _) in buf {
+                let _ = m.withdraw(&k);
+            }
         }
     }
 
