@@ -355,9 +355,13 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .map(|_| Arc::new(Counters::default()))
         .collect();
     let fast = fast_path(args.fast_path, &links, &steering, workers)?;
-    let (publishers, sweeper) = match fast {
-        Some((p, s)) => (p.into_iter().map(Some).collect(), Some(s)),
-        None => ((0..workers).map(|_| None).collect(), None),
+    let (publishers, sweeper, egress_on) = match fast {
+        Some(f) => (
+            f.publishers.into_iter().map(Some).collect(),
+            Some(f.sweeper),
+            f.egress_on,
+        ),
+        None => ((0..workers).map(|_| None).collect(), None, Vec::new()),
     };
     let handles = start_workers(
         ports,
@@ -496,6 +500,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         let steer_stats: Vec<_> = parts.steering.iter().map(|s| s.stats()).collect();
         let fast_stats: Vec<_> = parts.steering.iter().map(|s| s.fast_stats()).collect();
         drop(parts);
+        for (l, on) in links.iter().zip(&egress_on) {
+            println!("counter fast_path_egress_on_{} {}", l.name, u8::from(*on));
+        }
         for (l, s) in links.iter().zip(fast_stats) {
             if let Ok(s) = s {
                 println!("counter xdp_fast_hits_{} {}", l.name, s.hits);
@@ -687,20 +694,37 @@ type WorkerHandle = std::thread::JoinHandle<Worker<XskPort>>;
 /// every interface's `fast_flows` map, when `--fast-path xdp`.
 ///
 /// Frames redirected into a veth are delivered only when its peer runs
-/// NAPI (an XDP program on the peer, or GRO on it, kernel ≥ 5.13); the
-/// peer may be in another namespace, out of this process's sight, so that
-/// is the operator's to set up (`ethtool -K PEER gro on`; the test
-/// topology does it) and is logged here.
+/// NAPI (an XDP program on the peer, or GRO on it, kernel ≥ 5.13), which
+/// the link advertises as `NDO_XMIT` ([`crate::xdp_features`]): a link
+/// without it (or whose features cannot be read) gets no fast-path
+/// traffic, with a logged reason, and its flows stay on the AF_XDP path.
+/// Checked once at the start.
 fn fast_path(
     mode: FastMode,
     links: &[Link],
     steering: &[Steering],
     workers: usize,
-) -> Result<Option<(Vec<FastPublisher>, Sweeper)>, RunError> {
+) -> Result<Option<FastSetup>, RunError> {
     if mode == FastMode::Off {
         return Ok(None);
     }
-    let ifindex: Vec<u32> = links.iter().map(|l| l.index).collect();
+    let ifindex: Vec<u32> = links
+        .iter()
+        .map(|l| match crate::xdp_features::xdp_features(l.index) {
+            Ok(f) if f & crate::xdp_features::XDP_ACT_NDO_XMIT != 0 => l.index,
+            Ok(_) => {
+                warn!(
+                    "fast path: not towards {}: it does not take redirected frames (a veth whose peer has neither GRO nor an XDP program: ethtool -K PEER gro on)",
+                    l.name
+                );
+                0
+            }
+            Err(e) => {
+                warn!("fast path: not towards {}: {e}", l.name);
+                0
+            }
+        })
+        .collect();
     let maps = || -> Result<Vec<_>, RunError> {
         Ok(steering
             .iter()
@@ -711,17 +735,21 @@ fn fast_path(
     for _ in 0..workers {
         pubs.push(FastPublisher::new(maps()?, ifindex.clone()));
     }
-    for l in links {
-        if std::path::Path::new(&format!("/sys/class/net/{}/device", l.name)).exists() {
-            continue;
-        }
-        info!(
-            "fast path: {} is a virtual link; if it is a veth, its peer needs NAPI (GRO on, or an XDP program) to receive redirected frames",
-            l.name
-        );
-    }
     info!("fast path: xdp (established flows are forwarded by the steering program)");
-    Ok(Some((pubs, Sweeper::new(maps()?, ifindex))))
+    let sweeper = Sweeper::new(maps()?, ifindex.clone());
+    Ok(Some(FastSetup {
+        publishers: pubs,
+        sweeper,
+        egress_on: ifindex.iter().map(|&i| i != 0).collect(),
+    }))
+}
+
+/// What [`fast_path`] sets up.
+struct FastSetup {
+    publishers: Vec<FastPublisher>,
+    sweeper: Sweeper,
+    /// By link: whether the fast path may send there.
+    egress_on: Vec<bool>,
 }
 
 fn start_workers(

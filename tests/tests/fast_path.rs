@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
 use sluice_tests::{
-    require_root, topology, ReloadOutcome, Role, Sluice, StopReport, Topology, TopologyOpts,
+    poll_until, require_root, topology, ReloadOutcome, Role, Sluice, StopReport, Topology,
+    TopologyOpts,
 };
 
 const FAST: &[&str] = &["--workers", "1", "--fast-path", "xdp"];
@@ -125,6 +126,9 @@ fn bulk(ipv6: bool, vip: &str, args: &[&str]) {
         r.logs
     );
     assert!(r.counter("fast_published") >= 2, "{}", r.logs);
+    // The transfer closed with FINs, which reached the worker: both
+    // directions' entries were withdrawn.
+    assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
 }
 
 #[test]
@@ -223,4 +227,197 @@ fn removed_endpoint_resets_a_fast_flow() {
         r.logs
     );
     eprintln!("reset {took:?} after the reload");
+}
+
+/// A flow that ends with a RST (the client dies with unread data, its
+/// kernel resets the connection): the RST reaches the worker, which
+/// withdraws both directions.
+#[test]
+fn a_reset_withdraws_the_flow() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let bulk = topo.spawn_testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "40000000",
+            "--rate",
+            "4000000",
+            "--timeout-ms",
+            "15000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(bulk); // SIGKILL: the socket closes with data unread → RST
+    std::thread::sleep(Duration::from_millis(500));
+    let r = stopped(sluice);
+    let (_, back) = hits(&r);
+    assert!(back > 100, "fast path unused: {:?}", r.counters);
+    assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
+}
+
+/// The MAC the LB's kernel holds for b1, if any.
+fn lb_neighbour_mac(topo: &Topology) -> Option<String> {
+    let out = topo.exec(
+        Role::Lb,
+        &["ip", "neigh", "show", "198.18.1.11", "dev", "back"],
+        Duration::from_secs(5),
+    );
+    let mut words = out.stdout.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_string)
+}
+
+/// A backend whose MAC changes under a transfer the fast path carries
+/// (`tests/tests/mac_change.rs` without it): the sweep sees that the
+/// flow's rewrite now names another MAC and withdraws the entry, a worker
+/// forwards the next segment to the new MAC and publishes again; the
+/// transfer completes intact.
+#[test]
+fn transfer_follows_a_backend_mac_change_on_the_fast_path() {
+    require_root();
+    const NEW_MAC: &str = "02:5a:00:00:01:ee";
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let mut bulk = topo.spawn_testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "6000000",
+            "--rate",
+            "2000000",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(bulk.is_running(), "the transfer ended early");
+    topo.ip(
+        Role::Backend(1),
+        &["link", "set", "dev", "eth0", "address", NEW_MAC],
+    );
+    topo.ip(Role::Backend(1), &["neigh", "flush", "all"]);
+    poll_until(Duration::from_secs(10), || {
+        (lb_neighbour_mac(&topo).as_deref() == Some(NEW_MAC)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the LB's kernel never learned b1's new MAC"));
+    let out = bulk.wait(Duration::from_secs(25));
+    let r = stopped(sluice);
+    assert!(
+        out.success() && out.stdout.starts_with("ok 6000000 "),
+        "not intact after the MAC change: {out}\n{}",
+        r.logs
+    );
+    let (front, _) = hits(&r);
+    assert!(front > 100, "fast path unused: {:?}", r.counters);
+    // Published once before the change and again after it.
+    assert!(r.counter("fast_published") >= 3, "{:?}", r.counters);
+}
+
+/// Direct routing: the client's segments (here the ACKs of a download)
+/// take the fast path with only their MACs changed; the backend answers
+/// the client directly through the LB's kernel, as without it.
+#[test]
+fn dr_flow_takes_the_fast_path() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let b = Role::Backend(1);
+    let sh = |role: Role, argv: &[&str]| {
+        let out = topo.exec(role, argv, Duration::from_secs(10));
+        assert!(out.success(), "{role:?}: {argv:?}: {out}");
+    };
+    sh(
+        b,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+        ],
+    );
+    topo.ip(b, &["addr", "add", "198.18.100.10/32", "dev", "lo"]);
+    topo.set_lb_forwarding(true);
+    sh(
+        Role::Lb,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.back.rp_filter=0",
+            "net.ipv4.conf.front.rp_filter=0",
+        ],
+    );
+    let cfg = config("198.18.100.10", &[1]).replacen(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    sluice.dev/forwarding-method: dr\n",
+        1,
+    );
+    let sluice = Sluice::start(&topo, &cfg, FAST);
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "20000000",
+            "--timeout-ms",
+            "20000",
+        ],
+        Duration::from_secs(30),
+    );
+    let r = stopped(sluice);
+    assert!(out.success(), "{out}\n{}", r.logs);
+    let (front, back) = hits(&r);
+    assert!(front > 100, "fast path unused: {:?}", r.counters);
+    assert_eq!(
+        back, 0,
+        "DR replies never reach the LB's program as LB traffic"
+    );
+    assert_eq!(r.counter("xdp_redirected_back"), 0, "{:?}", r.counters);
+}
+
+/// Peers without NAPI (GRO off, no XDP program) would drop every frame
+/// redirected to them: the daemon sees that the links do not take
+/// redirected frames (`NDO_XMIT` off), sends nothing by the fast path
+/// towards them, and the transfer completes through the workers.
+#[test]
+fn links_that_cannot_take_redirects_stay_on_the_workers() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(false));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "5000000",
+            "--timeout-ms",
+            "20000",
+        ],
+        Duration::from_secs(30),
+    );
+    let r = stopped(sluice);
+    assert!(out.success(), "{out}\n{}", r.logs);
+    assert_eq!(
+        r.counter("fast_path_egress_on_front"),
+        0,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(r.counter("fast_path_egress_on_back"), 0, "{:?}", r.counters);
+    assert_eq!(hits(&r), (0, 0), "{:?}", r.counters);
+    assert!(
+        r.logs.contains("does not take redirected frames"),
+        "{}",
+        r.logs
+    );
 }
