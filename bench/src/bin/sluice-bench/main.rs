@@ -405,7 +405,9 @@ fn run(a: RunArgs) -> Res<()> {
     // The orchestrator sleeps most of the time; keep it off the LB core.
     sys::pin_self(a.load_cpu)?;
     sys::set_nice(a.nice);
-    if contenders.contains(&Kind::Sluice) && !sluice.exists() {
+    if (contenders.contains(&Kind::Sluice) || contenders.contains(&Kind::SluiceFast))
+        && !sluice.exists()
+    {
         eprintln!(
             "sluice-bench: {} does not exist; the sluice contender will fail (build it: cargo build --release -p sluice-control)",
             sluice.display()
