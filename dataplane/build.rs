@@ -15,6 +15,7 @@ const HINT: &str = "install clang llvm libbpf-dev: scripts/deps.sh";
 fn main() {
     println!("cargo:rerun-if-changed={SRC}");
     println!("cargo:rerun-if-changed={HOST_SRC}");
+    println!("cargo:rerun-if-changed=bpf/fastpath.h");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CLANG");
 

@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::snat::SnatError;
 use sluice_dataplane::affinity::AffinityTable;
+use sluice_dataplane::fastpath::sync::Sweeper;
+use sluice_dataplane::fastpath::{Mode as FastMode, Publisher as FastPublisher};
 use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
 use sluice_dataplane::pipeline::MasqPolicy;
@@ -75,6 +77,8 @@ pub struct RunArgs {
     pub xdp_mode: AttachMode,
     /// Spin instead of sleeping when idle.
     pub busy_poll: bool,
+    /// The XDP fast path (`--fast-path`).
+    pub fast_path: sluice_dataplane::fastpath::Mode,
     /// SNAT source ports (default: outside the host's ephemeral range).
     pub snat_ports: Option<PortRanges>,
     /// SNAT addresses (default: the route's source towards each backend).
@@ -356,7 +360,32 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let counters: Vec<Arc<Counters>> = (0..workers)
         .map(|_| Arc::new(Counters::default()))
         .collect();
-    let handles = start_workers(ports, &shared, &counters, &cores, args.busy_poll)?;
+    let fast = fast_path(args.fast_path, &links, &steering, workers)?;
+    let (publishers, sweeper, egress_on) = match fast {
+        Some(f) => (
+            f.publishers.into_iter().map(Some).collect(),
+            Some(f.sweeper),
+            f.egress_on,
+        ),
+        None => ((0..workers).map(|_| None).collect(), None, Vec::new()),
+    };
+    let handles = start_workers(
+        ports,
+        publishers,
+        &shared,
+        &counters,
+        &cores,
+        args.busy_poll,
+    )?;
+    let sweep = sweeper
+        .map(|mut s| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sluice-fastpath".into())
+                .spawn(move || s.run(&shared))
+                .map_err(RunError::Runtime)
+        })
+        .transpose()?;
     wait_workers_running(&counters);
     attach_all(&mut steering)?;
     let host_traffic = start_host_traffic(&args, &shared, &host_addrs)?;
@@ -444,6 +473,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             workers_back.push(w);
         }
     }
+    if let Some(h) = sweep {
+        let _ = h.join();
+    }
     // Sockets close before the program detaches.
     drop(workers_back);
     let parts = match Arc::try_unwrap(rec) {
@@ -476,7 +508,17 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     if let Some(parts) = parts {
         let steer_stats: Vec<_> = parts.steering.iter().map(|s| s.stats()).collect();
+        let fast_stats: Vec<_> = parts.steering.iter().map(|s| s.fast_stats()).collect();
         drop(parts);
+        for (l, on) in links.iter().zip(&egress_on) {
+            println!("counter fast_path_egress_on_{} {}", l.name, u8::from(*on));
+        }
+        for (l, s) in links.iter().zip(fast_stats) {
+            if let Ok(s) = s {
+                println!("counter xdp_fast_hits_{} {}", l.name, s.hits);
+                println!("counter xdp_fast_slow_{} {}", l.name, s.slow);
+            }
+        }
         for (l, s) in links.iter().zip(steer_stats) {
             match s {
                 Ok(s) => {
@@ -676,8 +718,71 @@ fn open_ports(
 
 type WorkerHandle = std::thread::JoinHandle<Worker<XskPort>>;
 
+/// The fast path's publishers (one per worker) and sweep, over handles on
+/// every interface's `fast_flows` map, when `--fast-path xdp`.
+///
+/// Frames redirected into a veth are delivered only when its peer runs
+/// NAPI (an XDP program on the peer, or GRO on it, kernel ≥ 5.13), which
+/// the link advertises as `NDO_XMIT` ([`crate::xdp_features`]): a link
+/// without it (or whose features cannot be read) gets no fast-path
+/// traffic, with a logged reason, and its flows stay on the AF_XDP path.
+/// Checked once at the start.
+fn fast_path(
+    mode: FastMode,
+    links: &[Link],
+    steering: &[Steering],
+    workers: usize,
+) -> Result<Option<FastSetup>, RunError> {
+    if mode == FastMode::Off {
+        return Ok(None);
+    }
+    let ifindex: Vec<u32> = links
+        .iter()
+        .map(|l| match crate::xdp_features::xdp_features(l.index) {
+            Ok(f) if f & crate::xdp_features::XDP_ACT_NDO_XMIT != 0 => l.index,
+            Ok(_) => {
+                warn!(
+                    "fast path: not towards {}: it does not take redirected frames (a veth whose peer has neither GRO nor an XDP program: ethtool -K PEER gro on)",
+                    l.name
+                );
+                0
+            }
+            Err(e) => {
+                warn!("fast path: not towards {}: {e}", l.name);
+                0
+            }
+        })
+        .collect();
+    let maps = || -> Result<Vec<_>, RunError> {
+        Ok(steering
+            .iter()
+            .map(|s| s.fast_map())
+            .collect::<Result<Vec<_>, _>>()?)
+    };
+    let mut pubs = Vec::new();
+    for _ in 0..workers {
+        pubs.push(FastPublisher::new(maps()?, ifindex.clone()));
+    }
+    info!("fast path: xdp (established flows are forwarded by the steering program)");
+    let sweeper = Sweeper::new(maps()?, ifindex.clone());
+    Ok(Some(FastSetup {
+        publishers: pubs,
+        sweeper,
+        egress_on: ifindex.iter().map(|&i| i != 0).collect(),
+    }))
+}
+
+/// What [`fast_path`] sets up.
+struct FastSetup {
+    publishers: Vec<FastPublisher>,
+    sweeper: Sweeper,
+    /// By link: whether the fast path may send there.
+    egress_on: Vec<bool>,
+}
+
 fn start_workers(
     ports: Vec<XskPort>,
+    publishers: Vec<Option<FastPublisher>>,
     shared: &Arc<Shared>,
     counters: &[Arc<Counters>],
     cores: &[core_affinity::CoreId],
@@ -685,7 +790,7 @@ fn start_workers(
 ) -> Result<Vec<WorkerHandle>, RunError> {
     let mut handles = Vec::new();
     let ports_len = ports.len();
-    for (w, port) in ports.into_iter().enumerate() {
+    for ((w, port), fast) in ports.into_iter().enumerate().zip(publishers) {
         let shared = shared.clone();
         let c = counters[w].clone();
         let core = if cores.is_empty() {
@@ -706,6 +811,9 @@ fn start_workers(
                 }
                 sluice_dataplane::traffic::bind_worker(w);
                 let mut worker = Worker::new(port, opts);
+                if let Some(f) = fast {
+                    worker.set_fast_path(f);
+                }
                 worker.run(&shared, &c);
                 worker
             })

@@ -26,3 +26,4 @@ pub mod snat;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod xdp_features;

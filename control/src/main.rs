@@ -171,6 +171,11 @@ struct RunCmd {
     /// worker; lowest latency).
     #[arg(long)]
     busy_poll: bool,
+    /// The XDP fast path for established flows: `xdp` has the steering
+    /// program rewrite and redirect them itself once a worker has
+    /// published them; `off` sends every packet through the workers.
+    #[arg(long, env = "SLUICE_FAST_PATH", default_value = "off")]
+    fast_path: sluice_dataplane::fastpath::Mode,
     /// SNAT source ports, LO-HI[,LO-HI...] (at most 8 ranges); they must lie
     /// outside the kernel's net.ipv4.ip_local_port_range. Default: every
     /// port from 1024 up outside it (1024-32767,61000-65535 with the usual
@@ -537,6 +542,7 @@ fn main() -> ExitCode {
                     XdpMode::Generic => AttachMode::Generic,
                 },
                 busy_poll: r.busy_poll,
+                fast_path: r.fast_path,
                 snat_ports: r.snat_ports,
                 snat_addresses: r.snat_addresses,
                 node_name: r.node_name.or_else(host_name),

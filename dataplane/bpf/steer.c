@@ -436,6 +436,8 @@ static __always_inline int is_lb_icmp_error(void *icmp, void *data_end, int v6)
 	return is_lb_traffic(qdaddr, qsaddr, &rev, proto);
 }
 
+#include "fastpath.h"
+
 SEC("xdp")
 int sluice_steer(struct xdp_md *ctx)
 {
@@ -541,6 +543,13 @@ int sluice_steer(struct xdp_md *ctx)
 		return count(STAT_PASSED, XDP_PASS);
 	if ((void *)(p + 1) > data_end)
 		return count(STAT_PASSED, XDP_PASS);
+
+	/* Established flows the workers published: rewritten and sent here. */
+	if (!first_frag && l3 == (void *)(eth + 1)) {
+		ret = fast_path(ctx, eth, l3, p, proto, h_proto == bpf_htons(ETH_P_IPV6));
+		if (ret >= 0)
+			return ret;
+	}
 
 	if (!is_lb_traffic(saddr, daddr, p, proto)) {
 		if (first_frag)

@@ -813,7 +813,7 @@ pub fn is_dr_flow(e: &FlowEntry) -> bool {
 /// Whether the endpoint a flow is pinned to was removed
 /// ([`Snapshot::removed`]).
 #[inline]
-fn endpoint_removed(snap: &Snapshot, e: &FlowEntry, proto: u8) -> bool {
+pub fn endpoint_removed(snap: &Snapshot, e: &FlowEntry, proto: u8) -> bool {
     if is_dr_flow(e) {
         dr_flow_endpoint_removed(snap, e, proto)
     } else {

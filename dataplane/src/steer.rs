@@ -123,6 +123,7 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
 
+use crate::fastpath::{FastMap, FastStats};
 use crate::service::VipKey;
 use crate::snat::PortRanges;
 use crate::types::Addr;
@@ -298,6 +299,8 @@ pub struct Steering {
     local_addrs: HashMap<MapData, [u8; 16], u8>,
     snat_range: Array<MapData, [u16; 2]>,
     stats: PerCpuArray<MapData, u64>,
+    fast: FastMap,
+    fast_stats: PerCpuArray<MapData, u64>,
     link: Option<aya::programs::xdp::XdpLinkId>,
     ebpf: Ebpf,
 }
@@ -380,6 +383,9 @@ impl Steering {
         let local_addrs = open_map(&mut ebpf, &name, "local_addrs", HashMap::try_from)?;
         let snat_range = open_map(&mut ebpf, &name, "snat_range", Array::try_from)?;
         let stats = open_map(&mut ebpf, &name, "stats", PerCpuArray::try_from)?;
+        let fast = open_map(&mut ebpf, &name, "fast_flows", Ok)?;
+        let fast = FastMap::new(&name, fast)?;
+        let fast_stats = open_map(&mut ebpf, &name, "fast_stats", PerCpuArray::try_from)?;
 
         Ok(Steering {
             ifname: name,
@@ -391,6 +397,8 @@ impl Steering {
             local_addrs,
             snat_range,
             stats,
+            fast,
+            fast_stats,
             link: None,
             ebpf,
         })
@@ -593,6 +601,36 @@ impl Steering {
             icmp_errors: sum(STAT_ICMP_REDIRECTED)?,
             fragments_passed: sum(STAT_FRAGMENT_PASSED)?,
             fragments_redirected: sum(STAT_FRAGMENT_REDIRECTED)?,
+        })
+    }
+}
+
+impl Steering {
+    /// A handle on this program's fast-path map ([`crate::fastpath`]), for
+    /// a worker or the sweep.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`] when the descriptor cannot be duplicated.
+    pub fn fast_map(&self) -> Result<FastMap, SteerError> {
+        self.fast.try_clone()
+    }
+
+    /// The fast path's counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`] when the counters cannot be read.
+    pub fn fast_stats(&self) -> Result<FastStats, SteerError> {
+        let sum = |idx: u32| -> Result<u64, SteerError> {
+            let v = self
+                .fast_stats
+                .get(&idx, 0)
+                .map_err(|e| map_err(&self.ifname, "fast_stats", "read", e))?;
+            Ok(v.iter().fold(0u64, |a, &c| a.wrapping_add(c)))
+        };
+        Ok(FastStats {
+            hits: sum(0)?,
+            misses: sum(1)?,
+            slow: sum(2)?,
         })
     }
 }

@@ -131,6 +131,15 @@ impl Traffic {
         self.add(b, f + 1, bytes as u64);
     }
 
+    /// `packets` packets of `bytes` bytes in all of a flow of backend `b`
+    /// (the ones the XDP fast path forwarded, credited by its sweep).
+    #[inline]
+    pub fn on_packets(&self, b: usize, inbound: bool, packets: u64, bytes: u64) {
+        let f = if inbound { IN } else { OUT };
+        self.add(b, f, packets);
+        self.add(b, f + 1, bytes);
+    }
+
     /// Backend `b`'s counters summed over the slots: new flows, in
     /// packets, in bytes, out packets, out bytes.
     pub fn backend(&self, b: usize) -> [u64; FIELDS] {

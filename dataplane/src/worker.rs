@@ -19,6 +19,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::affinity::AffinityTable;
+use crate::fastpath::publish::PublishStats;
+use crate::fastpath::Publisher;
 use crate::flow_table::{FlowTable, KeyHash};
 use crate::frag::{self, FragKey, FragTable};
 use crate::pipeline::{self, Ctx, DropReason, Snapshot, Stats, Verdict};
@@ -117,6 +119,9 @@ pub struct Counters {
     pub idle_polls: AtomicU64,
     /// Fragment counters, in [`frag::FragStats::pairs`] order.
     pub frag: [AtomicU64; 6],
+    /// Fast-path entries published, withdrawn on FIN/RST, and map
+    /// operations that failed ([`crate::fastpath::publish::PublishStats`]).
+    pub fast: [AtomicU64; 3],
 }
 
 impl Counters {
@@ -146,6 +151,14 @@ impl Counters {
         }
         for (a, (_, v)) in self.frag.iter().zip(s.frag.pairs()) {
             bump(a, v);
+        }
+    }
+
+    fn add_fast(&self, s: &PublishStats) {
+        for (a, v) in self.fast.iter().zip([s.published, s.withdrawn, s.errors]) {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
         }
     }
 
@@ -187,6 +200,13 @@ impl Counters {
         }
         let names = frag::FragStats::default().pairs();
         for (a, (name, _)) in self.frag.iter().zip(names) {
+            v.push((name.to_string(), l(a)));
+        }
+        for (a, name) in self
+            .fast
+            .iter()
+            .zip(["fast_published", "fast_withdrawn", "fast_errors"])
+        {
             v.push((name.to_string(), l(a)));
         }
         v
@@ -265,6 +285,8 @@ pub struct Worker<P: Port> {
     now_ms: u64,
     /// This worker's fragment state ([`crate::frag`]).
     frags: FragTable<P::Frame>,
+    /// The fast-path publisher (`--fast-path xdp`), if on.
+    fast: Option<Publisher>,
 }
 
 impl<P: Port> Worker<P> {
@@ -280,7 +302,14 @@ impl<P: Port> Worker<P> {
             icmp: TokenBucket::default(),
             now_ms: 0,
             frags: FragTable::new(),
+            fast: None,
         }
+    }
+
+    /// Turns the XDP fast path on: this worker publishes the established
+    /// flows it forwards through `p` ([`crate::fastpath`]).
+    pub fn set_fast_path(&mut self, p: Publisher) {
+        self.fast = Some(p);
     }
 
     /// Sets the clock of the ICMP rate limit, in milliseconds ([`Worker::run`]
@@ -356,6 +385,9 @@ impl<P: Port> Worker<P> {
                 }
             });
             self.stats.count(v);
+            if let (Some(f), Ok(p)) = (self.fast.as_mut(), parsed.as_ref()) {
+                f.after(ctx, p, port, v);
+            }
             match v {
                 Verdict::Tx(out) => self.port.send(out, frame),
                 Verdict::Reply(_) => self.port.send(port, frame),
@@ -495,6 +527,9 @@ impl<P: Port> Worker<P> {
                 idle = 0;
                 let s = self.take_stats();
                 counters.add(&s);
+                if let Some(f) = self.fast.as_mut() {
+                    counters.add_fast(&f.take_stats());
+                }
                 let td = self.port.tx_dropped();
                 if td != last_tx_dropped {
                     counters

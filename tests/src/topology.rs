@@ -85,6 +85,12 @@ pub struct TopologyOpts {
     /// macro); if `None`, `SLUICE_TESTSRV` or the binary next to the test
     /// executable's directory is used.
     pub testsrv: Option<PathBuf>,
+    /// GRO on the veth ends facing the LB nodes (client, router, switch
+    /// ports), which gives them NAPI: frames the LB's XDP fast path
+    /// redirects into a veth are delivered only then (`--fast-path xdp`).
+    /// Default: on when `SLUICE_FAST_PATH=xdp`, as sluice then runs with
+    /// the fast path.
+    pub fast_path: bool,
 }
 
 impl Default for TopologyOpts {
@@ -96,6 +102,7 @@ impl Default for TopologyOpts {
             lb_nodes: 1,
             router: false,
             testsrv: None,
+            fast_path: std::env::var("SLUICE_FAST_PATH").is_ok_and(|v| v == "xdp"),
         }
     }
 }
@@ -124,6 +131,11 @@ impl TopologyOpts {
     /// Sets whether a router namespace stands in front of the LBs.
     pub fn router(mut self, on: bool) -> Self {
         self.router = on;
+        self
+    }
+    /// Sets whether the LB nodes' peers get GRO for the XDP fast path.
+    pub fn fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
         self
     }
     /// Sets the `sluice-testsrv` path.
@@ -356,6 +368,18 @@ impl Topology {
                 self.ns_ok(*r, &["ethtool", "-L", ifname, "rx", "2", "tx", "2"])?;
             }
             ip(&["-n", &self.ns(*r), "link", "set", ifname, "up"])?;
+        }
+        // With the fast path, GRO on the LB's peers (not on the LB's own
+        // links): XDP_REDIRECT into a veth needs NAPI on the receiving end
+        // (kernel >= 5.13: GRO enables it). Only a change on a link that
+        // is up enables NAPI and marks the sending end as a redirect
+        // target (`veth_set_features`), hence after `up`.
+        if opts.fast_path {
+            for (r, ifname, _) in &ends {
+                if !matches!(r, Role::Lb | Role::Lb2) {
+                    self.ns_ok(*r, &["ethtool", "-K", ifname, "gro", "on"])?;
+                }
+            }
         }
 
         let mut addrs: Vec<(Role, &str, &str)> = vec![

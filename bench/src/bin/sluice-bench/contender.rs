@@ -58,6 +58,9 @@ pub enum Kind {
     Nftables,
     /// A raw AF_XDP MAC-rewriting forwarder (the ceiling).
     XdpFwd,
+    /// `sluice` with the XDP fast path for established flows
+    /// (`--fast-path xdp`; GRO on at the LB's peers, [`Topo::peer_gro`]).
+    SluiceFast,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Iptables => "iptables",
             Kind::Nftables => "nftables",
             Kind::XdpFwd => "xdp-fwd",
+            Kind::SluiceFast => "sluice-fast",
         }
     }
 
@@ -149,9 +153,10 @@ impl Lb {
             ns: ns.clone(),
             napi: Vec::new(),
         };
+        topo.peer_gro(kind == Kind::SluiceFast)?;
         let t0 = Instant::now();
         match kind {
-            Kind::Sluice => {
+            Kind::Sluice | Kind::SluiceFast => {
                 let cfg = write(
                     &o.workdir,
                     &format!("sluice-{services}.yaml"),
@@ -179,6 +184,9 @@ impl Lb {
                 if !o.sluice_snat_ports.is_empty() {
                     args.push("--snat-ports".into());
                     args.push(o.sluice_snat_ports.clone());
+                }
+                if kind == Kind::SluiceFast {
+                    args.extend(["--fast-path".into(), "xdp".into()]);
                 }
                 args.extend(o.sluice_args.iter().cloned());
                 let mut p = Proc::spawn("sluice", &ns, o.lb_cpu, &args)?;
@@ -265,7 +273,7 @@ impl Lb {
     /// (`on`), or back to NAPI in softirq. Only the contenders with an XDP
     /// program have NAPI on veth; for the others this does nothing.
     pub fn set_threaded(&mut self, on: bool, cpu: usize) -> Res<()> {
-        if !matches!(self.kind, Kind::Sluice | Kind::XdpFwd) {
+        if !matches!(self.kind, Kind::Sluice | Kind::SluiceFast | Kind::XdpFwd) {
             return Ok(());
         }
         if !on {

@@ -160,12 +160,11 @@ struct RunArgs {
     /// The sluice binary (default: next to this one).
     #[arg(long)]
     sluice: Option<PathBuf>,
-    /// Sluice's SNAT port range. The default is the range the kernel's
-    /// MASQUERADE --random-fully draws from, so that both masquerade over
-    /// the same port space (Sluice's own default, 61000-65535, runs out
-    /// after ~4.5k connections per backend in the conn/s test, since closed
-    /// flows keep their port for the FIN timeout). Empty: Sluice's default.
-    #[arg(long, default_value = "1024-65535")]
+    /// Sluice's SNAT port range. Empty (the default): Sluice's own, every
+    /// port from 1024 up outside the host's ephemeral range (36k ports
+    /// with the usual 32768-60999; Sluice refuses a range that overlaps
+    /// it, as 1024-65535 would).
+    #[arg(long, default_value = "")]
     sluice_snat_ports: String,
     /// Extra argument for `sluice run` (repeatable).
     #[arg(long = "sluice-arg", allow_hyphen_values = true)]
@@ -405,7 +404,9 @@ fn run(a: RunArgs) -> Res<()> {
     // The orchestrator sleeps most of the time; keep it off the LB core.
     sys::pin_self(a.load_cpu)?;
     sys::set_nice(a.nice);
-    if contenders.contains(&Kind::Sluice) && !sluice.exists() {
+    if (contenders.contains(&Kind::Sluice) || contenders.contains(&Kind::SluiceFast))
+        && !sluice.exists()
+    {
         eprintln!(
             "sluice-bench: {} does not exist; the sluice contender will fail (build it: cargo build --release -p sluice-control)",
             sluice.display()

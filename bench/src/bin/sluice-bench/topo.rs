@@ -118,6 +118,18 @@ impl Topo {
         self.ns(&format!("b{}", i + 1))
     }
 
+    /// GRO on (or off) at the peers of the LB's links (client `eth0`,
+    /// switch `p0`): NAPI there lets them take frames an XDP program
+    /// redirects into the LB's veths, which Sluice's fast path needs
+    /// (`--fast-path xdp`). Off for every other contender, as built.
+    pub fn peer_gro(&self, on: bool) -> Res<()> {
+        let v = if on { "on" } else { "off" };
+        for (ns, ifc) in [(self.ns("client"), "eth0"), (self.ns("sw"), "p0")] {
+            run(&["ip", "netns", "exec", &ns, "ethtool", "-K", ifc, "gro", v])?;
+        }
+        Ok(())
+    }
+
     /// Builds the namespaces and links. On error, whatever was built is
     /// removed.
     pub fn up(prefix: &str, backends: usize, o: &TopoOpts) -> Res<Topo> {

@@ -1,0 +1,423 @@
+//! The XDP fast path (`--fast-path xdp`, issue 13) on veth: the outcome of
+//! each case is what the AF_XDP path gives, and the steering program
+//! forwarded part of the traffic itself (its fast-path hit counters,
+//! printed at exit as `counter xdp_fast_hits_IF`, are above zero).
+//!
+//! The topology turns GRO on at the LB's peers ([`TopologyOpts::fast_path`]):
+//! frames redirected into a veth are delivered only when the receiving end
+//! runs NAPI.
+
+use std::time::{Duration, Instant};
+
+use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
+use sluice_tests::{
+    poll_until, require_root, topology, ReloadOutcome, Role, Sluice, StopReport, Topology,
+    TopologyOpts,
+};
+
+const FAST: &[&str] = &["--workers", "1", "--fast-path", "xdp"];
+
+fn config(vip: &str, backends: &[usize]) -> String {
+    config_eps(vip, &ready_backends(backends), "")
+}
+
+fn config6(vip: &str, backends: &[usize]) -> String {
+    let eps: Vec<Ep> = backends
+        .iter()
+        .map(|&i| Ep::ready(Topology::backend_ip6(i)))
+        .collect();
+    config_eps(
+        vip,
+        &eps,
+        "\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack",
+    )
+}
+
+fn config_eps(vip: &str, eps: &[Ep], family: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: {vip}{family}
+  ports:
+  - name: dns
+    protocol: UDP
+    port: 5353
+    targetPort: 5353
+  - name: bulk
+    protocol: TCP
+    port: 9000
+    targetPort: 9000
+---
+{}"#,
+        endpoint_slice(
+            "web-1",
+            "web",
+            &[("dns", 5353, "UDP"), ("bulk", 9000, "TCP")],
+            eps
+        )
+    )
+}
+
+fn hits(r: &StopReport) -> (u64, u64) {
+    (
+        r.counter("xdp_fast_hits_front"),
+        r.counter("xdp_fast_hits_back"),
+    )
+}
+
+fn stopped(sluice: Sluice) -> StopReport {
+    let r = sluice.stop();
+    assert!(r.status.is_some_and(|s| s.success()), "{r:?}");
+    r
+}
+
+/// A 20 MB TCP transfer from a backend through the VIP: complete, and most
+/// of its segments forwarded by the XDP program in both directions.
+fn bulk(ipv6: bool, vip: &str, args: &[&str]) {
+    let topo = topology!(TopologyOpts::default()
+        .backends(1)
+        .ipv6(ipv6)
+        .fast_path(true));
+    let cfg = if ipv6 {
+        config6(vip, &[1])
+    } else {
+        config(vip, &[1])
+    };
+    let args: Vec<&str> = FAST.iter().chain(args).copied().collect();
+    let sluice = Sluice::start(&topo, &cfg, &args);
+    let target = if ipv6 {
+        format!("[{vip}]:9000")
+    } else {
+        format!("{vip}:9000")
+    };
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            &target,
+            "--bytes",
+            "20000000",
+            "--timeout-ms",
+            "20000",
+        ],
+        Duration::from_secs(30),
+    );
+    if !out.success() {
+        let r = sluice.stop();
+        let c: Vec<_> = r.counters.iter().filter(|(_, v)| **v > 0).collect();
+        let mut l = String::new();
+        for role in [Role::Lb, Role::Sw, Role::Backend(1)] {
+            let o = topo.exec(role, &["ip", "-s", "-s", "link"], Duration::from_secs(5));
+            let f = topo.exec(role, &["sh", "-c", "for i in /sys/class/net/*; do echo $i; ethtool -k $(basename $i) | grep generic-receive; done"], Duration::from_secs(5));
+            l.push_str(&format!("{role:?}\n{}\n{}\n", o.stdout, f.stdout));
+        }
+        panic!("{out}\ncounters {c:?}\n{l}");
+    }
+    let r = stopped(sluice);
+    let (front, back) = hits(&r);
+    assert!(
+        front > 100 && back > 1000,
+        "fast path unused: front {front} back {back}\n{}",
+        r.logs
+    );
+    assert!(r.counter("fast_published") >= 2, "{}", r.logs);
+    // The transfer closed with FINs, which reached the worker: both
+    // directions' entries were withdrawn.
+    assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
+}
+
+#[test]
+fn nat_tcp_transfer_takes_the_fast_path() {
+    require_root();
+    bulk(false, "198.18.100.10", &[]);
+}
+
+/// Masqueraded (SNAT) clients: the reply direction's entry matches the
+/// SNAT address and port.
+#[test]
+fn masqueraded_tcp_transfer_takes_the_fast_path() {
+    require_root();
+    bulk(false, "198.18.100.10", &["--masquerade-all"]);
+}
+
+#[test]
+fn ipv6_tcp_transfer_takes_the_fast_path() {
+    require_root();
+    bulk(true, "2001:db8:100::10", &[]);
+}
+
+/// UDP queries on one socket (one flow): every one answered from the VIP,
+/// the later ones by the fast path both ways.
+#[test]
+fn udp_flow_takes_the_fast_path() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(2).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1, 2]), FAST);
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            "198.18.100.10:5353",
+            "--count",
+            "50",
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "{out}\nlog:\n{}", sluice.logs());
+    assert_eq!(out.stdout.lines().count(), 50, "{out}");
+    let r = stopped(sluice);
+    let (front, back) = hits(&r);
+    assert!(
+        front > 10 && back > 10,
+        "front {front} back {back}\n{}",
+        r.logs
+    );
+}
+
+/// An endpoint removed in the middle of a transfer the fast path carries:
+/// the sweep withdraws the flow's entries, the next segment reaches a
+/// worker, and the client is reset within two seconds (as without the
+/// fast path, `tests/tests/endpoint_removal.rs`).
+#[test]
+fn removed_endpoint_resets_a_fast_flow() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(2).fast_path(true));
+    let mut sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let mut bulk = topo.spawn_testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "40000000",
+            "--rate",
+            "4000000",
+            "--timeout-ms",
+            "15000",
+            "--poke-ms",
+            "200",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(bulk.is_running(), "bulk transfer ended early");
+    sluice.rewrite_config(&config("198.18.100.10", &[2]));
+    let outcome = sluice.reload();
+    let t = Instant::now();
+    assert!(matches!(outcome, ReloadOutcome::Applied(_)), "{outcome:?}");
+    let out = bulk.wait(Duration::from_secs(2));
+    let took = t.elapsed();
+    let r = stopped(sluice);
+    assert!(
+        !out.timed_out(),
+        "still hung 2 s after the removal: {out}\n{}",
+        r.logs
+    );
+    assert!(!out.success(), "{out}");
+    let (front, back) = hits(&r);
+    assert!(
+        back > 100,
+        "fast path unused: front {front} back {back}\n{}",
+        r.logs
+    );
+    eprintln!("reset {took:?} after the reload");
+}
+
+/// A flow that ends with a RST (the client dies with unread data, its
+/// kernel resets the connection): the RST reaches the worker, which
+/// withdraws both directions.
+#[test]
+fn a_reset_withdraws_the_flow() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let bulk = topo.spawn_testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "40000000",
+            "--rate",
+            "4000000",
+            "--timeout-ms",
+            "15000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(bulk); // SIGKILL: the socket closes with data unread → RST
+    std::thread::sleep(Duration::from_millis(500));
+    let r = stopped(sluice);
+    let (_, back) = hits(&r);
+    assert!(back > 100, "fast path unused: {:?}", r.counters);
+    assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
+}
+
+/// The MAC the LB's kernel holds for b1, if any.
+fn lb_neighbour_mac(topo: &Topology) -> Option<String> {
+    let out = topo.exec(
+        Role::Lb,
+        &["ip", "neigh", "show", "198.18.1.11", "dev", "back"],
+        Duration::from_secs(5),
+    );
+    let mut words = out.stdout.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_string)
+}
+
+/// A backend whose MAC changes under a transfer the fast path carries
+/// (`tests/tests/mac_change.rs` without it): the sweep sees that the
+/// flow's rewrite now names another MAC and withdraws the entry, a worker
+/// forwards the next segment to the new MAC and publishes again; the
+/// transfer completes intact.
+#[test]
+fn transfer_follows_a_backend_mac_change_on_the_fast_path() {
+    require_root();
+    const NEW_MAC: &str = "02:5a:00:00:01:ee";
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let mut bulk = topo.spawn_testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "6000000",
+            "--rate",
+            "2000000",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(bulk.is_running(), "the transfer ended early");
+    topo.ip(
+        Role::Backend(1),
+        &["link", "set", "dev", "eth0", "address", NEW_MAC],
+    );
+    topo.ip(Role::Backend(1), &["neigh", "flush", "all"]);
+    poll_until(Duration::from_secs(10), || {
+        (lb_neighbour_mac(&topo).as_deref() == Some(NEW_MAC)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the LB's kernel never learned b1's new MAC"));
+    let out = bulk.wait(Duration::from_secs(25));
+    let r = stopped(sluice);
+    assert!(
+        out.success() && out.stdout.starts_with("ok 6000000 "),
+        "not intact after the MAC change: {out}\n{}",
+        r.logs
+    );
+    let (front, _) = hits(&r);
+    assert!(front > 100, "fast path unused: {:?}", r.counters);
+    // Published once before the change and again after it.
+    assert!(r.counter("fast_published") >= 3, "{:?}", r.counters);
+}
+
+/// Direct routing: the client's segments (here the ACKs of a download)
+/// take the fast path with only their MACs changed; the backend answers
+/// the client directly through the LB's kernel, as without it.
+#[test]
+fn dr_flow_takes_the_fast_path() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let b = Role::Backend(1);
+    let sh = |role: Role, argv: &[&str]| {
+        let out = topo.exec(role, argv, Duration::from_secs(10));
+        assert!(out.success(), "{role:?}: {argv:?}: {out}");
+    };
+    sh(
+        b,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+        ],
+    );
+    topo.ip(b, &["addr", "add", "198.18.100.10/32", "dev", "lo"]);
+    topo.set_lb_forwarding(true);
+    sh(
+        Role::Lb,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.back.rp_filter=0",
+            "net.ipv4.conf.front.rp_filter=0",
+        ],
+    );
+    let cfg = config("198.18.100.10", &[1]).replacen(
+        "  namespace: default\n",
+        "  namespace: default\n  annotations:\n    sluice.dev/forwarding-method: dr\n",
+        1,
+    );
+    let sluice = Sluice::start(&topo, &cfg, FAST);
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "20000000",
+            "--timeout-ms",
+            "20000",
+        ],
+        Duration::from_secs(30),
+    );
+    let r = stopped(sluice);
+    assert!(out.success(), "{out}\n{}", r.logs);
+    let (front, back) = hits(&r);
+    assert!(front > 100, "fast path unused: {:?}", r.counters);
+    assert_eq!(
+        back, 0,
+        "DR replies never reach the LB's program as LB traffic"
+    );
+    assert_eq!(r.counter("xdp_redirected_back"), 0, "{:?}", r.counters);
+}
+
+/// Peers without NAPI (GRO off, no XDP program) would drop every frame
+/// redirected to them: the daemon sees that the links do not take
+/// redirected frames (`NDO_XMIT` off), sends nothing by the fast path
+/// towards them, and the transfer completes through the workers.
+#[test]
+fn links_that_cannot_take_redirects_stay_on_the_workers() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(false));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "bulk-get",
+            "198.18.100.10:9000",
+            "--bytes",
+            "5000000",
+            "--timeout-ms",
+            "20000",
+        ],
+        Duration::from_secs(30),
+    );
+    let r = stopped(sluice);
+    assert!(out.success(), "{out}\n{}", r.logs);
+    assert_eq!(
+        r.counter("fast_path_egress_on_front"),
+        0,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(r.counter("fast_path_egress_on_back"), 0, "{:?}", r.counters);
+    assert_eq!(hits(&r), (0, 0), "{:?}", r.counters);
+    assert!(
+        r.logs.contains("does not take redirected frames"),
+        "{}",
+        r.logs
+    );
+}
