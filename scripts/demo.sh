@@ -35,7 +35,7 @@ trap cleanup EXIT INT TERM
 
 echo "== topology"
 scripts/topology.sh down "$PREFIX" >/dev/null 2>&1 || true
-scripts/topology.sh up "$PREFIX"
+FAST_PATH=1 scripts/topology.sh up "$PREFIX"
 
 echo "== backends"
 for i in 1 2 3; do
@@ -43,9 +43,10 @@ for i in 1 2 3; do
   pids+=($!)
 done
 
-echo "== sluice run --config examples/demo.yaml --iface front --iface back --cluster-cidr 198.18.1.0/24 --api-socket $SOCK"
+echo "== sluice run --config examples/demo.yaml --iface front --iface back --cluster-cidr 198.18.1.0/24 --fast-path xdp --host-traffic on --api-socket $SOCK"
 ip netns exec "$PREFIX-lb" "$BIN/sluice" run --config examples/demo.yaml \
   --iface front --iface back --workers 1 --cluster-cidr 198.18.1.0/24 --stats-interval 0 \
+  --fast-path xdp --host-traffic on \
   --api-socket "$SOCK" --state-dir "$LOG.state" --metrics-bind-address 127.0.0.1:10249 \
   --healthz-bind-address 127.0.0.1:10256 >"$LOG.out" 2>"$LOG" &
 sluice_pid=$!
@@ -66,6 +67,12 @@ done
 
 echo "== UDP request to $VIP:5353"
 ip netns exec "$PREFIX-client" "$BIN/sluice-testsrv" udp-query "$VIP:5353" --count 3 --timeout-ms 1000 | sed 's/^/  /'
+
+echo "== from the LB node itself (--host-traffic on): 3 HTTP requests to http://$VIP/"
+for i in 1 2 3; do
+  printf '  request %d -> ' "$i"
+  ip netns exec "$PREFIX-lb" curl -sS --max-time 3 "http://$VIP/"
+done
 
 echo "== the objects, through the API: sluice get svc / endpointslices -o wide"
 "$BIN/sluice" get svc --api-socket "$SOCK" | sed 's/^/  /'

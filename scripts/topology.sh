@@ -118,6 +118,12 @@ up() {
     for f in f0 f1 f2 q0; do tune "$s" "$f" 2; done
   fi
   for i in $(seq 1 "$n"); do tune "$p-b$i" eth0 1; tune "$s" "p$i" 1; done
+  if [[ ${FAST_PATH:-0} == 1 ]]; then
+    # For `sluice run --fast-path xdp`: XDP_REDIRECT into a veth needs NAPI
+    # on the receiving end, which GRO turned on after the link is up gives.
+    ip netns exec "$c" ethtool -K eth0 gro on >/dev/null
+    ip netns exec "$s" ethtool -K p0 gro on >/dev/null
+  fi
 
   addr "$c" 198.18.0.2/24 eth0
   addr "$c" 198.18.0.130/24 eth0
