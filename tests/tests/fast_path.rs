@@ -63,6 +63,13 @@ spec:
     )
 }
 
+/// `sluice-testsrv bulk-get TARGET --bytes BYTES MORE...`.
+fn bulk_get<'a>(target: &'a str, bytes: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["bulk-get", target, "--bytes", bytes];
+    v.extend_from_slice(more);
+    v
+}
+
 fn hits(r: &StopReport) -> (u64, u64) {
     (
         r.counter("xdp_fast_hits_front"),
@@ -97,14 +104,7 @@ fn bulk(ipv6: bool, vip: &str, args: &[&str]) {
     };
     let out = topo.testsrv(
         Role::Client,
-        &[
-            "bulk-get",
-            &target,
-            "--bytes",
-            "20000000",
-            "--timeout-ms",
-            "20000",
-        ],
+        &bulk_get(&target, "20000000", &["--timeout-ms", "20000"]),
         Duration::from_secs(30),
     );
     if !out.success() {
@@ -192,18 +192,18 @@ fn removed_endpoint_resets_a_fast_flow() {
     let mut sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
     let mut bulk = topo.spawn_testsrv(
         Role::Client,
-        &[
-            "bulk-get",
+        &bulk_get(
             "198.18.100.10:9000",
-            "--bytes",
             "40000000",
-            "--rate",
-            "4000000",
-            "--timeout-ms",
-            "15000",
-            "--poke-ms",
-            "200",
-        ],
+            &[
+                "--rate",
+                "4000000",
+                "--timeout-ms",
+                "15000",
+                "--poke-ms",
+                "200",
+            ],
+        ),
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert!(bulk.is_running(), "bulk transfer ended early");
@@ -239,16 +239,11 @@ fn a_reset_withdraws_the_flow() {
     let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
     let bulk = topo.spawn_testsrv(
         Role::Client,
-        &[
-            "bulk-get",
+        &bulk_get(
             "198.18.100.10:9000",
-            "--bytes",
             "40000000",
-            "--rate",
-            "4000000",
-            "--timeout-ms",
-            "15000",
-        ],
+            &["--rate", "4000000", "--timeout-ms", "15000"],
+        ),
     );
     std::thread::sleep(Duration::from_millis(1500));
     drop(bulk); // SIGKILL: the socket closes with data unread → RST
@@ -284,16 +279,11 @@ fn transfer_follows_a_backend_mac_change_on_the_fast_path() {
     let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
     let mut bulk = topo.spawn_testsrv(
         Role::Client,
-        &[
-            "bulk-get",
+        &bulk_get(
             "198.18.100.10:9000",
-            "--bytes",
             "6000000",
-            "--rate",
-            "2000000",
-            "--timeout-ms",
-            "20000",
-        ],
+            &["--rate", "2000000", "--timeout-ms", "20000"],
+        ),
     );
     std::thread::sleep(Duration::from_millis(1000));
     assert!(bulk.is_running(), "the transfer ended early");
@@ -363,14 +353,7 @@ fn dr_flow_takes_the_fast_path() {
     let sluice = Sluice::start(&topo, &cfg, FAST);
     let out = topo.testsrv(
         Role::Client,
-        &[
-            "bulk-get",
-            "198.18.100.10:9000",
-            "--bytes",
-            "20000000",
-            "--timeout-ms",
-            "20000",
-        ],
+        &bulk_get("198.18.100.10:9000", "20000000", &["--timeout-ms", "20000"]),
         Duration::from_secs(30),
     );
     let r = stopped(sluice);
@@ -395,14 +378,7 @@ fn links_that_cannot_take_redirects_stay_on_the_workers() {
     let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
     let out = topo.testsrv(
         Role::Client,
-        &[
-            "bulk-get",
-            "198.18.100.10:9000",
-            "--bytes",
-            "5000000",
-            "--timeout-ms",
-            "20000",
-        ],
+        &bulk_get("198.18.100.10:9000", "5000000", &["--timeout-ms", "20000"]),
         Duration::from_secs(30),
     );
     let r = stopped(sluice);
