@@ -280,6 +280,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // top, compiled before anything is attached ([`first_state`]).
     let (store, first) = first_state(&args, &host)?;
     let (cfg, compiled) = first.output;
+    // A whole compile always builds its steering sets.
+    let first_steer = compiled.steer.clone().unwrap_or_default();
     let show = |v: &[IpAddr]| {
         v.iter()
             .map(|a| a.to_string())
@@ -331,7 +333,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     for l in &links {
         steering.push(Steering::load(&l.name, args.xdp_mode)?);
     }
-    apply_steer(&mut steering, &compiled.steer, &host.masq.ports)?;
+    apply_steer(&mut steering, &first_steer, &host.masq.ports)?;
     let ports = open_ports(&links, workers, &mut steering)?;
 
     let flows = FlowTable::with_capacities(args.flow_capacity, cap_v6, Timeouts::default());
@@ -397,7 +399,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         steering,
         shared.clone(),
         counters.clone(),
-        (compiled.steer, compiled.unresolved),
+        (first_steer, compiled.unresolved),
         cfg,
         dns,
         health,
@@ -970,7 +972,7 @@ async fn spawn_checks(rec: &SharedReconciler) -> Vec<tokio::task::JoinHandle<()>
     let republish = tokio::spawn(async move {
         loop {
             changed.notified().await;
-            with_reconciler(&rec, |r| drop(r.publisher().republish_health())).await;
+            with_reconciler(&rec, |r| drop(r.republish_health())).await;
         }
     });
     vec![tokio::spawn(crate::check::run(checks)), republish]

@@ -99,6 +99,49 @@ impl NextHopCache {
         timeout: Duration,
     ) -> (HashMap<Addr, NextHop>, Vec<Addr>) {
         self.entries.retain(|a, _| addrs.contains(a));
+        self.resolve(addrs, links, timeout);
+        let mut hops = HashMap::with_capacity(addrs.len());
+        let mut unresolved = Vec::new();
+        for &addr in addrs {
+            match self.entries.get(&addr).and_then(|e| e.hop) {
+                Some(h) => {
+                    hops.insert(addr, h);
+                }
+                None => unresolved.push(addr),
+            }
+        }
+        (hops, unresolved)
+    }
+
+    /// What an incremental compile needs: the hops of `add` (resolved as
+    /// [`NextHopCache::resolve_all`] does), with `forget` forgotten. Returns
+    /// the hops found and the addresses of `add` still unresolved, in
+    /// order; costs what `add` and `forget` hold, not the cache.
+    pub fn resolve_changed(
+        &mut self,
+        add: &BTreeSet<Addr>,
+        forget: &std::collections::HashSet<Addr>,
+        links: &[Link],
+        timeout: Duration,
+    ) -> (Vec<(Addr, NextHop)>, Vec<Addr>) {
+        for a in forget {
+            self.entries.remove(a);
+        }
+        self.resolve(add, links, timeout);
+        let mut found = Vec::with_capacity(add.len());
+        let mut unresolved = Vec::new();
+        for &addr in add {
+            match self.entries.get(&addr).and_then(|e| e.hop) {
+                Some(h) => found.push((addr, h)),
+                None => unresolved.push(addr),
+            }
+        }
+        (found, unresolved)
+    }
+
+    /// Resolves the addresses of `addrs` that have no hop yet: all probed
+    /// at once, then waited for together up to `timeout`.
+    fn resolve(&mut self, addrs: &BTreeSet<Addr>, links: &[Link], timeout: Duration) {
         let mut pending = Vec::new();
         for &addr in addrs {
             if self.entries.get(&addr).is_some_and(|e| e.hop.is_some()) {
@@ -120,17 +163,6 @@ impl NextHopCache {
                 !done
             });
         }
-        let mut hops = HashMap::with_capacity(addrs.len());
-        let mut unresolved = Vec::new();
-        for &addr in addrs {
-            match self.entries.get(&addr).and_then(|e| e.hop) {
-                Some(h) => {
-                    hops.insert(addr, h);
-                }
-                None => unresolved.push(addr),
-            }
-        }
-        (hops, unresolved)
     }
 
     /// Re-reads the backends that `changes` may concern (behind a changed

@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use sluice_dataplane::pipeline::{MasqPolicy, NextHop, PortInfo, Snapshot};
-use sluice_dataplane::service::{ForwardMethod, ServiceSpec, ServiceTable, VipKey};
+use sluice_dataplane::service::{ServiceSpec, ServiceTable, VipKey};
 use sluice_dataplane::snat::PortRanges;
 use sluice_dataplane::steer::{SteerError, Steering};
-use sluice_dataplane::types::{Addr, L2Hop};
+use sluice_dataplane::types::Addr;
 use tracing::warn;
 
 use super::incremental::Delta;
-use crate::config::{Config, ConfigError};
+use super::tally::{Change, Crossed, Endpoint, Tally};
+use crate::config::ConfigError;
 use crate::netlink::{self, Link};
 use crate::nexthop::NextHopCache;
 
@@ -41,74 +42,32 @@ pub struct SteerSets {
 pub struct Compiled {
     /// What the workers read.
     pub snapshot: Snapshot,
-    /// What the XDP programs match.
-    pub steer: SteerSets,
+    /// What the XDP programs match, when it differs from the sets in
+    /// service (a whole compile always builds them).
+    pub steer: Option<SteerSets>,
     /// Backends whose next hop could not be resolved (retried later).
     pub unresolved: Vec<Addr>,
-    /// Where the snapshot's flows may go, when already computed.
-    pub live: Option<Live>,
+    /// How the tally of the table in service becomes this one's.
+    pub tally: TallyUpdate,
+    /// Whether an endpoint that flows may go to is gone (their UDP/SCTP
+    /// flows are flushed).
+    pub left: bool,
 }
 
-/// Where the flows of one snapshot may be forwarded: computed once per
-/// publish (a walk of every service's backends) and kept for the
-/// snapshot in service, so a change compares against it instead of
-/// walking the old table again.
-#[derive(Debug, Default)]
-pub struct Live {
-    /// [`live_backends`].
-    pub backends: HashSet<(Addr, u16, u8)>,
-    /// [`live_dr_hops`].
-    pub dr: HashSet<(L2Hop, u16, u8)>,
+/// How a publish brings the tally in service to its table's.
+#[derive(Debug)]
+pub enum TallyUpdate {
+    /// The same services (only next hops or removed endpoints changed).
+    Same,
+    /// A whole compile's.
+    Whole(Tally),
+    /// An incremental compile's change to it.
+    Change(Change),
 }
 
-impl Live {
-    /// Both sets of `snap`.
-    pub fn of(snap: &Snapshot) -> Live {
-        Live {
-            backends: live_backends(snap),
-            dr: live_dr_hops(snap),
-        }
-    }
-
-    /// Whether some endpoint of `self` is not in `next` (flows need
-    /// flushing then).
-    pub fn lost_in(&self, next: &Live) -> bool {
-        !self.backends.is_subset(&next.backends) || !self.dr.is_subset(&next.dr)
-    }
-}
-
-impl Compiled {
-    /// Carries the set of removed endpoints into this compile: the workers
-    /// reset TCP flows still pinned to them, and the steering program keeps
-    /// sending those endpoints' packets to the workers so that a client that
-    /// only receives is reset too (for a direct-routing endpoint that steers
-    /// nothing: its replies come from the VIP, and no packet of its own
-    /// address is LB traffic).
-    ///
-    /// The next hops of removed endpoints are carried over from `old` (the
-    /// snapshot in service) when this compile has none: a direct-routing
-    /// flow names no backend address, so the workers recognise its removed
-    /// backend by its next hop ([`sluice_dataplane::pipeline::dr_flow_endpoint_removed`]).
-    pub(crate) fn keep_removed(
-        &mut self,
-        removed: hashbrown::HashSet<(Addr, u16, u8)>,
-        old: &HashMap<Addr, NextHop>,
-    ) {
-        let steered: HashSet<(Addr, u16, u8)> = self.steer.backends.iter().copied().collect();
-        self.steer
-            .backends
-            .extend(removed.iter().filter(|b| !steered.contains(b)).copied());
-        for (addr, _, _) in removed.iter() {
-            if let (false, Some(nh)) = (self.snapshot.nexthops.contains_key(addr), old.get(addr)) {
-                self.snapshot.nexthops.insert(*addr, *nh);
-            }
-        }
-        self.snapshot.removed = removed;
-    }
-}
-
-/// The table a compile starts from: the one in service, whose slots,
-/// backend ids and unchanged services the new one keeps.
+/// The table a compile starts from — the one in service, whose slots,
+/// backend ids and unchanged services the new one keeps — and what the
+/// publish of it left.
 #[derive(Clone, Copy, Debug)]
 pub struct Base<'a> {
     /// The table in service (an empty one for the first compile).
@@ -116,96 +75,348 @@ pub struct Base<'a> {
     /// Slots and backend ids freed in this version or earlier may be
     /// handed out again: no flow of that time can be left.
     pub reuse_upto: u64,
-    /// What changed since the config `table` was built from, when known
-    /// (the incremental compile): the table is then built from the change
-    /// alone ([`ServiceTable::build_changed`]) instead of from the whole
-    /// spec list.
-    pub delta: Option<&'a Delta>,
+    /// The tally of `table`.
+    pub tally: &'a Tally,
+    /// The removed endpoints carried in the snapshot in service.
+    pub removed: &'a hashbrown::HashSet<Endpoint>,
+    /// Its next hops.
+    pub nexthops: &'a HashMap<Addr, NextHop>,
+    /// The backends it could not resolve.
+    pub unresolved: &'a [Addr],
+    /// The steering sets in service.
+    pub steer: &'a SteerSets,
+    /// Removed endpoints to forget (their flows must be gone).
+    pub forget: &'a HashSet<Endpoint>,
+    /// Whether to try the unresolved next hops again (an incremental
+    /// compile otherwise resolves only the addresses it adds).
+    pub retry: bool,
 }
 
-/// Compiles `cfg` into a snapshot: service table (built from `base`),
+/// An empty [`Base`]'s parts, for the first compile.
+#[derive(Default)]
+pub struct Empty {
+    table: ServiceTable,
+    tally: Tally,
+    removed: hashbrown::HashSet<Endpoint>,
+    nexthops: HashMap<Addr, NextHop>,
+    steer: SteerSets,
+    forget: HashSet<Endpoint>,
+}
+
+impl Empty {
+    /// A base with nothing in service.
+    pub fn base(&self) -> Base<'_> {
+        Base {
+            table: &self.table,
+            reuse_upto: 0,
+            tally: &self.tally,
+            removed: &self.removed,
+            nexthops: &self.nexthops,
+            unresolved: &[],
+            steer: &self.steer,
+            forget: &self.forget,
+            retry: false,
+        }
+    }
+}
+
+/// What the next table holds, against [`Base::table`].
+#[derive(Clone, Copy, Debug)]
+pub enum Specs<'a> {
+    /// Every spec: the table is built from the whole list
+    /// ([`ServiceTable::build_from`]).
+    Whole(&'a [ServiceSpec]),
+    /// What changed since the table in service (the incremental
+    /// compile's): the table is built from the change alone
+    /// ([`ServiceTable::build_changed`]); an empty change republishes the
+    /// same services.
+    Changed(&'a Delta),
+}
+
+/// Compiles `specs` into a snapshot: service table (built from `base`),
 /// next hops (from `hops`, which resolves only backends it has not seen),
-/// SNAT sources and the steering sets.
+/// SNAT sources, the steering sets, and the endpoints removed since
+/// `base` carried into it ([`carry_removed_hops`]).
+///
+/// A whole compile walks every service. An incremental one costs what the
+/// change names: it counts only the changed services ([`Change`]) and
+/// touches next hops, the removed set and the steering sets only for the
+/// keys that appeared in or vanished from the whole table.
 ///
 /// # Errors
-/// A [`ConfigError`] when the table cannot be built (duplicate front ends).
+/// A [`ConfigError`] when the table cannot be built (duplicate front ends)
+/// or a new spec's FULLNAT local address is not the host's.
 pub fn compile(
     version: u64,
     base: Base<'_>,
-    cfg: &Config,
+    specs: Specs<'_>,
     links: &[Link],
     masq: &MasqPolicy,
     hops: &mut NextHopCache,
     resolve_timeout: Duration,
 ) -> Result<Compiled, ConfigError> {
-    check_local_addrs_owned(&cfg.services)?;
-    let services = match base.delta {
-        Some(d) => {
-            base.table
+    let c = match specs {
+        Specs::Whole(all) => {
+            check_local_addrs_owned(all)?;
+            let services = base
+                .table
+                .build_from(version, all.to_vec(), base.reuse_upto)
+                .map_err(ConfigError::from)?;
+            whole(services, &base, links, masq, hops, resolve_timeout)
+        }
+        Specs::Changed(d) => {
+            check_local_addrs_owned(&d.upserted)?;
+            let services = base
+                .table
                 .build_changed(version, &d.removed, d.upserted.clone(), base.reuse_upto)
+                .map_err(ConfigError::from)?;
+            let touched = d.removed.iter().chain(d.upserted.iter().map(|s| &s.vip));
+            let change = Change::of(base.table, &services, touched);
+            changed(services, change, &base, links, masq, hops, resolve_timeout)
         }
-        None => base
-            .table
-            .build_from(version, cfg.services.clone(), base.reuse_upto),
-    }
-    .map_err(ConfigError::from)?;
-    let mut steer = SteerSets::default();
-    let mut snat = BTreeSet::new();
-    let mut backends = BTreeSet::new();
-    let mut addrs = BTreeSet::new();
-    let mut nat_addrs = BTreeSet::new();
-    for s in services.services() {
-        steer.vips.push(s.spec.vip);
-        for b in &s.spec.backends {
-            addrs.insert(b.addr);
-            // A direct-routing backend answers the client itself, from the
-            // VIP: nothing from its own address comes back to the LB, so it
-            // is not steered (and needs no SNAT source), and its replies
-            // (source VIP:port, destination a client) match no rule of the
-            // steering program, so they reach the kernel, which routes them.
-            if matches!(s.spec.forward, ForwardMethod::Nat | ForwardMethod::FullNat) {
-                backends.insert((b.addr, b.port, s.spec.vip.proto));
-                nat_addrs.insert(b.addr);
-            }
-        }
-        // FULLNAT replies come back to the local addresses: rule (c) of the
-        // steering program takes them there, on the SNAT ports only.
-        snat.extend(s.spec.local_addrs.iter().copied());
-    }
-    let (nexthops, unresolved) = hops.resolve_all(&addrs, links, resolve_timeout);
-    for addr in &unresolved {
+    };
+    for addr in &c.unresolved {
         warn!("backend {addr}: next hop not resolved yet; new flows to it are dropped until it is");
     }
-    for (addr, nh) in &nexthops {
-        if nat_addrs.contains(addr) {
-            snat.insert(nh.snat);
+    Ok(c)
+}
+
+/// The ports' MACs and MTUs.
+fn port_infos(links: &[Link]) -> Vec<PortInfo> {
+    links
+        .iter()
+        // An IP packet is at most 65535 bytes: a larger MTU (lo's 65536)
+        // limits nothing.
+        .map(|l| PortInfo {
+            mac: l.mac,
+            mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
+        })
+        .collect()
+}
+
+/// [`compile`] of a table built from every spec.
+fn whole(
+    services: ServiceTable,
+    base: &Base<'_>,
+    links: &[Link],
+    masq: &MasqPolicy,
+    hops: &mut NextHopCache,
+    timeout: Duration,
+) -> Compiled {
+    let tally = Tally::of(&services);
+    let addrs: BTreeSet<Addr> = tally.addrs.keys().copied().collect();
+    let (mut nexthops, unresolved) = hops.resolve_all(&addrs, links, timeout);
+    let removed: hashbrown::HashSet<Endpoint> = base
+        .tally
+        .live
+        .keys()
+        .chain(base.removed.iter())
+        .filter(|b| !tally.live.contains(b) && !base.forget.contains(b))
+        .copied()
+        .collect();
+    carry_removed_hops(&mut nexthops, &removed, base.nexthops);
+    let left = base.tally.live.keys().any(|k| !tally.live.contains(k))
+        || base.tally.dr.keys().any(|k| !tally.dr.contains(k));
+    let steer = steer_sets(
+        tally.vips.keys().copied(),
+        tally.steered.keys().chain(removed.iter()).copied(),
+        snat_sources(
+            tally.nat_addrs.keys(),
+            tally.local_addrs.keys(),
+            &nexthops,
+            masq,
+        ),
+    );
+    Compiled {
+        snapshot: Snapshot {
+            services,
+            ports: port_infos(links),
+            nexthops,
+            masq: masq.clone(),
+            removed,
+            moved: Default::default(),
+        },
+        steer: Some(steer),
+        unresolved,
+        tally: TallyUpdate::Whole(tally),
+        left,
+    }
+}
+
+/// [`compile`] of a table built from a change: `change` is what it did to
+/// the counts of `base`'s table.
+fn changed(
+    services: ServiceTable,
+    change: Change,
+    base: &Base<'_>,
+    links: &[Link],
+    masq: &MasqPolicy,
+    hops: &mut NextHopCache,
+    timeout: Duration,
+) -> Compiled {
+    let crossed = change.crossed(base.tally);
+    let (nexthops, unresolved, resolved) = changed_hops(&crossed, base, links, hops, timeout);
+    let mut nexthops = nexthops;
+    let removed = changed_removed(&crossed, base);
+    let removed_moved =
+        removed.len() != base.removed.len() || removed.iter().any(|k| !base.removed.contains(k));
+    if removed_moved {
+        // Hops of endpoints no longer carried, at addresses no longer
+        // named, go with them.
+        for (a, _, _) in base.removed.iter().filter(|k| !removed.contains(*k)) {
+            if !change.addr_named_after(base.tally, a) && !removed.iter().any(|k| k.0 == *a) {
+                nexthops.remove(a);
+            }
         }
     }
-    steer.backends = backends.into_iter().collect();
-    snat.extend(masq.addrs.all().copied());
-    steer.snat = snat.into_iter().collect();
-    let snapshot = Snapshot {
-        services,
-        ports: links
-            .iter()
-            // An IP packet is at most 65535 bytes: a larger MTU (lo's
-            // 65536) limits nothing.
-            .map(|l| PortInfo {
-                mac: l.mac,
-                mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
-            })
-            .collect(),
-        nexthops,
-        masq: masq.clone(),
-        removed: Default::default(),
-        moved: Default::default(),
-    };
-    Ok(Compiled {
-        snapshot,
+    carry_removed_hops(&mut nexthops, &removed, base.nexthops);
+    let steered_after = |k: &Endpoint| change.steered_after(base.tally, k) || removed.contains(k);
+    let steered_before = |k: &Endpoint| base.tally.steered.contains(k) || base.removed.contains(k);
+    let mut touched = crossed
+        .steered
+        .up
+        .iter()
+        .chain(&crossed.steered.down)
+        .chain(removed.symmetric_difference(base.removed));
+    let backends_moved = touched.any(|k| steered_after(k) != steered_before(k));
+    let snat_may_move = !crossed.nat_addrs.is_empty()
+        || !crossed.local_addrs.is_empty()
+        || resolved
+        || masq.addrs.all().any(|a| !base.steer.snat.contains(a));
+    let snat = snat_may_move.then(|| {
+        snat_sources(
+            change.nat_addrs_after(base.tally),
+            change.local_addrs_after(base.tally),
+            &nexthops,
+            masq,
+        )
+    });
+    let snat_moved = snat.as_ref().is_some_and(|s| *s != base.steer.snat);
+    let steer = (!crossed.vips.is_empty() || backends_moved || snat_moved).then(|| {
+        steer_sets(
+            change.vips_after(base.tally).copied(),
+            change
+                .steered_keys_after(base.tally)
+                .chain(removed.iter())
+                .copied(),
+            snat.unwrap_or_else(|| base.steer.snat.clone()),
+        )
+    });
+    Compiled {
+        snapshot: Snapshot {
+            services,
+            ports: port_infos(links),
+            nexthops,
+            masq: masq.clone(),
+            removed,
+            moved: Default::default(),
+        },
         steer,
         unresolved,
-        live: None,
-    })
+        left: crossed.left(),
+        tally: TallyUpdate::Change(change),
+    }
+}
+
+/// The next hops after a change: those in service, less the addresses no
+/// longer named, plus the new addresses resolved (and the unresolved ones
+/// retried when [`Base::retry`]). Also the addresses still unresolved, in
+/// order, and whether some hop was resolved.
+fn changed_hops(
+    crossed: &Crossed,
+    base: &Base<'_>,
+    links: &[Link],
+    hops: &mut NextHopCache,
+    timeout: Duration,
+) -> (HashMap<Addr, NextHop>, Vec<Addr>, bool) {
+    let gone: HashSet<Addr> = crossed.addrs.down.iter().copied().collect();
+    let mut add: BTreeSet<Addr> = crossed.addrs.up.iter().copied().collect();
+    if base.retry {
+        add.extend(base.unresolved.iter().filter(|a| !gone.contains(a)));
+    }
+    let mut nexthops = base.nexthops.clone();
+    for a in &gone {
+        nexthops.remove(a);
+    }
+    let (found, still) = hops.resolve_changed(&add, &gone, links, timeout);
+    let resolved = !found.is_empty();
+    nexthops.extend(found);
+    let mut unresolved: BTreeSet<Addr> = base
+        .unresolved
+        .iter()
+        .filter(|a| !gone.contains(a) && !add.contains(a))
+        .copied()
+        .collect();
+    unresolved.extend(still);
+    (nexthops, unresolved.into_iter().collect(), resolved)
+}
+
+/// The removed endpoints after a change: those carried, plus the
+/// endpoints that vanished, less those back and those to forget.
+fn changed_removed(crossed: &Crossed, base: &Base<'_>) -> hashbrown::HashSet<Endpoint> {
+    let mut removed = base.removed.clone();
+    removed.extend(crossed.live.down.iter().copied());
+    for k in &crossed.live.up {
+        removed.remove(k);
+    }
+    removed.retain(|k| !base.forget.contains(k));
+    removed
+}
+
+/// Carries the next hops of removed endpoints over from `old` (the
+/// snapshot in service) when the new table has none: the workers reset
+/// TCP flows still pinned to removed endpoints, and a direct-routing flow
+/// names no backend address, so its removed backend is recognised by its
+/// next hop ([`sluice_dataplane::pipeline::dr_flow_endpoint_removed`]).
+/// The steering program keeps sending removed endpoints' packets to the
+/// workers ([`steer_sets`] is given them) so that a client that only
+/// receives is reset too.
+fn carry_removed_hops(
+    nexthops: &mut HashMap<Addr, NextHop>,
+    removed: &hashbrown::HashSet<Endpoint>,
+    old: &HashMap<Addr, NextHop>,
+) {
+    for (addr, _, _) in removed.iter() {
+        if let (false, Some(nh)) = (nexthops.contains_key(addr), old.get(addr)) {
+            nexthops.insert(*addr, *nh);
+        }
+    }
+}
+
+/// The SNAT sources the steering program takes replies to: the next hops'
+/// sources of NAT backends, FULLNAT local addresses and the masquerade
+/// addresses; sorted, once each.
+fn snat_sources<'a>(
+    nat_addrs: impl Iterator<Item = &'a Addr>,
+    local_addrs: impl Iterator<Item = &'a Addr>,
+    nexthops: &HashMap<Addr, NextHop>,
+    masq: &MasqPolicy,
+) -> Vec<Addr> {
+    let mut snat: BTreeSet<Addr> = nat_addrs
+        .filter_map(|a| nexthops.get(a).map(|nh| nh.snat))
+        .collect();
+    snat.extend(local_addrs.copied());
+    snat.extend(masq.addrs.all().copied());
+    snat.into_iter().collect()
+}
+
+/// Steering sets from their members, sorted, once each.
+fn steer_sets(
+    vips: impl Iterator<Item = VipKey>,
+    backends: impl Iterator<Item = Endpoint>,
+    snat: Vec<Addr>,
+) -> SteerSets {
+    let mut vips: Vec<VipKey> = vips.collect();
+    vips.sort_unstable_by_key(|v| (v.addr, v.port, v.proto));
+    vips.dedup();
+    let mut backends: Vec<Endpoint> = backends.collect();
+    backends.sort_unstable();
+    backends.dedup();
+    SteerSets {
+        vips,
+        backends,
+        snat,
+    }
 }
 
 /// Refuses a FULLNAT local address that is not one of the host's own,
@@ -275,35 +486,6 @@ pub(crate) fn expired_removals<K: Copy + Eq + std::hash::Hash>(
         .collect()
 }
 
-/// Every (address, port, protocol) a flow of `snap` may be forwarded to.
-/// The (next hop, port, protocol) of every backend of a direct-routing
-/// service in `snap`: how a DR flow's backend is recognised (its record
-/// holds the next hop, not the backend's address).
-pub(crate) fn live_dr_hops(snap: &Snapshot) -> HashSet<(L2Hop, u16, u8)> {
-    snap.services
-        .services()
-        .filter(|s| matches!(s.spec.forward, ForwardMethod::Dr | ForwardMethod::Tunnel))
-        .flat_map(|s| {
-            s.spec.backends.iter().filter_map(move |b| {
-                let nh = snap.nexthops.get(&b.addr)?;
-                Some((nh.hop, b.port, s.spec.vip.proto))
-            })
-        })
-        .collect()
-}
-
-pub(crate) fn live_backends(snap: &Snapshot) -> HashSet<(Addr, u16, u8)> {
-    snap.services
-        .services()
-        .flat_map(|s| {
-            s.spec
-                .backends
-                .iter()
-                .map(move |b| (b.addr, b.port, s.spec.vip.proto))
-        })
-        .collect()
-}
-
 pub(crate) fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
     let vips: BTreeSet<_> = a
         .vips
@@ -326,6 +508,9 @@ pub(crate) fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use sluice_dataplane::service::ForwardMethod;
+    use sluice_dataplane::types::L2Hop;
 
     #[test]
     fn removed_endpoints_are_forgotten_after_their_flows() {
@@ -340,80 +525,230 @@ mod tests {
         assert!(expired_removals(&HashMap::<u32, Instant>::new(), at, ttl).is_empty());
     }
 
-    #[test]
-    fn removed_endpoints_stay_steered_and_in_the_snapshot() {
-        let x = (Addr::from_v4([198, 18, 1, 11]), 8080, 6);
-        let y = (Addr::from_v4([198, 18, 1, 12]), 8080, 6);
-        let mut c = Compiled {
-            snapshot: Snapshot::default(),
-            steer: SteerSets {
-                backends: vec![x],
-                ..SteerSets::default()
-            },
-            unresolved: Vec::new(),
-            live: None,
-        };
-        let hop = |m| NextHop {
-            hop: L2Hop {
-                port: 1,
-                mac: [2, 0, 0, 0, 1, m],
-            },
-            snat: Addr::from_v4([198, 18, 1, 1]),
-        };
-        c.snapshot.nexthops.insert(x.0, hop(0x11));
-        let old: HashMap<Addr, NextHop> =
-            [(x.0, hop(0x99)), (y.0, hop(0x12))].into_iter().collect();
-        c.keep_removed([x, y].into_iter().collect(), &old);
-        assert_eq!(c.steer.backends, vec![x, y], "steered once each");
-        assert!(c.snapshot.removed.contains(&x) && c.snapshot.removed.contains(&y));
-        // The removed endpoint's next hop is carried over (DR flows are
-        // matched by it); one this compile resolved is kept as resolved.
-        assert_eq!(c.snapshot.nexthops[&y.0], hop(0x12));
-        assert_eq!(c.snapshot.nexthops[&x.0], hop(0x11));
-    }
-
-    #[test]
-    fn dr_backends_are_not_steered_but_their_hops_are_known() {
-        use sluice_dataplane::service::{BackendSpec, ServiceSpec};
-        let spec = |port, forward| ServiceSpec {
+    fn web(port: u16, forward: ForwardMethod, backends: &[[u8; 4]]) -> ServiceSpec {
+        use sluice_dataplane::service::BackendSpec;
+        ServiceSpec {
             name: format!("default/web:{port}"),
             vip: VipKey {
                 addr: Addr::from_v4([198, 18, 100, 10]),
                 port,
                 proto: 6,
             },
-            backends: vec![BackendSpec {
-                addr: Addr::from_v4([198, 18, 1, 11]),
-                port,
-                weight: 1,
-                ..Default::default()
-            }],
+            backends: backends
+                .iter()
+                .map(|a| BackendSpec {
+                    addr: Addr::from_v4(*a),
+                    port: if forward == ForwardMethod::Nat {
+                        8080
+                    } else {
+                        port
+                    },
+                    weight: 1,
+                    ..Default::default()
+                })
+                .collect(),
             forward,
             ..Default::default()
-        };
-        let services = ServiceTable::build(
-            1,
-            vec![spec(80, ForwardMethod::Dr), spec(81, ForwardMethod::Nat)],
-        )
-        .unwrap();
-        let mut snap = Snapshot {
-            services,
-            ..Snapshot::default()
-        };
-        let hop = L2Hop {
-            port: 1,
-            mac: [2, 0, 0, 0, 1, 0x11],
-        };
-        snap.nexthops.insert(
-            Addr::from_v4([198, 18, 1, 11]),
-            NextHop {
-                hop,
-                snat: Addr::from_v4([198, 18, 1, 1]),
+        }
+    }
+
+    fn hop(m: u8) -> NextHop {
+        NextHop {
+            hop: L2Hop {
+                port: 1,
+                mac: [2, 0, 0, 0, 1, m],
             },
+            snat: Addr::from_v4([198, 18, 1, 1]),
+        }
+    }
+
+    /// A snapshot in service, as a publisher holds it.
+    struct InService {
+        table: ServiceTable,
+        tally: Tally,
+        removed: hashbrown::HashSet<Endpoint>,
+        nexthops: HashMap<Addr, NextHop>,
+        steer: SteerSets,
+        forget: HashSet<Endpoint>,
+    }
+
+    impl InService {
+        fn of(specs: Vec<ServiceSpec>, hops: &[([u8; 4], u8)]) -> InService {
+            let table = ServiceTable::build(1, specs).unwrap();
+            InService {
+                tally: Tally::of(&table),
+                table,
+                removed: Default::default(),
+                nexthops: hops
+                    .iter()
+                    .map(|(a, m)| (Addr::from_v4(*a), hop(*m)))
+                    .collect(),
+                steer: SteerSets::default(),
+                forget: HashSet::new(),
+            }
+        }
+
+        fn base(&self) -> Base<'_> {
+            Base {
+                table: &self.table,
+                reuse_upto: 0,
+                tally: &self.tally,
+                removed: &self.removed,
+                nexthops: &self.nexthops,
+                unresolved: &[],
+                steer: &self.steer,
+                forget: &self.forget,
+                retry: false,
+            }
+        }
+    }
+
+    fn compile_with(base: Base<'_>, specs: Specs<'_>, cache: &mut NextHopCache) -> Compiled {
+        compile(
+            2,
+            base,
+            specs,
+            &[],
+            &MasqPolicy::default(),
+            cache,
+            Duration::from_millis(1),
+        )
+        .unwrap()
+    }
+
+    /// An endpoint that left stays steered and in the snapshot's removed
+    /// set, with its next hop carried over — by a whole compile and by an
+    /// incremental one alike.
+    #[test]
+    fn removed_endpoints_stay_steered_and_in_the_snapshot() {
+        let (x, y) = ([198, 18, 1, 11], [198, 18, 1, 12]);
+        let before = vec![web(80, ForwardMethod::Nat, &[x, y])];
+        let after = vec![web(80, ForwardMethod::Nat, &[x])];
+        let old = InService::of(before, &[(x, 0x11), (y, 0x12)]);
+        let ye = (Addr::from_v4(y), 8080, 6);
+        let whole = compile_with(
+            old.base(),
+            Specs::Whole(&after),
+            &mut NextHopCache::default(),
         );
-        let dr = live_dr_hops(&snap);
-        assert!(dr.contains(&(hop, 80, 6)));
-        assert!(!dr.contains(&(hop, 81, 6)), "the NAT service is not DR");
+        let delta = Delta {
+            upserted: after.clone(),
+            ..Delta::default()
+        };
+        let changed = compile_with(
+            old.base(),
+            Specs::Changed(&delta),
+            &mut NextHopCache::default(),
+        );
+        for c in [whole, changed] {
+            assert!(c.snapshot.removed.contains(&ye), "{:?}", c.snapshot.removed);
+            assert!(c.left, "an endpoint left");
+            let steer = c.steer.expect("the removed endpoint joins the sets");
+            assert_eq!(
+                steer.backends,
+                vec![(Addr::from_v4(x), 8080, 6), ye],
+                "steered once each"
+            );
+            assert_eq!(c.snapshot.nexthops[&Addr::from_v4(y)], hop(0x12));
+        }
+    }
+
+    /// A change that leaves every set as it was (a weight change) builds
+    /// no steering sets and flushes nothing.
+    #[test]
+    fn a_change_that_moves_no_key_steers_nothing_new() {
+        let x = [198, 18, 1, 11];
+        let before = vec![
+            web(80, ForwardMethod::Nat, &[x]),
+            web(81, ForwardMethod::Nat, &[x]),
+        ];
+        let mut old = InService::of(before, &[(x, 0x11)]);
+        let first = compile_with(
+            old.base(),
+            Specs::Whole(
+                &old.table
+                    .services()
+                    .map(|s| s.spec.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            &mut NextHopCache::default(),
+        );
+        old.steer = first.steer.unwrap();
+        let mut heavier = web(81, ForwardMethod::Nat, &[x]);
+        heavier.backends[0].weight = 5;
+        let delta = Delta {
+            upserted: vec![heavier],
+            ..Delta::default()
+        };
+        let c = compile_with(
+            old.base(),
+            Specs::Changed(&delta),
+            &mut NextHopCache::default(),
+        );
+        assert!(c.steer.is_none(), "{:?}", c.steer);
+        assert!(!c.left);
+        assert!(c.snapshot.removed.is_empty());
+        // Removing one of the two services naming x leaves x named.
+        let delta = Delta {
+            removed: vec![web(81, ForwardMethod::Nat, &[x]).vip],
+            ..Delta::default()
+        };
+        let c = compile_with(
+            old.base(),
+            Specs::Changed(&delta),
+            &mut NextHopCache::default(),
+        );
+        let steer = c.steer.expect("a front end left");
+        assert_eq!(steer.vips.len(), 1);
+        assert_eq!(steer.backends, old.steer.backends);
+        assert!(!c.left, "x is still named by :80");
+    }
+
+    /// A removed endpoint forgotten takes its next hop along unless
+    /// another backend is at the address.
+    #[test]
+    fn a_forgotten_endpoint_takes_its_hop_along() {
+        let (x, y) = ([198, 18, 1, 11], [198, 18, 1, 12]);
+        let mut old = InService::of(
+            vec![web(80, ForwardMethod::Nat, &[x])],
+            &[(x, 0x11), (y, 0x12)],
+        );
+        let ye = (Addr::from_v4(y), 8080, 6);
+        old.removed.insert(ye);
+        old.steer.backends = vec![(Addr::from_v4(x), 8080, 6), ye];
+        old.forget.insert(ye);
+        let c = compile_with(
+            old.base(),
+            Specs::Changed(&Delta::default()),
+            &mut NextHopCache::default(),
+        );
+        assert!(c.snapshot.removed.is_empty());
+        assert!(!c.snapshot.nexthops.contains_key(&Addr::from_v4(y)));
+        assert!(c.snapshot.nexthops.contains_key(&Addr::from_v4(x)));
+        assert_eq!(
+            c.steer.expect("y leaves the sets").backends,
+            vec![(Addr::from_v4(x), 8080, 6)]
+        );
+    }
+
+    #[test]
+    fn dr_backends_are_not_steered_but_their_hops_are_known() {
+        let x = [198, 18, 1, 11];
+        let specs = vec![
+            web(80, ForwardMethod::Dr, &[x]),
+            web(81, ForwardMethod::Tunnel, &[x]),
+        ];
+        let old = InService::of(Vec::new(), &[]);
+        let mut cache = NextHopCache::default();
+        let c = compile_with(old.base(), Specs::Whole(&specs), &mut cache);
+        let TallyUpdate::Whole(t) = &c.tally else {
+            panic!("a whole compile counts the whole table");
+        };
+        let xa = Addr::from_v4(x);
+        assert!(t.dr.contains(&(xa, 80, 6)) && t.dr.contains(&(xa, 81, 6)));
+        assert!(t.steered.is_empty() && t.nat_addrs.is_empty());
+        assert!(t.addrs.contains(&xa), "its next hop is resolved");
+        assert!(c.steer.expect("whole").backends.is_empty());
     }
 
     fn fullnat_config(local: &[Addr]) -> Config {
@@ -450,26 +785,23 @@ mod tests {
     fn fullnat_backends_and_local_addresses_are_steered() {
         // 127.0.0.1 is the host's own wherever the test runs.
         let lo = Addr::from_v4([127, 0, 0, 1]);
-        let empty = ServiceTable::default();
+        let empty = Empty::default();
         let c = compile(
             1,
-            Base {
-                table: &empty,
-                reuse_upto: 0,
-                delta: None,
-            },
-            &fullnat_config(&[lo]),
+            empty.base(),
+            Specs::Whole(&fullnat_config(&[lo]).services),
             &[],
             &MasqPolicy::default(),
             &mut NextHopCache::default(),
             Duration::from_millis(1),
         )
         .unwrap();
+        let steer = c.steer.expect("a whole compile builds the sets");
         assert_eq!(
-            c.steer.backends,
+            steer.backends,
             vec![(Addr::from_v4([198, 18, 1, 11]), 8080, 6)]
         );
-        assert!(c.steer.snat.contains(&lo), "{:?}", c.steer.snat);
+        assert!(steer.snat.contains(&lo), "{:?}", steer.snat);
     }
 
     /// A local address the host does not own is refused, named.
@@ -492,14 +824,11 @@ mod tests {
         .is_ok());
         // And through compile, against the real host (198.19.255.254 is
         // nobody's here).
+        let empty = Empty::default();
         let r = compile(
             1,
-            Base {
-                table: &ServiceTable::default(),
-                reuse_upto: 0,
-                delta: None,
-            },
-            &cfg,
+            empty.base(),
+            Specs::Whole(&cfg.services),
             &[],
             &MasqPolicy::default(),
             &mut NextHopCache::default(),

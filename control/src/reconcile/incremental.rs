@@ -71,6 +71,34 @@ pub struct Delta {
     pub upserted: Vec<ServiceSpec>,
     /// Services or VirtualServices recompiled.
     pub recompiled: usize,
+    /// Some Service's DNS record set changed (the zone must be rebuilt).
+    pub dns_changed: bool,
+    /// Some Service's `healthCheckNodePort` server changed.
+    pub health_changed: bool,
+    /// A Service or VirtualService with real-server checks was recompiled
+    /// (the checks' targets follow its endpoints).
+    pub checks_changed: bool,
+}
+
+impl Delta {
+    /// Whether publishing this change needs the whole config: for the DNS
+    /// zone, the health-check servers or the checks' targets, which are
+    /// built from every Service. Most endpoint changes need none of them,
+    /// and then the config (a clone of every spec) is never built.
+    pub fn needs_config(&self) -> bool {
+        self.dns_changed || self.health_changed || self.checks_changed
+    }
+
+    /// Notes what a Service's recompile changed besides its specs (`None`:
+    /// absent before or after).
+    fn note_unit(&mut self, old: Option<&ServiceUnit>, new: Option<&ServiceUnit>) {
+        let dns = |u: Option<&ServiceUnit>| u.map(|u| u.dns.clone());
+        let health = |u: Option<&ServiceUnit>| u.and_then(|u| u.health_check.clone());
+        let checked = |u: Option<&ServiceUnit>| u.is_some_and(|u| !u.checks.is_empty());
+        self.dns_changed |= dns(old) != dns(new);
+        self.health_changed |= health(old) != health(new);
+        self.checks_changed |= checked(old) || checked(new);
+    }
 }
 
 /// The cache. Built by [`Incremental::build`], kept current by
@@ -473,6 +501,7 @@ impl Incremental {
             ..Delta::default()
         };
         let mut left: HashSet<VipKey> = HashSet::new();
+        let mut olds: HashMap<Name, Entry> = HashMap::new();
         // Every old front end out first, then the new ones in: two
         // Services may swap front ends in one batch.
         for n in plan.units.keys() {
@@ -485,19 +514,24 @@ impl Incremental {
                 if let Some(set) = self.selecting.get_mut(&n.0) {
                     set.remove(&n.1);
                 }
+                olds.insert(n.clone(), old);
             }
             self.node_reqs.remove(n);
         }
         for n in plan.virtuals.keys() {
-            if let Some((old, _)) = self.virtuals.remove(n) {
+            if let Some((old, check)) = self.virtuals.remove(n) {
                 self.vip_owner.remove(&old.vip);
                 left.insert(old.vip);
+                delta.checks_changed |= check.is_some();
             }
         }
         for (n, new) in plan.units {
+            let old = olds.get(&n).map(|e| &e.unit);
             let Some((unit, selector, req)) = new else {
+                delta.note_unit(old, None);
                 continue;
             };
+            delta.note_unit(old, Some(&unit));
             for s in &unit.specs {
                 self.vip_owner.insert(s.vip, Owner::Service(n.clone()));
                 delta.upserted.push(s.clone());
@@ -516,6 +550,7 @@ impl Incremental {
         }
         for (n, new) in plan.virtuals {
             if let Some((spec, check)) = new {
+                delta.checks_changed |= check.is_some();
                 self.vip_owner.insert(spec.vip, Owner::Virtual(n.clone()));
                 delta.upserted.push(spec.clone());
                 self.virtuals.insert(n, (spec, check));

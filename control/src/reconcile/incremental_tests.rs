@@ -147,6 +147,7 @@ fn step(
         |objects, events| {
             let changed: BTreeSet<Key> = events.iter().map(|e| e.key.clone()).collect();
             let whole = compile_config(objects, inc.ctx());
+            let before = inc.config();
             let delta = inc.apply(objects, &changed);
             match (&whole, &delta) {
                 (Ok(w), Ok(_)) => assert_eq!(&inc.config(), w, "incremental config = whole config"),
@@ -154,6 +155,25 @@ fn step(
                 (w, d) => panic!("whole {w:?} but incremental {d:?}"),
             }
             let delta = delta.map_err(|_| ())?;
+            let after = inc.config();
+            // What the publisher builds from the whole config only when
+            // the delta says so must not change otherwise.
+            if before.dns != after.dns {
+                assert!(delta.dns_changed, "the DNS records changed");
+            }
+            if before.health_checks != after.health_checks {
+                assert!(delta.health_changed, "the health-check servers changed");
+            }
+            let checked = |c: &crate::config::Config| {
+                c.services
+                    .iter()
+                    .filter(|s| c.checks.contains_key(&s.name))
+                    .map(|s| (s.name.clone(), s.backends.clone()))
+                    .collect::<Vec<_>>()
+            };
+            if before.checks != after.checks || checked(&before) != checked(&after) {
+                assert!(delta.checks_changed, "the checks' targets changed");
+            }
             let next = table
                 .build_changed(version, &delta.removed, delta.upserted, 0)
                 .expect("a compiled delta builds");
@@ -223,6 +243,10 @@ fn an_endpoint_change_recompiles_only_its_service() {
     let changed: BTreeSet<Key> = [Key::new(Kind::EndpointSlice, "default", "e1")].into();
     let delta = inc.apply(store.objects(), &changed).unwrap();
     assert_eq!(delta.recompiled, 1, "only default/s1");
+    assert!(
+        !delta.needs_config(),
+        "a ClusterIP's endpoints touch no DNS record, health server or check"
+    );
     assert!(delta
         .upserted
         .iter()
@@ -231,4 +255,66 @@ fn an_endpoint_change_recompiles_only_its_service() {
         inc.config(),
         compile_config(store.objects(), &ctx()).unwrap()
     );
+}
+
+/// What else than specs a recompile changed is flagged: the endpoints of
+/// a headless Service are DNS records, a checked Service's endpoints are
+/// the checks' targets, and neither touches the health-check servers.
+#[test]
+fn the_delta_flags_what_the_whole_config_must_rebuild() {
+    let mut store = Store::default();
+    let mut inc = Incremental::new(ctx());
+    let mut table = ServiceTable::default();
+    let w = |o| Write::Upsert {
+        object: o,
+        owner: "t".into(),
+        mode: UpsertMode::Apply(None),
+    };
+    let mut checked = service((1, 0, 0, 1, 1, None, None));
+    checked["metadata"]["annotations"] =
+        json!({"sluice.dev/health-check": "tcp interval=2s timeout=1s rise=2 fall=3"});
+    let batch = vec![
+        w(service((0, 0, 2, 0, 1, None, None))),
+        w(checked),
+        w(service((2, 0, 0, 2, 1, None, None))),
+    ];
+    assert!(step(&mut store, &mut inc, &mut table, batch));
+    let flags = |store: &mut Store, inc: &mut Incremental, _: &mut ServiceTable, o: Value| {
+        let mut got = None;
+        store
+            .commit_with(
+                Batch { writes: vec![w(o)] },
+                SystemTime::UNIX_EPOCH,
+                |objects, events| {
+                    let changed: BTreeSet<Key> = events.iter().map(|e| e.key.clone()).collect();
+                    let d = inc.apply(objects, &changed).map_err(|_| ())?;
+                    got = Some((d.dns_changed, d.health_changed, d.checks_changed));
+                    Ok::<(), ()>(())
+                },
+            )
+            .expect("the slice applies");
+        got.expect("compiled")
+    };
+    // Each slice is new: the Service it names is recompiled with it.
+    let headless = flags(
+        &mut store,
+        &mut inc,
+        &mut table,
+        slice((0, 0, 0, vec![1], false)),
+    );
+    assert_eq!(headless, (true, false, false), "headless: its records");
+    let checked = flags(
+        &mut store,
+        &mut inc,
+        &mut table,
+        slice((1, 0, 1, vec![1], false)),
+    );
+    assert_eq!(checked, (false, false, true), "checked: its targets");
+    let plain = flags(
+        &mut store,
+        &mut inc,
+        &mut table,
+        slice((2, 0, 2, vec![1], false)),
+    );
+    assert_eq!(plain, (false, false, false), "a ClusterIP: none");
 }

@@ -28,6 +28,7 @@ pub mod compile;
 pub mod incremental;
 #[cfg(test)]
 mod incremental_tests;
+pub mod tally;
 
 use std::collections::BTreeSet;
 use std::collections::HashSet;
@@ -38,7 +39,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
 use sluice_dataplane::pipeline::{is_dr_flow, MasqPolicy, Snapshot};
-use sluice_dataplane::service::ServiceTable;
 use sluice_dataplane::steer::{SteerError, Steering};
 use sluice_dataplane::types::{proto, Addr, L2Hop};
 use sluice_dataplane::worker::{Counters, Shared};
@@ -53,9 +53,10 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
-    apply_steer, expired_removals, live_backends, union_sets, Base, Compiled, Live, SteerSets,
+    apply_steer, expired_removals, union_sets, Base, Compiled, Empty, Specs, SteerSets, TallyUpdate,
 };
 use incremental::{Delta, Incremental};
+use tally::Tally;
 
 /// How long a compile waits for a new backend's next hop.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,20 +103,28 @@ pub fn compile_config(objects: &Objects, ctx: &CompileCtx) -> Result<Config, Con
 /// As [`compile::compile`].
 pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError> {
     let mut hops = host.hops.lock().unwrap_or_else(|p| p.into_inner());
-    let base = Base {
-        table: &ServiceTable::default(),
-        reuse_upto: 0,
-        delta: None,
-    };
+    let empty = Empty::default();
     compile::compile(
         1,
-        base,
-        cfg,
+        empty.base(),
+        Specs::Whole(&cfg.services),
         &host.links,
         &host.masq,
         &mut hops,
         RESOLVE_TIMEOUT,
     )
+}
+
+/// What a publish needs besides the new table and steering sets.
+enum After {
+    /// Only next hops changed (same services and endpoints): nothing to
+    /// flush, nothing else to update.
+    Hops,
+    /// Endpoints may have left: flush the UDP/SCTP flows of those that did.
+    Endpoints,
+    /// As [`After::Endpoints`], and bring the DNS zone, health-check
+    /// servers and checks' targets to this config.
+    Config(Config),
 }
 
 /// What a publish did.
@@ -140,9 +149,13 @@ pub struct Publisher {
     epoch: u64,
     current_steer: SteerSets,
     unresolved: Vec<Addr>,
-    applied: Config,
-    /// Where the flows of the snapshot in service may go.
-    live: Live,
+    /// The config in service, as last built whole; None after a change
+    /// published without it ([`Publisher::publish_delta`]): then it is
+    /// built again only when needed ([`Publisher::republish_health`]).
+    applied: Option<Config>,
+    /// What the table in service names, counted: where its flows may go,
+    /// what is steered, which addresses need next hops.
+    tally: Tally,
     /// When each removed endpoint left; forgotten once its flows must be gone.
     removed_since: HashMap<(Addr, u16, u8), Instant>,
     removed_ttl: Duration,
@@ -200,9 +213,9 @@ impl Publisher {
         };
         let checks = Checks::default();
         checks.set_targets(&applied);
-        let live = Live::of(&shared.snapshot.load());
+        let tally = Tally::of(&shared.snapshot.load().services);
         Publisher {
-            live,
+            tally,
             checks,
             health_down: HashSet::new(),
             host,
@@ -212,7 +225,7 @@ impl Publisher {
             epoch: 1,
             current_steer: first.0,
             unresolved: first.1,
-            applied,
+            applied: Some(applied),
             removed_since: HashMap::new(),
             freed_at: VecDeque::new(),
             reuse_floor: 0,
@@ -250,8 +263,12 @@ impl Publisher {
     /// Puts `snap` in service: through the traffic totals when they are
     /// kept ([`Publisher::set_stats`]), so no packet count is lost at the
     /// swap.
-    fn publish_snapshot(&mut self, snap: sluice_dataplane::pipeline::Snapshot, live: Live) {
-        self.live = live;
+    fn publish_snapshot(&mut self, snap: sluice_dataplane::pipeline::Snapshot, tally: TallyUpdate) {
+        match tally {
+            TallyUpdate::Same => {}
+            TallyUpdate::Whole(t) => self.tally = t,
+            TallyUpdate::Change(c) => self.tally.commit(&c),
+        }
         match &self.stats {
             Some(s) => s.swap(snap),
             None => self.shared.publish(snap),
@@ -293,39 +310,35 @@ impl Publisher {
         self.freed_at.push_back((epoch, Instant::now()));
     }
 
-    /// Compiles `cfg` for the next epoch and carries the removed endpoints
-    /// (those of the table in service that `cfg` lacks, and earlier ones
-    /// not back, but not those in `forget`) into it.
+    /// Compiles `specs` for the next epoch and carries the removed
+    /// endpoints (those of the table in service that the new one lacks,
+    /// and earlier ones not back, but not those in `forget`) into it;
+    /// `retry`: resolve the unresolved next hops again.
     fn prepare(
         &self,
-        cfg: &Config,
+        specs: Specs<'_>,
         forget: &HashSet<(Addr, u16, u8)>,
+        retry: bool,
         timeout: Duration,
     ) -> Result<Compiled, ConfigError> {
-        self.prepare_with(cfg, None, forget, timeout)
-    }
-
-    /// [`Publisher::prepare`], building the table from `delta` (what
-    /// changed since the config in service) when given.
-    fn prepare_with(
-        &self,
-        cfg: &Config,
-        delta: Option<&Delta>,
-        forget: &HashSet<(Addr, u16, u8)>,
-        timeout: Duration,
-    ) -> Result<Compiled, ConfigError> {
-        let cfg = Checks::overlay(cfg, &self.health_down);
         let old = self.shared.snapshot.load();
+        let base = Base {
+            table: &old.services,
+            reuse_upto: self.reuse_upto(),
+            tally: &self.tally,
+            removed: &old.removed,
+            nexthops: &old.nexthops,
+            unresolved: &self.unresolved,
+            steer: &self.current_steer,
+            forget,
+            retry,
+        };
         let mut c = {
             let mut hops = self.host.hops.lock().unwrap_or_else(|p| p.into_inner());
             compile::compile(
                 self.epoch + 1,
-                Base {
-                    table: &old.services,
-                    reuse_upto: self.reuse_upto(),
-                    delta,
-                },
-                &cfg,
+                base,
+                specs,
                 &self.host.links,
                 &self.host.masq,
                 &mut hops,
@@ -333,79 +346,54 @@ impl Publisher {
             )?
         };
         c.snapshot.moved = self.moved_hops();
-        let live = live_backends(&c.snapshot);
-        let removed: hashbrown::HashSet<_> = self
-            .live
-            .backends
-            .iter()
-            .chain(old.removed.iter())
-            .filter(|b| !live.contains(b) && !forget.contains(b))
-            .copied()
-            .collect();
-        c.keep_removed(removed, &old.nexthops);
-        c.live = Some(Live {
-            backends: live,
-            dr: compile::live_dr_hops(&c.snapshot),
-        });
         Ok(c)
     }
 
     /// The one publish: steer the union, swap the snapshot in, steer the
-    /// new sets, flush UDP/SCTP flows of removed endpoints, update DNS and
-    /// health checks. `cfg` is `None` when only next hops changed (the
-    /// same services and endpoints): then there is nothing to flush and no
-    /// DNS or health change.
+    /// new sets, then what `after` says the change needs.
     ///
     /// # Errors
     /// [`SteerError`] when the union could not be steered; then nothing was
     /// published.
-    fn swap(&mut self, mut c: Compiled, cfg: Option<Config>) -> Result<Published, SteerError> {
-        let live = c.live.take().unwrap_or_else(|| Live::of(&c.snapshot));
+    fn swap(&mut self, c: Compiled, after: After) -> Result<Published, SteerError> {
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
         let freed = c.snapshot.services.freed_ids();
-        if cfg.is_none() && c.steer == self.current_steer {
-            // Only next hops changed: the steering maps stay as they are.
-            self.publish_snapshot(c.snapshot, live);
-            self.epoch = epoch;
-            self.unresolved = c.unresolved;
-            return Ok(Published {
-                epoch,
-                services,
-                flushed: 0,
-            });
-        }
-        // Unchanged sets leave the maps alone (most endpoint changes).
-        let steer_changed = c.steer != self.current_steer;
         // The union is only needed (and only built: a walk of every set)
-        // when the sets change.
-        let union = if steer_changed {
-            let u = union_sets(&self.current_steer, &c.steer);
-            apply_steer(&mut self.steering, &u, &self.host.masq.ports)?;
-            Some(u)
-        } else {
-            None
+        // when the sets change; unchanged sets leave the maps alone (most
+        // endpoint changes).
+        let union = match &c.steer {
+            Some(next) => {
+                let u = union_sets(&self.current_steer, next);
+                apply_steer(&mut self.steering, &u, &self.host.masq.ports)?;
+                Some(u)
+            }
+            None => None,
         };
-        // Flows need flushing only when an endpoint left.
-        let left = self.live.lost_in(&live);
-        self.publish_snapshot(c.snapshot, live);
+        self.publish_snapshot(c.snapshot, c.tally);
         self.epoch = epoch;
+        self.unresolved = c.unresolved;
         if freed {
             self.note_freed(epoch);
         }
-        match union {
-            None => self.current_steer = c.steer,
-            Some(union) => match apply_steer(&mut self.steering, &c.steer, &self.host.masq.ports) {
-                Ok(()) => self.current_steer = c.steer,
+        if let (Some(union), Some(next)) = (union, c.steer) {
+            match apply_steer(&mut self.steering, &next, &self.host.masq.ports) {
+                Ok(()) => self.current_steer = next,
                 Err(e) => {
                     // The union (a superset) stays; nothing is lost but the
                     // pruning of old entries, retried at the next change.
                     warn!("steering maps keep the old entries too: {e}");
                     self.current_steer = union;
                 }
-            },
+            }
         }
-        self.unresolved = c.unresolved;
+        if matches!(after, After::Hops) {
+            return Ok(Published {
+                epoch,
+                services,
+                flushed: 0,
+            });
+        }
         {
             let snap = self.shared.snapshot.load();
             self.removed_since.retain(|k, _| snap.removed.contains(k));
@@ -417,31 +405,47 @@ impl Publisher {
         // conntrack cleanup), so the client's next datagram is scheduled
         // anew. TCP ones stay until their next segment, which resets the
         // client.
-        let Some(cfg) = cfg else {
-            return Ok(Published {
-                epoch,
-                services,
-                flushed: 0,
-            });
-        };
-        let flushed = if !left {
-            0
-        } else {
-            let snap = self.shared.snapshot.load();
-            let live = &self.live;
-            self.shared.flows.remove_where(|e| {
-                e.reply.proto != proto::TCP
-                    && if is_dr_flow(e) {
-                        // Named by next hop, not address (keep_removed).
-                        let hop = snap.current_hop(e.orig_hop);
-                        !live.dr.contains(&(hop, e.original.dport, e.original.proto))
-                    } else {
-                        !live
-                            .backends
-                            .contains(&(e.reply.src, e.reply.sport, e.reply.proto))
-                    }
+        let flushed = if c.left { self.flush_left() } else { 0 };
+        if let After::Config(cfg) = after {
+            self.apply_config(cfg);
+        }
+        Ok(Published {
+            epoch,
+            services,
+            flushed,
+        })
+    }
+
+    /// Removes the UDP/SCTP flows whose endpoint the table in service no
+    /// longer has; returns how many.
+    fn flush_left(&self) -> usize {
+        let snap = self.shared.snapshot.load();
+        let live = &self.tally.live;
+        // A direct-routing flow is named by next hop, not address
+        // (compile::carry_removed_hops).
+        let dr: HashSet<(L2Hop, u16, u8)> = self
+            .tally
+            .dr
+            .keys()
+            .filter_map(|&(a, port, proto)| {
+                let nh = snap.nexthops.get(&a)?;
+                Some((nh.hop, port, proto))
             })
-        };
+            .collect();
+        self.shared.flows.remove_where(|e| {
+            e.reply.proto != proto::TCP
+                && if is_dr_flow(e) {
+                    let hop = snap.current_hop(e.orig_hop);
+                    !dr.contains(&(hop, e.original.dport, e.original.proto))
+                } else {
+                    !live.contains(&(e.reply.src, e.reply.sport, e.reply.proto))
+                }
+        })
+    }
+
+    /// Brings what is built from the whole config (DNS zone, health-check
+    /// servers, the checks' targets) to `cfg`, now in service.
+    fn apply_config(&mut self, cfg: Config) {
         if let Some((d, domain)) = &self.dns {
             match DnsZone::new(domain, &cfg.dns) {
                 Ok(z) => d.update(z),
@@ -452,12 +456,7 @@ impl Publisher {
             warn!("health checks: {e}");
         }
         self.checks.set_targets(&cfg);
-        self.applied = cfg;
-        Ok(Published {
-            epoch,
-            services,
-            flushed,
-        })
+        self.applied = Some(cfg);
     }
 
     /// Compiles and publishes `cfg`.
@@ -466,35 +465,68 @@ impl Publisher {
     /// [`ApplyError`]; nothing was published.
     pub fn publish(&mut self, cfg: Config) -> Result<Published, ApplyError> {
         let before = std::mem::replace(&mut self.health_down, self.checks.down());
-        let r = self
-            .prepare(&cfg, &HashSet::new(), RESOLVE_TIMEOUT)
-            .map_err(ApplyError::from)
-            .and_then(|c| Ok(self.swap(c, Some(cfg))?));
+        let r = self.publish_whole(cfg);
         if r.is_err() {
             self.health_down = before;
         }
         r
     }
 
-    /// Compiles and publishes `cfg`, which differs from the config in
-    /// service by `delta` (the incremental compile's): the table is built
-    /// from the change alone. While a real-server check holds a server
-    /// down (now or in the table in service), the whole spec list is used
-    /// instead, as the checks' overlay rewrites specs the change does not
-    /// name.
+    /// [`Publisher::publish`] with [`Publisher::health_down`] taken: the
+    /// table built from every spec, with the checks' overlay.
+    fn publish_whole(&mut self, cfg: Config) -> Result<Published, ApplyError> {
+        let c = {
+            let overlaid = Checks::overlay(&cfg, &self.health_down);
+            self.prepare(
+                Specs::Whole(&overlaid.services),
+                &HashSet::new(),
+                false,
+                RESOLVE_TIMEOUT,
+            )?
+        };
+        Ok(self.swap(c, After::Config(cfg))?)
+    }
+
+    /// Publishes the change `delta` (the incremental compile's) to the
+    /// config in service: the table is built from the change alone, and
+    /// the whole config — `cfg`, called only then — is built only when the
+    /// change needs it ([`Delta::needs_config`]) or while a real-server
+    /// check holds a server down (now or in the table in service), as the
+    /// checks' overlay rewrites specs the change does not name.
     ///
     /// # Errors
     /// [`ApplyError`]; nothing was published.
-    pub fn publish_delta(&mut self, cfg: Config, delta: &Delta) -> Result<Published, ApplyError> {
+    pub fn publish_delta(
+        &mut self,
+        delta: &Delta,
+        cfg: impl FnOnce() -> Config,
+    ) -> Result<Published, ApplyError> {
         let before = std::mem::replace(&mut self.health_down, self.checks.down());
         let overlaid = !before.is_empty() || !self.health_down.is_empty();
-        let delta = (!overlaid).then_some(delta);
-        let r = self
-            .prepare_with(&cfg, delta, &HashSet::new(), RESOLVE_TIMEOUT)
+        let r = if overlaid {
+            self.publish_whole(cfg())
+        } else {
+            self.prepare(
+                Specs::Changed(delta),
+                &HashSet::new(),
+                false,
+                RESOLVE_TIMEOUT,
+            )
             .map_err(ApplyError::from)
-            .and_then(|c| Ok(self.swap(c, Some(cfg))?));
-        if r.is_err() {
-            self.health_down = before;
+            .and_then(|c| {
+                let after = if delta.needs_config() {
+                    After::Config(cfg())
+                } else {
+                    After::Endpoints
+                };
+                Ok(self.swap(c, after)?)
+            })
+        };
+        match &r {
+            Err(_) => self.health_down = before,
+            // The config in service is no longer the one kept.
+            Ok(_) if !overlaid && !delta.needs_config() => self.applied = None,
+            Ok(_) => {}
         }
         r
     }
@@ -506,11 +538,17 @@ impl Publisher {
 
     /// Republishes the config in service with the checks' current overlay,
     /// if it differs from the one published; None when it does not.
-    pub fn republish_health(&mut self) -> Option<Result<Published, ApplyError>> {
+    /// `cfg` builds the config in service when the publisher no longer
+    /// keeps it (None: it cannot be built; nothing is republished).
+    pub fn republish_health(
+        &mut self,
+        cfg: impl FnOnce() -> Option<Config>,
+    ) -> Option<Result<Published, ApplyError>> {
         if self.checks.down() == self.health_down {
             return None;
         }
-        let r = self.publish(self.applied.clone());
+        let cfg = self.applied.clone().or_else(cfg)?;
+        let r = self.publish(cfg);
         match &r {
             Ok(p) => info!(
                 "health checks: epoch {} published, {} real server(s) down",
@@ -546,12 +584,13 @@ impl Publisher {
         if self.unresolved.is_empty() {
             return;
         }
-        let Ok(c) = self.prepare(&self.applied, &HashSet::new(), RETRY_RESOLVE_TIMEOUT) else {
+        let same = Specs::Changed(&Delta::default());
+        let Ok(c) = self.prepare(same, &HashSet::new(), true, RETRY_RESOLVE_TIMEOUT) else {
             return;
         };
         if c.unresolved.len() < self.unresolved.len() {
             let more = self.unresolved.len() - c.unresolved.len();
-            if self.swap(c, None).is_ok() {
+            if self.swap(c, After::Hops).is_ok() {
                 info!("next hops resolved for {more} more backend(s)");
             }
         }
@@ -579,7 +618,7 @@ impl Publisher {
         }
         let old = self.shared.snapshot.load();
         let mut nexthops = old.nexthops.clone();
-        let mut steer = self.current_steer.clone();
+        let mut snat: Vec<Addr> = Vec::new();
         for m in &moved {
             info!(
                 "backend {}: next hop now {:02x?} on port {} (was {:?})",
@@ -589,10 +628,18 @@ impl Publisher {
                 m.old.map(|o| o.hop.mac)
             );
             nexthops.insert(m.addr, m.new);
-            if !steer.snat.contains(&m.new.snat) {
-                steer.snat.push(m.new.snat);
+            if !self.current_steer.snat.contains(&m.new.snat) && !snat.contains(&m.new.snat) {
+                snat.push(m.new.snat);
             }
         }
+        // A hop through a new source adds it to the SNAT set (a superset
+        // until the next whole compile: nothing is lost).
+        let steer = (!snat.is_empty()).then(|| {
+            let mut s = self.current_steer.clone();
+            s.snat.extend(snat);
+            s.snat.sort_unstable();
+            s
+        });
         let c = Compiled {
             snapshot: Snapshot {
                 services: old.services.with_version(self.epoch + 1),
@@ -609,10 +656,11 @@ impl Publisher {
                 .filter(|a| !moved.iter().any(|m| m.addr == **a))
                 .copied()
                 .collect(),
-            live: None,
+            tally: TallyUpdate::Same,
+            left: false,
         };
         drop(old);
-        match self.swap(c, None) {
+        match self.swap(c, After::Hops) {
             Ok(p) => Some(p),
             Err(e) => {
                 warn!("next hops not republished: {e}");
@@ -635,10 +683,11 @@ impl Publisher {
         if gone.is_empty() {
             return;
         }
-        let Ok(c) = self.prepare(&self.applied, &gone, RETRY_RESOLVE_TIMEOUT) else {
+        let same = Specs::Changed(&Delta::default());
+        let Ok(c) = self.prepare(same, &gone, false, RETRY_RESOLVE_TIMEOUT) else {
             return;
         };
-        if self.swap(c, Some(self.applied.clone())).is_ok() {
+        if self.swap(c, After::Endpoints).is_ok() {
             info!(
                 "forgot {} endpoint(s) removed more than {:?} ago",
                 gone.len(),
@@ -668,12 +717,13 @@ impl Publisher {
                 removed: old.removed.clone(),
                 moved: self.moved_hops(),
             },
-            steer: self.current_steer.clone(),
+            steer: None,
             unresolved: self.unresolved.clone(),
-            live: None,
+            tally: TallyUpdate::Same,
+            left: false,
         };
         drop(old);
-        if let Err(e) = self.swap(c, None) {
+        if let Err(e) = self.swap(c, After::Hops) {
             warn!("moved next hops not pruned: {e}");
         }
     }
@@ -818,7 +868,8 @@ impl Reconciler {
                 // A refused change leaves the cache as it was.
                 let delta = inc.apply(objects, &changed)?;
                 published = true;
-                publisher.publish_delta(inc.config(), &delta)
+                let inc: &Incremental = inc;
+                publisher.publish_delta(&delta, || inc.config())
             });
         self.inc = match (inc, published, r.is_ok()) {
             // Compiled but not published: the cache is ahead of the store.
@@ -844,6 +895,18 @@ impl Reconciler {
             let _ = self.events.send(e.clone());
         }
         Ok(Applied { commit, seen })
+    }
+
+    /// Republishes the config in service with the real-server checks'
+    /// current overlay, if it changed ([`Publisher::republish_health`]).
+    pub fn republish_health(&mut self) -> Option<Result<Published, ApplyError>> {
+        let (inc, store, ctx) = (&self.inc, &self.store, &self.publisher.host.ctx.clone());
+        self.publisher.republish_health(|| match inc {
+            Some(i) => Some(i.config()),
+            None => compile_config(store.objects(), ctx)
+                .map_err(|e| error!("health checks: the config in service does not compile: {e}"))
+                .ok(),
+        })
     }
 
     /// Takes the reconciler apart for shutdown.
