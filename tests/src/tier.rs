@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::bird::{kernel_nexthops, Bird};
 use crate::netns::{exec_timeout, CmdOutput};
-use crate::sluice::{poll_until, sluice_bin, Sluice};
+use crate::sluice::{poll_until, sluice_bin, Sluice, StopReport};
 use crate::topology::{Role, Topology, TopologyOpts};
 use crate::VIP;
 
@@ -421,6 +421,15 @@ impl<'t> Tier<'t> {
         let mut birds = vec![&self.router];
         birds.extend(self.hosts.iter().filter_map(|h| h.bird.as_ref()));
         wait_route(self.topo, &birds, &ips, what, &self.logs());
+    }
+
+    /// Stops host `i`'s sluice with SIGTERM (it withdraws its VIPs before
+    /// it exits; its BIRD stays up) and returns what it reported.
+    ///
+    /// # Panics
+    /// If the host is down.
+    pub fn stop(&mut self, i: usize) -> StopReport {
+        self.hosts[i].sluice.take().expect("host is down").stop()
     }
 
     /// The nft bridge table that cuts host `i` off at the front switch.

@@ -179,7 +179,7 @@ fn host_loss(method: &str) {
         "{method}: ECMP split {} on host 0, {} on host 1 (of {FLOWS}); host 1's path gone \
          from the router after {gone:?}; broken {} of {FLOWS} ({:.0}%): {broken:?}; host 0 \
          picked up {picked}",
-        FLOWS as usize - on_lost.len(),
+        usize::from(FLOWS) - on_lost.len(),
         on_lost.len(),
         broken.len(),
         100.0 * broken.len() as f64 / f64::from(FLOWS),
