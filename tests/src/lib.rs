@@ -7,6 +7,9 @@
 //! test builds its own [`Topology`] with a random name prefix, so tests run in
 //! parallel, and everything it creates (namespaces, the veths inside them,
 //! processes) is removed when the guard drops, also when the test panics.
+//! `SLUICE_NS_PREFIX` (1-6 lower-case letters or digits) replaces the
+//! prefix's leading `sl`, so that parallel runs of different people are
+//! told apart.
 //!
 //! ```text
 //!  <p>-client            <p>-lb                 <p>-sw (br0)          <p>-bN
