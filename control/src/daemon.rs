@@ -331,7 +331,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // frame (`attach_all` below).
     let mut steering = Vec::new();
     for l in &links {
-        steering.push(Steering::load(&l.name, args.xdp_mode)?);
+        let mut s = Steering::load(&l.name, args.xdp_mode)?;
+        // Only frames for this link's MAC (steer.c's header comment): a
+        // segment that floods another host's frames here (a tier whose
+        // switch forgot a dead host) must not get them forwarded twice.
+        s.set_own_mac((l.mac != [0; 6]).then_some(l.mac))?;
+        steering.push(s);
     }
     apply_steer(&mut steering, &first_steer, &host.masq.ports)?;
     let ports = open_ports(&links, workers, &mut steering)?;
@@ -534,6 +539,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         "counter xdp_fragments_redirected_{} {}",
                         l.name, s.fragments_redirected
                     );
+                    println!("counter xdp_other_host_{} {}", l.name, s.other_host);
                 }
                 Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
             }

@@ -323,9 +323,15 @@ fn worker_metrics(reg: &mut Registry, r: &Report) {
         "worker_idle_polls",
         "Loop turns that received nothing (idle ratio = idle_polls / (idle_polls + bursts))",
     );
+    let picked = family::<Counter>(
+        reg,
+        "worker_flows_picked_up",
+        "Mid-flow TCP segments without a flow forwarded by the Maglev choice and given a flow (connections moved here from another host of a tier; mh services by DR or IPIP)",
+    );
     for w in &r.workers {
         let wl = l(&[("worker", w.worker.to_string())]);
         let c = |k: &str| w.counters.get(k).copied().unwrap_or(0);
+        picked.get_or_create(&wl).inc_by(c("flows_picked_up"));
         rx.get_or_create(&wl).inc_by(c("rx"));
         tx.get_or_create(&wl).inc_by(c("tx"));
         bursts.get_or_create(&wl).inc_by(w.bursts);
@@ -455,7 +461,9 @@ mod tests {
             services: Vec::new(),
             workers: vec![crate::stats::WorkerStats {
                 worker: 0,
-                counters: [("rx".to_string(), 5)].into_iter().collect(),
+                counters: [("rx".to_string(), 5), ("flows_picked_up".to_string(), 4)]
+                    .into_iter()
+                    .collect(),
                 bursts: 1,
                 idle_polls: 9,
                 heartbeat_age_ms: 1,
@@ -483,6 +491,7 @@ mod tests {
             "sluice_bgp_announced{vip=\"2001:db8:100::10\"} 0",
             "sluice_bgp_configure_failures_total 2",
             "sluice_worker_rx_packets_total{worker=\"0\"} 5",
+            "sluice_worker_flows_picked_up_total{worker=\"0\"} 4",
             "sluice_worker_drops_total{worker=\"0\",reason=\"too_big\"} 0",
             "sluice_table_generation 3",
             "sluice_flow_table_evictions_total{class=\"idle\"} 2",

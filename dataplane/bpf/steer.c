@@ -86,7 +86,22 @@
  * Values of `vips` and `backends` are one byte, ignored.
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]), [3] fragments passed (also
- * counted in [1]), [4] fragments redirected (also counted in [0]).
+ * counted in [1]), [4] fragments redirected (also counted in [0]), [5]
+ * unicast frames for another MAC (also counted in [1]).
+ *
+ * Destination MAC: only a unicast frame addressed to the interface's own
+ * MAC (`own_mac`, written by the loader from the link's address) is judged
+ * at all. A broadcast or multicast frame (I/G bit set) passes: ARP and
+ * neighbour discovery, which the kernel needs, never match the rules
+ * anyway, and no load-balancer flow is addressed to a group MAC. A unicast
+ * frame for another MAC passes too, counted in stats[5]: the kernel drops
+ * it as PACKET_OTHERHOST. Such frames reach the interface when a switch
+ * floods unknown unicast -- in a tier, the frames for a host whose MAC
+ * the bridge forgot (it was cut off, it died) reach every other host on
+ * the segment -- and without the check every one of those hosts would
+ * forward them: one client segment, several copies at the backend. XDP
+ * runs before the kernel's own check (eth_type_trans), so the program
+ * must make it. With `own_mac` unset (all zero) the check is off.
  * `frags` keys are struct frag_key (40 bytes, no implicit padding); the
  * user space never reads them.
  *
@@ -186,7 +201,16 @@ enum {
 	STAT_ICMP_REDIRECTED = 2,
 	STAT_FRAGMENT_PASSED = 3,
 	STAT_FRAGMENT_REDIRECTED = 4,
-	STAT_MAX = 5,
+	STAT_OTHER_HOST = 5,
+	STAT_MAX = 6,
+};
+
+/* The interface's own MAC (`own_mac`, set by the loader; `set` 0 turns the
+ * check off). */
+struct own_mac {
+	__u8 mac[6];
+	__u8 set;
+	__u8 pad;
 };
 
 struct {
@@ -231,6 +255,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct port_range);
 } snat_range SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct own_mac);
+} own_mac SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -280,6 +311,13 @@ struct icmp_head {
 	__be16 csum;
 	__be32 rest;
 };
+
+/* Byte by byte: BPF has no memcmp. */
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) |
+		(a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
 
 static __always_inline int count(__u32 idx, int verdict)
 {
@@ -457,6 +495,18 @@ int sluice_steer(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > data_end)
 		return count(STAT_PASSED, XDP_PASS);
+	/* Only frames addressed to this interface: see the header comment. */
+	if (eth->h_dest[0] & 1)
+		return count(STAT_PASSED, XDP_PASS);
+	{
+		__u32 zero = 0;
+		struct own_mac *m = bpf_map_lookup_elem(&own_mac, &zero);
+
+		if (m && m->set && !mac_eq(eth->h_dest, m->mac)) {
+			count(STAT_OTHER_HOST, 0);
+			return count(STAT_PASSED, XDP_PASS);
+		}
+	}
 	h_proto = eth->h_proto;
 	l3 = eth + 1;
 

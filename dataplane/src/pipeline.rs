@@ -368,6 +368,10 @@ pub struct Stats {
     pub rejected: u64,
     /// Stray TCP segments of unknown flows answered with a RST.
     pub resets: u64,
+    /// Mid-flow TCP segments (no SYN) without a flow that were forwarded
+    /// by the Maglev choice and got a flow ([`picks_up_mid_flow`]): the
+    /// connections ECMP moved to this host from another of its tier.
+    pub flows_picked_up: u64,
     /// New flows that followed a session-affinity entry.
     pub affinity_hits: u64,
     /// ICMP fragmentation needed / packet too big answers sent (the worker
@@ -548,10 +552,9 @@ pub fn process_hashed(
     let Some((svc_idx, svc)) = snap.services.lookup(&vip) else {
         return Verdict::Drop(DropReason::NoService);
     };
-    if key.proto == proto::TCP
-        && (p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)) != tcp_flags::SYN
-        && !picks_up_mid_flow(&svc.spec, p.tcp_flags)
-    {
+    let mid_flow = key.proto == proto::TCP
+        && (p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)) != tcp_flags::SYN;
+    if mid_flow && !picks_up_mid_flow(&svc.spec, p.tcp_flags) {
         // IPVS creates TCP connections only on SYN; a segment of a flow we
         // do not know (expired, flushed because its endpoint left, or from
         // before a restart) must not be scheduled onto a backend that never
@@ -681,6 +684,10 @@ pub fn process_hashed(
     svc.conns.on_new(b_idx);
     svc.traffic.on_new(b_idx, len.saturating_sub(p.l3_offset));
     stats.new_flows += 1;
+    if mid_flow {
+        // Only [`picks_up_mid_flow`]'s services get here without a SYN.
+        stats.flows_picked_up += 1;
+    }
     if masq {
         stats.snat_flows += 1;
     }

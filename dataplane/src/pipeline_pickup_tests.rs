@@ -137,6 +137,8 @@ fn an_ack_without_flow_to_an_mh_dr_service_goes_to_the_maglev_backend_and_is_rec
         let mut other = Host::new(SchedKind::Maglev, ForwardMethod::Dr);
         let (v, syn_out) = other.run(&tcp(c, 40000, tcp_flags::SYN));
         assert_eq!(v, Verdict::Tx(1));
+        // A SYN is a new flow, not a pickup.
+        assert_eq!((other.stats.new_flows, other.stats.flows_picked_up), (1, 0));
         let want_mac: Mac = syn_out[..6].try_into().unwrap();
         backends.insert(want_mac);
 
@@ -159,6 +161,9 @@ fn an_ack_without_flow_to_an_mh_dr_service_goes_to_the_maglev_backend_and_is_rec
         assert_eq!((v, &out[..6]), (Verdict::Tx(1), &want_mac[..]));
     }
     assert_eq!(host.stats.new_flows, 32);
+    // Each client's first segment here was picked up; the FIN that
+    // followed it found its flow.
+    assert_eq!(host.stats.flows_picked_up, 32);
     assert_eq!(host.stats.resets, 0);
     assert_eq!(host.flows.len(), 32);
     assert!(backends.len() > 1, "the clients spread: {backends:?}");
@@ -182,6 +187,7 @@ fn an_ack_without_flow_to_an_mh_ipip_service_is_tunnelled_to_the_maglev_backend(
         );
     }
     assert_eq!((host.stats.new_flows, host.stats.resets), (16, 0));
+    assert_eq!(host.stats.flows_picked_up, 16);
 }
 
 #[test]
@@ -198,6 +204,7 @@ fn an_ack_without_flow_is_still_reset_for_other_schedulers_nat_and_fullnat() {
         assert!(is_rst_to_client(&out, 7), "{sched:?} {fwd:?}");
         assert_eq!(host.flows.len(), 0, "{sched:?} {fwd:?}");
         assert_eq!(host.stats.resets, 1);
+        assert_eq!(host.stats.flows_picked_up, 0, "{sched:?} {fwd:?}");
     }
 }
 
@@ -209,4 +216,5 @@ fn a_stray_rst_to_an_mh_dr_service_creates_nothing() {
         assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
     }
     assert_eq!(host.flows.len(), 0);
+    assert_eq!(host.stats.flows_picked_up, 0);
 }

@@ -72,6 +72,8 @@
 //! | IPv4 option with a broken length, matching | redirect | dropped: `bad_ip_options` |
 //! | TCP SYN+FIN, SYN+RST, no flags, FIN without ACK | redirect | dropped: `bad_tcp_flags`, before the flow lookup (no flow is created) |
 //! | endpoint → a host address, port outside the SNAT range | pass (the host's own connection) | — |
+//! | unicast to another MAC than the interface's, any content | pass, counted as `xdp_other_host_IF` (the kernel drops it: PACKET_OTHERHOST) | — |
+//! | broadcast or multicast destination MAC, any content | pass (ARP, ND; no flow is addressed to a group MAC) | — |
 //!
 //! The fragments of one datagram must not be split between Sluice and the
 //! kernel, and only the first carries ports: so the first decides, by the
@@ -160,6 +162,8 @@ const STAT_ICMP_REDIRECTED: u32 = 2;
 const STAT_FRAGMENT_PASSED: u32 = 3;
 /// Index of the fragments-redirected counter in `stats`.
 const STAT_FRAGMENT_REDIRECTED: u32 = 4;
+/// Index of the other-host counter in `stats` (unicast for another MAC).
+const STAT_OTHER_HOST: u32 = 5;
 /// Capacity of the `frags` map (datagrams whose later fragments follow
 /// their redirected first).
 pub const MAX_FRAGS: usize = 16384;
@@ -283,6 +287,10 @@ pub struct SteerStats {
     /// Fragments redirected: first fragments of load-balancer traffic and
     /// the later fragments that follow them (also counted in `redirected`).
     pub fragments_redirected: u64,
+    /// Unicast frames addressed to another MAC than the interface's
+    /// ([`Steering::set_own_mac`]), passed to the kernel (which drops them
+    /// as PACKET_OTHERHOST; also counted in `passed`).
+    pub other_host: u64,
 }
 
 /// The steering program attached to one interface.
@@ -298,6 +306,7 @@ pub struct Steering {
     snat_addrs: HashMap<MapData, [u8; 16], u8>,
     local_addrs: HashMap<MapData, [u8; 16], u8>,
     snat_range: Array<MapData, [u16; 2]>,
+    own_mac: Array<MapData, [u8; 8]>,
     stats: PerCpuArray<MapData, u64>,
     fast: FastMap,
     fast_stats: PerCpuArray<MapData, u64>,
@@ -382,6 +391,7 @@ impl Steering {
         let snat_addrs = open_map(&mut ebpf, &name, "snat_addrs", HashMap::try_from)?;
         let local_addrs = open_map(&mut ebpf, &name, "local_addrs", HashMap::try_from)?;
         let snat_range = open_map(&mut ebpf, &name, "snat_range", Array::try_from)?;
+        let own_mac = open_map(&mut ebpf, &name, "own_mac", Array::try_from)?;
         let stats = open_map(&mut ebpf, &name, "stats", PerCpuArray::try_from)?;
         let fast = open_map(&mut ebpf, &name, "fast_flows", Ok)?;
         let fast = FastMap::new(&name, fast)?;
@@ -396,6 +406,7 @@ impl Steering {
             snat_addrs,
             local_addrs,
             snat_range,
+            own_mac,
             stats,
             fast,
             fast_stats,
@@ -583,6 +594,26 @@ impl Steering {
         )
     }
 
+    /// Sets the interface's own MAC: from now on only unicast frames
+    /// addressed to it (and no broadcast or multicast frame) are judged by
+    /// the rules; a unicast frame for another MAC passes to the kernel,
+    /// which drops it (`SteerStats::other_host`). Until it is set, or with
+    /// `None`, the program judges every frame whatever its destination
+    /// MAC but a group one.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`] when the map cannot be written.
+    pub fn set_own_mac(&mut self, mac: Option<[u8; 6]>) -> Result<(), SteerError> {
+        let mut v = [0u8; 8];
+        if let Some(m) = mac {
+            v[..6].copy_from_slice(&m);
+            v[6] = 1;
+        }
+        self.own_mac
+            .set(0, v, 0)
+            .map_err(|e| map_err(&self.ifname, "own_mac", "insert", e))
+    }
+
     /// The program's counters, summed over CPUs.
     ///
     /// # Errors
@@ -601,6 +632,7 @@ impl Steering {
             icmp_errors: sum(STAT_ICMP_REDIRECTED)?,
             fragments_passed: sum(STAT_FRAGMENT_PASSED)?,
             fragments_redirected: sum(STAT_FRAGMENT_REDIRECTED)?,
+            other_host: sum(STAT_OTHER_HOST)?,
         })
     }
 }

@@ -83,6 +83,9 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Stray TCP segments of unknown flows answered with a RST.
     pub resets: AtomicU64,
+    /// Mid-flow TCP segments without a flow picked up by the Maglev choice
+    /// (`Stats::flows_picked_up`).
+    pub flows_picked_up: AtomicU64,
     /// New flows that followed a session-affinity entry.
     pub affinity_hits: AtomicU64,
     /// Flows created.
@@ -135,6 +138,7 @@ impl Counters {
         bump(&self.tx, s.tx);
         bump(&self.rejected, s.rejected);
         bump(&self.resets, s.resets);
+        bump(&self.flows_picked_up, s.flows_picked_up);
         bump(&self.affinity_hits, s.affinity_hits);
         bump(&self.new_flows, s.new_flows);
         bump(&self.snat_flows, s.snat_flows);
@@ -170,6 +174,7 @@ impl Counters {
             ("tx".to_string(), l(&self.tx)),
             ("rejected".to_string(), l(&self.rejected)),
             ("resets".to_string(), l(&self.resets)),
+            ("flows_picked_up".to_string(), l(&self.flows_picked_up)),
             ("affinity_hits".to_string(), l(&self.affinity_hits)),
             ("new_flows".to_string(), l(&self.new_flows)),
             ("snat_flows".to_string(), l(&self.snat_flows)),

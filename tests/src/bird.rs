@@ -9,8 +9,10 @@
 //! BIRD logs to stderr, which the guard captures for failure messages.
 //!
 //! The timers are short for the test (`hold time 3; keepalive time 1;
-//! connect retry time 1; connect delay time 1;`), so a session comes up in
-//! about a second and a lost peer is noticed in three.
+//! connect retry time 1; connect delay time 1; error wait time 1, 5;`), so
+//! a session comes up in about a second, a lost peer is noticed in three,
+//! and a peer that comes back after its session failed (a host of a tier
+//! restarted) is retried within seconds, not after BIRD's default 60 s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,8 +29,8 @@ pub const LB_AS: u32 = 65001;
 
 /// BGP timers short enough for a test (names from the BIRD 2 manual, BGP
 /// protocol options).
-const TIMERS: &str =
-    "  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  connect delay time 1;\n";
+const TIMERS: &str = "  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  \
+     connect delay time 1;\n  error wait time 1, 5;\n";
 
 /// How long `start` waits for the control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

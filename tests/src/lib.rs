@@ -7,6 +7,9 @@
 //! test builds its own [`Topology`] with a random name prefix, so tests run in
 //! parallel, and everything it creates (namespaces, the veths inside them,
 //! processes) is removed when the guard drops, also when the test panics.
+//! `SLUICE_NS_PREFIX` (1-6 lower-case letters or digits) replaces the
+//! prefix's leading `sl`, so that parallel runs of different people are
+//! told apart.
 //!
 //! ```text
 //!  <p>-client            <p>-lb                 <p>-sw (br0)          <p>-bN
@@ -19,7 +22,8 @@
 //! 2001:db8:1::/64 behind; `lb_nodes(2)` adds a second LB node `<p>-lb2`
 //! (front 198.18.0.3, back 198.18.1.2) on shared front and back bridges, and
 //! [`Sluice::start_in`] runs sluice in either node. [`k8s`] builds the
-//! EndpointSlices of test configs.
+//! EndpointSlices of test configs; [`tier`] sets up a tier of LB hosts
+//! behind a router's ECMP, each announcing the VIPs through its own BIRD.
 //!
 //! Rules the harness keeps (GUIDE "The test network"): addresses only from
 //! 198.18.0.0/15; every command bounded in time; processes ended by PID, only
@@ -32,6 +36,7 @@ pub mod fake_apiserver;
 pub mod k8s;
 mod netns;
 mod sluice;
+pub mod tier;
 mod topology;
 
 pub use netns::{exec_timeout, BgProcess, CmdOutput, Pipe};

@@ -176,6 +176,19 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `SLUICE_NS_PREFIX` when it is 1-6 lower-case ASCII letters or digits,
+/// else `sl`.
+fn ns_prefix() -> String {
+    std::env::var("SLUICE_NS_PREFIX")
+        .ok()
+        .filter(|p| {
+            (1..=6).contains(&p.len())
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        .unwrap_or_else(|| "sl".to_string())
+}
+
 fn find_testsrv(opt: Option<PathBuf>) -> PathBuf {
     if let Some(p) = opt {
         return p;
@@ -193,7 +206,10 @@ fn find_testsrv(opt: Option<PathBuf>) -> PathBuf {
 }
 
 impl Topology {
-    /// Builds the topology with a random prefix (`sl` + 8 hex digits).
+    /// Builds the topology with a random prefix (`sl` + 8 hex digits; the
+    /// `sl` is `SLUICE_NS_PREFIX` instead when that is 1-6 lower-case
+    /// letters or digits, so that parallel runs by different people are
+    /// told apart at a glance).
     ///
     /// # Panics
     /// If any setup step fails; whatever was built is removed first.
@@ -209,7 +225,7 @@ impl Topology {
             opts.lb_nodes
         );
         let mut topo = Topology {
-            prefix: format!("sl{}", random_hex()),
+            prefix: format!("{}{}", ns_prefix(), random_hex()),
             backends: opts.backends,
             lb_nodes: opts.lb_nodes,
             ipv6: opts.ipv6,

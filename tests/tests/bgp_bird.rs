@@ -19,15 +19,12 @@ use std::time::Duration;
 
 use sluice_tests::bird::{kernel_nexthops, Bird};
 use sluice_tests::k8s::{endpoint_slice, Ep};
+use sluice_tests::tier::{self, bgp_args, Tier, ROUTER_IP, ROUTE_WAIT};
 use sluice_tests::{
     parse_backend_reply, poll_until, require_root, topology, ReloadOutcome, Role, Sluice, Topology,
     TopologyOpts, VIP,
 };
 
-/// How long a route may take to appear or go (BGP session set-up with
-/// 1 s timers, the 1 s warm-up, BIRD's reconfiguration).
-const ROUTE_WAIT: Duration = Duration::from_secs(15);
-const ROUTER_IP: &str = "198.18.0.4";
 const LB_IP: &str = "198.18.0.1";
 
 /// `default/web` on the VIP, port 80 → 8080, backends b1 and b2, ready or
@@ -49,50 +46,10 @@ fn config(ready: bool) -> String {
     )
 }
 
-/// `sluice run` arguments that drive the LB's BIRD of `topo`.
-fn bgp_args(topo: &Topology, role: Role) -> Vec<String> {
-    let p = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-    vec![
-        "--workers".into(),
-        "1".into(),
-        "--bgp".into(),
-        "bird".into(),
-        "--bird-socket".into(),
-        p(Bird::socket_path(topo, role)),
-        "--bird-include".into(),
-        p(Bird::include_path(topo, role)),
-        "--bird-include6".into(),
-        p(Bird::include6_path(topo, role)),
-        "--announce-after".into(),
-        "1s".into(),
-    ]
-}
-
 /// Waits until the router's kernel route to the VIP has exactly `want` as
 /// next hops (empty: no route); panics with both BIRDs' views otherwise.
 fn wait_route(topo: &Topology, birds: &[&Bird], want: &[&str], what: &str, logs: &str) {
-    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    let got = poll_until(ROUTE_WAIT, || {
-        (kernel_nexthops(topo, VIP) == want).then_some(())
-    });
-    if got.is_none() {
-        let views: Vec<String> = birds
-            .iter()
-            .map(|b| {
-                let r = b.birdc("show route all");
-                let p = b.birdc("show protocols");
-                format!("{}\n{}", p.stdout, r.stdout)
-            })
-            .collect();
-        panic!(
-            "{what}: the router's route to {VIP} has next hops {:?}, want {want:?} \
-             (after {ROUTE_WAIT:?})\n--- ip route in the router\n{}\n--- BIRDs\n{}\n--- sluice log\n{logs}",
-            kernel_nexthops(topo, VIP),
-            topo.exec(Role::Router, &["ip", "route"], Duration::from_secs(5))
-                .stdout,
-            views.join("\n---\n"),
-        );
-    }
+    tier::wait_route(topo, birds, want, what, logs)
 }
 
 /// One HTTP request from the client to the VIP (through the router):
@@ -109,18 +66,7 @@ fn request(topo: &Topology) -> Result<String, String> {
 
 /// The LB's `/metrics` text (the default address, in its namespace).
 fn metrics(topo: &Topology, lb: Role) -> String {
-    topo.exec(
-        lb,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "http://127.0.0.1:10249/metrics",
-        ],
-        Duration::from_secs(5),
-    )
-    .stdout
+    tier::metrics(topo, lb)
 }
 
 /// `sluice_bgp_announced{vip="VIP"}` as the LB's `/metrics` shows it.
@@ -258,70 +204,22 @@ fn mh_config() -> String {
     )
 }
 
-/// `sluice_table_digest_info{digest="..."}`'s digest in `lb`'s `/metrics`.
-fn digest(topo: &Topology, lb: Role) -> Option<String> {
-    metrics(topo, lb).lines().find_map(|l| {
-        let rest = l.strip_prefix("sluice_table_digest_info{digest=\"")?;
-        Some(rest.split('"').next()?.to_string())
-    })
-}
-
-/// Two LB hosts, each with sluice and BIRD, announce the same VIP; the
-/// router's BIRD merges the two paths into one multipath kernel route
-/// (`merge paths on`) and the kernel spreads flows by their ports
-/// (`fib_multipath_hash_policy=1`). 64 UDP flows from distinct source
-/// ports are all answered, both hosts carry some (the backend sees each
-/// host's own SNAT address), and with `mh` both hosts send every flow of
-/// the one client to the same backend. Withdrawing on one host leaves the
-/// route with the other alone.
+/// Two LB hosts, each with sluice and BIRD, announce the same VIP
+/// ([`Tier`]: the router's BIRD merges the two paths into one multipath
+/// kernel route, `merge paths on`, and the kernel spreads flows by their
+/// ports, `fib_multipath_hash_policy=1`; both hosts show the same table
+/// digest). 64 UDP flows from distinct source ports are all answered,
+/// both hosts carry some (the backend sees each host's own SNAT
+/// address), and with `mh` both hosts send every flow of the one client
+/// to the same backend. Withdrawing on one host leaves the route with the
+/// other alone.
 #[test]
 fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
     require_root();
-    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
-    let out = topo.exec(
-        Role::Router,
-        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
-        Duration::from_secs(5),
-    );
-    assert!(out.success(), "{out}");
-    const LB2_IP: &str = "198.18.0.3";
-    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
-    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
-    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
-    let birds = [&rt, &lb1, &lb2];
-    let cfg = mh_config();
+    let topo = topology!(Tier::opts(2));
     // Masqueraded, so that each backend's reply returns to the host that
     // forwarded the request (its own SNAT address) and names that host.
-    let masq = |mut a: Vec<String>| {
-        a.push("--masquerade-all".into());
-        a
-    };
-    let args1 = masq(bgp_args(&topo, Role::Lb));
-    let args2 = masq(bgp_args(&topo, Role::Lb2));
-    let s1 = Sluice::start_in(
-        &topo,
-        Role::Lb,
-        &cfg,
-        &args1.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let s2 = Sluice::start_in(
-        &topo,
-        Role::Lb2,
-        &cfg,
-        &args2.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    wait_route(
-        &topo,
-        &birds,
-        &[LB_IP, LB2_IP],
-        "both hosts announce",
-        &s1.logs(),
-    );
-    let (d1, d2) = (digest(&topo, Role::Lb), digest(&topo, Role::Lb2));
-    assert!(
-        d1.is_some() && d1 == d2,
-        "the hosts' table digests differ: {d1:?} {d2:?}"
-    );
+    let mut tier = Tier::start(&topo, &mh_config(), &["--masquerade-all"]);
 
     // 64 flows, each a new socket (a new source port), one query each.
     let mut by_host = std::collections::BTreeMap::<String, usize>::new();
@@ -339,13 +237,8 @@ fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
             ],
             Duration::from_secs(5),
         );
-        let (backend, peer, _) = parse_backend_reply(&out.stdout).unwrap_or_else(|| {
-            panic!(
-                "flow {i} not answered: {out}\n--- lb log\n{}\n--- lb2 log\n{}",
-                s1.logs(),
-                s2.logs()
-            )
-        });
+        let (backend, peer, _) = parse_backend_reply(&out.stdout)
+            .unwrap_or_else(|| panic!("flow {i} not answered: {out}\n{}", tier.logs()));
         *by_host.entry(peer).or_default() += 1;
         *by_backend.entry(backend).or_default() += 1;
     }
@@ -362,9 +255,9 @@ fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
     );
 
     // One host withdraws (SIGTERM): the route keeps the other alone.
-    let report = s2.stop();
+    let report = tier.stop(1);
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
-    wait_route(&topo, &birds, &[LB_IP], "lb2 stopped", &s1.logs());
+    tier.wait_nexthops(&[0], "lb2 stopped");
     let out = topo.testsrv(
         Role::Client,
         &[
@@ -385,58 +278,23 @@ fn two_hosts_announce_one_vip_and_ecmp_splits_flows_over_both() {
         8,
         "after lb2 withdrew, lb answers every query: {out}"
     );
-    let report = s1.stop();
+    let report = tier.stop(0);
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
-    wait_route(&topo, &birds, &[], "both stopped", &report.logs);
+    tier.wait_nexthops(&[], "both stopped");
 }
 
-/// The loss of a host: lb2 cut off the network (the front switch drops
-/// its frames) and its sluice and BIRD SIGKILLed, mid-stream. The router's BGP hold timer (3 s) removes
-/// lb2's path; the flows ECMP had sent to lb2 move to lb, whose `mh`
-/// choice sends them to the same backend, so every stream is answered
-/// again, by the backend it had. How long the moved streams went
-/// unanswered is printed (not asserted: speed is not a test's business).
+/// The loss of a host ([`Tier::kill`]: lb2 cut off the network, the
+/// front switch dropping its frames, and its sluice and BIRD SIGKILLed),
+/// mid-stream. The router's BGP hold timer (3 s) removes lb2's path; the
+/// flows ECMP had sent to lb2 move to lb, whose `mh` choice sends them to
+/// the same backend, so every stream is answered again, by the backend
+/// it had. How long the moved streams went unanswered is printed (not
+/// asserted: speed is not a test's business).
 #[test]
 fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
     require_root();
-    let topo = topology!(TopologyOpts::default().router(true).lb_nodes(2).backends(2));
-    let out = topo.exec(
-        Role::Router,
-        &["sysctl", "-q", "-w", "net.ipv4.fib_multipath_hash_policy=1"],
-        Duration::from_secs(5),
-    );
-    assert!(out.success(), "{out}");
-    const LB2_IP: &str = "198.18.0.3";
-    let rt = Bird::start_router(&topo, ROUTER_IP, &[LB_IP, LB2_IP]);
-    let lb1 = Bird::start_lb(&topo, Role::Lb, LB_IP, ROUTER_IP);
-    let lb2 = Bird::start_lb(&topo, Role::Lb2, LB2_IP, ROUTER_IP);
-    let cfg = mh_config();
-    let args = |r| {
-        let mut a = bgp_args(&topo, r);
-        a.push("--masquerade-all".into());
-        a
-    };
-    let (a1, a2) = (args(Role::Lb), args(Role::Lb2));
-    let s1 = Sluice::start_in(
-        &topo,
-        Role::Lb,
-        &cfg,
-        &a1.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let s2 = Sluice::start_in(
-        &topo,
-        Role::Lb2,
-        &cfg,
-        &a2.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let logs = s1.logs();
-    wait_route(
-        &topo,
-        &[&rt, &lb1, &lb2],
-        &[LB_IP, LB2_IP],
-        "both hosts",
-        &logs,
-    );
+    let topo = topology!(Tier::opts(2));
+    let mut tier = Tier::start(&topo, &mh_config(), &["--masquerade-all"]);
 
     // 16 streams (16 source ports), a datagram every 100 ms for 10 s.
     let streams: Vec<_> = (0..16)
@@ -456,23 +314,7 @@ fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
         .collect();
     std::thread::sleep(Duration::from_secs(2));
     let killed = std::time::Instant::now();
-    // Off the network first, so that no FIN of the dying BIRD's session
-    // reaches the router: it notices only when its hold timer expires.
-    // The front switch drops every frame to or from lb2's MAC (a link
-    // down would make the bridge flood lb2's frames to lb instead).
-    let m = sluice_tests::craft::mac(&topo, Role::Lb2, "front");
-    let mac = m.map(|b| format!("{b:02x}")).join(":");
-    for cmd in [
-        "add table bridge cut".to_string(),
-        "add chain bridge cut cutoff { type filter hook forward priority 0; }".to_string(),
-        format!("add rule bridge cut cutoff ether daddr {mac} drop"),
-        format!("add rule bridge cut cutoff ether saddr {mac} drop"),
-    ] {
-        let out = topo.exec(Role::Sw, &["nft", &cmd], Duration::from_secs(5));
-        assert!(out.success(), "{out}");
-    }
-    drop(s2); // SIGKILL, by PID
-    drop(lb2); // and its BIRD: the host is gone
+    tier.kill(1);
     let gone = poll_until(ROUTE_WAIT, || {
         (kernel_nexthops(&topo, VIP) == [LB_IP]).then_some(killed.elapsed())
     });
@@ -535,7 +377,7 @@ fn the_loss_of_a_host_moves_its_flows_to_the_other_and_the_same_backend() {
         moved.len()
     );
     assert!(!moved.is_empty(), "ECMP sent no stream to lb2");
-    let report = s1.stop();
+    let report = tier.stop(0);
     assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
 }
 

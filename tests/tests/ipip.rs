@@ -42,31 +42,7 @@ fn sh(topo: &Topology, role: Role, argv: &[&str]) {
 
 /// Compiles the decapsulation program into a file unique to this test.
 fn decap_object(topo: &Topology) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bpf/ipip_decap.c");
-    let obj = std::env::temp_dir().join(format!("{}-ipip_decap.o", topo.prefix()));
-    let multiarch = std::process::Command::new("gcc")
-        .arg("-print-multiarch")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("{}-linux-gnu", std::env::consts::ARCH));
-    let out = std::process::Command::new("clang")
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
-        .arg(format!("-I/usr/include/{multiarch}"))
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run clang (scripts/deps.sh installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "clang {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    obj
+    sluice_tests::tier::ipip_decap_object(topo)
 }
 
 /// A real server behind an IPIP tunnel: VIP on `lo`, ARP for it

@@ -327,3 +327,53 @@ fn ipv4_fragments_follow_their_first_or_pass_together() {
         r.counters
     );
 }
+
+/// The destination MAC check (steer.c's header comment): a UDP datagram
+/// to the VIP in a unicast frame for another MAC than the LB's `front`
+/// (as a switch floods another host's frames when it forgot that host)
+/// is left to the kernel, which drops it, and counted as
+/// `xdp_other_host_front`; so are one to the broadcast MAC (counted as
+/// passed only). The same datagram to the LB's own MAC is forwarded. Without
+/// the check the foreign frames reach b1 too: this LB would forward
+/// frames meant for another host.
+#[test]
+fn frames_for_another_mac_are_left_to_the_kernel() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1));
+    let sluice = Sluice::start(&topo, &config_v4(&[1]), &["--workers", "1"]);
+    let (lb_mac, client_mac) = (
+        craft::mac(&topo, Role::Lb, "front"),
+        craft::mac(&topo, Role::Client, "eth0"),
+    );
+    let other_mac = [0x02, 0x5a, 0, 0, 0, 0x99];
+    let (mine, other, bcast) = (craft::marker(), craft::marker(), craft::marker());
+    let ip = Ip4::new(CLIENT, VIP4);
+    let frame = |dst: [u8; 6], sport: u16, data: &[u8]| {
+        craft::ether(dst, client_mac, &[], craft::IPV4, &ip.udp(sport, 53, data))
+    };
+    let cap = Capture::start(&topo, Role::Backend(1), "eth0", &[], 3000);
+    craft::send_frames(
+        &topo,
+        Role::Client,
+        "eth0",
+        &[
+            frame(other_mac, 40011, &other),
+            frame(other_mac, 40012, &other),
+            frame([0xff; 6], 40013, &bcast),
+            frame(lb_mac, 40014, &mine),
+        ],
+    );
+    let frames = cap.frames();
+    let r = sluice.stop();
+    let has = |m: &[u8]| {
+        frames
+            .iter()
+            .filter(|f| f.windows(m.len()).any(|w| w == m))
+            .count()
+    };
+    assert_eq!(has(&mine), 1, "to the LB's MAC: forwarded once to b1");
+    assert_eq!(has(&other), 0, "to another MAC: never forwarded");
+    assert_eq!(has(&bcast), 0, "to the broadcast MAC: never forwarded");
+    assert_eq!(counter(&r, "xdp_other_host_front"), 2, "{:?}", r.counters);
+    assert_eq!(counter(&r, "new_flows"), 1, "{:?}", r.counters);
+}

@@ -59,6 +59,27 @@ pub fn rows(report: &Value) -> Vec<Vec<String>> {
     out
 }
 
+/// The table rows of the workers' part of a stats report: one per worker,
+/// with its frames, the flows it created and, of those, the ones it
+/// picked up mid-flow (a connection another host of a tier carried:
+/// `flows_picked_up`), and the stray segments it reset.
+pub fn worker_rows(report: &Value) -> Vec<Vec<String>> {
+    let head = ["WORKER", "RX", "TX", "NEWFLOWS", "PICKEDUP", "RESETS"];
+    let mut out = vec![head.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for w in report["workers"].as_array().into_iter().flatten() {
+        let c = |k: &str| w["counters"][k].as_u64().unwrap_or(0).to_string();
+        out.push(vec![
+            w["worker"].as_u64().unwrap_or(0).to_string(),
+            c("rx"),
+            c("tx"),
+            c("new_flows"),
+            c("flows_picked_up"),
+            c("resets"),
+        ]);
+    }
+    out
+}
+
 /// Prints the running sluice's stats.
 ///
 /// # Errors
@@ -78,7 +99,11 @@ pub fn stats(socket: &Path, output: Output) -> Result<(), CliError> {
         Output::Json | Output::Yaml => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }
-        Output::Table | Output::Wide => print!("{}", table::render(&rows(&v))),
+        Output::Table | Output::Wide => {
+            print!("{}", table::render(&rows(&v)));
+            println!();
+            print!("{}", table::render(&worker_rows(&v)));
+        }
     }
     Ok(())
 }
@@ -102,5 +127,16 @@ mod tests {
         );
         assert_eq!(r[2][2], "198.18.1.11:8080");
         assert_eq!(r[2][9], "1");
+    }
+
+    #[test]
+    fn a_row_per_worker_with_its_picked_up_flows() {
+        let v = serde_json::json!({"services": [], "workers": [
+            {"worker": 0, "counters": {"rx": 9, "tx": 8, "new_flows": 5, "flows_picked_up": 2, "resets": 1}},
+            {"worker": 1, "counters": {"rx": 1}}]});
+        let r = worker_rows(&v);
+        assert_eq!(r[0][4], "PICKEDUP");
+        assert_eq!(r[1], ["0", "9", "8", "5", "2", "1"]);
+        assert_eq!(r[2], ["1", "1", "0", "0", "0", "0"]);
     }
 }

@@ -9,7 +9,7 @@
 //! sluice-testsrv serve --name b1 [--http 8080] [--udp 5353] [--bulk 9000]
 //! sluice-testsrv udp-query ADDR:PORT [--count N] [--timeout-ms T] [--bind IP] [--icmp-detail 1] [--size BYTES] [--ttl N]
 //! sluice-testsrv udp-sendto ADDR:PORT [--timeout-ms T]
-//! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--poke-ms P]
+//! sluice-testsrv bulk-get ADDR:PORT --bytes N [--rate BYTES_PER_S] [--timeout-ms T] [--bind IP] [--src-port P] [--poke-ms P]
 //! sluice-testsrv bulk-put ADDR:PORT --bytes N [--timeout-ms T]
 //! sluice-testsrv udp-stream ADDR:PORT --count N [--interval-ms I] [--bind IP]
 //! sluice-testsrv udp-echo ADDR:PORT --size BYTES --reply BYTES [--count N] [--timeout-ms T]
@@ -824,10 +824,13 @@ fn bulk_get(args: &Args) -> Res<()> {
     let timeout = Duration::from_millis(args.num("timeout-ms", Some(30_000))?);
     let deadline = Instant::now() + timeout;
     let bind = args.bind_ip()?;
-    let s = if bind.is_unspecified() {
+    // `--src-port P`: from that port (a test that must know each
+    // transfer's 5-tuple, e.g. to find it in a host's connection table).
+    let sport = u16::try_from(args.num("src-port", Some(0))?).map_err(|e| e.to_string())?;
+    let s = if bind.is_unspecified() && sport == 0 {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5))
     } else {
-        connect_from(bind, addr)
+        connect_from(bind, sport, addr)
     }
     .map_err(|e| format!("connect {addr}: {e}"))?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
@@ -894,7 +897,7 @@ impl Drop for StopOnDrop {
 }
 
 /// `connect` from a chosen source address (std has no bind-before-connect).
-fn connect_from(bind: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+fn connect_from(bind: IpAddr, sport: u16, addr: SocketAddr) -> std::io::Result<TcpStream> {
     use std::os::fd::FromRawFd;
     let (IpAddr::V4(src), SocketAddr::V4(dst)) = (bind, addr) else {
         return Err(std::io::Error::other("--bind supports IPv4 only"));
@@ -916,7 +919,7 @@ fn connect_from(bind: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     }
     // SAFETY: `fd` is a fresh socket that nothing else owns.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let src = sin(src, 0);
+    let src = sin(src, sport);
     // SAFETY: `src` is a valid sockaddr_in of `len` bytes for this call.
     if unsafe { libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) } != 0 {
         return Err(std::io::Error::last_os_error());
