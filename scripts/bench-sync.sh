@@ -83,4 +83,7 @@ sort -n "$work/times" | awk -v n="$N" '{a[NR]=$1} END {
     n, NR, a[int(NR*0.5)+1]/1000, a[int(NR*0.9)]/1000, a[NR]/1000 }'
 ip netns exec $P-lb curl -s 127.0.0.1:10249/metrics \
   | awk '/^sluice_sync_duration_seconds_sum/ {s=$2} /^sluice_sync_duration_seconds_count/ {c=$2}
-         END { if (c > 0) printf "daemon sluice_sync_duration_seconds: %d writes, mean %.1f ms\n", c, s / c * 1000 }'
+         /^sluice_sync_duration_seconds_bucket/ { match($0, /le="[^"]*"/); le[++n]=substr($0, RSTART+4, RLENGTH-5); cum[n]=$2 }
+         END { if (c == 0) exit
+               for (i = 1; i <= n; i++) { if (p50 == "" && cum[i] >= 0.5 * c) p50 = le[i]; if (p99 == "" && cum[i] >= 0.99 * c) p99 = le[i] }
+               printf "daemon sluice_sync_duration_seconds (write arrived to every worker on the new table): %d writes, mean %.1f ms, p50 <= %s s, p99 <= %s s (histogram buckets)\n", c, s / c * 1000, p50, p99 }'

@@ -39,9 +39,10 @@ struct Inner {
     /// ipvsadm view only ([`Stats::ipvs_traffic`]), so that `sluice stats`
     /// and the Prometheus counters stay monotonic.
     baseline: Folded,
-    /// `--rate`: the estimators by front end and backend.
-    est: HashMap<VipKey, HashMap<(Addr, u16), Est>>,
 }
+
+/// `--rate`: the estimators by front end and backend.
+type Estimators = HashMap<VipKey, HashMap<(Addr, u16), Est>>;
 
 /// IPVS's rate estimator (`ip_vs_est.c`, the classic 2-second timer): each
 /// sample takes the increase since the last one, scaled (counts by 2⁹, so
@@ -96,7 +97,12 @@ pub const ESTIMATOR_PERIOD: std::time::Duration = std::time::Duration::from_secs
 /// The traffic totals across table swaps, and the sources of the rest.
 #[derive(Clone)]
 pub struct Stats {
+    /// Held only briefly: a table swap takes it, so no walk of every
+    /// service runs under it ([`Stats::traffic`]).
     inner: Arc<Mutex<Inner>>,
+    /// The rate estimators, apart, so that a sample of every service
+    /// never delays a swap.
+    est: Arc<Mutex<Estimators>>,
     shared: Arc<Shared>,
     counters: Vec<Arc<Counters>>,
 }
@@ -254,6 +260,7 @@ impl Stats {
     pub fn new(shared: Arc<Shared>, counters: Vec<Arc<Counters>>) -> Stats {
         Stats {
             inner: Arc::default(),
+            est: Arc::default(),
             shared,
             counters,
         }
@@ -345,8 +352,7 @@ impl Stats {
     /// `ip_vs_start_estimator` does, so it shows no spike.
     pub fn estimate(&self) {
         let (_, t) = self.traffic();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let est = &mut g.est;
+        let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
         est.retain(|vip, m| match t.get(vip) {
             Some(f) => {
                 m.retain(|k, _| f.contains_key(k));
@@ -375,9 +381,8 @@ impl Stats {
 
     /// The estimated rates per second (fields as the totals').
     pub fn rates(&self) -> Folded {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.est
-            .iter()
+        let est = self.est.lock().unwrap_or_else(|e| e.into_inner());
+        est.iter()
             .map(|(v, m)| (*v, m.iter().map(|(k, e)| (*k, e.rates())).collect()))
             .collect()
     }
@@ -417,11 +422,15 @@ impl Stats {
 
     /// Traffic totals by front end and backend: folded + retired + current.
     pub fn traffic(&self) -> (Arc<Snapshot>, Folded) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.shared.snapshot.load_full();
-        self.fold(&mut g, &current);
-        let mut t = g.folded.clone();
-        for s in &g.retired {
+        let (current, mut t, retired) = {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let current = self.shared.snapshot.load_full();
+            self.fold(&mut g, &current);
+            (current, g.folded.clone(), g.retired.clone())
+        };
+        // The walks of every service, outside the lock: the tables are
+        // immutable, and their counters only grow.
+        for s in &retired {
             merge(&mut t, sums(s));
         }
         merge(&mut t, sums(&current));

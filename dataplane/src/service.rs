@@ -15,6 +15,7 @@
 #[cfg(test)]
 mod changed_tests;
 mod ids;
+mod slots;
 #[cfg(test)]
 mod stable_tests;
 
@@ -618,7 +619,7 @@ fn place(
     let mut by_vip = prev.by_vip.clone();
     let mut freed = false;
     for (slot, c) in claimed.iter().enumerate() {
-        if let (0, Some(s)) = (*c, &prev.slots[slot]) {
+        if let (0, Some(s)) = (*c, prev.slots.get(slot)) {
             by_vip.remove(&s.spec.vip);
             space.free(slot as u32, version);
             freed = true;
@@ -709,15 +710,24 @@ pub struct ServiceTable {
     inner: Arc<Inner>,
 }
 
+/// 1 for a service that counts its connections, else 0.
+fn counts(s: &Service) -> usize {
+    usize::from(s.conns.enabled())
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// The services by slot; None: a freed slot.
-    slots: Vec<Option<Arc<Service>>>,
+    slots: slots::Slots,
     by_vip: HashMap<VipKey, u32>,
     /// Which slots are in use and which fell free when.
     space: ids::IdSpace,
     /// Services in use (the slots that are Some).
     live: usize,
+    /// Of those, the ones that count connections (least-connection
+    /// schedulers): when none does, a publish recounts nothing without
+    /// walking the table.
+    counting: usize,
     /// Whether this version freed a slot or a backend id.
     freed: bool,
 }
@@ -755,8 +765,8 @@ impl ServiceTable {
         // would otherwise make new flows fail one by one.
         let prev = &*self.inner;
         let placed = place(prev, version, &specs, reuse_upto)?;
-        let mut slots: Vec<Option<Arc<Service>>> = prev.slots.clone();
-        slots.resize(placed.space.end() as usize, None);
+        let mut slots = prev.slots.clone();
+        slots.resize(placed.space.end() as usize);
         let mut keep = vec![false; slots.len()];
         let mut freed = placed.freed;
         for (spec, &slot) in specs.into_iter().zip(&placed.slots) {
@@ -764,22 +774,22 @@ impl ServiceTable {
             let old = prev
                 .slots
                 .get(slot as usize)
-                .and_then(Option::as_ref)
                 .filter(|s| s.spec.vip == spec.vip);
             if let Some(s) = old.filter(|s| s.spec == spec) {
-                slots[slot as usize] = Some(Arc::clone(s));
+                slots.set(slot as usize, Some(Arc::clone(s)));
                 continue;
             }
             let (svc, f) = Service::new(spec, old.map(|s| &**s), version, reuse_upto);
             freed |= f;
-            slots[slot as usize] = Some(Arc::new(svc));
+            slots.set(slot as usize, Some(Arc::new(svc)));
         }
-        for (s, k) in slots.iter_mut().zip(&keep) {
+        for (i, k) in keep.iter().enumerate() {
             if !k {
-                *s = None;
+                slots.set(i, None);
             }
         }
         let live = placed.slots.len();
+        let counting = slots.iter().flatten().map(|s| counts(s)).sum();
         Ok(ServiceTable {
             version,
             inner: Arc::new(Inner {
@@ -787,6 +797,7 @@ impl ServiceTable {
                 by_vip: placed.by_vip,
                 space: placed.space,
                 live,
+                counting,
                 freed,
             }),
         })
@@ -847,8 +858,10 @@ impl ServiceTable {
         let mut by_vip = prev.by_vip.clone();
         let mut space = prev.space.clone();
         let mut freed = false;
+        let mut counting = prev.counting;
         for slot in leaving {
-            if let Some(s) = slots[slot as usize].take() {
+            if let Some(s) = slots.take(slot as usize) {
+                counting -= counts(&s);
                 by_vip.remove(&s.spec.vip);
                 space.free(slot, version);
                 freed = true;
@@ -867,18 +880,22 @@ impl ServiceTable {
                 }
             };
             if slots.len() <= slot as usize {
-                slots.resize(slot as usize + 1, None);
+                slots.resize(slot as usize + 1);
             }
-            let old = slots[slot as usize]
-                .as_ref()
-                .filter(|s| s.spec.vip == spec.vip);
-            if let Some(s) = old.filter(|s| s.spec == spec) {
-                slots[slot as usize] = Some(Arc::clone(s));
+            let old = slots
+                .get(slot as usize)
+                .filter(|s| s.spec.vip == spec.vip)
+                .cloned();
+            if old.as_ref().is_some_and(|s| s.spec == spec) {
                 continue;
             }
-            let (svc, f) = Service::new(spec, old.map(|s| &**s), version, reuse_upto);
+            let (svc, f) = Service::new(spec, old.as_deref(), version, reuse_upto);
             freed |= f;
-            slots[slot as usize] = Some(Arc::new(svc));
+            if let Some(was) = slots.get(slot as usize) {
+                counting -= counts(was);
+            }
+            counting += counts(&svc);
+            slots.set(slot as usize, Some(Arc::new(svc)));
         }
         Ok(ServiceTable {
             version,
@@ -887,6 +904,7 @@ impl ServiceTable {
                 by_vip,
                 space,
                 live,
+                counting,
                 freed,
             }),
         })
@@ -931,25 +949,15 @@ impl ServiceTable {
     /// same [`Arc`]), as a table of `self`'s version: what retires when
     /// `next` replaces `self`, so that counters are folded once.
     pub fn unshared_with(&self, next: &ServiceTable) -> ServiceTable {
-        let slots: Vec<Option<Arc<Service>>> = self
-            .inner
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let s = s.as_ref()?;
-                match next.inner.slots.get(i).and_then(Option::as_ref) {
-                    Some(n) if Arc::ptr_eq(s, n) => None,
-                    _ => Some(Arc::clone(s)),
-                }
-            })
-            .collect();
+        let slots = self.inner.slots.unshared_with(&next.inner.slots);
         let live = slots.iter().flatten().count();
+        let counting = slots.iter().flatten().map(|s| counts(s)).sum();
         ServiceTable {
             version: self.version,
             inner: Arc::new(Inner {
                 slots,
                 live,
+                counting,
                 ..Inner::default()
             }),
         }
@@ -985,7 +993,7 @@ impl ServiceTable {
     /// A service by slot.
     #[inline]
     pub fn get(&self, idx: u32) -> Option<&Service> {
-        self.inner.slots.get(idx as usize)?.as_deref()
+        self.inner.slots.get(idx as usize).map(|s| &**s)
     }
 
     /// All services, in slot order.
@@ -999,12 +1007,18 @@ impl ServiceTable {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((i as u32, s.as_deref()?)))
+            .filter_map(|(i, s)| Some((i as u32, &**s?)))
     }
 
     /// One past the highest slot: the length of a vector indexed by slot.
     pub fn slot_count(&self) -> usize {
         self.inner.slots.len()
+    }
+
+    /// Whether some service counts connections (a least-connection
+    /// scheduler); O(1).
+    pub fn counts_connections(&self) -> bool {
+        self.inner.counting > 0
     }
 
     /// Recounts the connections of every service that counts them from

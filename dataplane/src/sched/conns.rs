@@ -243,6 +243,9 @@ impl ConnCounts {
 /// flow's reply source is the backend's address and port), so flows of an
 /// older table whose indices now name another backend are not counted.
 pub fn recount(table: &ServiceTable, flows: &FlowTable) {
+    if !table.counts_connections() {
+        return;
+    }
     let counted: Vec<(u32, Vec<(u32, u32)>)> = table
         .indexed()
         .filter(|(_, s)| s.conns.enabled())
