@@ -6,13 +6,16 @@
 # back) through the API with `sluice apply`, each answered only once every
 # worker has loaded its table. Prints the round trip's p50/p90/max and the
 # daemon's own sluice_sync_duration_seconds (write to table loaded).
+# KIND=service instead adds and deletes one more Service (its own front end
+# and a new endpoint port: the steering maps change) in turn.
 #
-#   scripts/bench-sync.sh [N=10000] [CHANGES=40]
+#   scripts/bench-sync.sh [N=10000] [CHANGES=40] [KIND=endpoint|service]
 #
 # Release build (cargo build --release --bins) first. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-10000}; K=${2:-40}
+N=${1:-10000}; K=${2:-40}; KIND=${3:-endpoint}
+[[ $KIND == endpoint || $KIND == service ]] || { echo "bench-sync.sh: KIND is endpoint or service, not $KIND" >&2; exit 2; }
 BIN=$PWD/target/release
 P=bsync
 [[ $(id -u) -eq 0 ]] || { echo "bench-sync.sh: needs root (CAP_NET_ADMIN)" >&2; exit 1; }
@@ -29,7 +32,7 @@ python3 - "$N" "$work" <<'PY'
 import ipaddress, sys
 n, work = int(sys.argv[1]), sys.argv[2]
 base = ipaddress.IPv4Address("198.18.16.1")  # up to 198.19.255.x: 198.18.0.0/15 only
-assert n <= 2**17 - 4096 - 2, "at most 126974 services fit in 198.18.16.1-198.19.255.254"
+assert n <= 2**17 - 4096 - 3, "at most 126973 services fit in 198.18.16.1-198.19.255.254 beside the added one"
 def slice_(i, ready=True):
     cond = "" if ready else "\n    conditions: {ready: false}"
     return f"""apiVersion: discovery.k8s.io/v1
@@ -55,6 +58,21 @@ spec:
 """ + slice_(i))
 open(f"{work}/down.yaml", "w").write(slice_(n // 2, False))
 open(f"{work}/up.yaml", "w").write(slice_(n // 2, True))
+open(f"{work}/new.yaml", "w").write(f"""apiVersion: v1
+kind: Service
+metadata: {{name: snew, namespace: default}}
+spec:
+  clusterIP: {base + n}
+  ports: [{{name: http, protocol: TCP, port: 80, targetPort: 8081}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: snew-a, namespace: default, labels: {{kubernetes.io/service-name: snew}}}}
+addressType: IPv4
+endpoints:
+  - addresses: ["198.18.1.11"]
+ports: [{{name: http, protocol: TCP, port: 8081}}]
+""")
 PY
 scripts/topology.sh up $P 3 >/dev/null
 sock=$work/api.sock
@@ -74,12 +92,14 @@ echo "services=$N: sluice ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms (
 : >"$work/times"
 for i in $(seq 1 "$K"); do
   f=$work/down.yaml; (( i % 2 )) || f=$work/up.yaml
+  verb=apply
+  if [[ $KIND == service ]]; then f=$work/new.yaml; (( i % 2 )) || verb=delete; fi
   s=$(date +%s%N)
-  "$BIN/sluice" apply -f "$f" --api-socket "$sock" >/dev/null
+  "$BIN/sluice" $verb -f "$f" --api-socket "$sock" >/dev/null
   echo $(( ($(date +%s%N) - s) / 1000 )) >>"$work/times"
 done
-sort -n "$work/times" | awk -v n="$N" '{a[NR]=$1} END {
-  printf "services=%d one endpoint change through the API (sluice apply round trip, answered once every worker loaded the table): n=%d p50 %.1f ms p90 %.1f ms max %.1f ms\n",
+sort -n "$work/times" | awk -v n="$N" -v kind="$KIND" '{a[NR]=$1} END {
+  printf "services=%d one " kind " change through the API (sluice apply round trip, answered once every worker loaded the table): n=%d p50 %.1f ms p90 %.1f ms max %.1f ms\n",
     n, NR, a[int(NR*0.5)+1]/1000, a[int(NR*0.9)]/1000, a[NR]/1000 }'
 ip netns exec $P-lb curl -s 127.0.0.1:10249/metrics \
   | awk '/^sluice_sync_duration_seconds_sum/ {s=$2} /^sluice_sync_duration_seconds_count/ {c=$2}

@@ -303,6 +303,11 @@ pub struct Steering {
     xsks: XskMap<MapData>,
     vips: HashMap<MapData, L4Key, u8>,
     backends: HashMap<MapData, L4Key, u8>,
+    /// What `vips` and `backends` hold (only this type writes them): a
+    /// change is diffed against these, never by reading every map key
+    /// back (one syscall per key).
+    vips_have: HashSet<L4Key>,
+    backends_have: HashSet<L4Key>,
     snat_addrs: HashMap<MapData, [u8; 16], u8>,
     local_addrs: HashMap<MapData, [u8; 16], u8>,
     snat_range: Array<MapData, [u16; 2]>,
@@ -403,6 +408,8 @@ impl Steering {
             xsks,
             vips,
             backends,
+            vips_have: HashSet::new(),
+            backends_have: HashSet::new(),
             snat_addrs,
             local_addrs,
             snat_range,
@@ -525,7 +532,13 @@ impl Steering {
             .iter()
             .map(|v| l4_key(v.addr, v.port, v.proto))
             .collect();
-        replace_set(&self.ifname, "vips", &mut self.vips, &want, MAX_VIPS)
+        replace_set(
+            &self.ifname,
+            "vips",
+            (&mut self.vips, &mut self.vips_have),
+            &want,
+            MAX_VIPS,
+        )
     }
 
     /// Makes `backends` — `(address, port, protocol)` of every endpoint —
@@ -541,8 +554,45 @@ impl Steering {
         replace_set(
             &self.ifname,
             "backends",
-            &mut self.backends,
+            (&mut self.backends, &mut self.backends_have),
             &want,
+            MAX_BACKENDS,
+        )
+    }
+
+    /// Adds the front ends `add` and removes `del` (a change's difference:
+    /// costs what it names, where [`Steering::set_vips`] walks the whole
+    /// set). Entries already present, or absent, are left alone.
+    ///
+    /// # Errors
+    /// As [`Steering::set_vips`].
+    pub fn update_vips(&mut self, add: &[VipKey], del: &[VipKey]) -> Result<(), SteerError> {
+        let key = |v: &VipKey| l4_key(v.addr, v.port, v.proto);
+        update_set(
+            &self.ifname,
+            "vips",
+            (&mut self.vips, &mut self.vips_have),
+            (add.iter().map(key), del.iter().map(key)),
+            MAX_VIPS,
+        )
+    }
+
+    /// [`Steering::update_vips`] for the backends of
+    /// [`Steering::set_backends`].
+    ///
+    /// # Errors
+    /// As [`Steering::set_backends`].
+    pub fn update_backends(
+        &mut self,
+        add: &[(Addr, u16, u8)],
+        del: &[(Addr, u16, u8)],
+    ) -> Result<(), SteerError> {
+        let key = |&(a, p, pr): &(Addr, u16, u8)| l4_key(a, p, pr);
+        update_set(
+            &self.ifname,
+            "backends",
+            (&mut self.backends, &mut self.backends_have),
+            (add.iter().map(key), del.iter().map(key)),
             MAX_BACKENDS,
         )
     }
@@ -557,7 +607,7 @@ impl Steering {
     /// [`SteerError::Map`] when a map operation fails.
     pub fn set_snat(&mut self, addrs: &[Addr], ports: &PortRanges) -> Result<(), SteerError> {
         let want: HashSet<[u8; 16]> = addrs.iter().map(|a| a.0).collect();
-        replace_set(
+        replace_read_set(
             &self.ifname,
             "snat_addrs",
             &mut self.snat_addrs,
@@ -585,7 +635,7 @@ impl Steering {
     /// changed then); [`SteerError::Map`] when a map operation fails.
     pub fn set_local_addrs(&mut self, addrs: &[Addr]) -> Result<(), SteerError> {
         let want: HashSet<[u8; 16]> = addrs.iter().map(|a| a.0).collect();
-        replace_set(
+        replace_read_set(
             &self.ifname,
             "local_addrs",
             &mut self.local_addrs,
@@ -696,10 +746,30 @@ fn l4_key(addr: Addr, port: u16, proto: u8) -> L4Key {
 /// Replaces the key set of a hash map with `want`: deletes stale keys first
 /// (so a full map can be swapped for another full one), then inserts the
 /// missing ones.
-fn replace_set<K: Pod + Eq + Hash>(
+/// [`replace_set`] for a small map without a shadow: what it holds is
+/// read back first.
+fn replace_read_set<K: Pod + Eq + Hash>(
     ifname: &str,
     name: &'static str,
     map: &mut HashMap<MapData, K, u8>,
+    want: &HashSet<K>,
+    max: usize,
+) -> Result<(), SteerError> {
+    let mut have = map
+        .keys()
+        .collect::<Result<HashSet<K>, MapError>>()
+        .map_err(|e| map_err(ifname, name, "read", e))?;
+    replace_set(ifname, name, (map, &mut have), want, max)
+}
+
+/// A map and what it holds (its shadow, kept by the only writer).
+type Shadowed<'a, K> = (&'a mut HashMap<MapData, K, u8>, &'a mut HashSet<K>);
+
+/// Makes the map of `set` hold exactly `want`, diffed against its shadow.
+fn replace_set<K: Pod + Eq + Hash>(
+    ifname: &str,
+    name: &'static str,
+    set: Shadowed<'_, K>,
     want: &HashSet<K>,
     max: usize,
 ) -> Result<(), SteerError> {
@@ -711,19 +781,61 @@ fn replace_set<K: Pod + Eq + Hash>(
             max,
         });
     }
-    let have = map
-        .keys()
-        .collect::<Result<HashSet<K>, MapError>>()
-        .map_err(|e| map_err(ifname, name, "read", e))?;
-    for k in have.difference(want) {
+    let (map, have) = set;
+    let del: Vec<K> = have.difference(want).copied().collect();
+    let add: Vec<K> = want.difference(have).copied().collect();
+    apply_set(ifname, name, (map, have), &add, &del)
+}
+
+/// Adds `add` to and removes `del` from the map of `set` (entries already
+/// present, or absent, are skipped), checking the capacity first.
+fn update_set<K: Pod + Eq + Hash>(
+    ifname: &str,
+    name: &'static str,
+    set: Shadowed<'_, K>,
+    (add, del): (impl Iterator<Item = K>, impl Iterator<Item = K>),
+    max: usize,
+) -> Result<(), SteerError> {
+    let (map, have) = set;
+    let del: HashSet<K> = del.filter(|k| have.contains(k)).collect();
+    let add: HashSet<K> = add
+        .filter(|k| !have.contains(k) && !del.contains(k))
+        .collect();
+    let wanted = have.len() + add.len() - del.len();
+    if wanted > max {
+        return Err(SteerError::Capacity {
+            ifname: ifname.to_string(),
+            map: name,
+            wanted,
+            max,
+        });
+    }
+    let add: Vec<K> = add.into_iter().collect();
+    let del: Vec<K> = del.into_iter().collect();
+    apply_set(ifname, name, (map, have), &add, &del)
+}
+
+/// Deletes `del` and inserts `add`, keeping the shadow in step with what
+/// the kernel took (a failure leaves both agreeing on the part applied).
+fn apply_set<K: Pod + Eq + Hash>(
+    ifname: &str,
+    name: &'static str,
+    (map, have): Shadowed<'_, K>,
+    add: &[K],
+    del: &[K],
+) -> Result<(), SteerError> {
+    for k in del {
         match map.remove(k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) | Err(MapError::KeyNotFound) => {
+                have.remove(k);
+            }
             Err(e) => return Err(map_err(ifname, name, "delete", e)),
         }
     }
-    for k in want.difference(&have) {
+    for k in add {
         map.insert(k, 1u8, 0)
             .map_err(|e| map_err(ifname, name, "insert", e))?;
+        have.insert(*k);
     }
     Ok(())
 }

@@ -159,6 +159,24 @@ fn apply_get_delete_over_the_socket() {
     let o = cli(&sock, &["get", "deployments"], "");
     assert!(!o.ok && o.stderr.contains("unknown kind"), "{}", o.stderr);
 
+    // One file with a Service and the slice naming it: applied in order,
+    // deleted dependents first (the Service first would be refused while
+    // the slice still names it).
+    let both = dir.join("both.yaml");
+    let svc = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&both, format!("{svc}\n---\n{}", slice(&[1]))).unwrap();
+    let o = cli(&sock, &["apply", "-f", &both.to_string_lossy()], "");
+    assert!(o.ok, "{}", o.stderr);
+    assert_reaches(&topo, "b1");
+    let o = cli(&sock, &["delete", "-f", &both.to_string_lossy()], "");
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "endpointslice \"web-1\" deleted\nservice \"web\" deleted\n"
+    );
+    let o = cli(&sock, &["get", "endpointslices"], "");
+    assert!(!o.stdout.contains("web-1"), "{}", o.stdout);
+
     let _ = std::fs::remove_dir_all(&dir);
     sluice.stop();
     // Without a running sluice: a clear error.

@@ -274,7 +274,8 @@ pub fn get(socket: &Path, a: &GetArgs<'_>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `sluice delete -f FILE...`, or `sluice delete KIND NAME`.
+/// `sluice delete -f FILE...` (its objects in reverse order), or `sluice
+/// delete KIND NAME`.
 ///
 /// # Errors
 /// As [`apply`].
@@ -289,8 +290,12 @@ pub fn delete(
             let kind = Kind::from_user(k).ok_or_else(|| CliError::Kind(k.to_owned()))?;
             vec![(String::new(), Key::new(kind, namespace, n))]
         }
+        // Last object first: a file lists a Service before the slices that
+        // name it, and deleting the Service first would leave them naming
+        // nothing (refused, as applying them alone would be).
         None => read_objects(files)?
             .into_iter()
+            .rev()
             .map(|(o, v)| key_of(&o, &v).map(|k| (o, k)))
             .collect::<Result<_, _>>()?,
     };

@@ -450,17 +450,7 @@ pub(crate) fn apply_steer(
     // The host's addresses first, so that no reply to the host's own
     // connection to a new endpoint is taken meanwhile. Re-read at every
     // apply (start and each change).
-    let local = match netlink::all_addresses() {
-        Ok(a) => Some(
-            a.into_iter()
-                .map(|(ip, _)| Addr::from(ip))
-                .collect::<Vec<_>>(),
-        ),
-        Err(e) => {
-            warn!("cannot list the host's addresses ({e}); keeping the previous set");
-            None
-        }
-    };
+    let local = host_addrs();
     for s in steering.iter_mut() {
         if let Some(local) = &local {
             s.set_local_addrs(local)?;
@@ -470,6 +460,18 @@ pub(crate) fn apply_steer(
         s.set_snat(&sets.snat, ports)?;
     }
     Ok(())
+}
+
+/// The host's own addresses (None, logged, when they cannot be listed:
+/// the previous set stays).
+fn host_addrs() -> Option<Vec<Addr>> {
+    match netlink::all_addresses() {
+        Ok(a) => Some(a.into_iter().map(|(ip, _)| Addr::from(ip)).collect()),
+        Err(e) => {
+            warn!("cannot list the host's addresses ({e}); keeping the previous set");
+            None
+        }
+    }
 }
 
 /// The removed endpoints that left more than `ttl` before `now`: every
@@ -484,6 +486,111 @@ pub(crate) fn expired_removals<K: Copy + Eq + std::hash::Hash>(
         .filter(|(_, t)| now.saturating_duration_since(**t) > ttl)
         .map(|(k, _)| *k)
         .collect()
+}
+
+/// The members of `next` not in `cur` (`.0`) and of `cur` not in `next`
+/// (`.1`), per set: the maps' change when `next` replaces `cur`. A merge
+/// of the sorted sets, in memory: what costs is each map write, and only
+/// the difference is written ([`steer_add`], [`steer_del`]).
+pub(crate) fn diff_sets(cur: &SteerSets, next: &SteerSets) -> (SteerSets, SteerSets) {
+    let vk = |v: &VipKey| (v.addr, v.port, v.proto);
+    let (va, vd) = diff_sorted(&cur.vips, &next.vips, vk);
+    let (ba, bd) = diff_sorted(&cur.backends, &next.backends, |b| *b);
+    let (sa, sd) = diff_sorted(&cur.snat, &next.snat, |a| *a);
+    (
+        SteerSets {
+            vips: va,
+            backends: ba,
+            snat: sa,
+        },
+        SteerSets {
+            vips: vd,
+            backends: bd,
+            snat: sd,
+        },
+    )
+}
+
+/// [`diff_sets`] of one set: sorted by `key` (sorted copies are made if
+/// not), each key once.
+fn diff_sorted<T: Copy, K: Ord>(cur: &[T], next: &[T], key: impl Fn(&T) -> K) -> (Vec<T>, Vec<T>) {
+    let sorted = |v: &[T]| {
+        if v.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+            v.to_vec()
+        } else {
+            let mut v = v.to_vec();
+            v.sort_by_key(&key);
+            v.dedup_by_key(|x| key(x));
+            v
+        }
+    };
+    let (cur, next) = (sorted(cur), sorted(next));
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < cur.len() || j < next.len() {
+        match (cur.get(i), next.get(j)) {
+            (Some(c), Some(n)) => match key(c).cmp(&key(n)) {
+                std::cmp::Ordering::Less => {
+                    del.push(*c);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    add.push(*n);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(c), None) => {
+                del.push(*c);
+                i += 1;
+            }
+            (None, Some(n)) => {
+                add.push(*n);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (add, del)
+}
+
+/// Steers `add` on top of what every map holds (the union a swap needs
+/// while both tables are live), the SNAT sources set to `snat` (the
+/// union's): the host's addresses first, as [`apply_steer`] does.
+pub(crate) fn steer_add(
+    steering: &mut [Steering],
+    add: &SteerSets,
+    snat: &[Addr],
+    ports: &PortRanges,
+) -> Result<(), SteerError> {
+    let local = host_addrs();
+    for s in steering.iter_mut() {
+        if let Some(local) = &local {
+            s.set_local_addrs(local)?;
+        }
+        s.update_vips(&add.vips, &[])?;
+        s.update_backends(&add.backends, &[])?;
+        s.set_snat(snat, ports)?;
+    }
+    Ok(())
+}
+
+/// Stops steering `del`, the SNAT sources set to `snat` (the new table's).
+pub(crate) fn steer_del(
+    steering: &mut [Steering],
+    del: &SteerSets,
+    snat: &[Addr],
+    ports: &PortRanges,
+) -> Result<(), SteerError> {
+    for s in steering.iter_mut() {
+        s.update_vips(&[], &del.vips)?;
+        s.update_backends(&[], &del.backends)?;
+        s.set_snat(snat, ports)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn union_sets(a: &SteerSets, b: &SteerSets) -> SteerSets {
@@ -835,6 +942,36 @@ mod tests {
             Duration::from_millis(1),
         );
         assert!(matches!(r, Err(ConfigError::LocalAddrNotOwn { .. })));
+    }
+
+    /// The difference of two sets, sorted or not: what to add, what to
+    /// drop; nothing for equal sets.
+    #[test]
+    fn diff_names_only_what_changed() {
+        let v = |p| VipKey {
+            addr: Addr::from_v4([198, 18, 100, 10]),
+            port: p,
+            proto: 6,
+        };
+        let b = |x| (Addr::from_v4([198, 18, 1, x]), 8080, 6);
+        let cur = SteerSets {
+            vips: vec![v(80), v(81)],
+            backends: vec![b(11), b(12), b(13)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let next = SteerSets {
+            vips: vec![v(82), v(81)],
+            backends: vec![b(11), b(13), b(14)],
+            snat: vec![Addr::from_v4([198, 18, 1, 1])],
+        };
+        let (add, del) = diff_sets(&cur, &next);
+        assert_eq!(add.vips, vec![v(82)]);
+        assert_eq!(del.vips, vec![v(80)]);
+        assert_eq!(add.backends, vec![b(14)]);
+        assert_eq!(del.backends, vec![b(12)]);
+        assert!(add.snat.is_empty() && del.snat.is_empty());
+        let (add, del) = diff_sets(&next, &next);
+        assert_eq!((add, del), (SteerSets::default(), SteerSets::default()));
     }
 
     #[test]

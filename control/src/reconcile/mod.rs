@@ -53,7 +53,8 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
-    apply_steer, expired_removals, union_sets, Base, Compiled, Empty, Specs, SteerSets, TallyUpdate,
+    diff_sets, expired_removals, steer_add, steer_del, union_sets, Base, Compiled, Empty, Specs,
+    SteerSets, TallyUpdate,
 };
 use incremental::{Delta, Incremental};
 use tally::Tally;
@@ -359,14 +360,26 @@ impl Publisher {
         let services = c.snapshot.services.len();
         let epoch = c.snapshot.services.version();
         let freed = c.snapshot.services.freed_ids();
-        // The union is only needed (and only built: a walk of every set)
-        // when the sets change; unchanged sets leave the maps alone (most
-        // endpoint changes).
-        let union = match &c.steer {
+        // While both tables are live the maps hold the union: the new
+        // sets' additions go in first, their removals after the swap.
+        // Unchanged sets leave the maps alone (most endpoint changes); a
+        // change writes only its difference.
+        let diff = match &c.steer {
             Some(next) => {
-                let u = union_sets(&self.current_steer, next);
-                apply_steer(&mut self.steering, &u, &self.host.masq.ports)?;
-                Some(u)
+                let (add, del) = diff_sets(&self.current_steer, next);
+                let snat = union_sets(
+                    &SteerSets {
+                        snat: self.current_steer.snat.clone(),
+                        ..SteerSets::default()
+                    },
+                    &SteerSets {
+                        snat: next.snat.clone(),
+                        ..SteerSets::default()
+                    },
+                )
+                .snat;
+                steer_add(&mut self.steering, &add, &snat, &self.host.masq.ports)?;
+                Some(del)
             }
             None => None,
         };
@@ -376,14 +389,14 @@ impl Publisher {
         if freed {
             self.note_freed(epoch);
         }
-        if let (Some(union), Some(next)) = (union, c.steer) {
-            match apply_steer(&mut self.steering, &next, &self.host.masq.ports) {
+        if let (Some(del), Some(next)) = (diff, c.steer) {
+            match steer_del(&mut self.steering, &del, &next.snat, &self.host.masq.ports) {
                 Ok(()) => self.current_steer = next,
                 Err(e) => {
                     // The union (a superset) stays; nothing is lost but the
                     // pruning of old entries, retried at the next change.
                     warn!("steering maps keep the old entries too: {e}");
-                    self.current_steer = union;
+                    self.current_steer = union_sets(&self.current_steer, &next);
                 }
             }
         }
