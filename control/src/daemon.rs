@@ -517,6 +517,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             if let Ok(s) = s {
                 println!("counter xdp_fast_hits_{} {}", l.name, s.hits);
                 println!("counter xdp_fast_slow_{} {}", l.name, s.slow);
+                println!("counter xdp_fast_malformed_{} {}", l.name, s.malformed);
             }
         }
         for (l, s) in links.iter().zip(steer_stats) {

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_tests::craft::{self, Capture, Ip4};
 use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
 use sluice_tests::{
     poll_until, require_root, topology, ReloadOutcome, Role, Sluice, StopReport, Topology,
@@ -396,4 +397,55 @@ fn links_that_cannot_take_redirects_stay_on_the_workers() {
         "{}",
         r.logs
     );
+}
+
+/// A frame of a flow the fast path carries, but one the workers' parser
+/// refuses (here: a bad IPv4 header checksum), is not rewritten by the XDP
+/// program (which would make its checksum right for the next hop, or keep
+/// it wrong and forward it): it goes to a worker, which drops it and counts
+/// it as without the fast path (`tests/tests/malformed.rs`). The flow's
+/// good datagrams around it keep taking the fast path.
+#[test]
+fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let (lb_mac, client_mac) = (
+        craft::mac(&topo, Role::Lb, "front"),
+        craft::mac(&topo, Role::Client, "eth0"),
+    );
+    let (good, bad) = (craft::marker(), craft::marker());
+    let ip = Ip4::new([198, 18, 0, 2], [198, 18, 100, 10]);
+    let eth = |p: &[u8]| craft::ether(lb_mac, client_mac, &[], craft::IPV4, p);
+    let datagram = |m: &[u8]| eth(&ip.udp(41999, 5353, m));
+    let mut broken = ip.udp(41999, 5353, &bad);
+    broken[11] ^= 0x5a; // header checksum wrong
+                        // On the switch's port to the LB: what the LB sent, before the
+                        // bridge (which, with br_netfilter, drops bad IPv4 checksums itself).
+    let cap = Capture::start(&topo, Role::Sw, "p0", &[], 4000);
+    // The first datagram makes the flow; the worker that forwards it
+    // publishes the flow's entry.
+    craft::send_frames(&topo, Role::Client, "eth0", &[datagram(&good)]);
+    craft::send_frames(
+        &topo,
+        Role::Client,
+        "eth0",
+        &[datagram(&good), eth(&broken), datagram(&good)],
+    );
+    let frames = cap.frames();
+    let r = stopped(sluice);
+    // Frames towards b1 (IPv4 destination at bytes 30..34) with a marker.
+    let carrying = |m: &[u8]| {
+        frames
+            .iter()
+            .filter(|f| f.get(30..34) == Some(&[198, 18, 1, 11][..]))
+            .filter(|f| f.windows(m.len()).any(|w| w == m))
+            .count()
+    };
+    assert_eq!(carrying(&bad), 0, "the LB sent the broken datagram on");
+    assert_eq!(carrying(&good), 3, "{:?}", r.counters);
+    assert_eq!(r.counter("drop_bad_ip_checksum"), 1, "{:?}", r.counters);
+    // It found the flow's entry and was refused there.
+    assert_eq!(r.counter("xdp_fast_malformed_front"), 1, "{:?}", r.counters);
+    assert!(r.counter("xdp_fast_hits_front") >= 2, "{:?}", r.counters);
 }

@@ -26,6 +26,10 @@ pub struct FastStats {
     /// Frames that found an entry but went the usual way (SYN/FIN/RST, TTL,
     /// MTU, IPv6 UDP without checksum).
     pub slow: u64,
+    /// Frames that found an entry but are malformed (bad IPv4 header
+    /// checksum, options, lengths that do not fit): they went the usual way,
+    /// to a worker that drops and counts them.
+    pub malformed: u64,
 }
 
 /// One interface's `fast_flows` map.
