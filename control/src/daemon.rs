@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -360,7 +360,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let counters: Vec<Arc<Counters>> = (0..workers)
         .map(|_| Arc::new(Counters::default()))
         .collect();
-    let fast = fast_path(args.fast_path, &links, &steering, workers)?;
+    let fast = fast_path(args.fast_path, &links, &steering, &counters)?;
     let (publishers, sweeper, egress_on) = match fast {
         Some(f) => (
             f.publishers.into_iter().map(Some).collect(),
@@ -377,12 +377,16 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         &cores,
         args.busy_poll,
     )?;
+    // The sweep stops after the workers (its last withdrawals count what
+    // they withdrew last).
+    let sweep_stop = Arc::new(AtomicBool::new(false));
     let sweep = sweeper
         .map(|mut s| {
             let shared = shared.clone();
+            let stop = sweep_stop.clone();
             std::thread::Builder::new()
                 .name("sluice-fastpath".into())
-                .spawn(move || s.run(&shared))
+                .spawn(move || s.run(&shared, &stop))
                 .map_err(RunError::Runtime)
         })
         .transpose()?;
@@ -473,6 +477,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             workers_back.push(w);
         }
     }
+    sweep_stop.store(true, Ordering::Relaxed);
     if let Some(h) = sweep {
         let _ = h.join();
     }
@@ -732,7 +737,7 @@ fn fast_path(
     mode: FastMode,
     links: &[Link],
     steering: &[Steering],
-    workers: usize,
+    counters: &[Arc<Counters>],
 ) -> Result<Option<FastSetup>, RunError> {
     if mode == FastMode::Off {
         return Ok(None);
@@ -760,12 +765,20 @@ fn fast_path(
             .map(|s| s.fast_map())
             .collect::<Result<Vec<_>, _>>()?)
     };
+    let withdrawals = sluice_dataplane::fastpath::sync::withdrawals();
     let mut pubs = Vec::new();
-    for _ in 0..workers {
-        pubs.push(FastPublisher::new(maps()?, ifindex.clone()));
+    for w in 0..counters.len() {
+        // At most MAX_QUEUES (256) workers: one per queue.
+        let w = u8::try_from(w).unwrap_or(u8::MAX);
+        pubs.push(FastPublisher::new(
+            maps()?,
+            ifindex.clone(),
+            w,
+            withdrawals.clone(),
+        ));
     }
     info!("fast path: xdp (established flows are forwarded by the steering program)");
-    let sweeper = Sweeper::new(maps()?, ifindex.clone());
+    let sweeper = Sweeper::new(maps()?, ifindex.clone(), counters.to_vec(), withdrawals);
     Ok(Some(FastSetup {
         publishers: pubs,
         sweeper,

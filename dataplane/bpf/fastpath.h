@@ -69,7 +69,8 @@ struct fast_val {
 	__u32 ifindex;
 	__u16 mtu;
 	__u8 flags;
-	__u8 pad[5];
+	__u8 worker; /* publisher's index, for the sweep; unused here */
+	__u8 pad[4];
 	__u64 last_seen;
 	__u64 packets;
 	__u64 bytes;
