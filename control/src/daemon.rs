@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::snat::SnatError;
 use sluice_dataplane::affinity::AffinityTable;
-use sluice_dataplane::fastpath::sync::Sweeper;
+use sluice_dataplane::fastpath::sync::{SharedSweeper, Sweeper};
 use sluice_dataplane::fastpath::{Mode as FastMode, Publisher as FastPublisher};
 use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
@@ -380,13 +380,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // The sweep stops after the workers (its last withdrawals count what
     // they withdrew last).
     let sweep_stop = Arc::new(AtomicBool::new(false));
+    let sweeper: Option<SharedSweeper> = sweeper.map(|s| Arc::new(Mutex::new(s)));
     let sweep = sweeper
-        .map(|mut s| {
+        .clone()
+        .map(|s| {
             let shared = shared.clone();
             let stop = sweep_stop.clone();
             std::thread::Builder::new()
                 .name("sluice-fastpath".into())
-                .spawn(move || s.run(&shared, &stop))
+                .spawn(move || Sweeper::run(&s, &shared, &stop))
                 .map_err(RunError::Runtime)
         })
         .transpose()?;
@@ -406,7 +408,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         dns,
         health,
     );
-    let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    let mut stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    if let Some(s) = &sweeper {
+        stats.set_fast_path(s.clone());
+    }
     let mut publisher = publisher;
     publisher.set_stats(stats.clone());
     stats.spawn_estimator().map_err(RunError::Runtime)?;

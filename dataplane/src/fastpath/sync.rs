@@ -13,10 +13,28 @@
 //!   sweep, refreshes the flow record (its timeout starts again, as if the
 //!   worker had seen the packets) and adds the packets and bytes to the
 //!   backend's traffic counters, which `ipvsadm --stats`, `sluice stats`
-//!   and the metrics read.
+//!   and the metrics read, and to the rx/tx of the worker that published
+//!   the entry ([`Counters::add_fast_path`]).
+//!
+//! Counts are cumulative per entry, so the sweep remembers what it credited
+//! of each and adds the difference. An entry leaves the map with its last
+//! counts: the sweep's own withdrawals and the workers' (on FIN or RST,
+//! handed over through [`Withdrawals`]) take it out with one
+//! lookup-and-delete, and the sweep credits the rest, so the packets
+//! forwarded between two sweeps are never lost. A worker's withdrawal can
+//! land between the sweep's two reads of the queue (at the start and at the
+//! end of a sweep) and after the entry's last read; so what was credited of
+//! an entry no longer in the map is kept for one more sweep. At the stop
+//! the sweep withdraws everything the same way, before the counters are
+//! printed.
+//!
+//! The sweep is shared ([`SharedSweeper`]) by its thread and the readers of
+//! the counters (`sluice stats`, `/metrics`, `ipvsadm -L --stats`), which
+//! run one sweep before they read ([`Sweeper::sweep_now`]): a view asked
+//! for right after some traffic counts all of it, as without the fast path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
@@ -60,6 +78,9 @@ pub struct Withdrawn {
 /// The bounded lock-free queue from the workers' publishers to the sweep
 /// (a full queue is counted by the publisher as an error).
 pub type Withdrawals = Arc<ArrayQueue<Withdrawn>>;
+
+/// The sweep, shared by its thread and the readers of the counters.
+pub type SharedSweeper = Arc<Mutex<Sweeper>>;
 
 /// An empty [`Withdrawals`] queue of [`WITHDRAWALS`] places.
 pub fn withdrawals() -> Withdrawals {
@@ -136,7 +157,10 @@ impl Sweeper {
     /// once the workers stopped); then withdraws every entry, crediting its
     /// last counts, so that nothing is forwarded on behalf of a load
     /// balancer that stopped and every packet is counted.
-    pub fn run(&mut self, shared: &Shared, stop: &AtomicBool) {
+    ///
+    /// Holds the lock only while it sweeps.
+    pub fn run(sweeper: &Mutex<Sweeper>, shared: &Shared, stop: &AtomicBool) {
+        let lock = || sweeper.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = Instant::now();
         let mut seen = u64::MAX;
         while !stop.load(Ordering::Relaxed) {
@@ -144,15 +168,23 @@ impl Sweeper {
             let snap = shared.snapshot.load();
             let v = snap.services.version();
             let ptr = Arc::as_ptr(&snap) as usize as u64;
-            if last.elapsed() >= SWEEP_EVERY || v != seen || ptr != self.snap_seen {
+            let mut s = lock();
+            if last.elapsed() >= SWEEP_EVERY || v != seen || ptr != s.snap_seen {
                 seen = v;
-                self.snap_seen = ptr;
+                s.snap_seen = ptr;
                 last = Instant::now();
-                self.sweep(&snap, &shared.flows, shared.now());
+                s.sweep(&snap, &shared.flows, shared.now());
             }
         }
         let snap = shared.snapshot.load();
-        self.withdraw_all(&snap, &shared.flows, shared.now());
+        lock().withdraw_all(&snap, &shared.flows, shared.now());
+    }
+
+    /// One sweep now, over the snapshot in service: what a reader of the
+    /// counters runs first.
+    pub fn sweep_now(&mut self, shared: &Shared) {
+        let snap = shared.snapshot.load();
+        self.sweep(&snap, &shared.flows, shared.now());
     }
 
     /// Withdraws every entry of every map, crediting what it forwarded
