@@ -488,8 +488,20 @@ fn ipvsadm_service_stats(sluice: &Sluice) -> [u64; 5] {
 #[test]
 fn counters_include_what_the_fast_path_forwarded() {
     require_root();
+    counters_agree_with_the_traffic(FAST, true);
+}
+
+/// The same with `--fast-path off` (the default is `xdp`): nothing is
+/// forwarded by the XDP program and the workers' counters alone add up.
+#[test]
+fn counters_agree_with_the_traffic_with_the_fast_path_off() {
+    require_root();
+    counters_agree_with_the_traffic(&["--workers", "1", "--fast-path", "off"], false);
+}
+
+fn counters_agree_with_the_traffic(args: &[&str], xdp: bool) {
     let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
-    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), args);
     let out = topo.testsrv(
         Role::Client,
         &bulk_get("198.18.100.10:9000", "5000000", &["--timeout-ms", "20000"]),
@@ -532,7 +544,8 @@ fn counters_include_what_the_fast_path_forwarded() {
             .map(|s| s["inPackets"].as_u64().unwrap_or(0) + s["outPackets"].as_u64().unwrap_or(0))
             .sum();
         let ipvs = ipvsadm_service_stats(&sluice);
-        (svc == rx && ipvs[1] + ipvs[2] == rx && fast > 1000).then_some((rx, tx, fast, ipvs))
+        (svc == rx && ipvs[1] + ipvs[2] == rx && (fast > 1000) == xdp)
+            .then_some((rx, tx, fast, ipvs))
     });
     let (rx, tx, fast, ipvs) = settled.unwrap_or_else(|| {
         let r = request(
@@ -552,7 +565,11 @@ fn counters_include_what_the_fast_path_forwarded() {
     let r = stopped(sluice);
     let c = |n: &str| r.counter(n);
     let (front, back) = hits(&r);
-    assert!(front > 10 && back > 1000, "{:?}", r.counters);
+    if xdp {
+        assert!(front > 10 && back > 1000, "{:?}", r.counters);
+    } else {
+        assert_eq!(front + back, 0, "{:?}", r.counters);
+    }
     assert_eq!(c("fast_path_packets"), front + back, "{:?}", r.counters);
     assert_eq!(
         c("rx"),

@@ -36,13 +36,13 @@ pub use map::{FastMap, FastStats};
 pub use publish::Publisher;
 pub use rewrite::plan;
 
-/// Whether the fast path is used (`--fast-path`).
+/// Whether the fast path is used (`--fast-path`; default `xdp`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Every packet goes through the AF_XDP workers.
-    #[default]
     Off,
     /// Established flows are forwarded by the XDP program.
+    #[default]
     Xdp,
 }
 

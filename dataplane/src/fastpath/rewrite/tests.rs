@@ -166,7 +166,8 @@ fn frames_that_need_judgement_are_left_alone() {
         let c = !crate::wire::checksum::fold(crate::wire::checksum::sum(&f[14..34]));
         f[24..26].copy_from_slice(&c.to_be_bytes());
     };
-    let cases: [(&str, fn(&mut Vec<u8>)); 5] = [
+    type Breaks = fn(&mut Vec<u8>);
+    let cases: [(&str, Breaks); 5] = [
         ("bad IPv4 header checksum", |f| f[25] ^= 0x5a),
         ("total length past the frame", |f| f[17] += 1),
         ("total length short of the TCP header", |f| f[17] = 20 + 19),
