@@ -6,6 +6,10 @@
 //! The topology turns GRO on at the LB's peers ([`TopologyOpts::fast_path`]):
 //! frames redirected into a veth are delivered only when the receiving end
 //! runs NAPI.
+//!
+//! `xdp` is the default; every other test file runs in the mode
+//! `SLUICE_FAST_PATH` names (`off` or `xdp`, default `xdp`) with the same
+//! results, and the counters test here also runs with `--fast-path off`.
 
 use std::time::{Duration, Instant};
 
