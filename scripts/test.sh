@@ -29,3 +29,9 @@ echo "== tests"
 # Integration tests each build their own uniquely named namespaces; two at a
 # time keeps the 2-core CI machine responsive.
 cargo test --workspace --release -- --test-threads=2
+echo "== integration tests with --fast-path off (the default is xdp)"
+# The data path without the XDP fast path, on the files that cover its
+# forwarding methods, counters and hostile input.
+for t in round_robin udp masquerade fullnat dr ipv6 malformed metrics ipvsadm_conns endpoint_removal; do
+  SLUICE_FAST_PATH=off cargo test --release -p sluice-tests --test "$t" -- --test-threads=2
+done

@@ -13,13 +13,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::snat::SnatError;
 use sluice_dataplane::affinity::AffinityTable;
-use sluice_dataplane::fastpath::sync::Sweeper;
+use sluice_dataplane::fastpath::sync::{SharedSweeper, Sweeper};
 use sluice_dataplane::fastpath::{Mode as FastMode, Publisher as FastPublisher};
 use sluice_dataplane::flow_table::layout::MAX_PORT;
 use sluice_dataplane::flow_table::{FlowTable, Timeouts};
@@ -367,7 +367,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let counters: Vec<Arc<Counters>> = (0..workers)
         .map(|_| Arc::new(Counters::default()))
         .collect();
-    let fast = fast_path(args.fast_path, &links, &steering, workers)?;
+    let fast = fast_path(args.fast_path, &links, &steering, &counters)?;
     let (publishers, sweeper, egress_on) = match fast {
         Some(f) => (
             f.publishers.into_iter().map(Some).collect(),
@@ -384,12 +384,18 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         &cores,
         args.busy_poll,
     )?;
+    // The sweep stops after the workers (its last withdrawals count what
+    // they withdrew last).
+    let sweep_stop = Arc::new(AtomicBool::new(false));
+    let sweeper: Option<SharedSweeper> = sweeper.map(|s| Arc::new(Mutex::new(s)));
     let sweep = sweeper
-        .map(|mut s| {
+        .clone()
+        .map(|s| {
             let shared = shared.clone();
+            let stop = sweep_stop.clone();
             std::thread::Builder::new()
                 .name("sluice-fastpath".into())
-                .spawn(move || s.run(&shared))
+                .spawn(move || Sweeper::run(&s, &shared, &stop))
                 .map_err(RunError::Runtime)
         })
         .transpose()?;
@@ -409,7 +415,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         dns,
         health,
     );
-    let stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    let mut stats = crate::stats::Stats::new(shared.clone(), counters.clone());
+    if let Some(s) = &sweeper {
+        stats.set_fast_path(s.clone());
+    }
     let mut publisher = publisher;
     publisher.set_stats(stats.clone());
     stats.spawn_estimator().map_err(RunError::Runtime)?;
@@ -480,6 +489,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             workers_back.push(w);
         }
     }
+    sweep_stop.store(true, Ordering::Relaxed);
     if let Some(h) = sweep {
         let _ = h.join();
     }
@@ -524,6 +534,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             if let Ok(s) = s {
                 println!("counter xdp_fast_hits_{} {}", l.name, s.hits);
                 println!("counter xdp_fast_slow_{} {}", l.name, s.slow);
+                println!("counter xdp_fast_malformed_{} {}", l.name, s.malformed);
             }
         }
         for (l, s) in links.iter().zip(steer_stats) {
@@ -739,7 +750,7 @@ fn fast_path(
     mode: FastMode,
     links: &[Link],
     steering: &[Steering],
-    workers: usize,
+    counters: &[Arc<Counters>],
 ) -> Result<Option<FastSetup>, RunError> {
     if mode == FastMode::Off {
         return Ok(None);
@@ -767,12 +778,20 @@ fn fast_path(
             .map(|s| s.fast_map())
             .collect::<Result<Vec<_>, _>>()?)
     };
+    let withdrawals = sluice_dataplane::fastpath::sync::withdrawals();
     let mut pubs = Vec::new();
-    for _ in 0..workers {
-        pubs.push(FastPublisher::new(maps()?, ifindex.clone()));
+    for w in 0..counters.len() {
+        // At most MAX_QUEUES (256) workers: one per queue.
+        let w = u8::try_from(w).unwrap_or(u8::MAX);
+        pubs.push(FastPublisher::new(
+            maps()?,
+            ifindex.clone(),
+            w,
+            withdrawals.clone(),
+        ));
     }
     info!("fast path: xdp (established flows are forwarded by the steering program)");
-    let sweeper = Sweeper::new(maps()?, ifindex.clone());
+    let sweeper = Sweeper::new(maps()?, ifindex.clone(), counters.to_vec(), withdrawals);
     Ok(Some(FastSetup {
         publishers: pubs,
         sweeper,

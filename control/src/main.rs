@@ -171,10 +171,11 @@ struct RunCmd {
     /// worker; lowest latency).
     #[arg(long)]
     busy_poll: bool,
-    /// The XDP fast path for established flows: `xdp` has the steering
-    /// program rewrite and redirect them itself once a worker has
-    /// published them; `off` sends every packet through the workers.
-    #[arg(long, env = "SLUICE_FAST_PATH", default_value = "off")]
+    /// The XDP fast path for established flows: `xdp` (the default) has
+    /// the steering program rewrite and redirect them itself once a worker
+    /// has published them (towards links that take redirected frames);
+    /// `off` sends every packet through the workers.
+    #[arg(long, env = "SLUICE_FAST_PATH", default_value = "xdp")]
     fast_path: sluice_dataplane::fastpath::Mode,
     /// SNAT source ports, LO-HI[,LO-HI...] (at most 8 ranges); they must lie
     /// outside the kernel's net.ipv4.ip_local_port_range. Default: every

@@ -310,13 +310,26 @@ fn tier_metrics(reg: &mut Registry, t: &Tier) {
 }
 
 fn worker_metrics(reg: &mut Registry, r: &Report) {
-    let rx = family::<Counter>(reg, "worker_rx_packets", "Frames received per worker");
-    let tx = family::<Counter>(reg, "worker_tx_packets", "Frames sent per worker");
+    let rx = family::<Counter>(
+        reg,
+        "worker_rx_packets",
+        "Frames received per worker, with the ones the XDP fast path forwarded for it (worker_fast_path_packets)",
+    );
+    let tx = family::<Counter>(
+        reg,
+        "worker_tx_packets",
+        "Frames sent per worker, with the ones the XDP fast path forwarded for it (worker_fast_path_packets)",
+    );
+    let fast = family::<Counter>(
+        reg,
+        "worker_fast_path_packets",
+        "Packets of the flows a worker published that the XDP fast path forwarded in its place",
+    );
     let drops = family::<Counter>(reg, "worker_drops", "Frames dropped per worker, by reason");
     let bursts = family::<Counter>(
         reg,
         "worker_bursts",
-        "Bursts that received frames (rx_packets / bursts = mean burst size)",
+        "Bursts that received frames ((rx_packets - fast_path_packets) / bursts = mean burst size)",
     );
     let idle = family::<Counter>(
         reg,
@@ -334,6 +347,7 @@ fn worker_metrics(reg: &mut Registry, r: &Report) {
         picked.get_or_create(&wl).inc_by(c("flows_picked_up"));
         rx.get_or_create(&wl).inc_by(c("rx"));
         tx.get_or_create(&wl).inc_by(c("tx"));
+        fast.get_or_create(&wl).inc_by(c("fast_path_packets"));
         bursts.get_or_create(&wl).inc_by(w.bursts);
         idle.get_or_create(&wl).inc_by(w.idle_polls);
         for reason in crate::stats::drop_reasons() {

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use sluice_dataplane::fastpath::sync::SharedSweeper;
 use sluice_dataplane::pipeline::{is_dr_flow, DropReason, Snapshot};
 use sluice_dataplane::service::VipKey;
 use sluice_dataplane::traffic::FIELDS;
@@ -105,6 +106,8 @@ pub struct Stats {
     est: Arc<Mutex<Estimators>>,
     shared: Arc<Shared>,
     counters: Vec<Arc<Counters>>,
+    /// The fast path's sweep (`--fast-path xdp`), run before each read.
+    fast: Option<SharedSweeper>,
 }
 
 /// One backend's (or, summed, one service port's) figures.
@@ -263,6 +266,23 @@ impl Stats {
             est: Arc::default(),
             shared,
             counters,
+            fast: None,
+        }
+    }
+
+    /// Runs the XDP fast path's sweep before every read, so that the
+    /// packets it forwarded until then are counted
+    /// ([`sluice_dataplane::fastpath::sync`]).
+    pub fn set_fast_path(&mut self, sweeper: SharedSweeper) {
+        self.fast = Some(sweeper);
+    }
+
+    /// Credits what the fast path forwarded so far.
+    fn settle_fast_path(&self) {
+        if let Some(s) = &self.fast {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sweep_now(&self.shared);
         }
     }
 
@@ -422,6 +442,7 @@ impl Stats {
 
     /// Traffic totals by front end and backend: folded + retired + current.
     pub fn traffic(&self) -> (Arc<Snapshot>, Folded) {
+        self.settle_fast_path();
         let (current, mut t, retired) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let current = self.shared.snapshot.load_full();

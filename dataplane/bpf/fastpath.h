@@ -20,6 +20,17 @@
  * way, to the sockets or the kernel, and so does a frame whose entry is
  * missing.
  *
+ * Nor may a malformed frame hit, one that the workers' parser
+ * (dataplane/src/wire/parse.rs) refuses and counts: an IPv4 header with
+ * options (IHL != 5: the parser judges options, source routes among them),
+ * a wrong header checksum (RFC 1122 § 3.2.1.2; an incremental rewrite would
+ * make it right for the next hop), a total length (IPv6: 40 + payload
+ * length) beyond the frame or short of the L4 header, a TCP data offset
+ * below 5 or past the IP payload, a UDP length below 8 or past the IP
+ * payload. Those go the usual way too (counted in fast_stats[3]), so that
+ * a worker drops and counts them as it does without the fast path. A total
+ * length short of the frame is Ethernet padding, as the parser reads it.
+ *
  * Layouts shared with dataplane/src/fastpath/entry.rs (no implicit padding):
  * key, 40 bytes: src[16] dst[16] (IPv4 as IPv4-mapped IPv6), sport, dport
  * (network order), proto, pad[3] (zero).
@@ -58,7 +69,8 @@ struct fast_val {
 	__u32 ifindex;
 	__u16 mtu;
 	__u8 flags;
-	__u8 pad[5];
+	__u8 worker; /* publisher's index, for the sweep; unused here */
+	__u8 pad[4];
 	__u64 last_seen;
 	__u64 packets;
 	__u64 bytes;
@@ -73,10 +85,12 @@ struct {
 } fast_flows SEC(".maps");
 
 /* Per-CPU: [0] hits (redirected here), [1] misses (no entry), [2] entry
- * found but the frame went the usual way (TTL, MTU, flags). */
+ * found but the frame went the usual way (TTL, MTU, flags), [3] entry found
+ * but the frame is malformed (went the usual way, to a worker that drops
+ * it). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } fast_stats SEC(".maps");
@@ -100,6 +114,63 @@ static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
 }
 
 /*
+ * Whether the 20-byte IPv4 header at `ip` (bounds checked by the caller) is
+ * one the parser accepts without judging options: IHL 5, a right header
+ * checksum (the one's-complement sum of its ten words is 0xffff; the sum
+ * does not depend on byte order), a total length within the `len` bytes
+ * from the IP header to the frame's end. Sets *l4len to the IP payload's
+ * length.
+ */
+static __always_inline int fast_ipv4_ok(struct iphdr *ip, __u32 len, __u32 *l4len)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+	__u32 tot;
+
+	if (ip->ihl != 5)
+		return 0;
+	tot = bpf_ntohs(ip->tot_len);
+	if (tot < sizeof(*ip) || tot > len)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	if (sum != 0xffff)
+		return 0;
+	*l4len = tot - sizeof(*ip);
+	return 1;
+}
+
+/*
+ * Whether the TCP or UDP header at `l4` fits the `l4len` bytes of IP
+ * payload as the parser wants: TCP data offset at least 5 and within them,
+ * UDP length at least 8 and within them. (The fixed header's bounds are
+ * checked again here, for the verifier.)
+ */
+static __always_inline int fast_l4_ok(void *l4, void *data_end, __u8 proto, __u32 l4len)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		__u32 doff;
+
+		if ((void *)(th + 1) > data_end)
+			return 0;
+		doff = th->doff;
+		return doff >= 5 && doff * 4 <= l4len;
+	} else {
+		struct udphdr *uh = l4;
+		__u32 ulen;
+
+		if ((void *)(uh + 1) > data_end)
+			return 0;
+		ulen = bpf_ntohs(uh->len);
+		return ulen >= sizeof(*uh) && ulen <= l4len;
+	}
+}
+
+/*
  * The fast path for one frame whose L4 header is at `l4` (bounds of its
  * first four bytes checked by the caller). Returns the XDP verdict when it
  * handled the frame, -1 when the frame goes the usual way.
@@ -112,6 +183,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 	struct fast_val *v;
 	__be16 *l4csum;
 	__u32 len;
+	__u32 l4len = 0;
 	__u32 ip_delta = 0;
 
 	if (proto == IPPROTO_TCP) {
@@ -168,6 +240,25 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 		l4csum = &((struct udphdr *)l4)->check;
 	}
 	len = (__u32)(data_end - l3);
+	/* Malformed frames go to a worker, which drops and counts them. */
+	if (v6) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			goto slow;
+		l4len = bpf_ntohs(ip6->payload_len);
+		if (sizeof(*ip6) + l4len > len)
+			goto malformed;
+	} else {
+		struct iphdr *ip = l3;
+
+		if ((void *)(ip + 1) > data_end)
+			goto slow;
+		if (!fast_ipv4_ok(ip, len, &l4len))
+			goto malformed;
+	}
+	if (!fast_l4_ok(l4, data_end, proto, l4len))
+		goto malformed;
 	if (len > v->mtu)
 		goto slow;
 	if (v6) {
@@ -229,6 +320,10 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 
 slow:
 	fast_count(2);
+	return -1;
+
+malformed:
+	fast_count(3);
 	return -1;
 }
 

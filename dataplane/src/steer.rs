@@ -713,6 +713,7 @@ impl Steering {
             hits: sum(0)?,
             misses: sum(1)?,
             slow: sum(2)?,
+            malformed: sum(3)?,
         })
     }
 }

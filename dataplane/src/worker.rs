@@ -125,6 +125,15 @@ pub struct Counters {
     /// Fast-path entries published, withdrawn on FIN/RST, and map
     /// operations that failed ([`crate::fastpath::publish::PublishStats`]).
     pub fast: [AtomicU64; 3],
+    /// Packets of the flow directions this worker published that the XDP
+    /// fast path forwarded in its place (never seen by this worker), summed
+    /// from the map's per-entry counters by the sweep
+    /// ([`crate::fastpath::sync`]), which alone writes this and
+    /// [`Counters::fast_bytes`]. [`Counters::snapshot`] counts them in `rx`
+    /// and `tx` too, so that those agree with the traffic in either mode.
+    pub fast_packets: AtomicU64,
+    /// Their IP bytes.
+    pub fast_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -169,9 +178,10 @@ impl Counters {
     /// A plain copy, as (name, value) pairs in a stable order.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let fast = l(&self.fast_packets);
         let mut v = vec![
-            ("rx".to_string(), l(&self.rx)),
-            ("tx".to_string(), l(&self.tx)),
+            ("rx".to_string(), l(&self.rx) + fast),
+            ("tx".to_string(), l(&self.tx) + fast),
             ("rejected".to_string(), l(&self.rejected)),
             ("resets".to_string(), l(&self.resets)),
             ("flows_picked_up".to_string(), l(&self.flows_picked_up)),
@@ -214,7 +224,18 @@ impl Counters {
         {
             v.push((name.to_string(), l(a)));
         }
+        v.push(("fast_path_packets".to_string(), fast));
+        v.push(("fast_path_bytes".to_string(), l(&self.fast_bytes)));
         v
+    }
+
+    /// Credits `packets` packets of `bytes` IP bytes that the XDP fast
+    /// path forwarded for this worker (the sweep's, single writer).
+    pub fn add_fast_path(&self, packets: u64, bytes: u64) {
+        if packets != 0 {
+            self.fast_packets.fetch_add(packets, Ordering::Relaxed);
+            self.fast_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 }
 

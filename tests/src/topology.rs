@@ -88,8 +88,8 @@ pub struct TopologyOpts {
     /// GRO on the veth ends facing the LB nodes (client, router, switch
     /// ports), which gives them NAPI: frames the LB's XDP fast path
     /// redirects into a veth are delivered only then (`--fast-path xdp`).
-    /// Default: on when `SLUICE_FAST_PATH=xdp`, as sluice then runs with
-    /// the fast path.
+    /// Default: on unless `SLUICE_FAST_PATH=off`, as sluice runs with the
+    /// fast path by default.
     pub fast_path: bool,
 }
 
@@ -102,7 +102,7 @@ impl Default for TopologyOpts {
             lb_nodes: 1,
             router: false,
             testsrv: None,
-            fast_path: std::env::var("SLUICE_FAST_PATH").is_ok_and(|v| v == "xdp"),
+            fast_path: !std::env::var("SLUICE_FAST_PATH").is_ok_and(|v| v == "off"),
         }
     }
 }

@@ -6,13 +6,19 @@
 //! The topology turns GRO on at the LB's peers ([`TopologyOpts::fast_path`]):
 //! frames redirected into a veth are delivered only when the receiving end
 //! runs NAPI.
+//!
+//! `xdp` is the default; every other test file runs in the mode
+//! `SLUICE_FAST_PATH` names (`off` or `xdp`, default `xdp`) with the same
+//! results, and the counters test here also runs with `--fast-path off`.
 
 use std::time::{Duration, Instant};
 
+use sluice_tests::api::request;
+use sluice_tests::craft::{self, Capture, Ip4};
 use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
 use sluice_tests::{
-    poll_until, require_root, topology, ReloadOutcome, Role, Sluice, StopReport, Topology,
-    TopologyOpts,
+    poll_until, require_root, sluice_bin, topology, ReloadOutcome, Role, Sluice, StopReport,
+    Topology, TopologyOpts,
 };
 
 const FAST: &[&str] = &["--workers", "1", "--fast-path", "xdp"];
@@ -396,4 +402,185 @@ fn links_that_cannot_take_redirects_stay_on_the_workers() {
         "{}",
         r.logs
     );
+}
+
+/// A frame of a flow the fast path carries, but one the workers' parser
+/// refuses (here: a bad IPv4 header checksum), is not rewritten by the XDP
+/// program (which would make its checksum right for the next hop, or keep
+/// it wrong and forward it): it goes to a worker, which drops it and counts
+/// it as without the fast path (`tests/tests/malformed.rs`). The flow's
+/// good datagrams around it keep taking the fast path.
+#[test]
+fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    let (lb_mac, client_mac) = (
+        craft::mac(&topo, Role::Lb, "front"),
+        craft::mac(&topo, Role::Client, "eth0"),
+    );
+    let (good, bad) = (craft::marker(), craft::marker());
+    let ip = Ip4::new([198, 18, 0, 2], [198, 18, 100, 10]);
+    let eth = |p: &[u8]| craft::ether(lb_mac, client_mac, &[], craft::IPV4, p);
+    let datagram = |m: &[u8]| eth(&ip.udp(41999, 5353, m));
+    let mut broken = ip.udp(41999, 5353, &bad);
+    broken[11] ^= 0x5a; // header checksum wrong
+                        // On the switch's port to the LB: what the LB sent, before the
+                        // bridge (which, with br_netfilter, drops bad IPv4 checksums itself).
+    let cap = Capture::start(&topo, Role::Sw, "p0", &[], 4000);
+    // The first datagram makes the flow; the worker that forwards it
+    // publishes the flow's entry.
+    craft::send_frames(&topo, Role::Client, "eth0", &[datagram(&good)]);
+    craft::send_frames(
+        &topo,
+        Role::Client,
+        "eth0",
+        &[datagram(&good), eth(&broken), datagram(&good)],
+    );
+    let frames = cap.frames();
+    let r = stopped(sluice);
+    // Frames towards b1 (IPv4 destination at bytes 30..34) with a marker.
+    let carrying = |m: &[u8]| {
+        frames
+            .iter()
+            .filter(|f| f.get(30..34) == Some(&[198, 18, 1, 11][..]))
+            .filter(|f| f.windows(m.len()).any(|w| w == m))
+            .count()
+    };
+    assert_eq!(carrying(&bad), 0, "the LB sent the broken datagram on");
+    assert_eq!(carrying(&good), 3, "{:?}", r.counters);
+    assert_eq!(r.counter("drop_bad_ip_checksum"), 1, "{:?}", r.counters);
+    // It found the flow's entry and was refused there.
+    assert_eq!(r.counter("xdp_fast_malformed_front"), 1, "{:?}", r.counters);
+    assert!(r.counter("xdp_fast_hits_front") >= 2, "{:?}", r.counters);
+}
+
+/// The numbers of the `ipvsadm -Ln --stats --exact` lines of the virtual
+/// services (Conns InPkts OutPkts InBytes OutBytes), summed.
+fn ipvsadm_service_stats(sluice: &Sluice) -> [u64; 5] {
+    let o = std::process::Command::new(sluice_bin())
+        .args(["ipvsadm", "-Ln", "--stats", "--exact"])
+        .env("SLUICE_SOCKET", sluice.api_socket())
+        .output()
+        .expect("run sluice ipvsadm");
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut sum = [0u64; 5];
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("TCP ") || l.starts_with("UDP "))
+    {
+        let n: Vec<u64> = l
+            .split_whitespace()
+            .skip(2)
+            .map(|n| n.parse().unwrap_or_else(|_| panic!("{out}")))
+            .collect();
+        for (s, v) in sum.iter_mut().zip(n) {
+            *s += v;
+        }
+    }
+    sum
+}
+
+/// The packets the XDP program forwards count like the workers' own: in
+/// the workers' rx and tx (each packet through the LB once: received by a
+/// socket or forwarded by the program), in the service's and backend's
+/// packets (the stats route and `ipvsadm -Ln --stats` add up to rx), and at
+/// exit `fast_path_packets` is exactly the program's hits, including what
+/// it forwarded after the last sweep and before the closing FIN withdrew
+/// the flow's entries.
+#[test]
+fn counters_include_what_the_fast_path_forwarded() {
+    require_root();
+    counters_agree_with_the_traffic(FAST, true);
+}
+
+/// The same with `--fast-path off` (the default is `xdp`): nothing is
+/// forwarded by the XDP program and the workers' counters alone add up.
+#[test]
+fn counters_agree_with_the_traffic_with_the_fast_path_off() {
+    require_root();
+    counters_agree_with_the_traffic(&["--workers", "1", "--fast-path", "off"], false);
+}
+
+fn counters_agree_with_the_traffic(args: &[&str], xdp: bool) {
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), args);
+    let out = topo.testsrv(
+        Role::Client,
+        &bulk_get("198.18.100.10:9000", "5000000", &["--timeout-ms", "20000"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "{out}\n{}", sluice.logs());
+    let out = topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            "198.18.100.10:5353",
+            "--count",
+            "50",
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "{out}");
+    // The sweep credits within 200 ms; the FIN's withdrawals at its next
+    // turn.
+    let settled = poll_until(Duration::from_secs(5), || {
+        let r = request(
+            sluice.api_socket(),
+            "GET",
+            "/apis/sluice.dev/v1/stats",
+            None,
+            None,
+        );
+        let j = r.json();
+        let w = &j["workers"][0]["counters"];
+        let (rx, tx, fast) = (
+            w["rx"].as_u64()?,
+            w["tx"].as_u64()?,
+            w["fast_path_packets"].as_u64()?,
+        );
+        let svc: u64 = j["services"]
+            .as_array()?
+            .iter()
+            .map(|s| s["inPackets"].as_u64().unwrap_or(0) + s["outPackets"].as_u64().unwrap_or(0))
+            .sum();
+        let ipvs = ipvsadm_service_stats(&sluice);
+        (svc == rx && ipvs[1] + ipvs[2] == rx && (fast > 1000) == xdp)
+            .then_some((rx, tx, fast, ipvs))
+    });
+    let (rx, tx, fast, ipvs) = settled.unwrap_or_else(|| {
+        let r = request(
+            sluice.api_socket(),
+            "GET",
+            "/apis/sluice.dev/v1/stats",
+            None,
+            None,
+        );
+        panic!(
+            "services' packets never added up to rx: {}\n{:?}",
+            r.body,
+            ipvsadm_service_stats(&sluice)
+        )
+    });
+    eprintln!("rx {rx} tx {tx} fast {fast} ipvsadm {ipvs:?}");
+    let r = stopped(sluice);
+    let c = |n: &str| r.counter(n);
+    let (front, back) = hits(&r);
+    if xdp {
+        assert!(front > 10 && back > 1000, "{:?}", r.counters);
+    } else {
+        assert_eq!(front + back, 0, "{:?}", r.counters);
+    }
+    assert_eq!(c("fast_path_packets"), front + back, "{:?}", r.counters);
+    assert_eq!(
+        c("rx"),
+        c("xdp_redirected_front") + c("xdp_redirected_back") + front + back,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(c("tx"), c("rx"), "{:?}", r.counters);
+    assert_eq!(c("rx"), rx, "traffic after the last read: {:?}", r.counters);
 }

@@ -11,7 +11,9 @@
 //! (network order), the IPv4 header and L4 checksum deltas (host order:
 //! the folded one's-complement sum of `~old + new` over big-endian words),
 //! destination and source MAC, egress ifindex (host order), egress MTU,
-//! flags ([`FLAG_NAT`]), five zero bytes, then three `u64` in host order
+//! flags ([`FLAG_NAT`]), the index of the worker that published it (which
+//! the XDP program ignores; the sweep credits the entry's packets to that
+//! worker's rx/tx), four zero bytes, then three `u64` in host order
 //! that the XDP program writes: last-seen time (`bpf_ktime_get_ns`, i.e.
 //! `CLOCK_MONOTONIC`), packets and bytes (IP bytes, as the workers count).
 
@@ -74,6 +76,9 @@ pub struct FastValue {
     pub mtu: u16,
     /// [`FLAG_NAT`] or 0.
     pub flags: u8,
+    /// The worker that published the entry (its packets count in that
+    /// worker's rx and tx).
+    pub worker: u8,
     /// `bpf_ktime_get_ns()` of the last packet (0: none yet).
     pub last_seen_ns: u64,
     /// Packets forwarded by the XDP program.
@@ -97,6 +102,7 @@ impl FastValue {
         b[52..56].copy_from_slice(&self.ifindex.to_ne_bytes());
         b[56..58].copy_from_slice(&self.mtu.to_ne_bytes());
         b[58] = self.flags;
+        b[59] = self.worker;
         b[64..72].copy_from_slice(&self.last_seen_ns.to_ne_bytes());
         b[72..80].copy_from_slice(&self.packets.to_ne_bytes());
         b[80..88].copy_from_slice(&self.bytes.to_ne_bytes());
@@ -131,6 +137,7 @@ impl FastValue {
             ifindex: u32::from_ne_bytes([b[52], b[53], b[54], b[55]]),
             mtu: u16n(56),
             flags: b[58],
+            worker: b[59],
             last_seen_ns: u64n(64),
             packets: u64n(72),
             bytes: u64n(80),
@@ -179,6 +186,7 @@ mod tests {
             ifindex: 7,
             mtu: 1500,
             flags: FLAG_NAT,
+            worker: 3,
             last_seen_ns: 9,
             packets: 10,
             bytes: 11,
@@ -190,7 +198,8 @@ mod tests {
         assert_eq!(&v[52..56], &7u32.to_ne_bytes());
         assert_eq!(&v[56..58], &1500u16.to_ne_bytes());
         assert_eq!(v[58], FLAG_NAT);
-        assert_eq!(&v[59..64], &[0; 5]);
+        assert_eq!(v[59], 3);
+        assert_eq!(&v[60..64], &[0; 4]);
         assert_eq!(&v[64..72], &9u64.to_ne_bytes());
         assert_eq!(&v[80..88], &11u64.to_ne_bytes());
     }
@@ -205,7 +214,7 @@ mod tests {
         #[test]
         fn value_round_trips(a: [u8; 16], b: [u8; 16], sp: u16, dp: u16, p: u8,
                              d: (u16, u16), macs: ([u8; 6], [u8; 6]), ifx: u32, mtu: u16,
-                             flags: u8, c: (u64, u64, u64)) {
+                             flags: u8, worker: u8, c: (u64, u64, u64)) {
             let v = FastValue {
                 to: key(a, b, sp, dp, p),
                 ip_delta: d.0,
@@ -215,6 +224,7 @@ mod tests {
                 ifindex: ifx,
                 mtu,
                 flags,
+                worker,
                 last_seen_ns: c.0,
                 packets: c.1,
                 bytes: c.2,

@@ -6,7 +6,7 @@
 //! sweep each own theirs and none shares a lock; the kernel's hash map is
 //! safe for concurrent updates.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
 
@@ -15,6 +15,18 @@ use crate::steer::SteerError;
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// The `bpf(2)` command `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (uapi/linux/bpf.h).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// The part of `union bpf_attr` the map element commands use.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 /// Counters of the fast path in one steering program, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +38,10 @@ pub struct FastStats {
     /// Frames that found an entry but went the usual way (SYN/FIN/RST, TTL,
     /// MTU, IPv6 UDP without checksum).
     pub slow: u64,
+    /// Frames that found an entry but are malformed (bad IPv4 header
+    /// checksum, options, lengths that do not fit): they went the usual way,
+    /// to a worker that drops and counts them.
+    pub malformed: u64,
 }
 
 /// One interface's `fast_flows` map.
@@ -110,6 +126,53 @@ impl FastMap {
             }
             Err(e) => Err(err(&self.ifname, "delete", e)),
         }
+    }
+
+    /// Withdraws the entry of `k` and returns it as it was at that moment
+    /// (with its last counts: no packet the XDP program forwards is lost
+    /// between a read and a delete); `None` when there was none. One
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps: kernel 5.14).
+    ///
+    /// # Errors
+    /// [`SteerError::Map`] on a failure other than a missing key.
+    pub fn take(&mut self, k: &FastKey) -> Result<Option<FastValue>, SteerError> {
+        let key = k.encode();
+        let mut val = [0u8; VALUE_LEN];
+        let attr = ElemAttr {
+            map_fd: self.map.map().fd().as_fd().as_raw_fd() as u32,
+            pad: 0,
+            key: key.as_ptr() as u64,
+            value: val.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the `bpf_attr` layout of the map element
+        // commands (map_fd, key, value, flags); the kernel reads KEY_LEN
+        // bytes at `key` and writes VALUE_LEN bytes (the map's key and value
+        // sizes, checked at FastMap::new by aya's HashMap) at `value`, both
+        // live arrays of those sizes for the whole call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>() as u32,
+            )
+        };
+        if r == 0 {
+            return Ok(Some(FastValue::decode(&val, k.0.proto)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        Err(err(
+            &self.ifname,
+            "lookup_and_delete",
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_and_delete_elem",
+                io_error: e,
+            }),
+        ))
     }
 
     /// Every entry, read one by one (an entry deleted meanwhile is skipped).

@@ -13,12 +13,16 @@
 //! The user-space flow table stays the truth. Only packets that need no
 //! judgement take the fast path (TCP without SYN, FIN or RST, UDP; TTL above
 //! 1; within the egress MTU; untagged, unfragmented, IPv6 without extension
-//! headers): every FIN and RST still reaches a worker, which updates the
+//! headers; well-formed as the parser wants them, or a worker drops and
+//! counts them): every FIN and RST still reaches a worker, which updates the
 //! flow's state and withdraws its entries. A sweep ([`sync::Sweeper`], a
-//! thread of its own) reads every entry's last-seen time and counters in
-//! batches, refreshes the flow record (so timeouts and listings stay right)
-//! and the per-backend traffic counters, and removes the entries of flows
-//! that closed, aged out, lost their backend or whose next hop moved.
+//! thread of its own, also run by the readers of the counters before they
+//! read) reads every entry's last-seen time and counters, refreshes the flow
+//! record (so timeouts and listings stay right), credits the packets to the
+//! backend's traffic counters and to the rx/tx of the worker that published
+//! the entry, and removes the entries of flows that closed, aged out, lost
+//! their backend or whose next hop moved. Entries leave the map with their
+//! last counts (lookup-and-delete), so no forwarded packet goes uncounted.
 //!
 //! Files: [`entry`] (map layouts, encode/decode), [`rewrite`] (what to
 //! publish for a flow, and a Rust mirror of the XDP rewrite that the tests
@@ -36,13 +40,13 @@ pub use map::{FastMap, FastStats};
 pub use publish::Publisher;
 pub use rewrite::plan;
 
-/// Whether the fast path is used (`--fast-path`).
+/// Whether the fast path is used (`--fast-path`; default `xdp`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Every packet goes through the AF_XDP workers.
-    #[default]
     Off,
     /// Established flows are forwarded by the XDP program.
+    #[default]
     Xdp,
 }
 

@@ -8,10 +8,16 @@
 //! UDP datagram without checksum) would ask for the same entry again, so
 //! the worker remembers what it published in the last
 //! [`REPUBLISH_AFTER_S`] seconds and does not ask twice.
+//!
+//! A withdrawal takes the entry out with its last counts (one
+//! lookup-and-delete, no more syscalls than a delete) and hands them to the
+//! sweep through a bounded lock-free queue ([`super::sync::Withdrawals`]),
+//! so that the packets the XDP program forwarded since the last sweep are
+//! still counted, per backend and in the workers' rx/tx.
 
 use hashbrown::HashMap;
 
-use crate::flow_table::FlowState;
+use crate::flow_table::{Direction, FlowState};
 use crate::pipeline::{Ctx, Verdict};
 use crate::types::{proto, FlowKey};
 use crate::wire::{tcp_flags, Parsed};
@@ -19,6 +25,7 @@ use crate::wire::{tcp_flags, Parsed};
 use super::entry::FastKey;
 use super::map::FastMap;
 use super::rewrite::plan;
+use super::sync::{Withdrawals, Withdrawn};
 
 /// Seconds during which a published key is not published again.
 pub const REPUBLISH_AFTER_S: u32 = 2;
@@ -33,7 +40,8 @@ pub struct PublishStats {
     /// Entries withdrawn on FIN or RST.
     pub withdrawn: u64,
     /// Map operations that failed (full map, ...): the flow stays on the
-    /// slow path.
+    /// slow path. Also withdrawn entries whose counts found the sweep's
+    /// queue full (their packets since the last sweep go uncounted).
     pub errors: u64,
 }
 
@@ -44,18 +52,28 @@ pub struct PublishStats {
 pub struct Publisher {
     maps: Vec<FastMap>,
     ifindex: Vec<u32>,
+    worker: u8,
+    withdrawals: Withdrawals,
     recent: HashMap<FlowKey, u32>,
     /// Counters since the last [`Publisher::take_stats`].
     stats: PublishStats,
 }
 
 impl Publisher {
-    /// A publisher over `maps[port]` (the map of the interface of port
-    /// `port`), sending to `ifindex[port]`.
-    pub fn new(maps: Vec<FastMap>, ifindex: Vec<u32>) -> Publisher {
+    /// The publisher of worker `worker` over `maps[port]` (the map of the
+    /// interface of port `port`), sending to `ifindex[port]`; withdrawn
+    /// entries' counts go to the sweep through `withdrawals`.
+    pub fn new(
+        maps: Vec<FastMap>,
+        ifindex: Vec<u32>,
+        worker: u8,
+        withdrawals: Withdrawals,
+    ) -> Publisher {
         Publisher {
             maps,
             ifindex,
+            worker,
+            withdrawals,
             recent: HashMap::new(),
             stats: PublishStats::default(),
         }
@@ -98,9 +116,10 @@ impl Publisher {
         if key.proto == proto::TCP && hit.state != FlowState::Established {
             return;
         }
-        let Some(val) = plan(ctx.snap, &hit.entry, hit.dir, &self.ifindex) else {
+        let Some(mut val) = plan(ctx.snap, &hit.entry, hit.dir, &self.ifindex) else {
             return;
         };
+        val.worker = self.worker;
         let Some(map) = self.maps.get_mut(usize::from(ingress)) else {
             return;
         };
@@ -118,18 +137,38 @@ impl Publisher {
     /// Withdraws both directions of the flow of `key` from every map (a
     /// FIN or RST: the flow's state changes, which only the workers follow).
     fn withdraw_flow(&mut self, ctx: &Ctx<'_>, key: &FlowKey) {
-        let keys = match ctx.flows.lookup(key, ctx.now) {
-            Some(h) => [h.entry.original, h.entry.reply],
-            None => [*key, *key],
+        let hit = ctx.flows.lookup(key, ctx.now);
+        let keys = match &hit {
+            Some(h) => [
+                (h.entry.original, Direction::Original),
+                (h.entry.reply, Direction::Reply),
+            ],
+            None => [(*key, Direction::Original), (*key, Direction::Original)],
         };
-        for k in keys {
+        for (i, (k, dir)) in keys.into_iter().enumerate() {
+            if i == 1 && hit.is_none() {
+                break;
+            }
             // Asked even when this worker never published it: another
             // worker may have.
             self.recent.remove(&k);
-            for m in &mut self.maps {
-                match m.withdraw(&FastKey(k)) {
-                    Ok(true) => self.stats.withdrawn += 1,
-                    Ok(false) => {}
+            for (m, map) in self.maps.iter_mut().enumerate() {
+                match map.take(&FastKey(k)) {
+                    Ok(Some(value)) => {
+                        self.stats.withdrawn += 1;
+                        let w = Withdrawn {
+                            map: m,
+                            key: FastKey(k),
+                            value,
+                            flow: hit
+                                .as_ref()
+                                .map(|h| (h.entry.service, h.entry.backend, dir)),
+                        };
+                        if self.withdrawals.push(w).is_err() {
+                            self.stats.errors += 1;
+                        }
+                    }
+                    Ok(None) => {}
                     Err(_) => self.stats.errors += 1,
                 }
             }

@@ -135,6 +135,9 @@ pub fn apply(frame: &mut [u8], v: &FastValue) -> bool {
         _ => return false,
     };
     let len = frame.len() - ETH;
+    if !well_formed(&frame[ETH..], v6, proto, l4 - ETH) {
+        return false;
+    }
     if len > usize::from(v.mtu) {
         return false;
     }
@@ -181,6 +184,38 @@ pub fn apply(frame: &mut [u8], v: &FastValue) -> bool {
     frame[0..6].copy_from_slice(&v.dmac);
     frame[6..12].copy_from_slice(&v.smac);
     true
+}
+
+/// `fast_ipv4_ok` and `fast_l4_ok` of `bpf/fastpath.h` over the IP packet
+/// `ip` (to the frame's end) whose TCP or UDP header is at `l4` (its fixed
+/// part within `ip`): what the parser would refuse never takes the fast
+/// path. IPv4: IHL 5, a right header checksum, a total length within the
+/// frame; IPv6: 40 + payload length within the frame; TCP data offset at
+/// least 5 and within the IP payload; UDP length at least 8 and within it.
+fn well_formed(ip: &[u8], v6: bool, proto: u8, l4: usize) -> bool {
+    let l4len = if v6 {
+        let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        if 40 + plen > ip.len() {
+            return false;
+        }
+        plen
+    } else {
+        let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if ip[0] & 0x0f != 5 || !(20..=ip.len()).contains(&tot) {
+            return false;
+        }
+        if crate::wire::checksum::fold(crate::wire::checksum::sum(&ip[..20])) != 0xffff {
+            return false;
+        }
+        tot - 20
+    };
+    if proto == proto::TCP {
+        let doff = usize::from(ip[l4 + 12] >> 4);
+        doff >= 5 && doff * 4 <= l4len
+    } else {
+        let ulen = usize::from(u16::from_be_bytes([ip[l4 + 4], ip[l4 + 5]]));
+        (8..=l4len).contains(&ulen)
+    }
 }
 
 #[cfg(test)]

@@ -185,9 +185,13 @@ impl Lb {
                     args.push("--snat-ports".into());
                     args.push(o.sluice_snat_ports.clone());
                 }
-                if kind == Kind::SluiceFast {
-                    args.extend(["--fast-path".into(), "xdp".into()]);
-                }
+                // Explicit both ways: the default is xdp.
+                let fast = if kind == Kind::SluiceFast {
+                    "xdp"
+                } else {
+                    "off"
+                };
+                args.extend(["--fast-path".into(), fast.into()]);
                 args.extend(o.sluice_args.iter().cloned());
                 let mut p = Proc::spawn("sluice", &ns, o.lb_cpu, &args)?;
                 let lines = p.wait_stderr("sluice ready", Duration::from_secs(120))?;

@@ -78,6 +78,37 @@ proptest! {
         prop_assert_eq!(f, want);
     }
 
+    /// What the fast path takes the parser accepts: a valid frame with one
+    /// header byte changed (IP header and the fixed L4 header; not the
+    /// IP version or the IPv4 fragment word, which the steering program
+    /// judges before the fast path), cut short or padded is rewritten
+    /// only when `wire::parse` accepts it as it was received.
+    #[test]
+    fn frames_the_parser_refuses_never_take_the_fast_path(
+        v4: bool, tcp: bool, at in 0usize..60, x: u8, cut in 0usize..8, pad in 0usize..8,
+    ) {
+        let p = if tcp { proto::TCP } else { proto::UDP };
+        let from = key4([1, 1, 1, 1], [2, 2, 2, 2], 5, 6, p);
+        let from = if v4 { from } else {
+            FlowKey { src: Addr::from_v6(CLIENT6), dst: Addr::from_v6(VIP6), ..from }
+        };
+        let to = FlowKey { sport: 7, dport: 8, ..from };
+        let mut f = frame(&from, 64, b"payload", [1; 6], [2; 6], true);
+        let hdrs = if v4 { 20 } else { 40 } + if tcp { 20 } else { 8 };
+        let i = 14 + at % hdrs;
+        if i == 14 {
+            // The version stays; IHL (IPv4) or traffic class bits change.
+            f[i] = (f[i] & 0xf0) | (x & 0x0f);
+        } else if !(v4 && (i == 20 || i == 21)) {
+            f[i] = x;
+        }
+        f.truncate(f.len() - cut);
+        f.extend(std::iter::repeat_n(0u8, pad));
+        let parsed = crate::wire::parse(&f).is_ok();
+        let taken = apply(&mut f, &value(&from, &to));
+        prop_assert!(!taken || parsed, "taken by the fast path, refused by the parser");
+    }
+
     /// DR: only the MACs and the TTL change.
     #[test]
     fn dr_changes_macs_and_ttl_only(v4: bool, a: [[u8; 16]; 2], ports: [u16; 2], ttl in 2u8..=255) {
@@ -128,6 +159,69 @@ fn frames_that_need_judgement_are_left_alone() {
         assert!(!apply(&mut f, &v), "flag {flag:#x}");
         assert_eq!(f, before);
     }
+    // Malformed: the workers drop and count them (the parser's reasons).
+    let good = frame(&from, 64, b"data", [1; 6], [2; 6], true);
+    let ip_csum = |f: &mut Vec<u8>| {
+        f[24..26].fill(0);
+        let c = !crate::wire::checksum::fold(crate::wire::checksum::sum(&f[14..34]));
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    };
+    type Breaks = fn(&mut Vec<u8>);
+    let cases: [(&str, Breaks); 5] = [
+        ("bad IPv4 header checksum", |f| f[25] ^= 0x5a),
+        ("total length past the frame", |f| f[17] += 1),
+        ("total length short of the TCP header", |f| f[17] = 20 + 19),
+        ("TCP data offset 4", |f| f[14 + 20 + 12] = 0x40),
+        ("TCP data offset past the packet", |f| {
+            f[14 + 20 + 12] = 0xf0
+        }),
+    ];
+    for (what, break_it) in cases {
+        let mut f = good.clone();
+        break_it(&mut f);
+        if what != "bad IPv4 header checksum" {
+            ip_csum(&mut f);
+        }
+        assert!(
+            crate::wire::parse(&f).is_err(),
+            "{what}: the parser takes it"
+        );
+        let before = f.clone();
+        assert!(!apply(&mut f, &v), "{what}");
+        assert_eq!(f, before, "{what}");
+    }
+    // IHL 6 (a NOP option): the parser judges options, so the workers do.
+    let mut f = good.clone();
+    f.splice(34..34, [1u8, 1, 1, 1]);
+    f[14] = 0x46;
+    f[17] += 4;
+    ip_csum(&mut f);
+    assert!(!apply(&mut f, &v), "IPv4 options");
+    // Ethernet padding after the packet is not a malformation.
+    let mut f = good.clone();
+    f.extend_from_slice(&[0; 6]);
+    assert!(apply(&mut f, &v), "padded frame");
+    // UDP length below 8 or past the packet; IPv6 payload past the frame.
+    let u = key4([1, 1, 1, 1], [2, 2, 2, 2], 5, 6, proto::UDP);
+    let vu = value(&u, &key4([3, 3, 3, 3], [4, 4, 4, 4], 7, 8, proto::UDP));
+    for ulen in [7u16, 8 + 4 + 1] {
+        let mut f = frame(&u, 64, b"abcd", [1; 6], [2; 6], false);
+        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&ulen.to_be_bytes());
+        assert!(crate::wire::parse(&f).is_err(), "UDP length {ulen}");
+        assert!(!apply(&mut f, &vu), "UDP length {ulen}");
+    }
+    let u6 = FlowKey {
+        src: Addr::from_v6(CLIENT6),
+        dst: Addr::from_v6(VIP6),
+        ..u
+    };
+    let mut f = frame(&u6, 64, b"abcd", [1; 6], [2; 6], false);
+    f[14 + 5] += 1;
+    assert!(crate::wire::parse(&f).is_err(), "IPv6 payload length");
+    assert!(
+        !apply(&mut f, &value(&u6, &FlowKey { sport: 9, ..u6 })),
+        "IPv6 payload length"
+    );
     // Larger than the egress MTU: the workers answer too big.
     let small = FastValue { mtu: 60, ..v };
     let mut f = frame(&from, 64, &[0; 100], [1; 6], [2; 6], true);
