@@ -6,8 +6,9 @@
 # back) through the API with `sluice apply`, each answered only once every
 # worker has loaded its table. Prints the round trip's p50/p90/max and the
 # daemon's own sluice_sync_duration_seconds (write to table loaded).
-# KIND=service instead adds and deletes one more Service (its own front end
-# and a new endpoint port: the steering maps change) in turn.
+# KIND=service instead adds one more Service with its slice (its own front
+# end and a new endpoint port: the steering maps change), then deletes the
+# slice (untimed) and the Service (timed), in turn.
 #
 #   scripts/bench-sync.sh [N=10000] [CHANGES=40] [KIND=endpoint|service]
 #
@@ -58,7 +59,7 @@ spec:
 """ + slice_(i))
 open(f"{work}/down.yaml", "w").write(slice_(n // 2, False))
 open(f"{work}/up.yaml", "w").write(slice_(n // 2, True))
-open(f"{work}/new.yaml", "w").write(f"""apiVersion: v1
+new_svc = f"""apiVersion: v1
 kind: Service
 metadata: {{name: snew, namespace: default}}
 spec:
@@ -72,7 +73,8 @@ addressType: IPv4
 endpoints:
   - addresses: ["198.18.1.11"]
 ports: [{{name: http, protocol: TCP, port: 8081}}]
-""")
+"""
+open(f"{work}/new.yaml", "w").write(new_svc)
 PY
 scripts/topology.sh up $P 3 >/dev/null
 sock=$work/api.sock
@@ -93,9 +95,17 @@ echo "services=$N: sluice ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms (
 for i in $(seq 1 "$K"); do
   f=$work/down.yaml; (( i % 2 )) || f=$work/up.yaml
   verb=apply
-  if [[ $KIND == service ]]; then f=$work/new.yaml; (( i % 2 )) || verb=delete; fi
+  args=(-f "$f")
+  if [[ $KIND == service ]]; then
+    args=(-f "$work/new.yaml")
+    if (( i % 2 == 0 )); then
+      # The slice first, untimed (a Service that a slice names cannot go alone).
+      verb=delete; args=(services snew)
+      "$BIN/sluice" delete endpointslices snew-a --api-socket "$sock" >/dev/null
+    fi
+  fi
   s=$(date +%s%N)
-  "$BIN/sluice" $verb -f "$f" --api-socket "$sock" >/dev/null
+  "$BIN/sluice" $verb "${args[@]}" --api-socket "$sock" >/dev/null
   echo $(( ($(date +%s%N) - s) / 1000 )) >>"$work/times"
 done
 sort -n "$work/times" | awk -v n="$N" -v kind="$KIND" '{a[NR]=$1} END {

@@ -92,9 +92,10 @@ pub struct Base<'a> {
     pub retry: bool,
 }
 
-/// An empty [`Base`]'s parts, for the first compile.
+/// A [`Base`]'s parts, owned; the default is nothing in service (the
+/// first compile's).
 #[derive(Default)]
-pub struct Empty {
+pub struct BaseParts {
     table: ServiceTable,
     tally: Tally,
     removed: hashbrown::HashSet<Endpoint>,
@@ -103,8 +104,8 @@ pub struct Empty {
     forget: HashSet<Endpoint>,
 }
 
-impl Empty {
-    /// A base with nothing in service.
+impl BaseParts {
+    /// The base these parts make.
     pub fn base(&self) -> Base<'_> {
         Base {
             table: &self.table,
@@ -670,43 +671,16 @@ mod tests {
     }
 
     /// A snapshot in service, as a publisher holds it.
-    struct InService {
-        table: ServiceTable,
-        tally: Tally,
-        removed: hashbrown::HashSet<Endpoint>,
-        nexthops: HashMap<Addr, NextHop>,
-        steer: SteerSets,
-        forget: HashSet<Endpoint>,
-    }
-
-    impl InService {
-        fn of(specs: Vec<ServiceSpec>, hops: &[([u8; 4], u8)]) -> InService {
-            let table = ServiceTable::build(1, specs).unwrap();
-            InService {
-                tally: Tally::of(&table),
-                table,
-                removed: Default::default(),
-                nexthops: hops
-                    .iter()
-                    .map(|(a, m)| (Addr::from_v4(*a), hop(*m)))
-                    .collect(),
-                steer: SteerSets::default(),
-                forget: HashSet::new(),
-            }
-        }
-
-        fn base(&self) -> Base<'_> {
-            Base {
-                table: &self.table,
-                reuse_upto: 0,
-                tally: &self.tally,
-                removed: &self.removed,
-                nexthops: &self.nexthops,
-                unresolved: &[],
-                steer: &self.steer,
-                forget: &self.forget,
-                retry: false,
-            }
+    fn in_service(specs: Vec<ServiceSpec>, hops: &[([u8; 4], u8)]) -> BaseParts {
+        let table = ServiceTable::build(1, specs).unwrap();
+        BaseParts {
+            tally: Tally::of(&table),
+            table,
+            nexthops: hops
+                .iter()
+                .map(|(a, m)| (Addr::from_v4(*a), hop(*m)))
+                .collect(),
+            ..BaseParts::default()
         }
     }
 
@@ -731,7 +705,7 @@ mod tests {
         let (x, y) = ([198, 18, 1, 11], [198, 18, 1, 12]);
         let before = vec![web(80, ForwardMethod::Nat, &[x, y])];
         let after = vec![web(80, ForwardMethod::Nat, &[x])];
-        let old = InService::of(before, &[(x, 0x11), (y, 0x12)]);
+        let old = in_service(before, &[(x, 0x11), (y, 0x12)]);
         let ye = (Addr::from_v4(y), 8080, 6);
         let whole = compile_with(
             old.base(),
@@ -769,7 +743,7 @@ mod tests {
             web(80, ForwardMethod::Nat, &[x]),
             web(81, ForwardMethod::Nat, &[x]),
         ];
-        let mut old = InService::of(before, &[(x, 0x11)]);
+        let mut old = in_service(before, &[(x, 0x11)]);
         let first = compile_with(
             old.base(),
             Specs::Whole(
@@ -816,7 +790,7 @@ mod tests {
     #[test]
     fn a_forgotten_endpoint_takes_its_hop_along() {
         let (x, y) = ([198, 18, 1, 11], [198, 18, 1, 12]);
-        let mut old = InService::of(
+        let mut old = in_service(
             vec![web(80, ForwardMethod::Nat, &[x])],
             &[(x, 0x11), (y, 0x12)],
         );
@@ -845,7 +819,7 @@ mod tests {
             web(80, ForwardMethod::Dr, &[x]),
             web(81, ForwardMethod::Tunnel, &[x]),
         ];
-        let old = InService::of(Vec::new(), &[]);
+        let old = in_service(Vec::new(), &[]);
         let mut cache = NextHopCache::default();
         let c = compile_with(old.base(), Specs::Whole(&specs), &mut cache);
         let TallyUpdate::Whole(t) = &c.tally else {
@@ -892,7 +866,7 @@ mod tests {
     fn fullnat_backends_and_local_addresses_are_steered() {
         // 127.0.0.1 is the host's own wherever the test runs.
         let lo = Addr::from_v4([127, 0, 0, 1]);
-        let empty = Empty::default();
+        let empty = BaseParts::default();
         let c = compile(
             1,
             empty.base(),
@@ -931,7 +905,7 @@ mod tests {
         .is_ok());
         // And through compile, against the real host (198.19.255.254 is
         // nobody's here).
-        let empty = Empty::default();
+        let empty = BaseParts::default();
         let r = compile(
             1,
             empty.base(),

@@ -53,8 +53,8 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
-    diff_sets, expired_removals, steer_add, steer_del, union_sets, Base, Compiled, Empty, Specs,
-    SteerSets, TallyUpdate,
+    diff_sets, expired_removals, steer_add, steer_del, union_sets, Base, BaseParts, Compiled,
+    Specs, SteerSets, TallyUpdate,
 };
 use incremental::{Delta, Incremental};
 use tally::Tally;
@@ -104,7 +104,7 @@ pub fn compile_config(objects: &Objects, ctx: &CompileCtx) -> Result<Config, Con
 /// As [`compile::compile`].
 pub fn compile_first(cfg: &Config, host: &Host) -> Result<Compiled, ConfigError> {
     let mut hops = host.hops.lock().unwrap_or_else(|p| p.into_inner());
-    let empty = Empty::default();
+    let empty = BaseParts::default();
     compile::compile(
         1,
         empty.base(),
