@@ -32,6 +32,12 @@ impl Reply {
     }
 }
 
+/// `GET /apis/sluice.dev/v1/stats`: every front end's and backend's
+/// counters and the workers' ([`request`]).
+pub fn stats(socket: &Path) -> Reply {
+    request(socket, "GET", "/apis/sluice.dev/v1/stats", None, None)
+}
+
 /// `METHOD path` over the Unix socket with an optional body of content type
 /// `ctype`; curl gives up after 10 s.
 ///

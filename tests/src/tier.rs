@@ -491,42 +491,52 @@ impl<'t> Tier<'t> {
     /// # Panics
     /// If a step fails.
     pub fn direct_backends(&self, decap: Option<&Path>) {
-        let topo = self.topo;
-        for i in 1..=topo.backend_count() {
-            let b = Role::Backend(i);
-            let sh = |argv: &[&str]| {
-                let out = topo.exec(b, argv, Duration::from_secs(10));
-                assert!(out.success(), "{b:?}: {out}");
-            };
-            sh(&[
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.conf.all.arp_ignore=1",
-                "net.ipv4.conf.all.arp_announce=2",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.eth0.rp_filter=0",
-            ]);
-            topo.ip(b, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-            if let Some(obj) = decap {
-                let obj = obj.to_str().expect("utf-8 path");
-                sh(&["tc", "qdisc", "add", "dev", "eth0", "clsact"]);
-                sh(&[
-                    "tc",
-                    "filter",
-                    "add",
-                    "dev",
-                    "eth0",
-                    "ingress",
-                    "bpf",
-                    "direct-action",
-                    "obj",
-                    obj,
-                    "sec",
-                    "tc",
-                ]);
-            }
+        for i in 1..=self.topo.backend_count() {
+            direct_backend(self.topo, i, VIP, decap);
         }
+    }
+}
+
+/// Makes backend `i` of `topo` a real server that answers clients itself
+/// (DR, IPIP): `vip` on its `lo`, ARP for it suppressed, and with `decap`
+/// the IPIP decapsulation program on `eth0`'s ingress
+/// ([`ipip_decap_object`]).
+///
+/// # Panics
+/// If a step fails.
+pub fn direct_backend(topo: &Topology, i: usize, vip: &str, decap: Option<&Path>) {
+    let b = Role::Backend(i);
+    let sh = |argv: &[&str]| {
+        let out = topo.exec(b, argv, Duration::from_secs(10));
+        assert!(out.success(), "{b:?}: {argv:?}: {out}");
+    };
+    sh(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.eth0.rp_filter=0",
+    ]);
+    topo.ip(b, &["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+    if let Some(obj) = decap {
+        let obj = obj.to_str().expect("utf-8 path");
+        sh(&["tc", "qdisc", "add", "dev", "eth0", "clsact"]);
+        sh(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "ingress",
+            "bpf",
+            "direct-action",
+            "obj",
+            obj,
+            "sec",
+            "tc",
+        ]);
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::api::request;
+use sluice_tests::api;
 use sluice_tests::craft::{self, Capture, Ip4};
 use sluice_tests::k8s::{endpoint_slice, ready_backends, Ep};
 use sluice_tests::{
@@ -137,6 +137,24 @@ fn bulk(ipv6: bool, vip: &str, args: &[&str]) {
     assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
 }
 
+/// `count` UDP queries from the client to the VIP's port 5353 on one
+/// socket (one flow), each waited for up to 2 s.
+fn udp_queries(topo: &Topology, count: usize) -> sluice_tests::CmdOutput {
+    let count = count.to_string();
+    topo.testsrv(
+        Role::Client,
+        &[
+            "udp-query",
+            "198.18.100.10:5353",
+            "--count",
+            &count,
+            "--timeout-ms",
+            "2000",
+        ],
+        Duration::from_secs(20),
+    )
+}
+
 #[test]
 fn nat_tcp_transfer_takes_the_fast_path() {
     require_root();
@@ -164,18 +182,7 @@ fn udp_flow_takes_the_fast_path() {
     require_root();
     let topo = topology!(TopologyOpts::default().backends(2).fast_path(true));
     let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1, 2]), FAST);
-    let out = topo.testsrv(
-        Role::Client,
-        &[
-            "udp-query",
-            "198.18.100.10:5353",
-            "--count",
-            "50",
-            "--timeout-ms",
-            "2000",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = udp_queries(&topo, 50);
     assert!(out.success(), "{out}\nlog:\n{}", sluice.logs());
     assert_eq!(out.stdout.lines().count(), 50, "{out}");
     let r = stopped(sluice);
@@ -512,29 +519,12 @@ fn counters_agree_with_the_traffic(args: &[&str], xdp: bool) {
         Duration::from_secs(30),
     );
     assert!(out.success(), "{out}\n{}", sluice.logs());
-    let out = topo.testsrv(
-        Role::Client,
-        &[
-            "udp-query",
-            "198.18.100.10:5353",
-            "--count",
-            "50",
-            "--timeout-ms",
-            "2000",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = udp_queries(&topo, 50);
     assert!(out.success(), "{out}");
     // The sweep credits within 200 ms; the FIN's withdrawals at its next
     // turn.
     let settled = poll_until(Duration::from_secs(5), || {
-        let r = request(
-            sluice.api_socket(),
-            "GET",
-            "/apis/sluice.dev/v1/stats",
-            None,
-            None,
-        );
+        let r = api::stats(sluice.api_socket());
         let j = r.json();
         let w = &j["workers"][0]["counters"];
         let (rx, tx, fast) = (
@@ -552,13 +542,7 @@ fn counters_agree_with_the_traffic(args: &[&str], xdp: bool) {
             .then_some((rx, tx, fast, ipvs))
     });
     let (rx, tx, fast, ipvs) = settled.unwrap_or_else(|| {
-        let r = request(
-            sluice.api_socket(),
-            "GET",
-            "/apis/sluice.dev/v1/stats",
-            None,
-            None,
-        );
+        let r = api::stats(sluice.api_socket());
         panic!(
             "services' packets never added up to rx: {}\n{:?}",
             r.body,

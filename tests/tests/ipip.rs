@@ -48,41 +48,7 @@ fn decap_object(topo: &Topology) -> PathBuf {
 /// A real server behind an IPIP tunnel: VIP on `lo`, ARP for it
 /// suppressed, the decapsulation program on `eth0`.
 fn make_tunnel_backend(topo: &Topology, i: usize, obj: &std::path::Path) {
-    let b = Role::Backend(i);
-    sh(
-        topo,
-        b,
-        &[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.conf.all.arp_ignore=1",
-            "net.ipv4.conf.all.arp_announce=2",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-        ],
-    );
-    topo.ip(b, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-    sh(topo, b, &["tc", "qdisc", "add", "dev", "eth0", "clsact"]);
-    let obj = obj.to_str().expect("utf-8 path");
-    sh(
-        topo,
-        b,
-        &[
-            "tc",
-            "filter",
-            "add",
-            "dev",
-            "eth0",
-            "ingress",
-            "bpf",
-            "direct-action",
-            "obj",
-            obj,
-            "sec",
-            "tc",
-        ],
-    );
+    sluice_tests::tier::direct_backend(topo, i, VIP, Some(obj));
 }
 
 #[test]

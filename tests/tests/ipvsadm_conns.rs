@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sluice_tests::api::request;
+use sluice_tests::api;
 use sluice_tests::{poll_until, require_root, sluice_bin, topology, Role, Sluice};
 
 struct Out {
@@ -155,7 +155,7 @@ fn ipvsadm_connections_stats_zero_and_timeouts() {
     // -Z: the ipvsadm view starts again from zero, the totals do not.
     ok(&sock, "-Z");
     assert_eq!(stats_line(&sock, &format!("TCP  {VIP}:9000")), [0; 5]);
-    let totals = request(&sock, "GET", "/apis/sluice.dev/v1/stats", None, None).json();
+    let totals = api::stats(&sock).json();
     let conns = totals["services"]
         .as_array()
         .unwrap()

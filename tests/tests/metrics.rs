@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_tests::api::request;
+use sluice_tests::api;
 use sluice_tests::k8s::web_http;
 use sluice_tests::{poll_until, require_root, topology, Role, Sluice, Topology};
 
@@ -208,13 +208,7 @@ fn metrics_parse_and_count_every_connection() {
     assert!(d("sluice_service_bytes_total", &[VIP, "direction=\"in\""]) >= 40.0 * pkts_in);
 
     // The stats route says the same.
-    let r = request(
-        sluice.api_socket(),
-        "GET",
-        "/apis/sluice.dev/v1/stats",
-        None,
-        None,
-    );
+    let r = api::stats(sluice.api_socket());
     assert_eq!(r.code, 200, "{r:?}");
     let j = r.json();
     let svc = &j["services"][0];

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::api::request;
+use sluice_tests::api;
 use sluice_tests::k8s::{endpoint_slice, Ep};
 use sluice_tests::{require_root, topology, ReloadOutcome, Role, Sluice, TopologyOpts};
 
@@ -50,13 +50,7 @@ fn config(with_aaa: bool, with_b1: bool) -> String {
 
 /// The bytes (in + out) counted for backend `addr`:9000 of web:9000.
 fn backend_bytes(sluice: &Sluice, addr: &str) -> u64 {
-    let r = request(
-        sluice.api_socket(),
-        "GET",
-        "/apis/sluice.dev/v1/stats",
-        None,
-        None,
-    );
+    let r = api::stats(sluice.api_socket());
     assert_eq!(r.code, 200, "{r:?}");
     let j = r.json();
     let svc = j["services"]

@@ -182,17 +182,32 @@ pub fn compile(
     Ok(c)
 }
 
-/// The ports' MACs and MTUs.
-fn port_infos(links: &[Link]) -> Vec<PortInfo> {
-    links
-        .iter()
-        // An IP packet is at most 65535 bytes: a larger MTU (lo's 65536)
-        // limits nothing.
-        .map(|l| PortInfo {
-            mac: l.mac,
-            mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
-        })
-        .collect()
+/// A compile's snapshot: its table, the ports' MACs and MTUs, next hops,
+/// masquerading and removed endpoints (the moved hops are the
+/// publisher's to add).
+fn snapshot(
+    services: ServiceTable,
+    links: &[Link],
+    nexthops: HashMap<Addr, NextHop>,
+    masq: &MasqPolicy,
+    removed: hashbrown::HashSet<Endpoint>,
+) -> Snapshot {
+    Snapshot {
+        services,
+        ports: links
+            .iter()
+            // An IP packet is at most 65535 bytes: a larger MTU (lo's
+            // 65536) limits nothing.
+            .map(|l| PortInfo {
+                mac: l.mac,
+                mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
+            })
+            .collect(),
+        nexthops,
+        masq: masq.clone(),
+        removed,
+        moved: Default::default(),
+    }
 }
 
 /// [`compile`] of a table built from every spec.
@@ -229,14 +244,7 @@ fn whole(
         ),
     );
     Compiled {
-        snapshot: Snapshot {
-            services,
-            ports: port_infos(links),
-            nexthops,
-            masq: masq.clone(),
-            removed,
-            moved: Default::default(),
-        },
+        snapshot: snapshot(services, links, nexthops, masq, removed),
         steer: Some(steer),
         unresolved,
         tally: TallyUpdate::Whole(tally),
@@ -304,14 +312,7 @@ fn changed(
         )
     });
     Compiled {
-        snapshot: Snapshot {
-            services,
-            ports: port_infos(links),
-            nexthops,
-            masq: masq.clone(),
-            removed,
-            moved: Default::default(),
-        },
+        snapshot: snapshot(services, links, nexthops, masq, removed),
         steer,
         unresolved,
         left: crossed.left(),

@@ -53,8 +53,8 @@ use crate::netlink::Link;
 use crate::nexthop::{Changes, SharedCache};
 use crate::store::{Batch, Commit, Event, Key, Objects, Store, StoreError};
 use compile::{
-    diff_sets, expired_removals, steer_add, steer_del, union_sets, Base, BaseParts, Compiled,
-    Specs, SteerSets, TallyUpdate,
+    apply_steer, diff_sets, expired_removals, steer_add, steer_del, union_sets, Base, BaseParts,
+    Compiled, Specs, SteerSets, TallyUpdate,
 };
 use incremental::{Delta, Incremental};
 use tally::Tally;
@@ -378,7 +378,20 @@ impl Publisher {
                     },
                 )
                 .snat;
-                steer_add(&mut self.steering, &add, &snat, &self.host.masq.ports)?;
+                if let Err(e) = steer_add(&mut self.steering, &add, &snat, &self.host.masq.ports) {
+                    // Nothing is published: put back the sets in service on
+                    // every map (some may have taken part of `add`; each
+                    // map's shadow says which), or a later difference,
+                    // taken against those sets, would never remove them.
+                    if let Err(e) = apply_steer(
+                        &mut self.steering,
+                        &self.current_steer,
+                        &self.host.masq.ports,
+                    ) {
+                        warn!("steering maps not restored after a failed change: {e}");
+                    }
+                    return Err(e);
+                }
                 Some(del)
             }
             None => None,
