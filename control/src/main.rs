@@ -513,6 +513,9 @@ fn main() -> ExitCode {
                         println!("  local address {a}");
                     }
                 }
+                for w in &cfg.waiting {
+                    println!("note: {w}; it forwards nothing until that Service exists");
+                }
                 println!(
                     "{}: ok, {} virtual services",
                     config.display(),

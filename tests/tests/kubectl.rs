@@ -188,6 +188,22 @@ fn a_kubectl_session_changes_what_the_vip_reaches() {
         (o.success() && !o.stdout.contains("web-1")).then_some(())
     });
     assert!(gone.is_some(), "web-1 still listed");
+
+    // As in Kubernetes, a Service may be deleted with its slices live, and
+    // a slice may wait for its Service: it feeds the Service once it is
+    // created again.
+    k.ok(k.with_file(&["create"], &slice(&[1])));
+    assert_reaches(&topo, "b1");
+    let out = k.ok(k.run(&["delete", "svc", "web"]));
+    assert!(out.contains("deleted"), "{out}");
+    let out = k.ok(k.run(&["get", "endpointslices"]));
+    assert!(
+        out.contains("web-1"),
+        "the slice outlives its Service: {out}"
+    );
+    let out = k.ok(k.with_file(&["create"], SERVICE));
+    assert!(out.contains("service/web created"), "{out}");
+    assert_reaches(&topo, "b1");
     watch.signal(libc::SIGTERM);
     drop(watch);
     let _ = std::fs::remove_dir_all(&cache);

@@ -103,19 +103,51 @@ use sluice_dataplane::types::{proto, Addr, Cidr};
 
 use super::compile::{
     Ep, EpGroup, EpPort, EpSource, Loader, Policy, Svc, SvcPort, SvcType, Target,
-    SERVICE_NAME_LABEL,
 };
 use super::nodeport::{assign_node_ports, Assigned, NodePortReq};
 use super::unit::ServiceUnit;
 #[cfg(doc)]
 use super::CompileCtx;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, ObjectsSummary, Waiting};
 use crate::model::{DnsService, HealthCheck, NamedPort, SrvProto};
+
+/// The endpoint sources of a config by the Service they feed.
+pub(super) struct EndpointSources<'a> {
+    /// Per Service (by index), its Endpoints object.
+    pub from_endpoints: Vec<Option<&'a EpSource>>,
+    /// Per Service (by index), its EndpointSlices.
+    pub from_slices: Vec<Vec<&'a EpSource>>,
+    /// Sources whose Service the config lacks.
+    pub waiting: Vec<Waiting>,
+}
+
+impl Waiting {
+    fn endpoints(ep: &EpSource) -> Self {
+        Self::of("Endpoints", ep)
+    }
+
+    fn slice(sl: &EpSource) -> Self {
+        Self::of("EndpointSlice", sl)
+    }
+
+    fn of(kind: &'static str, src: &EpSource) -> Self {
+        Waiting {
+            kind,
+            object: format!("{}/{}", src.key.0, src.key.1),
+            service: format!("{}/{}", src.service.0, src.service.1),
+            line: src.ctx.line,
+        }
+    }
+}
 
 impl Loader<'_> {
     /// Cross-checks the objects and compiles them.
     pub(super) fn finish(self) -> Result<Config, ConfigError> {
-        let (from_endpoints, from_slices) = self.endpoint_sources()?;
+        let EndpointSources {
+            from_endpoints,
+            from_slices,
+            waiting,
+        } = self.endpoint_sources()?;
         let reqs: Vec<NodePortReq> = self.services.iter().map(NodePortReq::of).collect();
         let assigned = assign_node_ports(&self.origin, self.cc.nodeport_range, &reqs)?;
 
@@ -136,17 +168,18 @@ impl Loader<'_> {
             dns,
             health_checks,
             checks,
-            objects: self.summary,
+            objects: ObjectsSummary {
+                waiting: waiting.len(),
+                ..self.summary
+            },
+            waiting,
         })
     }
 
     /// Which endpoint source feeds which service (by index in
-    /// `self.services`), refusing duplicates and sources without their
-    /// Service.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn endpoint_sources(
-        &self,
-    ) -> Result<(Vec<Option<&EpSource>>, Vec<Vec<&EpSource>>), ConfigError> {
+    /// `self.services`), refusing duplicates; sources without their Service
+    /// are set apart as waiting.
+    pub(super) fn endpoint_sources(&self) -> Result<EndpointSources<'_>, ConfigError> {
         let mut by_name: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
             if let Some(&first) = by_name.get(&(s.ns.as_str(), s.name.as_str())) {
@@ -171,6 +204,7 @@ impl Loader<'_> {
                 ));
             }
         }
+        let mut waiting = Vec::new();
         let mut from_endpoints: Vec<Option<&EpSource>> = vec![None; self.services.len()];
         let mut from_slices: Vec<Vec<&EpSource>> = vec![Vec::new(); self.services.len()];
         seen.clear();
@@ -182,8 +216,11 @@ impl Loader<'_> {
                     format!("duplicate Endpoints (first at line {first})"),
                 ));
             }
+            // As in Kubernetes, endpoints may exist before (or after) their
+            // Service: they wait for it and forward nothing meanwhile.
             let Some(&i) = by_name.get(&(ep.service.0.as_str(), ep.service.1.as_str())) else {
-                return Err(self.err(&ep.ctx, "metadata.name", format!("no Service {}/{} in this config (Endpoints take the name and namespace of their Service)", ep.service.0, ep.service.1)));
+                waiting.push(Waiting::endpoints(ep));
+                continue;
             };
             from_endpoints[i] = Some(ep);
         }
@@ -197,18 +234,16 @@ impl Loader<'_> {
                 ));
             }
             let Some(&i) = by_name.get(&(sl.service.0.as_str(), sl.service.1.as_str())) else {
-                return Err(self.err(
-                    &sl.ctx,
-                    format!("metadata.labels[\"{SERVICE_NAME_LABEL}\"]"),
-                    format!(
-                        "no Service {}/{} in this config",
-                        sl.service.0, sl.service.1
-                    ),
-                ));
+                waiting.push(Waiting::slice(sl));
+                continue;
             };
             from_slices[i].push(sl);
         }
-        Ok((from_endpoints, from_slices))
+        Ok(EndpointSources {
+            from_endpoints,
+            from_slices,
+            waiting,
+        })
     }
 
     /// Compiles one Service from its endpoint sources and node ports: its

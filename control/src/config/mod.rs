@@ -143,6 +143,36 @@ pub struct Config {
     pub checks: std::collections::BTreeMap<String, crate::check::ServiceCheck>,
     /// What the file held, for logs.
     pub objects: ObjectsSummary,
+    /// Endpoints and EndpointSlices whose Service is absent: accepted, as
+    /// Kubernetes accepts them, and forwarding nothing until it comes.
+    pub waiting: Vec<Waiting>,
+}
+
+/// An endpoint source (Endpoints or EndpointSlice) whose Service is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// `Endpoints` or `EndpointSlice`.
+    pub kind: &'static str,
+    /// Its `namespace/name`.
+    pub object: String,
+    /// The `namespace/name` of the Service it names.
+    pub service: String,
+    /// Its line in the file (0 when it came from the store).
+    pub line: usize,
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} waits for Service {}",
+            self.kind, self.object, self.service
+        )?;
+        if self.line > 0 {
+            write!(f, " (line {})", self.line)?;
+        }
+        Ok(())
+    }
 }
 
 /// Counts of the objects a config held (for a log line on load).
@@ -158,6 +188,8 @@ pub struct ObjectsSummary {
     pub endpoint_slices: usize,
     /// Pod objects.
     pub pods: usize,
+    /// Of the Endpoints and EndpointSlices, those whose Service is absent.
+    pub waiting: usize,
 }
 
 impl fmt::Display for ObjectsSummary {
@@ -166,7 +198,11 @@ impl fmt::Display for ObjectsSummary {
             f,
             "{} services ({} headless), {} endpoints, {} endpointslices, {} pods",
             self.services, self.headless, self.endpoints, self.endpoint_slices, self.pods
-        )
+        )?;
+        if self.waiting > 0 {
+            write!(f, " ({} waiting for their Service)", self.waiting)?;
+        }
+        Ok(())
     }
 }
 

@@ -111,7 +111,8 @@ fn demo_example_loads() {
             headless: 0,
             endpoints: 0,
             endpoint_slices: 1,
-            pods: 0
+            pods: 0,
+            waiting: 0,
         }
     );
 }
@@ -397,7 +398,8 @@ ports: [{name: pg, port: 5432}]
             headless: 2,
             endpoints: 0,
             endpoint_slices: 1,
-            pods: 0
+            pods: 0,
+            waiting: 0,
         }
     );
     assert_eq!(
@@ -566,6 +568,49 @@ fn type_errors_inside_a_list_name_the_item() {
     );
 }
 
+/// Endpoints and EndpointSlices whose Service is absent are accepted, as
+/// Kubernetes accepts them (an object may come before its Service, or
+/// outlive it), listed as waiting, and forward nothing.
+#[test]
+fn endpoint_sources_without_their_service_wait_for_it() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n---\n\
+        apiVersion: v1\nkind: Endpoints\nmetadata: {name: webb}\nsubsets: [{addresses: [{ip: 10.0.0.9}], ports: [{port: 8080}]}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}\n\
+        addressType: IPv4\nendpoints: [{addresses: [10.0.0.8]}]\nports: [{port: 8080}]\n";
+    let cfg = load(text).expect("waiting sources are not an error");
+    assert_eq!(
+        cfg.waiting,
+        [
+            Waiting {
+                kind: "Endpoints",
+                object: "default/webb".into(),
+                service: "default/webb".into(),
+                line: 5,
+            },
+            Waiting {
+                kind: "EndpointSlice",
+                object: "shop/api-1".into(),
+                service: "shop/api".into(),
+                line: 10,
+            },
+        ]
+    );
+    assert_eq!(cfg.objects.waiting, 2);
+    assert_eq!(cfg.services.len(), 1, "only web's front end");
+    assert!(
+        cfg.services[0].backends.is_empty(),
+        "webb's endpoints are not web's"
+    );
+    assert_eq!(
+        cfg.waiting[0].to_string(),
+        "Endpoints default/webb waits for Service default/webb (line 5)"
+    );
+    assert!(cfg
+        .objects
+        .to_string()
+        .ends_with("(2 waiting for their Service)"));
+}
+
 /// Fixture table: input → expected `Invalid` error (field, line).
 #[test]
 fn invalid_fixtures() {
@@ -632,18 +677,6 @@ fn invalid_fixtures() {
             "duplicate Service (first at line 1)",
         ),
         (
-            format!("{}---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: webb}}\n", svc(&format!("{{{p}}}"))),
-            "metadata.name",
-            5,
-            "no Service default/webb",
-        ),
-        (
-            format!("{}---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: web, namespace: other}}\n", svc(&format!("{{{p}}}"))),
-            "metadata.name",
-            5,
-            "no Service other/web",
-        ),
-        (
             format!(
                 "{}---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: web}}\nsubsets: [{{addresses: [{{ip: x}}], ports: [{{port: 1}}]}}]\n",
                 svc(&format!("{{{p}}}"))
@@ -672,12 +705,6 @@ fn invalid_fixtures() {
         (slice("addressType: IPv4\nendpoints: [{conditions: {ready: true}}]\n"), "endpoints[0].addresses", 5, "at least one"),
         (slice("addressType: IPv4\nports: [{port: 0}]\n"), "ports[0].port", 5, "got 0"),
         (slice("addressType: IPv4\nports: [{port: 1}, {port: 2}]\n"), "ports[1].name", 5, "duplicate port"),
-        (
-            slice("addressType: IPv4\n").replace("kubernetes.io/service-name: web", "kubernetes.io/service-name: wbe"),
-            "metadata.labels[\"kubernetes.io/service-name\"]",
-            5,
-            "no Service default/wbe",
-        ),
         (
             slice("addressType: IPv4\n").replace("labels: {kubernetes.io/service-name: web}", "labels: {app: web}"),
             "metadata.labels[\"kubernetes.io/service-name\"]",

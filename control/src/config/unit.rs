@@ -116,11 +116,17 @@ impl<'c> CheckedService<'c> {
             }
         }
         let loader = &self.loader;
-        let (from_endpoints, from_slices) = loader.endpoint_sources()?;
+        let sources = loader.endpoint_sources()?;
+        if let Some(w) = sources.waiting.first() {
+            return Err(ConfigError::Context(format!(
+                "{} {} is not Service {}'s",
+                w.kind, w.object, loader.services[0].ctx.object
+            )));
+        }
         let unit = loader.emit_unit(
             &loader.services[0],
-            from_endpoints[0],
-            &from_slices[0],
+            sources.from_endpoints[0],
+            &sources.from_slices[0],
             assigned,
         )?;
         ServiceTable::check_specs(&unit.specs)?;

@@ -858,6 +858,7 @@ mod tests {
             health_checks: Vec::new(),
             checks: Default::default(),
             objects: Default::default(),
+            waiting: Vec::new(),
         }
     }
 

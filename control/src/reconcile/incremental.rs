@@ -39,7 +39,7 @@ use crate::check::ServiceCheck;
 use crate::config::unit::{
     self, assign_node_ports, Assigned, CheckedService, NodePortReq, ServiceUnit,
 };
-use crate::config::{CompileCtx, Config, ConfigError, ObjectsSummary};
+use crate::config::{CompileCtx, Config, ConfigError, ObjectsSummary, Waiting};
 use crate::store::{Key, Kind, Objects};
 
 /// (namespace, name).
@@ -315,7 +315,7 @@ impl Incremental {
         }
         for n in &affected {
             let Some(svc) = checked.remove(n) else {
-                self.check_orphans(objects, n, &plan)?;
+                // Its endpoint sources, if any, wait for it (as in Kubernetes).
                 plan.units.insert(n.clone(), None);
                 continue;
             };
@@ -374,37 +374,6 @@ impl Incremental {
             out.extend(m.joined.iter().cloned());
         }
         out
-    }
-
-    /// Refuses endpoint sources left without their Service `n`, as the
-    /// whole compile does.
-    fn check_orphans(&self, objects: &Objects, n: &Name, plan: &Plan) -> Result<(), ConfigError> {
-        let invalid =
-            |kind: &str, object: String, field: String, reason: String| ConfigError::Invalid {
-                origin: Arc::from(ORIGIN),
-                line: 0,
-                kind: kind.to_owned(),
-                object,
-                field,
-                reason,
-            };
-        if object(objects, Kind::Endpoints, n).is_some() {
-            return Err(invalid(
-                "Endpoints",
-                format!("{}/{}", n.0, n.1),
-                "metadata.name".into(),
-                format!("no Service {}/{} in this config (Endpoints take the name and namespace of their Service)", n.0, n.1),
-            ));
-        }
-        if let Some(s) = self.slices_after(n, plan).first() {
-            return Err(invalid(
-                "EndpointSlice",
-                format!("{}/{s}", n.0),
-                "metadata.labels[\"kubernetes.io/service-name\"]".into(),
-                format!("no Service {}/{} in this config", n.0, n.1),
-            ));
-        }
-        Ok(())
     }
 
     /// The node-port answers after the batch, when a request changed
@@ -604,6 +573,7 @@ impl Incremental {
             health_checks: Vec::new(),
             checks: BTreeMap::new(),
             objects: self.summary(),
+            waiting: self.waiting(),
         };
         for e in self.services.values() {
             cfg.services.extend(e.unit.specs.iter().cloned());
@@ -620,6 +590,48 @@ impl Incremental {
         cfg
     }
 
+    /// How many endpoint sources wait for their Service (without listing
+    /// them: a log line's count).
+    fn waiting_count(&self) -> usize {
+        let absent =
+            |ns: &str, svc: &str| !self.services.contains_key(&(ns.to_owned(), svc.to_owned()));
+        let endpoints = self.endpoints.iter().filter(|n| absent(&n.0, &n.1)).count();
+        let slices = self
+            .slice_owner
+            .iter()
+            .filter(|(s, o)| absent(&s.0, o))
+            .count();
+        endpoints + slices
+    }
+
+    /// The Endpoints, then the EndpointSlices, whose Service is absent, each
+    /// in key order (as the whole compile lists them).
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let absent = |svc: &Name| !self.services.contains_key(svc);
+        let mut endpoints: Vec<&Name> = self.endpoints.iter().filter(|n| absent(n)).collect();
+        endpoints.sort();
+        let mut slices: Vec<(&Name, &String)> = self
+            .slice_owner
+            .iter()
+            .filter(|(s, owner)| absent(&(s.0.clone(), (*owner).clone())))
+            .collect();
+        slices.sort();
+        let name = |n: &Name| format!("{}/{}", n.0, n.1);
+        let endpoints = endpoints.into_iter().map(|n| Waiting {
+            kind: "Endpoints",
+            object: name(n),
+            service: name(n),
+            line: 0,
+        });
+        let slices = slices.into_iter().map(|(s, owner)| Waiting {
+            kind: "EndpointSlice",
+            object: name(s),
+            service: format!("{}/{owner}", s.0),
+            line: 0,
+        });
+        endpoints.chain(slices).collect()
+    }
+
     /// The counts of the objects compiled.
     pub fn summary(&self) -> ObjectsSummary {
         ObjectsSummary {
@@ -628,6 +640,7 @@ impl Incremental {
             endpoints: self.endpoints.len(),
             endpoint_slices: self.slice_owner.len(),
             pods: self.pod_labels.len(),
+            waiting: self.waiting_count(),
         }
     }
 

@@ -212,6 +212,54 @@ proptest! {
 }
 
 /// One endpoint change recompiles one Service, not the others.
+/// A slice may come before its Service and outlive it, as in Kubernetes:
+/// it waits, forwarding nothing, and feeds the Service once it exists
+/// (`kubectl apply` of a slice first, `kubectl delete svc` with its slices
+/// live).
+#[test]
+fn a_slice_waits_for_its_service_and_outlives_it() {
+    let mut store = Store::default();
+    let mut inc = Incremental::new(ctx());
+    let mut table = ServiceTable::default();
+    let w = |object| Write::Upsert {
+        object,
+        owner: "t".into(),
+        mode: UpsertMode::Apply(None),
+    };
+    let svc = service((1, 0, 0, 1, 1, None, None));
+    let backends = |table: &ServiceTable| {
+        table
+            .services()
+            .map(|s| s.spec.backends.len())
+            .collect::<Vec<_>>()
+    };
+    assert!(step(
+        &mut store,
+        &mut inc,
+        &mut table,
+        vec![w(slice((1, 0, 1, vec![1, 2], false)))]
+    ));
+    assert_eq!(inc.waiting().len(), 1, "{:?}", inc.waiting());
+    assert_eq!(backends(&table), Vec::<usize>::new(), "no front end yet");
+    assert!(step(&mut store, &mut inc, &mut table, vec![w(svc.clone())]));
+    assert!(inc.waiting().is_empty());
+    assert_eq!(backends(&table), [2], "the Service takes its waiting slice");
+    let delete = Write::Delete {
+        key: Key::of(&svc).unwrap(),
+        must_exist: true,
+    };
+    assert!(
+        step(&mut store, &mut inc, &mut table, vec![delete]),
+        "the Service goes, its slice stays"
+    );
+    assert_eq!(store.objects().len(), 1);
+    assert_eq!(inc.waiting()[0].object, "default/e1");
+    assert_eq!(inc.summary().waiting, 1);
+    assert_eq!(backends(&table), Vec::<usize>::new());
+    assert!(step(&mut store, &mut inc, &mut table, vec![w(svc)]));
+    assert_eq!(backends(&table), [2], "and feeds it again when it returns");
+}
+
 #[test]
 fn an_endpoint_change_recompiles_only_its_service() {
     let mut store = Store::default();
