@@ -9,14 +9,21 @@
 # KIND=service instead adds one more Service with its slice (its own front
 # end and a new endpoint port: the steering maps change), then deletes the
 # slice (untimed) and the Service (timed), in turn.
+# KIND=rate instead sustains single-object writes (scripts/api-load.py):
+# CONC clients (default 16), each on its own connection and its own
+# Services' slices, write for DURATION seconds (default 10) and at most CHANGES
+# writes in all; prints writes/s, the round trip, and how many commits
+# (tables published) carried them (the API commits concurrent writes
+# together: control/src/api/group.rs).
 #
-#   scripts/bench-sync.sh [N=10000] [CHANGES=40] [KIND=endpoint|service]
+#   scripts/bench-sync.sh [N=10000] [CHANGES=40] [KIND=endpoint|service|rate]
 #
 # Release build (cargo build --release --bins) first. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}; K=${2:-40}; KIND=${3:-endpoint}
-[[ $KIND == endpoint || $KIND == service ]] || { echo "bench-sync.sh: KIND is endpoint or service, not $KIND" >&2; exit 2; }
+[[ $KIND == endpoint || $KIND == service || $KIND == rate ]] || { echo "bench-sync.sh: KIND is endpoint, service or rate, not $KIND" >&2; exit 2; }
+CONC=${CONC:-16}; DURATION=${DURATION:-10}
 BIN=$PWD/target/release
 P=bsync
 [[ $(id -u) -eq 0 ]] || { echo "bench-sync.sh: needs root (CAP_NET_ADMIN)" >&2; exit 1; }
@@ -26,6 +33,7 @@ spid=
 cleanup() {
   [[ -n "$spid" ]] && kill "$spid" 2>/dev/null && wait "$spid" 2>/dev/null
   scripts/topology.sh down $P >/dev/null || true
+  [[ -n "${KEEP_LOG:-}" ]] && cp "$work/log" "$KEEP_LOG"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -91,6 +99,16 @@ for _ in $(seq 1 3000); do  # at most 300 s
 done
 grep -q "sluice ready" "$work/log" || { echo "bench-sync.sh: sluice not ready after 300 s" >&2; exit 1; }
 echo "services=$N: sluice ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms (file parse, compile, steering maps, workers)"
+commits() {
+  ip netns exec $P-lb curl -s 127.0.0.1:10249/metrics | awk '/^sluice_sync_duration_seconds_count/ {print $2}'
+}
+if [[ $KIND == rate ]]; then
+  c0=$(commits)
+  scripts/api-load.py "$sock" "$N" "$CONC" "$DURATION" "$K"
+  c1=$(commits)
+  echo "commits (tables published) for these writes: $(( c1 - c0 ))"
+  exit 0
+fi
 : >"$work/times"
 for i in $(seq 1 "$K"); do
   f=$work/down.yaml; (( i % 2 )) || f=$work/up.yaml
@@ -99,7 +117,7 @@ for i in $(seq 1 "$K"); do
   if [[ $KIND == service ]]; then
     args=(-f "$work/new.yaml")
     if (( i % 2 == 0 )); then
-      # The slice first, untimed (a Service that a slice names cannot go alone).
+      # The slice first, untimed, so that the timed delete takes back what the add brought.
       verb=delete; args=(services snew)
       "$BIN/sluice" delete endpointslices snew-a --api-socket "$sock" >/dev/null
     fi

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod affinity;
+pub mod doorbell;
 pub mod fastpath;
 pub mod flow_table;
 pub mod forward;

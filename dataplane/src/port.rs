@@ -120,6 +120,11 @@ pub trait Port {
     /// workers sleep instead of spinning; busy-poll mode never calls this).
     fn wait(&mut self, timeout_ms: i32);
 
+    /// Also ends [`Port::wait`] when `fd` becomes readable (the workers'
+    /// doorbell: [`crate::doorbell`]). The fd must outlive the port's use
+    /// of it. Ports that never sleep ignore it.
+    fn watch(&mut self, _fd: std::os::fd::RawFd) {}
+
     /// Frames the port failed to queue for transmission (ring full) so far.
     fn tx_dropped(&self) -> u64 {
         0

@@ -19,6 +19,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::affinity::AffinityTable;
+use crate::doorbell::Doorbell;
 use crate::fastpath::publish::PublishStats;
 use crate::fastpath::Publisher;
 use crate::flow_table::{FlowTable, KeyHash};
@@ -41,6 +42,10 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Origin of the coarse clock the workers hand to the pipeline.
     pub epoch: Instant,
+    /// Rung by [`Shared::publish`]: idle workers poll it beside their
+    /// sockets and load a new table at once (None if the kernel refused an
+    /// eventfd: they load it within their 10 ms poll timeout).
+    pub doorbell: Option<Doorbell>,
 }
 
 impl Shared {
@@ -53,6 +58,11 @@ impl Shared {
             affinity,
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
+            doorbell: Doorbell::new()
+                .map_err(|e| {
+                    tracing::warn!("no doorbell for the workers ({e}): an idle worker loads a new table within 10 ms");
+                })
+                .ok(),
         }
     }
 
@@ -68,6 +78,9 @@ impl Shared {
     pub fn publish(&self, snapshot: Snapshot) {
         snapshot.services.recount_connections(&self.flows);
         self.snapshot.store(Arc::new(snapshot));
+        if let Some(d) = &self.doorbell {
+            d.ring();
+        }
     }
 }
 
@@ -522,6 +535,9 @@ impl<P: Port> Worker<P> {
         let mut idle: u32 = 0;
         let mut last_tx_dropped = 0;
         let mut seen = u64::MAX;
+        if let Some(d) = &shared.doorbell {
+            self.port.watch(d.fd());
+        }
         while !shared.stop.load(Ordering::Relaxed) {
             let snap = shared.snapshot.load();
             let elapsed = shared.epoch.elapsed();
@@ -572,6 +588,10 @@ impl<P: Port> Worker<P> {
                 if !self.opts.busy_poll && idle > 256 {
                     drop(snap);
                     self.port.wait(10);
+                    // A new table rang: the next turn loads it.
+                    if let Some(d) = &shared.doorbell {
+                        d.drain();
+                    }
                 }
             }
         }
@@ -868,5 +888,20 @@ mod tests {
             names.iter().any(|n| n == "icmp_time_exceeded_sent"),
             "{names:?}"
         );
+    }
+
+    /// A publish rings the doorbell that idle workers poll, so that they
+    /// load the table at once rather than at their poll timeout.
+    #[test]
+    fn a_publish_rings_the_doorbell() {
+        let shared = Shared::new(
+            Snapshot::default(),
+            FlowTable::new(1024, Timeouts::default()),
+            AffinityTable::new(64),
+        );
+        let bell = shared.doorbell.as_ref().expect("an eventfd");
+        assert!(!bell.drain(), "quiet before a publish");
+        shared.publish(Snapshot::default());
+        assert!(bell.drain(), "rung by the publish");
     }
 }

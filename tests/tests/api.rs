@@ -397,3 +397,114 @@ fn tcp_off_loopback_needs_a_token_and_then_every_request_does() {
     let _ = std::fs::remove_file(&token);
     sluice.stop();
 }
+
+/// A Service `name` on cluster IP `ip`, port 80 → 8080.
+fn other_service(name: &str, ip: &str) -> Value {
+    let mut s = service();
+    s["metadata"]["name"] = json!(name);
+    s["spec"]["clusterIP"] = json!(ip);
+    s
+}
+
+/// `name`'s slice: backend `b`, on endpoint port `port` (0 is invalid).
+fn other_slice(name: &str, b: usize, port: u16) -> Value {
+    let mut s = slice(&[b]);
+    s["metadata"]["name"] = json!(format!("{name}-1"));
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(name);
+    s["ports"][0]["port"] = json!(port);
+    s
+}
+
+/// Writes that arrive together are committed together (`api/group.rs`),
+/// and each is still answered as if alone: a bad write fails alone while
+/// the others of its group land, two writes of one object each get their
+/// own object back, and every write has its own resourceVersion.
+#[test]
+fn concurrent_writes_are_committed_together_each_with_its_own_answer() {
+    require_root();
+    let topo = topology!();
+    let sluice = Sluice::start_empty(&topo, &["--workers", "1"]);
+    let sock = sluice.api_socket().to_path_buf();
+    const N: usize = 40;
+    for i in 0..N {
+        let s = other_service(&format!("o{i}"), &format!("198.18.101.{}", i + 1));
+        assert_eq!(send(&sock, "POST", SVCS, &s).code, 201);
+    }
+    assert_eq!(send(&sock, "POST", SVCS, &service()).code, 201);
+    let commits = |topo: &Topology| {
+        let text = sluice_tests::tier::metrics(topo, Role::Lb);
+        sluice_tests::tier::metric_sum(&text, "sluice_sync_duration_seconds_count")
+            .unwrap_or_else(|| panic!("no sync histogram in /metrics:\n{text}"))
+    };
+    let before = commits(&topo);
+    // N good slices, one bad (port 0), and two writes of web-1 (b2, b3).
+    let mut writes: Vec<(String, Value)> = (0..N)
+        .map(|i| (format!("o{i}"), other_slice(&format!("o{i}"), 1, 8080)))
+        .collect();
+    writes.push(("bad".into(), other_slice("o0", 1, 0)));
+    writes[N].1["metadata"]["name"] = json!("bad-1");
+    writes.push(("web".into(), slice(&[2])));
+    writes.push(("web".into(), slice(&[3])));
+    let start = std::sync::Arc::new(std::sync::Barrier::new(writes.len()));
+    let threads: Vec<_> = writes
+        .into_iter()
+        .map(|(who, body)| {
+            let (sock, start) = (sock.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let r = send(&sock, "POST", SLICES, &body);
+                (who, body, r)
+            })
+        })
+        .collect();
+    let answers: Vec<(String, Value, Reply)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let after = commits(&topo);
+    let writes = answers.len() as u64;
+    assert!(
+        after - before < writes - 1,
+        "{writes} writes took {} commits: none were grouped",
+        after - before
+    );
+    let mut versions = std::collections::BTreeSet::new();
+    let mut web_created = 0;
+    for (who, body, r) in &answers {
+        match who.as_str() {
+            "bad" => {
+                assert_eq!(r.code, 422, "the bad write fails alone: {r:?}");
+                assert!(r.body.contains("ports[0].port"), "{r:?}");
+            }
+            "web" if r.code == 409 => {
+                // The second create of web-1 finds the first's.
+                assert!(r.body.contains("already exists"), "{r:?}");
+            }
+            _ => {
+                assert_eq!(r.code, 201, "{who}: {r:?}");
+                let got = r.json();
+                assert_eq!(got["endpoints"], body["endpoints"], "{who}'s own object");
+                assert!(versions.insert(r.resource_version()), "{r:?}");
+                web_created += usize::from(who == "web");
+            }
+        }
+    }
+    assert_eq!(web_created, 1, "one create of web-1 wins: {answers:?}");
+    assert_eq!(versions.len(), N + 1, "every write its own resourceVersion");
+    let r = request(&sock, "GET", &format!("{SLICES}/bad-1"), None, None);
+    assert_eq!(r.code, 404, "nothing of the bad write: {r:?}");
+    for i in 0..N {
+        let r = request(&sock, "GET", &format!("{SLICES}/o{i}-1"), None, None);
+        assert_eq!(r.code, 200, "o{i}-1 landed: {r:?}");
+    }
+    // The winner is what the VIP reaches.
+    let (_, body, _) = answers
+        .iter()
+        .find(|(w, _, r)| w == "web" && r.code == 201)
+        .unwrap();
+    let want = if body["endpoints"][0]["addresses"][0] == Topology::backend_ip(2) {
+        "b2"
+    } else {
+        "b3"
+    };
+    assert_reaches(&topo, want);
+    sluice.stop();
+}

@@ -12,12 +12,14 @@
 //! * Request bodies are limited to `--api-max-body` bytes (413 above).
 //!
 //! Every write goes through the [`Reconciler`] and is answered only after
-//! the workers have loaded the new table. Errors are Kubernetes `Status`
-//! objects ([`status`]).
+//! the workers have loaded the new table; single-object writes that arrive
+//! while another commits are committed together ([`group`]). Errors are
+//! Kubernetes `Status` objects ([`status`]).
 
 pub mod checks;
 pub mod describe;
 pub mod discovery;
+pub mod group;
 pub mod ipvs;
 pub mod ipvs_conns;
 pub mod objects;
@@ -220,6 +222,8 @@ pub fn remove_socket(opts: &ApiOpts) {
 pub struct AppState {
     /// The reconciler.
     pub rec: SharedReconciler,
+    /// The single-object writes waiting for it ([`group`]).
+    pub queue: Arc<group::Queue>,
 }
 
 /// The routes.
@@ -233,7 +237,10 @@ pub fn router(rec: SharedReconciler, max_body: usize) -> Router {
         .merge(checks::routes())
         .merge(describe::routes())
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { rec })
+        .with_state(AppState {
+            queue: group::Queue::start(rec.clone()),
+            rec,
+        })
 }
 
 /// The stats route: per service port, per backend and per worker

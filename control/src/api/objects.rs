@@ -14,11 +14,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::group::{self, Job};
 use super::status::{self, Status};
 use super::{patch, watch, AppState};
-use crate::daemon::SharedReconciler;
-use crate::reconcile::Reconciler;
-use crate::store::{Batch, Key, Kind, Stored, UpsertMode, Write};
+use crate::store::{Key, Kind, Store, UpsertMode, Write};
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -70,27 +69,6 @@ fn kind_of(group: &str, resource: &str, uri: &Uri) -> Result<Kind, Status> {
         .into_iter()
         .find(|k| k.group() == group && k.plural() == resource)
         .ok_or_else(|| Status::no_route(uri.path()))
-}
-
-/// Runs `f` on the reconciler on the blocking pool (writes compile and talk
-/// netlink; the runtime keeps serving).
-async fn blocking<T: Send + 'static>(
-    rec: &SharedReconciler,
-    f: impl FnOnce(&mut Reconciler) -> T + Send + 'static,
-) -> Result<T, Status> {
-    let rec = rec.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut r)
-    })
-    .await
-    .map_err(|e| {
-        Status::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })
 }
 
 macro_rules! group_handlers {
@@ -457,24 +435,43 @@ fn reject_dry_run(q: &Params) -> Result<(), Status> {
     Ok(())
 }
 
-/// Commits one write; answers with the stored object.
+/// Commits one write (with whatever else is queued: `group.rs`); answers
+/// with the stored object.
 async fn write_one(s: &AppState, key: Key, w: Write, code: StatusCode) -> Result<Response, Status> {
-    let k2 = key.clone();
-    let stored: Result<Stored, Status> = blocking(&s.rec, move |r| {
-        let mut b = Batch::default();
-        b.push(w);
-        match r.apply(b) {
-            Ok(_) => r
-                .store()
-                .get(&k2)
-                .cloned()
-                .ok_or_else(|| status::not_found(&k2)),
-            Err(e) => Err(status::from_store(e, Some(&k2))),
-        }
-    })
-    .await?;
-    let st = stored?;
-    let _ = key;
+    let job = Upsert {
+        key,
+        write: w,
+        code,
+    };
+    group::submit(&s.queue, Box::new(job)).await
+}
+
+/// A create or replace.
+struct Upsert {
+    key: Key,
+    /// The write (cloned for each commit of it: a group taken apart
+    /// commits it again alone).
+    write: Write,
+    code: StatusCode,
+}
+
+impl Job for Upsert {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn write(&mut self, _: &Store) -> Result<Write, Status> {
+        Ok(self.write.clone())
+    }
+
+    fn answer(self: Box<Self>, store: &Store) -> Result<Response, Status> {
+        stored_answer(store, &self.key, self.code)
+    }
+}
+
+/// The object now stored under `key`, as the answer to a write.
+fn stored_answer(store: &Store, key: &Key, code: StatusCode) -> Result<Response, Status> {
+    let st = store.get(key).ok_or_else(|| status::not_found(key))?;
     Ok((code, Json((*st.object).clone())).into_response())
 }
 
@@ -569,67 +566,98 @@ async fn patch_one(
     }
     let rv_given = body_rv(&p)?;
     let owner = owner(&q, "api");
-    let k2 = key.clone();
-    let result: Result<(Stored, bool), Status> = blocking(&s.rec, move |r| {
-        let current = r.store().get(&k2).cloned();
-        let (object, mode, created) = match current {
+    let job = Patch {
+        key,
+        patch: p,
+        apply,
+        rv_given,
+        owner,
+        created: false,
+    };
+    group::submit(&s.queue, Box::new(job)).await
+}
+
+/// A merge patch or a server-side apply.
+struct Patch {
+    key: Key,
+    patch: Value,
+    /// Server-side apply: an absent object is created.
+    apply: bool,
+    rv_given: Option<u64>,
+    owner: Arc<str>,
+    /// Whether its write creates the object.
+    created: bool,
+}
+
+impl Job for Patch {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn write(&mut self, store: &Store) -> Result<Write, Status> {
+        let (object, mode, created) = match store.get(&self.key) {
             Some(cur) => {
                 let mut obj = (*cur.object).clone();
-                patch::merge(&mut obj, &p);
+                patch::merge(&mut obj, &self.patch);
                 // The patch's own resourceVersion is a precondition; none
                 // means "the version just read" (no lost update).
-                let rv = rv_given.unwrap_or(cur.resource_version);
+                let rv = self.rv_given.unwrap_or(cur.resource_version);
                 if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("resourceVersion");
                 }
                 (obj, UpsertMode::Apply(Some(rv)), false)
             }
-            None if apply => (p, UpsertMode::Create, true),
-            None => return Err(status::not_found(&k2)),
+            None if self.apply => (self.patch.clone(), UpsertMode::Create, true),
+            None => return Err(status::not_found(&self.key)),
         };
-        check_identity(&mut object.clone(), k2.kind, &k2.namespace, Some(&k2.name))?;
-        let mut b = Batch::default();
-        b.push(Write::Upsert {
+        let k = &self.key;
+        check_identity(&mut object.clone(), k.kind, &k.namespace, Some(&k.name))?;
+        self.created = created;
+        Ok(Write::Upsert {
             object,
-            owner,
+            owner: self.owner.clone(),
             mode,
-        });
-        match r.apply(b) {
-            Ok(_) => r
-                .store()
-                .get(&k2)
-                .cloned()
-                .map(|s| (s, created))
-                .ok_or_else(|| status::not_found(&k2)),
-            Err(e) => Err(status::from_store(e, Some(&k2))),
-        }
-    })
-    .await?;
-    let (st, created) = result?;
-    let code = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json((*st.object).clone())).into_response())
+        })
+    }
+
+    fn answer(self: Box<Self>, store: &Store) -> Result<Response, Status> {
+        let code = if self.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        stored_answer(store, &self.key, code)
+    }
 }
 
 async fn delete(s: AppState, key: Key) -> Result<Response, Status> {
-    let k2 = key.clone();
-    let result: Result<Value, Status> = blocking(&s.rec, move |r| {
-        let before = r.store().get(&k2).map(|s| (*s.object).clone());
-        let mut b = Batch::default();
-        b.push(Write::Delete {
-            key: k2.clone(),
+    let job = Delete { key, before: None };
+    group::submit(&s.queue, Box::new(job)).await
+}
+
+/// A delete; it answers with the object it deleted.
+struct Delete {
+    key: Key,
+    before: Option<Value>,
+}
+
+impl Job for Delete {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn write(&mut self, store: &Store) -> Result<Write, Status> {
+        self.before = store.get(&self.key).map(|s| (*s.object).clone());
+        Ok(Write::Delete {
+            key: self.key.clone(),
             must_exist: true,
-        });
-        match r.apply(b) {
-            Ok(_) => before.ok_or_else(|| status::not_found(&k2)),
-            Err(e) => Err(status::from_store(e, Some(&k2))),
-        }
-    })
-    .await?;
-    Ok(Json(result?).into_response())
+        })
+    }
+
+    fn answer(self: Box<Self>, _: &Store) -> Result<Response, Status> {
+        let before = self.before.ok_or_else(|| status::not_found(&self.key))?;
+        Ok(Json(before).into_response())
+    }
 }
 
 /// The objects of a list response, by key (for tests and the CLI).

@@ -477,6 +477,14 @@ impl Port for XskPort {
         }
     }
 
+    fn watch(&mut self, fd: std::os::fd::RawFd) {
+        self.pollfds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
     fn tx_dropped(&self) -> u64 {
         self.tx_dropped
     }
