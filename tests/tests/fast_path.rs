@@ -421,7 +421,14 @@ fn links_that_cannot_take_redirects_stay_on_the_workers() {
 fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
     require_root();
     let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
-    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    // Published at its first datagram, so that the next ones find the
+    // flow's entry.
+    let args: Vec<&str> = FAST
+        .iter()
+        .copied()
+        .chain(["--fast-path-after", "1"])
+        .collect();
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), &args);
     let (lb_mac, client_mac) = (
         craft::mac(&topo, Role::Lb, "front"),
         craft::mac(&topo, Role::Client, "eth0"),
@@ -436,7 +443,7 @@ fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
                         // bridge (which, with br_netfilter, drops bad IPv4 checksums itself).
     let cap = Capture::start(&topo, Role::Sw, "p0", &[], 4000);
     // The first datagram makes the flow; the worker that forwards it
-    // publishes the flow's entry.
+    // publishes the flow's entry (`--fast-path-after 1`).
     craft::send_frames(&topo, Role::Client, "eth0", &[datagram(&good)]);
     craft::send_frames(
         &topo,
