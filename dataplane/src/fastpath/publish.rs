@@ -23,7 +23,10 @@
 //! ([`FlowTable::mark_fast_path`](crate::flow_table::FlowTable::mark_fast_path),
 //! one CAS per flow, before the map insert), so that the worker that sees
 //! its FIN or RST knows there is something to withdraw: a flow never
-//! published closes without a single map operation.
+//! published closes without a single map operation. The mark stays when
+//! the sweep withdraws the flow's entries (a moved next hop, a removed
+//! endpoint): its close then asks the maps for nothing they hold, which
+//! is only wasted, never wrong.
 //!
 //! One map update per flow direction (a syscall, not per packet): once the
 //! entry is in, that direction's packets stop reaching the worker. Packets
