@@ -79,6 +79,9 @@ pub struct RunArgs {
     pub busy_poll: bool,
     /// The XDP fast path (`--fast-path`).
     pub fast_path: sluice_dataplane::fastpath::Mode,
+    /// Packets of a flow direction a worker forwards before publishing it
+    /// to the fast path (`--fast-path-after`).
+    pub fast_path_after: u32,
     /// SNAT source ports (default: outside the host's ephemeral range).
     pub snat_ports: Option<PortRanges>,
     /// SNAT addresses (default: the route's source towards each backend).
@@ -367,7 +370,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let counters: Vec<Arc<Counters>> = (0..workers)
         .map(|_| Arc::new(Counters::default()))
         .collect();
-    let fast = fast_path(args.fast_path, &links, &steering, &counters)?;
+    let fast = fast_path(
+        (args.fast_path, args.fast_path_after),
+        &links,
+        &steering,
+        &counters,
+    )?;
     let (publishers, sweeper, egress_on) = match fast {
         Some(f) => (
             f.publishers.into_iter().map(Some).collect(),
@@ -747,7 +755,7 @@ type WorkerHandle = std::thread::JoinHandle<Worker<XskPort>>;
 /// traffic, with a logged reason, and its flows stay on the AF_XDP path.
 /// Checked once at the start.
 fn fast_path(
-    mode: FastMode,
+    (mode, after): (FastMode, u32),
     links: &[Link],
     steering: &[Steering],
     counters: &[Arc<Counters>],
@@ -788,9 +796,10 @@ fn fast_path(
             ifindex.clone(),
             w,
             withdrawals.clone(),
+            after,
         ));
     }
-    info!("fast path: xdp (established flows are forwarded by the steering program)");
+    info!("fast path: xdp (established flow directions are forwarded by the steering program once a worker forwarded {after} packets of them)");
     let sweeper = Sweeper::new(maps()?, ifindex.clone(), counters.to_vec(), withdrawals);
     Ok(Some(FastSetup {
         publishers: pubs,

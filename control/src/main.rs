@@ -177,6 +177,15 @@ struct RunCmd {
     /// `off` sends every packet through the workers.
     #[arg(long, env = "SLUICE_FAST_PATH", default_value = "xdp")]
     fast_path: sluice_dataplane::fastpath::Mode,
+    /// With `--fast-path xdp`: publish a flow direction to the fast path
+    /// once a worker has forwarded this many of its packets (1: at its
+    /// first packet once established). Short connections, which would pay
+    /// a map insert and its withdrawal for a packet or two, stay on the
+    /// workers; bulk flows move to XDP after their first few packets.
+    #[arg(long, env = "SLUICE_FAST_PATH_AFTER", value_name = "N",
+          default_value_t = sluice_dataplane::fastpath::publish::DEFAULT_AFTER,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    fast_path_after: u32,
     /// SNAT source ports, LO-HI[,LO-HI...] (at most 8 ranges); they must lie
     /// outside the kernel's net.ipv4.ip_local_port_range. Default: every
     /// port from 1024 up outside it (1024-32767,61000-65535 with the usual
@@ -547,6 +556,7 @@ fn main() -> ExitCode {
                 },
                 busy_poll: r.busy_poll,
                 fast_path: r.fast_path,
+                fast_path_after: r.fast_path_after,
                 snat_ports: r.snat_ports,
                 snat_addresses: r.snat_addresses,
                 node_name: r.node_name.or_else(host_name),

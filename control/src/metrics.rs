@@ -325,6 +325,16 @@ fn worker_metrics(reg: &mut Registry, r: &Report) {
         "worker_fast_path_packets",
         "Packets of the flows a worker published that the XDP fast path forwarded in its place",
     );
+    let published = family::<Counter>(
+        reg,
+        "worker_fast_path_published",
+        "Flow directions a worker published to the XDP fast path (each once it forwarded --fast-path-after packets of it)",
+    );
+    let unpublished = family::<Counter>(
+        reg,
+        "worker_fast_path_closes_unpublished",
+        "FINs and RSTs of flows never published to the fast path (closed without a map operation)",
+    );
     let drops = family::<Counter>(reg, "worker_drops", "Frames dropped per worker, by reason");
     let bursts = family::<Counter>(
         reg,
@@ -348,6 +358,10 @@ fn worker_metrics(reg: &mut Registry, r: &Report) {
         rx.get_or_create(&wl).inc_by(c("rx"));
         tx.get_or_create(&wl).inc_by(c("tx"));
         fast.get_or_create(&wl).inc_by(c("fast_path_packets"));
+        published.get_or_create(&wl).inc_by(c("fast_published"));
+        unpublished
+            .get_or_create(&wl)
+            .inc_by(c("fast_closes_unpublished"));
         bursts.get_or_create(&wl).inc_by(w.bursts);
         idle.get_or_create(&wl).inc_by(w.idle_polls);
         for reason in crate::stats::drop_reasons() {

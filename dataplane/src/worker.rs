@@ -135,9 +135,10 @@ pub struct Counters {
     pub idle_polls: AtomicU64,
     /// Fragment counters, in [`frag::FragStats::pairs`] order.
     pub frag: [AtomicU64; 6],
-    /// Fast-path entries published, withdrawn on FIN/RST, and map
-    /// operations that failed ([`crate::fastpath::publish::PublishStats`]).
-    pub fast: [AtomicU64; 3],
+    /// Fast-path entries published, withdrawn on FIN/RST, map operations
+    /// that failed, and FINs/RSTs of flows never published (no map
+    /// operation) ([`crate::fastpath::publish::PublishStats`]).
+    pub fast: [AtomicU64; 4],
     /// Packets of the flow directions this worker published that the XDP
     /// fast path forwarded in its place (never seen by this worker), summed
     /// from the map's per-entry counters by the sweep
@@ -148,6 +149,14 @@ pub struct Counters {
     /// Their IP bytes.
     pub fast_bytes: AtomicU64,
 }
+
+/// The names of [`Counters::fast`] in [`Counters::snapshot`].
+pub const FAST_COUNTERS: [&str; 4] = [
+    "fast_published",
+    "fast_withdrawn",
+    "fast_errors",
+    "fast_closes_unpublished",
+];
 
 impl Counters {
     fn add(&self, s: &Stats) {
@@ -181,7 +190,8 @@ impl Counters {
     }
 
     fn add_fast(&self, s: &PublishStats) {
-        for (a, v) in self.fast.iter().zip([s.published, s.withdrawn, s.errors]) {
+        let v = [s.published, s.withdrawn, s.errors, s.closes_unpublished];
+        for (a, v) in self.fast.iter().zip(v) {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
             }
@@ -230,11 +240,7 @@ impl Counters {
         for (a, (name, _)) in self.frag.iter().zip(names) {
             v.push((name.to_string(), l(a)));
         }
-        for (a, name) in self
-            .fast
-            .iter()
-            .zip(["fast_published", "fast_withdrawn", "fast_errors"])
-        {
+        for (a, name) in self.fast.iter().zip(FAST_COUNTERS) {
             v.push((name.to_string(), l(a)));
         }
         v.push(("fast_path_packets".to_string(), fast));

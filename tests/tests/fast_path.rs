@@ -421,7 +421,14 @@ fn links_that_cannot_take_redirects_stay_on_the_workers() {
 fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
     require_root();
     let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
-    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    // Published at its first datagram, so that the next ones find the
+    // flow's entry.
+    let args: Vec<&str> = FAST
+        .iter()
+        .copied()
+        .chain(["--fast-path-after", "1"])
+        .collect();
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), &args);
     let (lb_mac, client_mac) = (
         craft::mac(&topo, Role::Lb, "front"),
         craft::mac(&topo, Role::Client, "eth0"),
@@ -436,7 +443,7 @@ fn a_bad_ipv4_checksum_on_a_fast_flow_is_dropped_by_a_worker() {
                         // bridge (which, with br_netfilter, drops bad IPv4 checksums itself).
     let cap = Capture::start(&topo, Role::Sw, "p0", &[], 4000);
     // The first datagram makes the flow; the worker that forwards it
-    // publishes the flow's entry.
+    // publishes the flow's entry (`--fast-path-after 1`).
     craft::send_frames(&topo, Role::Client, "eth0", &[datagram(&good)]);
     craft::send_frames(
         &topo,
@@ -567,4 +574,125 @@ fn counters_agree_with_the_traffic(args: &[&str], xdp: bool) {
     );
     assert_eq!(c("tx"), c("rx"), "{:?}", r.counters);
     assert_eq!(c("rx"), rx, "traffic after the last read: {:?}", r.counters);
+}
+
+/// `count` short TCP connections to the VIP's bulk port, one after the
+/// other: a handshake, a request, 100 bytes and the closes, a few packets
+/// each way.
+fn short_connections(topo: &Topology, count: usize) {
+    for i in 0..count {
+        let out = topo.testsrv(
+            Role::Client,
+            &bulk_get("198.18.100.10:9000", "100", &["--timeout-ms", "5000"]),
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "connection {i}: {out}");
+    }
+}
+
+/// A worker counter from the stats route (0 when the route has no worker).
+fn worker_counter(sluice: &Sluice, name: &str) -> Option<u64> {
+    api::stats(sluice.api_socket()).json()["workers"][0]["counters"][name].as_u64()
+}
+
+/// `sluice_worker_<name>_total` summed over workers, from `/metrics`; a
+/// missing metric is an error.
+fn worker_metric(topo: &Topology, name: &str) -> u64 {
+    let text = sluice_tests::tier::metrics(topo, Role::Lb);
+    let full = format!("sluice_worker_{name}_total");
+    sluice_tests::tier::metric_sum(&text, &full)
+        .unwrap_or_else(|| panic!("no {full} in /metrics:\n{text}"))
+}
+
+/// With the default `--fast-path-after`, short connections (a few packets
+/// each way) are never published: no map insert, no entry for the XDP
+/// program, and their FINs withdraw nothing (closes of unpublished flows,
+/// no lookup-and-delete); then a bulk transfer in the same run is
+/// published and carried by the XDP program both ways. Counted at exit,
+/// in the stats route and in `/metrics`.
+#[test]
+fn short_connections_stay_on_the_workers_bulk_takes_the_fast_path() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), FAST);
+    short_connections(&topo, 20);
+    // Each connection's FINs (one per side) reached the worker; wait for
+    // the counters' next publication.
+    let closes = poll_until(Duration::from_secs(5), || {
+        worker_counter(&sluice, "fast_closes_unpublished").filter(|&n| n >= 40)
+    });
+    assert!(closes.is_some(), "{}", api::stats(sluice.api_socket()).body);
+    assert_eq!(worker_counter(&sluice, "fast_published"), Some(0));
+    assert_eq!(worker_metric(&topo, "fast_path_published"), 0);
+    assert!(worker_metric(&topo, "fast_path_closes_unpublished") >= 40);
+    let out = topo.testsrv(
+        Role::Client,
+        &bulk_get("198.18.100.10:9000", "20000000", &["--timeout-ms", "20000"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "{out}\n{}", sluice.logs());
+    let published = poll_until(Duration::from_secs(5), || {
+        worker_counter(&sluice, "fast_published").filter(|&n| n >= 2)
+    });
+    assert!(
+        published.is_some(),
+        "{}",
+        api::stats(sluice.api_socket()).body
+    );
+    assert!(worker_metric(&topo, "fast_path_published") >= 2);
+    let r = stopped(sluice);
+    let (front, back) = hits(&r);
+    assert!(
+        front > 100 && back > 1000,
+        "front {front} back {back}\n{:?}",
+        r.counters
+    );
+    assert!(r.counter("fast_published") >= 2, "{:?}", r.counters);
+    assert!(r.counter("fast_withdrawn") >= 2, "{:?}", r.counters);
+    assert!(
+        r.counter("fast_closes_unpublished") >= 40,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(r.counter("fast_errors"), 0, "{:?}", r.counters);
+}
+
+/// `--fast-path-after 1` publishes a direction at its first packet once
+/// established: the same short connections are published (and withdrawn
+/// at their FINs), so the threshold is what keeps them on the workers.
+#[test]
+fn fast_path_after_one_publishes_short_connections() {
+    require_root();
+    let topo = topology!(TopologyOpts::default().backends(1).fast_path(true));
+    let args: Vec<&str> = FAST
+        .iter()
+        .copied()
+        .chain(["--fast-path-after", "1"])
+        .collect();
+    let sluice = Sluice::start(&topo, &config("198.18.100.10", &[1]), &args);
+    short_connections(&topo, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = stopped(sluice);
+    assert!(r.counter("fast_published") >= 20, "{:?}", r.counters);
+    assert!(r.counter("fast_withdrawn") >= 20, "{:?}", r.counters);
+}
+
+/// A threshold out of range is refused with a clear error.
+#[test]
+fn fast_path_after_zero_is_refused() {
+    let out = std::process::Command::new(sluice_bin())
+        .args([
+            "run",
+            "--config",
+            "/nonexistent",
+            "--iface",
+            "lo",
+            "--fast-path-after",
+            "0",
+        ])
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fast-path-after"), "{err}");
 }

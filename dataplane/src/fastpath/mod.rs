@@ -1,10 +1,12 @@
 //! The XDP fast path for established flows (`--fast-path xdp`, issue 13).
 //!
 //! The AF_XDP workers keep doing everything: parsing, scheduling,
-//! connection tracking, TCP state changes, ICMP errors, rejects. When a
-//! packet of an established flow has been forwarded, the worker publishes
-//! the rewrite of that direction ([`plan`]) into the BPF hash map
-//! `fast_flows` of the interface the packet came in on; the steering program
+//! connection tracking, TCP state changes, ICMP errors, rejects. Once a
+//! worker has forwarded `--fast-path-after` packets of one direction of an
+//! established flow ([`publish`]: short connections never get there, and
+//! their close then costs no map operation), it publishes the rewrite of
+//! that direction ([`plan`]) into the BPF hash map `fast_flows` of the
+//! interface the packet came in on; the steering program
 //! (`bpf/fastpath.h`) then rewrites that direction's later packets itself and
 //! `XDP_REDIRECT`s them to the egress interface, without a copy into user
 //! space: what hardware flow offload does for DPDK and OVS, with XDP as the

@@ -87,3 +87,29 @@ fn loom_stale_id_never_acts_on_a_reused_record() {
         assert_eq!(t.len(), 1);
     });
 }
+
+/// A worker marks an established flow for the fast path while another
+/// worker handles its FIN (touch, then lookup to see whether to withdraw).
+/// Either the mark is refused (the FIN landed first: the first worker must
+/// not publish) or the second worker's lookup sees it (and withdraws):
+/// never a published flow whose FIN withdraws nothing.
+#[test]
+fn loom_mark_and_fin_never_miss_each_other() {
+    model(|| {
+        let t = Arc::new(FlowTable::build(2, 0, Timeouts::default(), [1, 2, 3, 4]));
+        let a = entry(1);
+        let id = t.insert(&a, 0).expect("insert");
+        t.touch(id, Direction::Original, tcp_flags::ACK, 0);
+        let t1 = t.clone();
+        let fin = thread::spawn(move || {
+            t1.touch(id, Direction::Reply, tcp_flags::FIN | tcp_flags::ACK, 0);
+            t1.lookup(&a.reply, 0).expect("flow").fast_path
+        });
+        let marked = t.mark_fast_path(id, 0);
+        let seen = fin.join().unwrap();
+        assert!(!marked || seen, "marked, but the FIN's lookup missed it");
+        let h = t.lookup(&a.original, 0).expect("flow");
+        assert_eq!(h.state, FlowState::FinWait, "the mark lost the FIN");
+        assert_eq!(h.fast_path, marked, "the FIN lost the mark");
+    });
+}

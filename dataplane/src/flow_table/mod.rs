@@ -21,7 +21,8 @@
 //! * **Records** (`Box<[Record]>`, exactly its capacity): one per flow,
 //!   holding *both* directions — keys, both next hops, service — packed into
 //!   `AtomicU64` words, and one *meta* word `backend:16 | generation:16 |
-//!   protocol:4 | state:4 | last_seen:24`. All fields are atomics, so a
+//!   fast:1 | protocol:3 | state:4 | last_seen:24` (`fast`: a direction of
+//!   the flow was published to the XDP fast path, [`FlowTable::mark_fast_path`]). All fields are atomics, so a
 //!   reader racing a writer reads stale or mixed words but never has
 //!   undefined behaviour; the generation tells it whether what it read is
 //!   consistent (a seqlock). `last_seen` counts seconds on a 24-bit wrapping
@@ -225,9 +226,9 @@ use crate::types::{proto, FlowKey, L2Hop};
 
 use layout::{proto_code, proto_of, Layout, V4, V6};
 use store::{
-    age, is_committed, m_backend, m_generation, m_proto, m_seen, m_state, Evict, Found, Fresh,
-    Hashed, Store, ST_CLOSE, ST_ESTABLISHED, ST_FIN_WAIT, ST_FIN_WAIT_REPLY, ST_OTHER, ST_SYN_RECV,
-    ST_SYN_SENT, ST_TIME_WAIT, ST_UDP,
+    age, is_committed, m_backend, m_fast, m_generation, m_proto, m_seen, m_state, Evict, Found,
+    Fresh, Hashed, Store, ST_CLOSE, ST_ESTABLISHED, ST_FIN_WAIT, ST_FIN_WAIT_REPLY, ST_OTHER,
+    ST_SYN_RECV, ST_SYN_SENT, ST_TIME_WAIT, ST_UDP,
 };
 
 /// TCP flag bits as passed to [`FlowTable::touch`].
@@ -418,6 +419,10 @@ pub struct Hit {
     pub state: FlowState,
     /// Seconds since its last packet, at the lookup's `now`.
     pub idle: u32,
+    /// Whether a direction of the flow was published to the XDP fast path
+    /// ([`FlowTable::mark_fast_path`]); false for a flow that never was, so
+    /// its close costs no map operation.
+    pub fast_path: bool,
 }
 
 /// Why [`FlowTable::insert`] did not insert.
@@ -548,6 +553,7 @@ fn found_hit<L: Layout<N>, const N: usize>(f: &Found<N>, v6: bool, now: u32) -> 
         entry: L::unpack(&f.words, proto_of(m_proto(f.meta)), m_backend(f.meta)),
         state: public_state(m_state(f.meta)),
         idle: age(m_seen(f.meta), now),
+        fast_path: m_fast(f.meta),
     }
 }
 
@@ -783,6 +789,28 @@ impl FlowTable {
             self.v6.touch(id.rec & !V6_BIT, id.gen, dir, tcp_flags, now)
         };
         st.map_or(FlowState::Close, public_state)
+    }
+
+    /// Marks flow `id` as published to the XDP fast path, so that
+    /// lookups of it say so ([`Hit::fast_path`]) and its FIN or RST
+    /// withdraws its map entries; a flow never marked costs no map
+    /// operation when it closes. True if the flow is marked now (or was),
+    /// false if it is gone, expired, stale (`id`'s record holds another
+    /// flow) or no longer forwardable by the fast path (a TCP flow not
+    /// `ESTABLISHED`: a FIN or RST landed since the caller's lookup): the
+    /// caller must then not publish.
+    ///
+    /// One compare-and-swap on the meta word, once per flow (not per
+    /// packet); every later write of the meta word keeps the mark. Call it
+    /// *before* inserting the map entry: a worker that sees the flow's FIN
+    /// after the mark (its `touch` is ordered after the mark on the same
+    /// word) then sees the mark in its lookup and withdraws.
+    pub fn mark_fast_path(&self, id: FlowId, now: u32) -> bool {
+        if id.rec & V6_BIT == 0 {
+            self.v4.mark_fast(id.rec, id.gen, now)
+        } else {
+            self.v6.mark_fast(id.rec & !V6_BIT, id.gen, now)
+        }
     }
 
     /// Removes flow `id`; false if it was already gone (a stale `id` never

@@ -76,7 +76,7 @@ pub const EVICT_SAMPLE: usize = 8;
 /// Records a store can hold: a slot keeps `record + 1` in 24 bits.
 pub const MAX_RECORDS: usize = (1 << 24) - 2;
 
-// ---- meta word: backend:16 | gen:16 | proto:4 | state:4 | last_seen:24 ----
+// ---- meta word: backend:16 | gen:16 | fast:1 | proto:3 | state:4 | last_seen:24 ----
 
 const SEEN_MASK: u64 = (1 << 24) - 1;
 /// Ages at or above this are taken for a clock skew between workers (a
@@ -85,6 +85,12 @@ const AGE_LIMIT: u32 = 1 << 23;
 /// Longest timeout the 24-bit `last_seen` can express.
 pub const MAX_TIMEOUT: u32 = AGE_LIMIT - 1;
 const GEN_MASK: u64 = 0xFFFF;
+/// The meta bit that says a direction of the flow was published to the XDP
+/// fast path ([`FlowTable::mark_fast_path`](super::FlowTable::mark_fast_path)):
+/// the top bit of the 4-bit protocol field, whose codes (1..=5) need three.
+/// Set once per flow by CAS, kept by every later meta write of the flow
+/// (they change other fields only), cleared by a new occupant's fresh meta.
+const FAST_BIT: u64 = 1 << 31;
 
 pub const ST_UDP: u8 = 0;
 pub const ST_SYN_SENT: u8 = 1;
@@ -115,7 +121,12 @@ pub fn m_state(m: u64) -> u8 {
 }
 #[inline]
 pub fn m_proto(m: u64) -> u8 {
-    ((m >> 28) & 0xF) as u8
+    ((m >> 28) & 0x7) as u8
+}
+/// Whether the flow was published to the fast path ([`FAST_BIT`]).
+#[inline]
+pub fn m_fast(m: u64) -> bool {
+    m & FAST_BIT != 0
 }
 #[inline]
 fn m_gen(m: u64) -> u64 {
@@ -136,7 +147,7 @@ pub fn m_backend(m: u64) -> u32 {
 fn mk_meta(gen: u64, state: u8, seen: u32, proto: u8, backend: u32) -> u64 {
     (u64::from(seen) & SEEN_MASK)
         | (u64::from(state & 0xF) << 24)
-        | (u64::from(proto & 0xF) << 28)
+        | (u64::from(proto & 0x7) << 28)
         | ((gen & GEN_MASK) << 32)
         | (u64::from(backend & 0xFFFF) << 48)
 }
@@ -1102,6 +1113,37 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
                 .compare_exchange_weak(m, nm, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Some(next),
+                Err(cur) => m = cur,
+            }
+        }
+    }
+
+    /// See [`FlowTable::mark_fast_path`](super::FlowTable::mark_fast_path).
+    pub fn mark_fast(&self, ri: u32, gen: u16, now: u32) -> bool {
+        let Some(rec) = self.records.get(ri as usize) else {
+            return false;
+        };
+        let mut m = rec.meta.load(Ordering::Acquire);
+        loop {
+            // As in `touch`: the generation and the state are part of the
+            // CAS'd word, so a FIN, an RST or a removal that lands first
+            // makes the CAS fail and the re-check refuse.
+            if m_generation(m) != gen || !is_committed(m) || self.is_expired(m, now) {
+                return false;
+            }
+            if !matches!(m_state(m), ST_ESTABLISHED | ST_UDP) {
+                return false;
+            }
+            if m_fast(m) {
+                return true;
+            }
+            match rec.meta.compare_exchange_weak(
+                m,
+                m | FAST_BIT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
                 Err(cur) => m = cur,
             }
         }

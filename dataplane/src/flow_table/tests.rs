@@ -1174,3 +1174,57 @@ fn set_timeouts_applies_to_held_flows() {
     });
     assert_eq!(t.timeouts().udp, store::MAX_TIMEOUT);
 }
+
+/// The fast-path mark: refused before the handshake completes and after a
+/// FIN or RST, kept by every later write of the meta word (touches, state
+/// changes), seen by lookups of either key, refused through a stale id,
+/// and absent from the next flow of the record; the protocol beside it
+/// reads back unchanged (both stores).
+#[test]
+fn fast_path_mark() {
+    for v6 in [false, true] {
+        let t = table(64);
+        let e = if v6 { entry6(1) } else { entry(1) };
+        let id = t.insert(&e, 10).unwrap();
+        t.touch(id, Direction::Original, SYN, 10);
+        assert!(!t.mark_fast_path(id, 10), "SYN_SENT");
+        t.touch(id, Direction::Reply, SYN | ACK, 10);
+        assert!(!t.mark_fast_path(id, 10), "SYN_RECV");
+        t.touch(id, Direction::Original, ACK, 10);
+        assert!(!t.lookup(&e.original, 10).unwrap().fast_path);
+        assert!(t.mark_fast_path(id, 10));
+        assert!(t.mark_fast_path(id, 10), "again: still marked");
+        t.touch(id, Direction::Reply, ACK, 12);
+        for k in [e.original, e.reply] {
+            let h = t.lookup(&k, 12).unwrap();
+            assert!(h.fast_path, "v6 {v6}");
+            assert_eq!(h.entry.original.proto, proto::TCP);
+            assert_eq!(h.state, FlowState::Established);
+        }
+        t.touch(id, Direction::Original, FIN | ACK, 12);
+        let h = t.lookup(&e.reply, 12).unwrap();
+        assert!(h.fast_path, "kept through the FIN");
+        assert_eq!(h.state, FlowState::FinWait);
+        assert!(!t.mark_fast_path(id, 12), "FIN_WAIT");
+        assert!(t.remove(id));
+        assert!(!t.mark_fast_path(id, 12), "gone");
+        let id2 = t.insert(&e, 13).unwrap();
+        assert_eq!(id2.index(), id.index(), "the record is reused");
+        t.touch(id2, Direction::Original, ACK, 13);
+        assert!(!t.mark_fast_path(id, 13), "stale id");
+        assert!(
+            !t.lookup(&e.original, 13).unwrap().fast_path,
+            "new occupant"
+        );
+        // UDP flows are marked at once; RST closes TCP ones.
+        let u = entry_p(2, proto::UDP);
+        let iu = t.insert(&u, 13).unwrap();
+        assert!(t.mark_fast_path(iu, 13));
+        assert_eq!(
+            t.lookup(&u.reply, 13).unwrap().entry.original.proto,
+            proto::UDP
+        );
+        t.touch(id2, Direction::Reply, RST, 13);
+        assert!(!t.mark_fast_path(id2, 13), "CLOSE");
+    }
+}
