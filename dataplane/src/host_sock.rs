@@ -21,7 +21,11 @@
 //! * `backends`: key (generation id, slot) as two `u32`, value a 20-byte
 //!   address/port/family like the key of `svcs` without the protocol.
 //! * `config[0]`: the network namespace cookie served (0: none);
-//!   `config[1]`: sockets rewritten; `config[2]`: sockets refused.
+//!   `config[1]`: sockets rewritten; `config[2]`: sockets refused;
+//!   `config[3]`: sockets refused for a destination in a service range
+//!   that no Service owns.
+//! * `service_ranges`: the steering program's trie
+//!   ([`crate::steer::ranges`]), read only when loaded with it.
 //! * `revnat`, `affinity`: the programs' own (LRU).
 
 use std::collections::HashMap as StdHashMap;
@@ -153,7 +157,19 @@ impl HostSock {
     /// # Errors
     /// [`HostSockError`] naming what failed; nothing stays attached then.
     pub fn attach(cgroup: &File) -> Result<HostSock, HostSockError> {
-        let mut ebpf = EbpfLoader::new().load(HOST_SOCK_OBJ)?;
+        HostSock::attach_with(cgroup, false)
+    }
+
+    /// [`HostSock::attach`]; with `service_ranges`, the programs also match
+    /// the `service_ranges` trie ([`HostSock::take_service_ranges`]).
+    ///
+    /// # Errors
+    /// As [`HostSock::attach`].
+    pub fn attach_with(cgroup: &File, service_ranges: bool) -> Result<HostSock, HostSockError> {
+        let on = u8::from(service_ranges);
+        let mut ebpf = EbpfLoader::new()
+            .set_global("service_ranges_on", &on, true)
+            .load(HOST_SOCK_OBJ)?;
         let cookie = netns_cookie().map_err(HostSockError::NetnsCookie)?;
         let mut config: Array<&mut MapData, u64> =
             Array::try_from(ebpf.map_mut("config").ok_or(HostSockError::Map {
@@ -228,11 +244,30 @@ impl HostSock {
         Ok(changed)
     }
 
-    /// Sockets rewritten and refused since the programs were loaded.
+    /// The `service_ranges` trie, for its one writer (the control plane's
+    /// follower); `None` once taken.
+    ///
+    /// # Errors
+    /// [`HostSockError::Map`] when the map is missing.
+    pub fn take_service_ranges(
+        &mut self,
+    ) -> Result<Option<crate::steer::ranges::RangeMap>, HostSockError> {
+        let Some(map) = self.ebpf.take_map("service_ranges") else {
+            return Ok(None);
+        };
+        let trie = aya::maps::LpmTrie::try_from(map).map_err(|source| HostSockError::Map {
+            name: "service_ranges",
+            source,
+        })?;
+        Ok(Some(crate::steer::ranges::RangeMap::new(trie)))
+    }
+
+    /// Sockets rewritten, refused, and refused for a service range since
+    /// the programs were loaded.
     ///
     /// # Errors
     /// [`HostSockError::Map`] when `config` cannot be read.
-    pub fn counters(&self) -> Result<(u64, u64), HostSockError> {
+    pub fn counters(&self) -> Result<(u64, u64, u64), HostSockError> {
         let err = |source| HostSockError::Map {
             name: "config",
             source,
@@ -247,6 +282,7 @@ impl HostSock {
         Ok((
             config.get(&1, 0).map_err(err)?,
             config.get(&2, 0).map_err(err)?,
+            config.get(&3, 0).map_err(err)?,
         ))
     }
 
