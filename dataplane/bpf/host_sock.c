@@ -98,12 +98,30 @@ struct {
 	__type(value, struct svc_val);
 } svcs SEC(".maps");
 
+/* A front end's slots over every front end (dataplane/src/host_sock.rs
+ * MAX_SLOTS_TOTAL); allocated as written. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend_val);
 } backends SEC(".maps");
+
+/* Which backends a generation's slots name (each once), so that an
+ * affinity entry is checked with one lookup, whatever the slot count. */
+struct member_key {
+	__u32 id;
+	struct backend_val backend;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct member_key);
+	__type(value, __u8);
+} members SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -196,26 +214,16 @@ static __always_inline int set_dst(struct bpf_sock_addr *ctx, const struct backe
 	return 1;
 }
 
-static __always_inline int same_backend(const struct backend_val *a, const struct backend_val *b)
-{
-	return a->port == b->port && a->family == b->family && a->addr[0] == b->addr[0] &&
-	       a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
-}
-
 /* Whether `b` is still one of the service's slots (an affinity entry for a
  * removed endpoint must not be used). */
 static __always_inline int still_listed(const struct svc_val *svc, const struct backend_val *b)
 {
-	struct backend_key bk = {.id = svc->id};
-	for (__u32 i = 0; i < 256; i++) {
-		if (i >= svc->count)
-			return 0;
-		bk.slot = i;
-		struct backend_val *c = bpf_map_lookup_elem(&backends, &bk);
-		if (c && same_backend(c, b))
-			return 1;
-	}
-	return 0;
+	struct member_key mk;
+
+	__builtin_memset(&mk, 0, sizeof(mk));
+	mk.id = svc->id;
+	mk.backend = *b;
+	return bpf_map_lookup_elem(&members, &mk) != 0;
 }
 
 /* The backend for a new socket to `k`, NULL when none. */
