@@ -63,6 +63,8 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Cidr>,
     /// Masquerade every client.
     pub masquerade_all: bool,
+    /// The service ranges (`--service-cidr`; [`crate::service_cidr`]).
+    pub service_cidrs: Option<crate::service_cidr::ServiceCidrs>,
     /// Serve the node's own connections to services
     /// ([`crate::host_traffic`]).
     pub host_traffic: crate::host_traffic::Mode,
@@ -119,6 +121,9 @@ pub struct RunArgs {
 /// Why `sluice run` could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A `--service-cidr` range holds a node address.
+    #[error("{0}")]
+    ServiceCidr(#[from] crate::service_cidr::ServiceCidrError),
     /// `--host-traffic on` could not start.
     #[error("{0}")]
     HostTraffic(#[from] crate::host_traffic::HostTrafficError),
@@ -259,6 +264,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // NodePorts answer on the selected ones only.
     let host_addrs = NodePortAddresses::All.select(&per_link);
     let node_addrs = args.nodeport_addresses.resolve(&per_link)?;
+    if let Some(s) = &args.service_cidrs {
+        s.check_node(&host_addrs)?;
+    }
     let (snat_ports, snat_addrs) =
         crate::snat::resolve(args.snat_ports.as_ref(), &args.snat_addresses)?;
     let host = Host {
@@ -275,6 +283,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
             ports: snat_ports,
             addrs: snat_addrs,
             seed: RandomState::new().hash_one(0u64),
+            service_cidrs: args
+                .service_cidrs
+                .as_ref()
+                .map(|s| s.cidrs().to_vec())
+                .unwrap_or_default(),
         },
         links: links.clone(),
         hops: Default::default(),
@@ -334,7 +347,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     // frame (`attach_all` below).
     let mut steering = Vec::new();
     for l in &links {
-        let mut s = Steering::load(&l.name, args.xdp_mode)?;
+        let opts = sluice_dataplane::steer::LoadOpts {
+            service_ranges: args.service_cidrs.is_some(),
+        };
+        let mut s = Steering::load_with(&l.name, args.xdp_mode, opts)?;
         // Only frames for this link's MAC (steer.c's header comment): a
         // segment that floods another host's frames here (a tier whose
         // switch forgot a dead host) must not get them forwarded twice.
@@ -408,8 +424,31 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         })
         .transpose()?;
     wait_workers_running(&counters);
+    // The tries hold the ranges and the first table's ClusterIPs before a
+    // program steers a frame.
+    let mut ranges = args
+        .service_cidrs
+        .as_ref()
+        .map(crate::service_cidr::ServiceRanges::new);
+    if let Some(r) = ranges.as_mut() {
+        let snap = shared.snapshot.load_full();
+        for s in steering.iter_mut() {
+            if let Some(m) = s.take_service_ranges() {
+                r.add(s.ifname(), m, &snap);
+            }
+        }
+    }
     attach_all(&mut steering)?;
-    let host_traffic = start_host_traffic(&args, &shared, &host_addrs)?;
+    let mut host_traffic = start_host_traffic(&args, &shared, &host_addrs)?;
+    if let (Some(r), Some(h)) = (ranges.as_mut(), host_traffic.as_mut()) {
+        if let Some(m) = h.take_service_ranges() {
+            r.add("node sockets", m, &shared.snapshot.load_full());
+        }
+    }
+    let range_follower = ranges
+        .map(|r| r.spawn(shared.clone()))
+        .transpose()
+        .map_err(RunError::Runtime)?;
     let persister =
         crate::persist::Persister::spawn(args.state_dir.clone()).map_err(RunError::Runtime)?;
     persister.submit(crate::persist::Pending::of(&store));
@@ -486,7 +525,8 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     }
     metrics_task.abort();
     rt.shutdown_timeout(Duration::from_secs(2));
-    let host_counts = host_traffic.map_or((0, 0), |h| h.stop());
+    drop(range_follower);
+    let host_counts = host_traffic.map_or((0, 0, 0), |h| h.stop());
 
     info!("stopping");
     persister.flush();
@@ -522,6 +562,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     println!("counter flows_live {}", shared.flows.len());
     println!("counter host_traffic_redirected {}", host_counts.0);
     println!("counter host_traffic_refused {}", host_counts.1);
+    println!(
+        "counter host_traffic_service_cidr_refused {}",
+        host_counts.2
+    );
     for (k, v) in shared.flows.early_drops().named() {
         println!("counter {k} {v}");
     }
@@ -559,6 +603,10 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
                         l.name, s.fragments_redirected
                     );
                     println!("counter xdp_other_host_{} {}", l.name, s.other_host);
+                    println!(
+                        "counter xdp_service_cidr_dropped_{} {}",
+                        l.name, s.service_range_dropped
+                    );
                 }
                 Err(e) => warn!(ifname = %l.name, error = %e, "no XDP counters to print"),
             }
@@ -581,6 +629,7 @@ fn start_host_traffic(
     let opts = crate::host_traffic::PlanOpts {
         host_addrs: host_addrs.iter().map(|&a| a.into()).collect(),
         localhost_nodeports: crate::host_traffic::localhost_nodeports(&args.nodeport_addresses),
+        service_ranges: args.service_cidrs.is_some(),
     };
     Ok(Some(crate::host_traffic::HostTraffic::start(
         shared.clone(),

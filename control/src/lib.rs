@@ -22,6 +22,7 @@ pub mod nexthop;
 pub mod nodeport_addresses;
 pub mod persist;
 pub mod reconcile;
+pub mod service_cidr;
 pub mod snat;
 pub mod source;
 pub mod stats;

@@ -140,6 +140,17 @@ struct RunCmd {
     /// Masquerade every client (kube-proxy --masquerade-all).
     #[arg(long)]
     masquerade_all: bool,
+    /// The cluster's service ranges, CIDR[,CIDR...] of either family
+    /// (repeatable), as kube-proxy's nftables mode uses them: a packet to an
+    /// address inside one that no Service owns is dropped (counted as
+    /// xdp_service_cidr_dropped_IF), one to a ClusterIP on a port no Service
+    /// has is rejected with ICMP port unreachable (drop_cluster_ip_port);
+    /// with --host-traffic on the node's own connect()/sendto() get EPERM
+    /// and ECONNREFUSED. A ClusterIP outside every range is still served
+    /// (warned). A range holding a node address is refused. Default: none
+    /// (such packets are routed on by the kernel).
+    #[arg(long = "service-cidr", value_name = "CIDR[,CIDR...]")]
+    service_cidrs: Vec<sluice_control::service_cidr::ServiceCidrs>,
     /// Serve the node's own connections to its services (ClusterIPs,
     /// externalIPs, LoadBalancer IPs, NodePorts on its addresses and, when
     /// --nodeport-addresses selects it, 127.0.0.1) as kube-proxy does:
@@ -545,6 +556,7 @@ fn main() -> ExitCode {
                 workers: r.workers,
                 cluster_cidrs: r.cluster_cidrs,
                 masquerade_all: r.masquerade_all,
+                service_cidrs: sluice_control::service_cidr::ServiceCidrs::merge(r.service_cidrs),
                 host_traffic: r.host_traffic,
                 flow_capacity: r.flow_capacity,
                 flow_capacity_v6: r.flow_capacity_v6,
@@ -593,7 +605,9 @@ fn main() -> ExitCode {
                     tracing::error!("{e}");
                     eprintln!("sluice: {e}");
                     ExitCode::from(match e {
-                        RunError::Config(_) | RunError::NodePortAddresses(_) => 2,
+                        RunError::Config(_)
+                        | RunError::NodePortAddresses(_)
+                        | RunError::ServiceCidr(_) => 2,
                         _ => 1,
                     })
                 }

@@ -17,6 +17,17 @@
  *                   the application sees the address it sent to.
  *   getpeername4/6  getpeername() of a connected socket: the front end.
  *
+ * Service ranges (--service-cidr; dataplane/src/steer/ranges.rs): a
+ * destination no front end matched is looked up in the `service_ranges`
+ * trie, as the steering program does, because kube-proxy's
+ * cluster-ips-check chain also runs on the node's own output
+ * (filter-output-post-dnat): a ClusterIP on a port no Service has ->
+ * ECONNREFUSED (its reject), an address in a range no Service owns ->
+ * EPERM (its drop; the kernel's answer to a packet a local output hook
+ * dropped, without the SYN retries a TCP connect would spend first).
+ * Counted in config[2] and config[3]. Off (service_ranges_on 0, set by the
+ * loader): no lookup.
+ *
  * Only sockets whose network namespace cookie is config[0] are touched:
  * the root cgroup holds every process of the machine, in every namespace.
  *
@@ -34,6 +45,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
+#define EPERM 1
 #define ECONNREFUSED 111
 #define AF_INET 2
 #define AF_INET6 10
@@ -86,12 +98,30 @@ struct {
 	__type(value, struct svc_val);
 } svcs SEC(".maps");
 
+/* A front end's slots over every front end (dataplane/src/host_sock.rs
+ * MAX_SLOTS_TOTAL); allocated as written. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend_val);
 } backends SEC(".maps");
+
+/* Which backends a generation's slots name (each once), so that an
+ * affinity entry is checked with one lookup, whatever the slot count. */
+struct member_key {
+	__u32 id;
+	struct backend_val backend;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct member_key);
+	__type(value, __u8);
+} members SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -107,7 +137,8 @@ struct {
 	__type(value, struct affinity_val);
 } affinity SEC(".maps");
 
-/* [0]: the netns cookie served; [1]: rewrites; [2]: refusals. */
+/* [0]: the netns cookie served; [1]: rewrites; [2]: refusals; [3]: drops
+ * for a destination in a service range. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4);
@@ -121,6 +152,25 @@ static __always_inline void count(__u32 i)
 	if (v)
 		__sync_fetch_and_add(v, 1);
 }
+
+const volatile __u8 service_ranges_on = 0;
+
+#define RANGE_DROP 1
+#define RANGE_REJECT 2
+
+/* The steering program's layout: prefix length over the IPv4-mapped form. */
+struct range_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144 + 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct range_key);
+	__type(value, __u8);
+} service_ranges SEC(".maps");
 
 static __always_inline int ours(struct bpf_sock_addr *ctx)
 {
@@ -164,26 +214,16 @@ static __always_inline int set_dst(struct bpf_sock_addr *ctx, const struct backe
 	return 1;
 }
 
-static __always_inline int same_backend(const struct backend_val *a, const struct backend_val *b)
-{
-	return a->port == b->port && a->family == b->family && a->addr[0] == b->addr[0] &&
-	       a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
-}
-
 /* Whether `b` is still one of the service's slots (an affinity entry for a
  * removed endpoint must not be used). */
 static __always_inline int still_listed(const struct svc_val *svc, const struct backend_val *b)
 {
-	struct backend_key bk = {.id = svc->id};
-	for (__u32 i = 0; i < 256; i++) {
-		if (i >= svc->count)
-			return 0;
-		bk.slot = i;
-		struct backend_val *c = bpf_map_lookup_elem(&backends, &bk);
-		if (c && same_backend(c, b))
-			return 1;
-	}
-	return 0;
+	struct member_key mk;
+
+	__builtin_memset(&mk, 0, sizeof(mk));
+	mk.id = svc->id;
+	mk.backend = *b;
+	return bpf_map_lookup_elem(&members, &mk) != 0;
 }
 
 /* The backend for a new socket to `k`, NULL when none. */
@@ -208,6 +248,35 @@ static __always_inline const struct backend_val *choose(struct svc_key *k, struc
 	return b;
 }
 
+/* A destination no front end matched: 1 lets it go, 0 refuses it
+ * (service ranges, above). */
+static __always_inline int service_range(const struct svc_key *k)
+{
+	struct range_key rk = {.prefixlen = 128};
+	__u8 *cls;
+
+	if (!service_ranges_on)
+		return 1;
+	if (k->family == AF_INET6) {
+		__builtin_memcpy(rk.addr, k->addr, 16);
+	} else {
+		rk.addr[10] = 0xff;
+		rk.addr[11] = 0xff;
+		__builtin_memcpy(&rk.addr[12], &k->addr[0], 4);
+	}
+	cls = bpf_map_lookup_elem(&service_ranges, &rk);
+	if (!cls)
+		return 1;
+	if (*cls == RANGE_REJECT) {
+		count(2);
+		bpf_set_retval(-ECONNREFUSED);
+	} else {
+		count(3);
+		bpf_set_retval(-EPERM);
+	}
+	return 0;
+}
+
 /* connect() and unconnected sendmsg(): rewrite towards a backend. */
 static __always_inline int forward(struct bpf_sock_addr *ctx, int v6)
 {
@@ -217,7 +286,7 @@ static __always_inline int forward(struct bpf_sock_addr *ctx, int v6)
 	key_of(ctx, &k, v6);
 	struct svc_val *svc = bpf_map_lookup_elem(&svcs, &k);
 	if (!svc)
-		return 1;
+		return service_range(&k);
 	if ((svc->flags & SVC_REJECT) || svc->count == 0) {
 		count(2);
 		bpf_set_retval(-ECONNREFUSED);

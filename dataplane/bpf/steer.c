@@ -87,7 +87,8 @@
  * `stats` is a per-CPU array of u64: [0] redirected, [1] passed, [2] ICMP
  * errors redirected (also counted in [0]), [3] fragments passed (also
  * counted in [1]), [4] fragments redirected (also counted in [0]), [5]
- * unicast frames for another MAC (also counted in [1]).
+ * unicast frames for another MAC (also counted in [1]), [6] frames dropped
+ * for their destination in a service range (below; in neither [0] nor [1]).
  *
  * Destination MAC: only a unicast frame addressed to the interface's own
  * MAC (`own_mac`, written by the loader from the link's address) is judged
@@ -202,7 +203,8 @@ enum {
 	STAT_FRAGMENT_PASSED = 3,
 	STAT_FRAGMENT_REDIRECTED = 4,
 	STAT_OTHER_HOST = 5,
-	STAT_MAX = 6,
+	STAT_SERVICE_RANGE_DROPPED = 6,
+	STAT_MAX = 7,
 };
 
 /* The interface's own MAC (`own_mac`, set by the loader; `set` 0 turns the
@@ -474,6 +476,62 @@ static __always_inline int is_lb_icmp_error(void *icmp, void *data_end, int v6)
 	return is_lb_traffic(qdaddr, qsaddr, &rev, proto);
 }
 
+/*
+ * Service ranges (`sluice run --service-cidr`; dataplane/src/steer.rs
+ * "Service ranges" has the why). kube-proxy's nftables `cluster-ips-check`
+ * chain: a packet to an address inside a service range that no front end
+ * matched is dropped; to a ClusterIP (a /128 entry of class RANGE_REJECT)
+ * it is sent to the workers, which answer ICMP port unreachable. Judged only
+ * after the exact rules (a)-(c) and the ICMP-error rules missed, so
+ * the cost for other packets is this one trie lookup, and none at all when
+ * the loader left `service_ranges_on` 0 (a read-only global: the verifier
+ * prunes the block).
+ * Keys: prefix length over the IPv4-mapped 128-bit form, then the address.
+ */
+const volatile __u8 service_ranges_on = 0;
+
+#define MAX_SERVICE_RANGES (MAX_VIPS + 64)
+#define RANGE_DROP 1
+#define RANGE_REJECT 2
+
+struct range_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_SERVICE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct range_key);
+	__type(value, __u8);
+} service_ranges SEC(".maps");
+
+/* -1: not in a service range (or the rule is off); else the verdict.
+ * `answerable`: a whole TCP/UDP/SCTP packet, which the workers can reject;
+ * anything else in a range (ICMP echo, other protocols, first fragments)
+ * is dropped. */
+static __always_inline int service_range(struct xdp_md *ctx, const __u8 daddr[16], int answerable)
+{
+	struct range_key k;
+	__u8 *cls;
+	int ret;
+
+	if (!service_ranges_on)
+		return -1;
+	k.prefixlen = 128;
+	__builtin_memcpy(k.addr, daddr, 16);
+	cls = bpf_map_lookup_elem(&service_ranges, &k);
+	if (!cls)
+		return -1;
+	if (*cls == RANGE_REJECT && answerable) {
+		ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
+		if (ret == XDP_REDIRECT)
+			return count(STAT_REDIRECTED, ret);
+	}
+	return count(STAT_SERVICE_RANGE_DROPPED, XDP_DROP);
+}
+
 #include "fastpath.h"
 
 SEC("xdp")
@@ -544,6 +602,7 @@ int sluice_steer(struct xdp_md *ctx)
 		/* ICMP: only errors about LB flows. */
 		if (proto == IPPROTO_ICMP) {
 			icmp = (void *)ip + ihl;
+			v4_mapped(daddr, ip->daddr);
 			goto icmp_error;
 		}
 		v4_mapped(saddr, ip->saddr);
@@ -581,6 +640,7 @@ int sluice_steer(struct xdp_md *ctx)
 		if (proto == IPPROTO_ICMPV6) {
 			icmp = p;
 			icmp_v6 = 1;
+			__builtin_memcpy(daddr, &ip6->daddr, 16);
 			goto icmp_error;
 		}
 		__builtin_memcpy(saddr, &ip6->saddr, 16);
@@ -589,8 +649,10 @@ int sluice_steer(struct xdp_md *ctx)
 		return count(STAT_PASSED, XDP_PASS);
 	}
 
-	if (!is_l4_proto(proto))
-		return count(STAT_PASSED, XDP_PASS);
+	if (!is_l4_proto(proto)) {
+		ret = service_range(ctx, daddr, 0);
+		return ret >= 0 ? ret : count(STAT_PASSED, XDP_PASS);
+	}
 	if ((void *)(p + 1) > data_end)
 		return count(STAT_PASSED, XDP_PASS);
 
@@ -602,6 +664,9 @@ int sluice_steer(struct xdp_md *ctx)
 	}
 
 	if (!is_lb_traffic(saddr, daddr, p, proto)) {
+		ret = service_range(ctx, daddr, !first_frag);
+		if (ret >= 0)
+			return ret;
 		if (first_frag)
 			goto fragment;
 		return count(STAT_PASSED, XDP_PASS);
@@ -630,8 +695,10 @@ fragment:
 	return count(STAT_PASSED, XDP_PASS);
 
 icmp_error:
-	if (!is_lb_icmp_error(icmp, data_end, icmp_v6))
-		return count(STAT_PASSED, XDP_PASS);
+	if (!is_lb_icmp_error(icmp, data_end, icmp_v6)) {
+		ret = service_range(ctx, daddr, 0);
+		return ret >= 0 ? ret : count(STAT_PASSED, XDP_PASS);
+	}
 	ret = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 	if (ret == XDP_REDIRECT)
 		count(STAT_ICMP_REDIRECTED, 0);

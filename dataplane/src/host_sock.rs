@@ -20,8 +20,15 @@
 //!   ([`FLAG_REJECT`]), cursor (the program's), affinity timeout in ns.
 //! * `backends`: key (generation id, slot) as two `u32`, value a 20-byte
 //!   address/port/family like the key of `svcs` without the protocol.
+//! * `members`: key (generation id, a 20-byte backend value), value one
+//!   byte: each backend a generation's slots name, once (the affinity
+//!   check).
 //! * `config[0]`: the network namespace cookie served (0: none);
-//!   `config[1]`: sockets rewritten; `config[2]`: sockets refused.
+//!   `config[1]`: sockets rewritten; `config[2]`: sockets refused;
+//!   `config[3]`: sockets refused for a destination in a service range
+//!   that no Service owns.
+//! * `service_ranges`: the steering program's trie
+//!   ([`crate::steer::ranges`]), read only when loaded with it.
 //! * `revnat`, `affinity`: the programs' own (LRU).
 
 use std::collections::HashMap as StdHashMap;
@@ -53,9 +60,12 @@ const PROGRAMS: [&str; 8] = [
 /// Capacity of `svcs` (front ends).
 pub const MAX_FRONTS: usize = 16384;
 /// Capacity of `backends` (slots over every front end).
-pub const MAX_SLOTS_TOTAL: usize = 65536;
-/// Most slots one front end has (the bound of the program's affinity scan).
-pub const MAX_SLOTS: usize = 256;
+pub const MAX_SLOTS_TOTAL: usize = 262_144;
+/// Most slots one front end has: as many as a service port may have
+/// endpoints (the flow record's 16-bit index), so every endpoint gets at
+/// least one. The program checks an affinity entry in `members` (one
+/// lookup), never by walking the slots.
+pub const MAX_SLOTS: usize = 65536;
 /// `svcs` flag: no usable endpoint, refuse with `ECONNREFUSED`.
 pub const FLAG_REJECT: u32 = 1;
 
@@ -153,7 +163,19 @@ impl HostSock {
     /// # Errors
     /// [`HostSockError`] naming what failed; nothing stays attached then.
     pub fn attach(cgroup: &File) -> Result<HostSock, HostSockError> {
-        let mut ebpf = EbpfLoader::new().load(HOST_SOCK_OBJ)?;
+        HostSock::attach_with(cgroup, false)
+    }
+
+    /// [`HostSock::attach`]; with `service_ranges`, the programs also match
+    /// the `service_ranges` trie ([`HostSock::take_service_ranges`]).
+    ///
+    /// # Errors
+    /// As [`HostSock::attach`].
+    pub fn attach_with(cgroup: &File, service_ranges: bool) -> Result<HostSock, HostSockError> {
+        let on = u8::from(service_ranges);
+        let mut ebpf = EbpfLoader::new()
+            .set_global("service_ranges_on", &on, true)
+            .load(HOST_SOCK_OBJ)?;
         let cookie = netns_cookie().map_err(HostSockError::NetnsCookie)?;
         let mut config: Array<&mut MapData, u64> =
             Array::try_from(ebpf.map_mut("config").ok_or(HostSockError::Map {
@@ -228,11 +250,30 @@ impl HostSock {
         Ok(changed)
     }
 
-    /// Sockets rewritten and refused since the programs were loaded.
+    /// The `service_ranges` trie, for its one writer (the control plane's
+    /// follower); `None` once taken.
+    ///
+    /// # Errors
+    /// [`HostSockError::Map`] when the map is missing.
+    pub fn take_service_ranges(
+        &mut self,
+    ) -> Result<Option<crate::steer::ranges::RangeMap>, HostSockError> {
+        let Some(map) = self.ebpf.take_map("service_ranges") else {
+            return Ok(None);
+        };
+        let trie = aya::maps::LpmTrie::try_from(map).map_err(|source| HostSockError::Map {
+            name: "service_ranges",
+            source,
+        })?;
+        Ok(Some(crate::steer::ranges::RangeMap::new(trie)))
+    }
+
+    /// Sockets rewritten, refused, and refused for a service range since
+    /// the programs were loaded.
     ///
     /// # Errors
     /// [`HostSockError::Map`] when `config` cannot be read.
-    pub fn counters(&self) -> Result<(u64, u64), HostSockError> {
+    pub fn counters(&self) -> Result<(u64, u64, u64), HostSockError> {
         let err = |source| HostSockError::Map {
             name: "config",
             source,
@@ -247,12 +288,13 @@ impl HostSock {
         Ok((
             config.get(&1, 0).map_err(err)?,
             config.get(&2, 0).map_err(err)?,
+            config.get(&3, 0).map_err(err)?,
         ))
     }
 
     fn put(&mut self, k: &FrontKey, e: &FrontEntry) -> Result<(), HostSockError> {
-        let old = self.written.get(k).map(|(id, e)| (*id, e.slots.len()));
-        let freed = old.map_or(0, |(_, n)| n);
+        let old = self.written.get(k).map(|(id, e)| (*id, e.slots.clone()));
+        let freed = old.as_ref().map_or(0, |(_, s)| s.len());
         if self.slots_used - freed + e.slots.len() > MAX_SLOTS_TOTAL {
             return Err(HostSockError::Full(self.slots_used + e.slots.len()));
         }
@@ -265,6 +307,15 @@ impl HostSock {
                     .insert(slot_key(id, i as u32), *b, 0)
                     .map_err(|source| HostSockError::Map {
                         name: "backends",
+                        source,
+                    })?;
+            }
+            let mut members = self.members()?;
+            for b in &e.slots {
+                members
+                    .insert(member_key(id, b), 1, 0)
+                    .map_err(|source| HostSockError::Map {
+                        name: "members",
                         source,
                     })?;
             }
@@ -282,8 +333,8 @@ impl HostSock {
                 source,
             })?;
         self.slots_used += e.slots.len();
-        if let Some((old_id, n)) = old {
-            self.remove_slots(old_id, n)?;
+        if let Some((old_id, slots)) = old {
+            self.remove_slots(old_id, &slots)?;
         }
         self.written.insert(*k, (id, e.clone()));
         Ok(())
@@ -302,10 +353,23 @@ impl HostSock {
                 })
             }
         }
-        self.remove_slots(id, e.slots.len())
+        self.remove_slots(id, &e.slots)
     }
 
-    fn remove_slots(&mut self, id: u32, n: usize) -> Result<(), HostSockError> {
+    fn remove_slots(&mut self, id: u32, slots: &[BackendVal]) -> Result<(), HostSockError> {
+        let n = slots.len();
+        let mut members = self.members()?;
+        for b in slots {
+            match members.remove(&member_key(id, b)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(HostSockError::Map {
+                        name: "members",
+                        source,
+                    })
+                }
+            }
+        }
         let mut backends = self.backends()?;
         for i in 0..n {
             match backends.remove(&slot_key(id, i as u32)) {
@@ -330,6 +394,10 @@ impl HostSock {
         self.hash("backends")
     }
 
+    fn members(&mut self) -> Result<HashMap<&mut MapData, [u8; 24], u8>, HostSockError> {
+        self.hash("members")
+    }
+
     fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
@@ -343,6 +411,14 @@ impl HostSock {
 }
 
 /// The `backends` key of slot `i` of generation `id`.
+/// A `members` key: the generation id, then the backend as in `backends`.
+fn member_key(id: u32, b: &BackendVal) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..4].copy_from_slice(&id.to_ne_bytes());
+    k[4..].copy_from_slice(b);
+    k
+}
+
 fn slot_key(id: u32, i: u32) -> [u8; 8] {
     let mut k = [0u8; 8];
     k[..4].copy_from_slice(&id.to_ne_bytes());

@@ -111,9 +111,21 @@ pub struct MasqPolicy {
     /// Key of the hash that picks a flow's first SNAT probe ([`snat`]),
     /// random per process.
     pub seed: u64,
+    /// The service ranges (`--service-cidr`): a packet steered here to an
+    /// address inside one that no front end owns is a ClusterIP's port no
+    /// Service has, and is rejected ([`DropReason::ClusterIpPort`]). Kept
+    /// with the masquerade policy: both are the node's kube-proxy flags
+    /// that every snapshot carries unchanged. Empty: no such rule.
+    pub service_cidrs: Vec<Cidr>,
 }
 
 impl MasqPolicy {
+    /// Whether `a` lies inside a service range (`--service-cidr`).
+    #[inline]
+    pub fn in_service_range(&self, a: &Addr) -> bool {
+        !self.service_cidrs.is_empty() && self.service_cidrs.iter().any(|c| c.contains(a))
+    }
+
     /// Whether traffic from `client` is masqueraded.
     #[inline]
     pub fn masquerades(&self, client: &Addr) -> bool {
@@ -236,6 +248,13 @@ pub enum DropReason {
     /// ([`Verdict::TtlExceeded`]); counted whether or not an ICMP error
     /// answered it.
     TtlExceeded,
+    /// A new flow to an address inside a service range (`--service-cidr`)
+    /// on a port no Service has: the steering program sends only
+    /// ClusterIPs' here (it drops the range's other addresses itself).
+    /// Answered with ICMP port unreachable, as kube-proxy's nftables
+    /// `cluster-ips-check` rejects it (nft's bare `reject`, TCP included);
+    /// counted whether or not an answer could be built.
+    ClusterIpPort,
 }
 
 impl From<ParseError> for DropReason {
@@ -258,7 +277,7 @@ impl From<ParseError> for DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 23;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -283,6 +302,7 @@ impl DropReason {
         DropReason::VlanTagged,
         DropReason::TooBig,
         DropReason::TtlExceeded,
+        DropReason::ClusterIpPort,
     ];
 
     /// Counter index.
@@ -316,6 +336,7 @@ impl DropReason {
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TooBig => "too_big",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::ClusterIpPort => "cluster_ip_port",
         }
     }
 }
@@ -550,7 +571,7 @@ pub fn process_hashed(
         proto: key.proto,
     };
     let Some((svc_idx, svc)) = snap.services.lookup(&vip) else {
-        return Verdict::Drop(DropReason::NoService);
+        return no_service(snap, buf, len, &p, stats);
     };
     let mid_flow = key.proto == proto::TCP
         && (p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)) != tcp_flags::SYN;
@@ -1100,6 +1121,32 @@ fn must_masquerade(
     }
 }
 
+/// A new flow that no front end owns. Inside a service range it is a
+/// ClusterIP's port no Service has (the steering program drops the
+/// range's unowned addresses and sends ClusterIPs' on; module doc of
+/// `crate::steer`): rejected with ICMP port unreachable for every
+/// protocol, as nft's `reject` in kube-proxy's `cluster-ips-check` chain.
+/// Otherwise (a stray from an endpoint, a front end gone between the
+/// steering maps and this snapshot) it is dropped.
+fn no_service(
+    snap: &Snapshot,
+    buf: &mut [u8],
+    len: usize,
+    p: &wire::Parsed,
+    stats: &mut Stats,
+) -> Verdict {
+    if !snap.masq.in_service_range(&p.key.dst) {
+        return Verdict::Drop(DropReason::NoService);
+    }
+    match reply::icmp_port_unreachable(buf, len, p) {
+        Some(n) => {
+            stats.drops[DropReason::ClusterIpPort.index()] += 1;
+            Verdict::Reply(n)
+        }
+        None => Verdict::Drop(DropReason::ClusterIpPort),
+    }
+}
+
 /// Turns the frame into the answer a host gives when nothing listens: a
 /// RST for TCP, ICMP port unreachable for UDP (kube-proxy's REJECT).
 fn reject(buf: &mut [u8], len: usize, p: &wire::Parsed) -> Option<usize> {
@@ -1233,3 +1280,7 @@ mod policy_tests;
 #[cfg(test)]
 #[path = "pipeline_pickup_tests.rs"]
 mod pickup_tests;
+
+#[cfg(test)]
+#[path = "pipeline_range_tests.rs"]
+mod range_tests;

@@ -115,13 +115,44 @@
 //! errors redirected (also counted in `[0]`), `[3]` fragments passed (also
 //! counted in `[1]`), `[4]` fragments redirected (also counted in `[0]`).
 //! `frags` (an LRU hash of [`MAX_FRAGS`] datagrams) is the program's own.
+//! `[6]` counts frames dropped for their destination in a service range
+//! (below). `service_ranges` is the LPM trie of [`ranges`].
+//!
+//! # Service ranges (`--service-cidr`)
+//!
+//! With [`LoadOpts::service_ranges`], a frame that matched no rule above
+//! (nor the ICMP-error rules) is looked up in the `service_ranges` trie by
+//! its destination: inside a range and not a ClusterIP, it is dropped here
+//! and counted per interface (`[6]`, `xdp_service_cidr_dropped_IF`); a
+//! ClusterIP (on a port no Service has, or the exact lookup would have
+//! matched) is redirected to the workers, which answer ICMP port
+//! unreachable (`crate::pipeline`, `drop_cluster_ip_port`). kube-proxy's
+//! nftables `cluster-ips-check` chain, both rules ([`ranges`]).
+//!
+//! Why drop in XDP but reject in the workers: a drop needs nothing but the
+//! verdict, and a scan or flood of a /12 of unallocated addresses then costs
+//! no copy into user space and no worker time — the cheapest place; a
+//! reject needs an answer built (quote, checksums, the family's ICMP, the
+//! MACs back), which the workers already build for services without
+//! endpoints (`wire::reply`), tested, rather than a second copy of it in
+//! BPF. Cost for every other frame: the one trie lookup after the exact
+//! ones missed, and none when the flag is unset (the loader leaves the
+//! program's read-only `service_ranges_on` at 0 and the verifier removes
+//! the block). The trie is filled before the program attaches and kept in
+//! step with the snapshot by the control plane (`control/src/service_cidr.rs`).
+//! Only whole TCP, UDP and SCTP packets to a ClusterIP are answered; other
+//! protocols and first fragments inside a range are dropped; later
+//! fragments pass as before (their first was dropped, so the datagram never
+//! reassembles).
 
 use std::collections::HashSet;
 use std::hash::Hash;
 use std::io;
 use std::os::fd::RawFd;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
+pub mod ranges;
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpFlags};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader, Pod};
 
@@ -164,6 +195,8 @@ const STAT_FRAGMENT_PASSED: u32 = 3;
 const STAT_FRAGMENT_REDIRECTED: u32 = 4;
 /// Index of the other-host counter in `stats` (unicast for another MAC).
 const STAT_OTHER_HOST: u32 = 5;
+/// Index of the service-range drop counter in `stats`.
+const STAT_SERVICE_RANGE_DROPPED: u32 = 6;
 /// Capacity of the `frags` map (datagrams whose later fragments follow
 /// their redirected first).
 pub const MAX_FRAGS: usize = 16384;
@@ -291,6 +324,18 @@ pub struct SteerStats {
     /// ([`Steering::set_own_mac`]), passed to the kernel (which drops them
     /// as PACKET_OTHERHOST; also counted in `passed`).
     pub other_host: u64,
+    /// Frames dropped because their destination lies in a service range
+    /// and no front end owns it ([`LoadOpts::service_ranges`]; in neither
+    /// `redirected` nor `passed`).
+    pub service_range_dropped: u64,
+}
+
+/// What the program is loaded for (read-only globals the verifier sees).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOpts {
+    /// Match the `service_ranges` trie after the exact rules missed
+    /// (`--service-cidr`); off, the program never looks at it.
+    pub service_ranges: bool,
 }
 
 /// The steering program attached to one interface.
@@ -312,6 +357,7 @@ pub struct Steering {
     local_addrs: HashMap<MapData, [u8; 16], u8>,
     snat_range: Array<MapData, [u16; 2]>,
     own_mac: Array<MapData, [u8; 8]>,
+    service_ranges: Option<ranges::RangeMap>,
     stats: PerCpuArray<MapData, u64>,
     fast: FastMap,
     fast_stats: PerCpuArray<MapData, u64>,
@@ -355,25 +401,41 @@ impl Steering {
     /// object or the verifier fails; [`SteerError::Attach`] when the mode is
     /// not supported.
     pub fn load(ifname: &str, mode: AttachMode) -> Result<Steering, SteerError> {
+        Steering::load_with(ifname, mode, LoadOpts::default())
+    }
+
+    /// [`Steering::load`] with `opts`.
+    ///
+    /// # Errors
+    /// As [`Steering::load`].
+    pub fn load_with(
+        ifname: &str,
+        mode: AttachMode,
+        opts: LoadOpts,
+    ) -> Result<Steering, SteerError> {
         let name = ifname.to_string();
         if ifname.is_empty() || ifname.contains('\0') || if_index(ifname) == 0 {
             return Err(SteerError::NoSuchInterface { ifname: name });
         }
         raise_memlock();
 
-        let mut ebpf = EbpfLoader::new().load(STEER_OBJ).map_err(|e| {
-            if is_eperm(&e) {
-                SteerError::PermissionDenied {
-                    ifname: name.clone(),
-                    op: "creating BPF maps",
+        let on = u8::from(opts.service_ranges);
+        let mut ebpf = EbpfLoader::new()
+            .set_global("service_ranges_on", &on, true)
+            .load(STEER_OBJ)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    SteerError::PermissionDenied {
+                        ifname: name.clone(),
+                        op: "creating BPF maps",
+                    }
+                } else {
+                    SteerError::Load {
+                        ifname: name.clone(),
+                        source: Box::new(e),
+                    }
                 }
-            } else {
-                SteerError::Load {
-                    ifname: name.clone(),
-                    source: Box::new(e),
-                }
-            }
-        })?;
+            })?;
         let prog = xdp_program(&mut ebpf, &name)?;
         prog.load().map_err(|e| {
             if is_eperm(&e) {
@@ -397,6 +459,15 @@ impl Steering {
         let local_addrs = open_map(&mut ebpf, &name, "local_addrs", HashMap::try_from)?;
         let snat_range = open_map(&mut ebpf, &name, "snat_range", Array::try_from)?;
         let own_mac = open_map(&mut ebpf, &name, "own_mac", Array::try_from)?;
+        let service_ranges = match opts.service_ranges {
+            true => Some(ranges::RangeMap::new(open_map(
+                &mut ebpf,
+                &name,
+                "service_ranges",
+                LpmTrie::try_from,
+            )?)),
+            false => None,
+        };
         let stats = open_map(&mut ebpf, &name, "stats", PerCpuArray::try_from)?;
         let fast = open_map(&mut ebpf, &name, "fast_flows", Ok)?;
         let fast = FastMap::new(&name, fast)?;
@@ -414,6 +485,7 @@ impl Steering {
             local_addrs,
             snat_range,
             own_mac,
+            service_ranges,
             stats,
             fast,
             fast_stats,
@@ -683,7 +755,16 @@ impl Steering {
             fragments_passed: sum(STAT_FRAGMENT_PASSED)?,
             fragments_redirected: sum(STAT_FRAGMENT_REDIRECTED)?,
             other_host: sum(STAT_OTHER_HOST)?,
+            service_range_dropped: sum(STAT_SERVICE_RANGE_DROPPED)?,
         })
+    }
+
+    /// The `service_ranges` trie, handed to its one writer (the control
+    /// plane's follower, which keeps it in step with every snapshot); the
+    /// loaded program keeps the map alive. `None` for a program loaded
+    /// without [`LoadOpts::service_ranges`], or once taken.
+    pub fn take_service_ranges(&mut self) -> Option<ranges::RangeMap> {
+        self.service_ranges.take()
     }
 }
 

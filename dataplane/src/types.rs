@@ -180,6 +180,22 @@ impl Cidr {
         Some(Cidr { addr, len128 })
     }
 
+    /// The prefix length over the 128-bit (IPv4-mapped) form: 96 + N for
+    /// an IPv4 /N.
+    pub fn len128(&self) -> u8 {
+        self.len128
+    }
+
+    /// The prefix's first address: the address given, host bits cleared.
+    pub fn network(&self) -> Addr {
+        let mut out = self.addr;
+        for (i, b) in out.0.iter_mut().enumerate() {
+            let bits = usize::from(self.len128).saturating_sub(i * 8).min(8);
+            *b &= !(0xffu16 >> bits) as u8;
+        }
+        out
+    }
+
     /// Whether `a` lies inside this prefix (never across families).
     #[inline]
     pub fn contains(&self, a: &Addr) -> bool {
@@ -257,6 +273,12 @@ mod tests {
         assert!("198.18.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
         assert_eq!(c.to_string(), "198.18.0.128/25");
+        let h: Cidr = "198.18.0.200/25".parse().unwrap();
+        assert_eq!(h.network(), Addr::from_v4([198, 18, 0, 128]));
+        assert_eq!(h.len128(), 121);
+        assert_eq!(c.network(), Addr::from_v4([198, 18, 0, 128]));
+        let w: Cidr = "2001:db8::1/32".parse().unwrap();
+        assert_eq!(w.network().to_string(), "2001:db8::");
     }
 
     #[test]

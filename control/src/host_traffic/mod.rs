@@ -115,6 +115,8 @@ pub enum HostTrafficError {
 pub struct HostTraffic {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<HostSock>>,
+    /// The programs' service-range trie, until its writer takes it.
+    ranges: Option<sluice_dataplane::steer::ranges::RangeMap>,
 }
 
 impl HostTraffic {
@@ -125,7 +127,11 @@ impl HostTraffic {
     /// [`HostTrafficError`]; nothing stays attached then.
     pub fn start(shared: Arc<Shared>, opts: PlanOpts) -> Result<HostTraffic, HostTrafficError> {
         let (dir, root) = cgroup2_root()?;
-        let mut sock = HostSock::attach(&dir)?;
+        let mut sock = HostSock::attach_with(&dir, opts.service_ranges)?;
+        let ranges = match opts.service_ranges {
+            true => sock.take_service_ranges()?,
+            false => None,
+        };
         let first = shared.snapshot.load_full();
         let n = sock.sync(&plan(&first.services, &opts))?;
         info!(
@@ -141,18 +147,28 @@ impl HostTraffic {
         Ok(HostTraffic {
             stop,
             thread: Some(thread),
+            ranges,
         })
     }
 
-    /// Detaches the programs; returns (sockets rewritten, refused).
-    pub fn stop(mut self) -> (u64, u64) {
+    /// The programs' `service_ranges` trie (with [`PlanOpts::service_ranges`]),
+    /// for [`crate::service_cidr::ServiceRanges`], which keeps it with the
+    /// steering programs' (kube-proxy's `cluster-ips-check` also runs on
+    /// the node's output); `None` once taken.
+    pub fn take_service_ranges(&mut self) -> Option<sluice_dataplane::steer::ranges::RangeMap> {
+        self.ranges.take()
+    }
+
+    /// Detaches the programs; returns (sockets rewritten, refused, refused
+    /// for a service range).
+    pub fn stop(mut self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let Some(sock) = self.thread.take().and_then(|t| t.join().ok()) else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let counts = sock.counters().unwrap_or_else(|e| {
             warn!("host traffic: counters: {e}");
-            (0, 0)
+            (0, 0, 0)
         });
         drop(sock);
         counts

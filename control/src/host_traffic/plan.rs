@@ -47,6 +47,9 @@ pub struct PlanOpts {
     pub host_addrs: Vec<Addr>,
     /// Whether NodePorts answer on `127.0.0.1` too.
     pub localhost_nodeports: bool,
+    /// Load the programs with the service-range rule (`--service-cidr`):
+    /// not a plan input, how the programs are loaded.
+    pub service_ranges: bool,
 }
 
 /// The front ends the node's sockets are redirected for.
