@@ -21,6 +21,7 @@ fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
         inactive: 0,
         stats: Default::default(),
         health: None,
+        persist: 0,
     }
 }
 
@@ -41,6 +42,7 @@ fn svc(protocol: u8, addr: &str, port: u16, sched: &str, dests: Vec<IpvsDest>) -
             name: "x".into(),
         },
         stats: Default::default(),
+        laddrs: Vec::new(),
     }
 }
 
@@ -451,6 +453,7 @@ fn conn(
         client: e(c),
         virt: e(v),
         dest: e(d),
+        template: false,
     }
 }
 
