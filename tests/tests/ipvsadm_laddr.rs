@@ -193,6 +193,12 @@ fn fullnat_local_addresses_through_ipvsadm() {
     }
     assert_eq!(ok(&sock, "-Sn"), saved);
     assert_eq!(ok(&sock, "-G"), listing);
+    // The daemon's refusal names the service and the address.
+    let o = ipvsadm(&sock, "--add-laddr -z 198.18.1.77 -t 198.18.100.30:80");
+    assert_eq!(
+        o.stderr,
+        "service VirtualService ipvs/tcp-198-18-100-30-80: local address 198.18.1.77 is not an address of this host (replies to it would never reach it); add it to an interface first\n"
+    );
 
     // -S | -R into a fresh daemon: the same rules, the same translation.
     drop(sluice);

@@ -36,8 +36,10 @@ use super::status::{self, Status};
 use super::{ipvs_conns, AppState};
 use crate::check::HealthIndex;
 use crate::config::virtual_service::KIND;
+use crate::config::ConfigError;
+use crate::reconcile::ApplyError;
 use crate::stats::Folded;
-use crate::store::{Batch, Key, Kind, UpsertMode, Write};
+use crate::store::{Batch, Key, Kind, StoreError, UpsertMode, Write};
 
 /// Where an IPVS service comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +454,11 @@ async fn batch(State(s): State<AppState>, body: Bytes) -> Response {
                 "message": format!("{n} write(s) committed"), "metadata": {"resourceVersion": rev.to_string()}})),
         )
             .into_response(),
+        // A local address the host does not own concerns no one object of
+        // the batch: its message as it is (ipvsadm prints it).
+        Ok(Err(StoreError::Invalid(ApplyError::Config(e @ ConfigError::LocalAddrNotOwn { .. })))) => {
+            Status::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()).into_response()
+        }
         Ok(Err(e)) => status::from_store(e, None).into_response(),
         Err(e) => Status::new(
             StatusCode::INTERNAL_SERVER_ERROR,
