@@ -9,7 +9,8 @@
 //!   with DPVS's messages and exit codes and change nothing (an address the
 //!   host does not own is refused, named); `-S` saves an `--add-laddr`
 //!   line that `-R` restores into a fresh daemon, which translates to it
-//!   again; `--del-laddr` takes it away (the peer is then the LB's own
+//!   again, and keeps it across a restart (`--state-dir`); `--del-laddr`
+//!   takes it away (the peer is then the LB's own
 //!   route source);
 //! * a persistent service (`-p 300`): after one connection `-Lnc` lists
 //!   the persistence template (client port 0, state NONE, expiry counting
@@ -19,10 +20,20 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sluice_tests::{
-    parse_backend_reply, require_root, sluice_bin, topology, Role, Sluice, Topology,
+    parse_backend_reply, poll_until, require_root, sluice_bin, topology, Role, Sluice, Topology,
 };
+
+/// A state directory removed on drop (also when the test fails).
+struct StateDir(std::path::PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 struct Out {
     code: i32,
@@ -202,13 +213,32 @@ fn fullnat_local_addresses_through_ipvsadm() {
 
     // -S | -R into a fresh daemon: the same rules, the same translation.
     drop(sluice);
-    let fresh = Sluice::start_empty(&topo, &["--workers", "2"]);
+    let state = StateDir(std::env::temp_dir().join(format!("{}-laddr-state", topo.prefix())));
+    let args = ["--workers", "2", "--state-dir", state.0.to_str().unwrap()];
+    let fresh = Sluice::start_empty(&topo, &args);
     let sock = fresh.api_socket().to_path_buf();
     let o = run(&sock, &["-R"], &saved);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(ok(&sock, "-Sn"), saved);
     for (b, peer, _) in get_many(&topo, &url, 4) {
         assert_eq!(peer, LADDR, "{b} after -R");
+    }
+
+    // Kept in the state directory like every object: a restart serves it.
+    let held = || {
+        ["state.json", "state.log"].iter().any(|f| {
+            std::fs::read_to_string(state.0.join(f)).is_ok_and(|t| t.contains("localAddresses"))
+        })
+    };
+    poll_until(Duration::from_secs(5), || held().then_some(()))
+        .expect("the state directory never held the local address");
+    let report = fresh.stop();
+    assert!(report.status.is_some_and(|s| s.success()), "{report:?}");
+    let again = Sluice::start_empty(&topo, &args);
+    let sock = again.api_socket().to_path_buf();
+    assert_eq!(ok(&sock, "-Sn"), saved);
+    for (b, peer, _) in get_many(&topo, &url, 2) {
+        assert_eq!(peer, LADDR, "{b} after a restart");
     }
 
     // --del-laddr: the service keeps serving FULLNAT from the route's
