@@ -23,6 +23,15 @@
 //! the key is the client's address masked to its first N bits
 //! ([`masked_client`]), so a whole client subnet shares one entry, as an
 //! IPVS persistence template keyed by `caddr & netmask` does.
+//!
+//! For `ipvsadm -Lnc` (persistence templates) a second array, beside the
+//! slots and never read on the packet path, keeps each slot's (masked)
+//! client and service identity: [`AffinityTable::for_each`] walks the
+//! slots and yields an entry only when the key tag recomputed from that
+//! side record matches the slot's, so a record torn by a concurrent
+//! writer is skipped rather than misreported. It costs one more cache
+//! line written per new entry ([`AffinityTable::record`]), none per
+//! lookup.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,11 +45,35 @@ struct Slot {
     val: AtomicU64,
 }
 
+/// Who a slot belongs to, for listings only: the masked client's 16
+/// bytes and the service identity.
+#[derive(Debug, Default)]
+struct Owner {
+    client_hi: AtomicU64,
+    client_lo: AtomicU64,
+    service: AtomicU64,
+}
+
 /// The shared affinity table.
 #[derive(Debug)]
 pub struct AffinityTable {
     slots: Box<[Slot]>,
+    /// One per slot, same index.
+    owners: Box<[Owner]>,
     sets: usize,
+}
+
+/// One live entry, as [`AffinityTable::for_each`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// The client as keyed (masked by the persistence netmask).
+    pub client: Addr,
+    /// The service identity ([`crate::service::Service::affinity_id`]).
+    pub service: u64,
+    /// [`backend_hash`] of the backend it sticks to.
+    pub backend: u32,
+    /// When it was last used (the table's clock, seconds).
+    pub last_seen: u32,
 }
 
 /// 64-bit FNV-1a.
@@ -99,16 +132,22 @@ fn key_tag(client: &Addr, service: u64) -> u64 {
 }
 
 impl AffinityTable {
-    /// Bytes one entry costs.
-    pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<Slot>();
+    /// Bytes one entry costs (the slot, and its owner record for listings).
+    pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<Owner>();
 
     /// A table of at least `capacity` entries (rounded up to a power of two).
     pub fn new(capacity: usize) -> AffinityTable {
         let n = capacity.max(WAYS).next_power_of_two();
         AffinityTable {
             slots: (0..n).map(|_| Slot::default()).collect(),
+            owners: (0..n).map(|_| Owner::default()).collect(),
             sets: n / WAYS,
         }
+    }
+
+    #[inline]
+    fn set_start(&self, tag: u64) -> usize {
+        (((tag >> 1) as usize) % self.sets) * WAYS
     }
 
     /// Number of slots.
@@ -118,8 +157,8 @@ impl AffinityTable {
 
     #[inline]
     fn set(&self, tag: u64) -> &[Slot] {
-        let s = ((tag >> 1) as usize) % self.sets;
-        &self.slots[s * WAYS..(s + 1) * WAYS]
+        let s = self.set_start(tag);
+        &self.slots[s..s + WAYS]
     }
 
     /// The backend hash remembered for `client` on `service` if it was used
@@ -165,8 +204,51 @@ impl AffinityTable {
             }
         }
         let slot = &set[victim];
+        let owner = &self.owners[self.set_start(tag) + victim];
+        let (hi, lo) = client.0.split_at(8);
+        owner.client_hi.store(word(hi), Ordering::Relaxed);
+        owner.client_lo.store(word(lo), Ordering::Relaxed);
+        owner.service.store(service, Ordering::Relaxed);
         slot.val.store(val, Ordering::Relaxed);
         slot.key.store(tag, Ordering::Release);
+    }
+
+    /// Calls `f` with every entry used within `timeout(service)` seconds
+    /// before `now` (None: that service keeps no affinity now, skipped).
+    /// Read-only and lock-free, off the packet path: an entry being
+    /// replaced while it is read is skipped (its owner record does not
+    /// hash to its key tag) or reported as either its old or new self.
+    pub fn for_each(
+        &self,
+        now: u32,
+        timeout: impl Fn(u64) -> Option<u32>,
+        mut f: impl FnMut(AffinityEntry),
+    ) {
+        for (slot, owner) in self.slots.iter().zip(self.owners.iter()) {
+            let tag = slot.key.load(Ordering::Acquire);
+            if tag == 0 {
+                continue;
+            }
+            let mut c = [0u8; 16];
+            c[..8].copy_from_slice(&owner.client_hi.load(Ordering::Relaxed).to_be_bytes());
+            c[8..].copy_from_slice(&owner.client_lo.load(Ordering::Relaxed).to_be_bytes());
+            let client = Addr(c);
+            let service = owner.service.load(Ordering::Relaxed);
+            let v = slot.val.load(Ordering::Relaxed);
+            if key_tag(&client, service) != tag {
+                continue;
+            }
+            let last_seen = v as u32;
+            match timeout(service) {
+                Some(t) if now.wrapping_sub(last_seen) <= t => f(AffinityEntry {
+                    client,
+                    service,
+                    backend: (v >> 32) as u32,
+                    last_seen,
+                }),
+                _ => {}
+            }
+        }
     }
 
     /// Forgets every entry (tests; a reload keeps affinity).
@@ -176,6 +258,14 @@ impl AffinityTable {
             s.val.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// Eight bytes as a big-endian word.
+#[inline]
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(b);
+    u64::from_be_bytes(w)
 }
 
 #[cfg(test)]
@@ -264,6 +354,58 @@ mod tests {
         assert_ne!(x, backend_hash(&a(1), 81));
         assert_ne!(x, backend_hash(&a(2), 80));
         assert_eq!(x, backend_hash(&a(1), 80));
+    }
+
+    fn listed(t: &AffinityTable, now: u32, timeout: u32) -> Vec<AffinityEntry> {
+        let mut v = Vec::new();
+        t.for_each(now, |s| (s != 99).then_some(timeout), |e| v.push(e));
+        v.sort_by_key(|e| (e.service, e.client.0));
+        v
+    }
+
+    #[test]
+    fn listing_reports_live_entries_with_their_clients() {
+        let t = AffinityTable::new(64);
+        let v6 = Addr::from_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        t.record(&a(1), 7, 42, 100);
+        t.record(&v6, 8, 43, 103);
+        t.record(&a(2), 99, 44, 103);
+        let e = listed(&t, 105, 10);
+        assert_eq!(
+            e,
+            vec![
+                AffinityEntry {
+                    client: a(1),
+                    service: 7,
+                    backend: 42,
+                    last_seen: 100
+                },
+                AffinityEntry {
+                    client: v6,
+                    service: 8,
+                    backend: 43,
+                    last_seen: 103
+                },
+            ],
+            "service 99 keeps no affinity: not listed"
+        );
+        // A lookup refreshes what the listing reports; idle ones go.
+        assert_eq!(t.lookup(&a(1), 7, 10, 109), Some(42));
+        let e = listed(&t, 114, 10);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].client, e[0].last_seen), (a(1), 109));
+        assert!(listed(&t, 122, 10).is_empty());
+    }
+
+    #[test]
+    fn a_torn_owner_record_is_not_listed() {
+        let t = AffinityTable::new(4);
+        t.record(&a(1), 7, 42, 100);
+        // As if a writer had stored another owner but not yet its key.
+        t.owners[t.set_start(key_tag(&a(1), 7))]
+            .service
+            .store(8, Ordering::Relaxed);
+        assert!(listed(&t, 100, 10).is_empty());
     }
 
     #[test]

@@ -8,12 +8,16 @@
 //!   connection counts; zero for services whose scheduler counts nothing
 //!   and that have no threshold, since the data path keeps no counts for
 //!   them), and each real server's health-check state (`up`, `down`;
-//!   absent without a check) from the checker's registry (`check/`).
+//!   absent without a check) from the checker's registry (`check/`);
+//!   with `?templates=true` each real server's persistence templates
+//!   (PersistConn, from the affinity table), and with `?laddrs=true` the
+//!   live flows through each FULLNAT local address (`-G`'s CONNS).
 //! * `POST /apis/sluice.dev/v1/ipvs`: a batch of VirtualService writes
 //!   committed all together or not at all (one store batch, validated
 //!   whole), which is how `ipvsadm -R` restores atomically and how every
 //!   `ipvsadm` command writes.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,15 +29,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_dataplane::service::Service;
+use sluice_dataplane::service::{Service, VipKey};
 use sluice_dataplane::types::proto;
 
 use super::status::{self, Status};
-use super::AppState;
+use super::{ipvs_conns, AppState};
 use crate::check::HealthIndex;
 use crate::config::virtual_service::KIND;
+use crate::config::ConfigError;
+use crate::reconcile::ApplyError;
 use crate::stats::Folded;
-use crate::store::{Batch, Key, Kind, UpsertMode, Write};
+use crate::store::{Batch, Key, Kind, StoreError, UpsertMode, Write};
 
 /// Where an IPVS service comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +77,19 @@ pub struct IpvsDest {
     /// Its health check's state, `up` or `down`; None without a check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Its persistence templates (with `?templates=true`).
+    #[serde(default)]
+    pub persist: u32,
+}
+
+/// One FULLNAT local address of a service, as DPVS's `-G` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsLaddr {
+    /// The address.
+    pub addr: IpAddr,
+    /// Live flows translated to it (with `?laddrs=true`).
+    #[serde(default)]
+    pub conns: u32,
 }
 
 /// `--stats` and `--rate` figures of a real server or a service.
@@ -158,6 +177,9 @@ pub struct IpvsService {
     /// The sum of its real servers' figures (with `?stats=true`).
     #[serde(default)]
     pub stats: Counters,
+    /// Its FULLNAT local addresses (DPVS's `--add-laddr`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub laddrs: Vec<IpvsLaddr>,
 }
 
 /// The routes.
@@ -225,11 +247,42 @@ pub fn service_view(s: &Service) -> IpvsService {
                     inactive,
                     stats: Counters::default(),
                     health: None,
+                    persist: 0,
                 }
             })
             .collect(),
         origin: origin(&spec.name),
         stats: Counters::default(),
+        laddrs: spec
+            .local_addrs
+            .iter()
+            .map(|a| IpvsLaddr {
+                addr: a.to_ip(),
+                conns: 0,
+            })
+            .collect(),
+    }
+}
+
+/// The figures that walk the data path's tables, when asked for.
+#[derive(Default)]
+struct Walked {
+    templates: Option<HashMap<(VipKey, IpAddr, u16), u32>>,
+    laddrs: Option<HashMap<(VipKey, IpAddr), u32>>,
+}
+
+impl Walked {
+    fn fill(&self, v: &mut IpvsService, vip: &VipKey) {
+        if let Some(t) = &self.templates {
+            for d in &mut v.dests {
+                d.persist = t.get(&(*vip, d.addr, d.port)).copied().unwrap_or(0);
+            }
+        }
+        if let Some(l) = &self.laddrs {
+            for a in &mut v.laddrs {
+                a.conns = l.get(&(*vip, a.addr)).copied().unwrap_or(0);
+            }
+        }
     }
 }
 
@@ -270,6 +323,10 @@ fn fill_stats(v: &mut IpvsService, s: &Service, totals: &Folded, rates: &Folded)
 struct ViewQuery {
     #[serde(default)]
     stats: bool,
+    #[serde(default)]
+    templates: bool,
+    #[serde(default)]
+    laddrs: bool,
 }
 
 async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
@@ -283,12 +340,21 @@ async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response
     let health = checks.index();
     // With figures, the services come from the table the totals were
     // summed with, so that they match.
-    let (snap, totals) = match stats.filter(|_| q.stats) {
+    let (snap, totals) = match stats.clone().filter(|_| q.stats) {
         Some(st) => match tokio::task::spawn_blocking(move || (st.ipvs_traffic(), st)).await {
             Ok(((snap, t), st)) => (snap, Some((t, st.rates()))),
             Err(_) => (snap, None),
         },
         None => (snap, None),
+    };
+    let walked = match stats.filter(|_| q.templates || q.laddrs) {
+        Some(st) => tokio::task::spawn_blocking(move || Walked {
+            templates: q.templates.then(|| ipvs_conns::template_counts(&st)),
+            laddrs: q.laddrs.then(|| ipvs_conns::reply_addr_counts(&st)),
+        })
+        .await
+        .unwrap_or_default(),
+        None => Walked::default(),
     };
     let services: Vec<IpvsService> = snap
         .services
@@ -300,6 +366,7 @@ async fn view(State(s): State<AppState>, Query(q): Query<ViewQuery>) -> Response
             if let Some((t, r)) = &totals {
                 fill_stats(&mut v, s, t, r);
             }
+            walked.fill(&mut v, &s.spec.vip);
             v
         })
         .collect();
@@ -387,6 +454,11 @@ async fn batch(State(s): State<AppState>, body: Bytes) -> Response {
                 "message": format!("{n} write(s) committed"), "metadata": {"resourceVersion": rev.to_string()}})),
         )
             .into_response(),
+        // A local address the host does not own concerns no one object of
+        // the batch: its message as it is (ipvsadm prints it).
+        Ok(Err(StoreError::Invalid(ApplyError::Config(e @ ConfigError::LocalAddrNotOwn { .. })))) => {
+            Status::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()).into_response()
+        }
         Ok(Err(e)) => status::from_store(e, None).into_response(),
         Err(e) => Status::new(
             StatusCode::INTERNAL_SERVER_ERROR,

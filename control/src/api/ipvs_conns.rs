@@ -4,8 +4,10 @@
 //!
 //! * `GET /apis/sluice.dev/v1/ipvs/connections?limit=N`: the live flows
 //!   of the flow table (a snapshot walk: each entry consistent, the set
-//!   not), at most `limit` (default [`DEFAULT_LIMIT`]), with `truncated`
-//!   saying whether more were left out and `total` how many were seen.
+//!   not), then the persistence templates ([`templates`]: the live entries
+//!   of the affinity table), at most `limit` in all (default
+//!   [`DEFAULT_LIMIT`]), with `truncated` saying whether more were left out
+//!   and `total` how many were seen.
 //! * `GET|PUT /apis/sluice.dev/v1/ipvs/timeouts`: `{tcp, tcpfin, udp}` in
 //!   seconds, IPVS's three `--set` values (ESTABLISHED, FIN_WAIT, UDP); a
 //!   0 leaves that one unchanged. They apply at once to held flows too.
@@ -23,9 +25,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::HashMap;
+
+use sluice_dataplane::affinity::{AffinityEntry, AffinityTable};
 use sluice_dataplane::flow_table::{FlowEntry, FlowState, Timeouts};
 use sluice_dataplane::pipeline::{is_dr_flow, Snapshot};
-use sluice_dataplane::service::VipKey;
+use sluice_dataplane::service::{Service, VipKey};
 use sluice_dataplane::types::Addr;
 
 use super::status::Status;
@@ -63,6 +68,9 @@ pub struct IpvsConn {
     pub virt: End,
     /// The real server it goes to.
     pub dest: End,
+    /// A persistence template (state `NONE`, client port 0), not a flow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
 }
 
 /// The connections answer.
@@ -159,7 +167,108 @@ pub fn conn_of(snap: &Snapshot, e: &FlowEntry, state: FlowState, expires: u32) -
         client: end(e.original.src, e.original.sport),
         virt: end(vip.addr, vip.port),
         dest,
+        template: false,
     }
+}
+
+/// The kernel's persistent FTP port: its templates carry no ports.
+const FTP_PORT: u16 = 21;
+
+/// The template IPVS would hold for affinity entry `e` of front end `s`
+/// and its backend `i`, `now` on the affinity table's clock, for a
+/// service kept `timeout` seconds. `ip_vs_sched_persist` (ip_vs_core.c)
+/// keys a template `<protocol, caddr & netmask, 0, vaddr, vport, daddr,
+/// dport>` (an FTP service: vport and dport 0); its state is NONE
+/// (`ip_vs_ctpl_state_name_table`) and its timer the persistence timeout,
+/// re-armed by each new connection it sends.
+fn template_of(s: &Service, i: usize, e: &AffinityEntry, timeout: u32, now: u32) -> IpvsConn {
+    let vip = &s.spec.vip;
+    let b = &s.spec.backends[i];
+    let ftp = vip.port == FTP_PORT;
+    let port = |p: u16| if ftp { 0 } else { p };
+    IpvsConn {
+        protocol: vip.proto,
+        expires: timeout.saturating_sub(now.wrapping_sub(e.last_seen)),
+        state: "NONE".to_owned(),
+        client: End {
+            addr: e.client.to_ip(),
+            port: 0,
+        },
+        virt: End {
+            addr: vip.addr.to_ip(),
+            port: port(vip.port),
+        },
+        dest: End {
+            addr: b.addr.to_ip(),
+            port: port(b.port),
+        },
+        template: true,
+    }
+}
+
+/// Every persistence template: each live affinity entry once per front
+/// end of its service (Sluice's entry is shared by a Service port's front
+/// ends, where IPVS would keep one template per virtual service), for the
+/// backends still in the service. `f` gets the front end and the row.
+pub fn templates(
+    snap: &Snapshot,
+    affinity: &AffinityTable,
+    now: u32,
+    mut f: impl FnMut(&Service, IpvsConn),
+) {
+    let mut by_id: HashMap<u64, Vec<&Service>> = HashMap::new();
+    for s in snap.services.services() {
+        if s.spec.affinity_timeout.is_some() {
+            by_id.entry(s.affinity_id).or_default().push(s);
+        }
+    }
+    if by_id.is_empty() {
+        return;
+    }
+    let timeout = |id: u64| by_id.get(&id)?.first()?.spec.affinity_timeout;
+    let mut found = Vec::new();
+    affinity.for_each(now, timeout, |e| found.push(e));
+    for e in found {
+        for s in by_id.get(&e.service).into_iter().flatten() {
+            let Some(i) = s.backend_hashes.iter().position(|h| *h == e.backend) else {
+                continue;
+            };
+            let t = s.spec.affinity_timeout.unwrap_or(0);
+            f(s, template_of(s, i, &e, t, now));
+        }
+    }
+}
+
+/// Templates per front end and real server: `-L --persistent-conn`'s
+/// PersistConn (the kernel counts a template in its server's
+/// `persistconns`, not in ActiveConn or InActConn: `ip_vs_bind_dest`).
+pub fn template_counts(stats: &Stats) -> HashMap<(VipKey, IpAddr, u16), u32> {
+    let shared = stats.shared();
+    let snap = shared.snapshot.load_full();
+    let mut out = HashMap::new();
+    templates(&snap, &shared.affinity, shared.now(), |s, c| {
+        let b = &c.dest;
+        *out.entry((s.spec.vip, b.addr, b.port)).or_insert(0) += 1;
+    });
+    out
+}
+
+/// Live flows per front end and the address the reply goes to: for a
+/// FULLNAT flow, the local address it was translated to (`-G`'s CONNS).
+pub fn reply_addr_counts(stats: &Stats) -> HashMap<(VipKey, IpAddr), u32> {
+    let mut out = HashMap::new();
+    stats.shared().flows.for_each(|e, _, _| {
+        if is_dr_flow(e) {
+            return;
+        }
+        let vip = VipKey {
+            addr: e.original.dst,
+            port: e.original.dport,
+            proto: e.original.proto,
+        };
+        *out.entry((vip, e.reply.dst.to_ip())).or_insert(0) += 1;
+    });
+    out
 }
 
 /// Walks the flow table: at most `limit` entries.
@@ -171,6 +280,14 @@ pub fn list(stats: &Stats, limit: usize) -> IpvsConnList {
         out.total += 1;
         if out.items.len() < limit {
             out.items.push(conn_of(&snap, e, st, left));
+        } else {
+            out.truncated = true;
+        }
+    });
+    templates(&snap, &shared.affinity, shared.now(), |_, c| {
+        out.total += 1;
+        if out.items.len() < limit {
+            out.items.push(c);
         } else {
             out.truncated = true;
         }
@@ -329,6 +446,85 @@ mod tests {
         assert_eq!(c.client.addr.to_string(), "198.18.0.2");
         assert_eq!((c.virt.port, c.dest.port), (80, 8080));
         assert_eq!(c.dest.addr.to_string(), "198.18.1.11");
+    }
+
+    #[test]
+    fn templates_follow_the_affinity_table() {
+        use sluice_dataplane::affinity::masked_client;
+        use sluice_dataplane::service::{BackendSpec, ServiceSpec, ServiceTable};
+        let spec = |port: u16, timeout: Option<u32>| ServiceSpec {
+            name: format!("VirtualService ipvs/p{port}"),
+            vip: VipKey {
+                addr: Addr::from_v4([198, 18, 100, 20]),
+                port,
+                proto: proto::TCP,
+            },
+            backends: vec![
+                BackendSpec {
+                    addr: Addr::from_v4([198, 18, 1, 11]),
+                    port: 8080,
+                    weight: 1,
+                    ..Default::default()
+                },
+                BackendSpec {
+                    addr: Addr::from_v4([198, 18, 1, 12]),
+                    port: 8080,
+                    weight: 1,
+                    ..Default::default()
+                },
+            ],
+            affinity_timeout: timeout,
+            affinity_prefix: Some(24),
+            ..Default::default()
+        };
+        let table = ServiceTable::build(
+            1,
+            vec![spec(80, Some(300)), spec(21, Some(60)), spec(81, None)],
+        )
+        .unwrap();
+        let snap = Snapshot {
+            services: table,
+            ..Snapshot::default()
+        };
+        let aff = AffinityTable::new(64);
+        let client = masked_client(&Addr::from_v4([198, 18, 0, 2]), Some(24));
+        for s in snap.services.services() {
+            aff.record(&client, s.affinity_id, s.backend_hashes[1], 100);
+        }
+        let mut rows = Vec::new();
+        templates(&snap, &aff, 110, |_, c| rows.push(c));
+        rows.sort_by_key(|c| c.virt.port);
+        let text: Vec<String> = rows
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {}:{} {}:{} {}:{} {}",
+                    c.protocol,
+                    c.state,
+                    c.client.addr,
+                    c.client.port,
+                    c.virt.addr,
+                    c.virt.port,
+                    c.dest.addr,
+                    c.dest.port,
+                    c.expires
+                )
+            })
+            .collect();
+        // The masked client, port 0; FTP's template has no ports; the
+        // service without persistence has none.
+        assert_eq!(
+            text,
+            [
+                "6 NONE 198.18.0.0:0 198.18.100.20:0 198.18.1.12:0 50",
+                "6 NONE 198.18.0.0:0 198.18.100.20:80 198.18.1.12:8080 290",
+            ]
+        );
+        assert!(rows.iter().all(|c| c.template));
+        // Expired (idle past the timeout): gone.
+        let mut n = 0;
+        templates(&snap, &aff, 401, |_, _| n += 1);
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   persistence: {timeout: 300, netmask: 255.255.255.0}   # -p, -M (IPv6: a prefix length)
 //!   realServers:
 //!   - {address: 198.18.1.11, port: 8080, method: masq, weight: 1, upperThreshold: 0, lowerThreshold: 0}
+//!   # FULLNAT only (DPVS's --add-laddr): the host's own addresses that
+//!   # clients are translated to, of the service's family
+//!   localAddresses: [198.18.1.5, 198.18.1.6]
 //!   # every real server probed alike (keepalived's TCP_CHECK / HTTP_GET):
 //!   healthCheck: {type: http, path: /healthz, status: 200, interval: 2s, timeout: 1s, rise: 2, fall: 3}
 //!   healthCheckAction: remove   # or weight0 (default)
@@ -29,9 +32,15 @@
 //! Checking ([`check`]) accepts everything ipvsadm can express (so that a
 //! file written for a later Sluice still validates field by field);
 //! compiling ([`VsDef::compile`]) refuses, with a clear error, what the data
-//! path cannot serve yet: firewall-mark and port-0 services, the `tunnel`
-//! and `fullnat` methods, and real servers of one service with different
-//! methods (a service's forwarding method is one per [`ServiceSpec`]).
+//! path cannot serve yet: firewall-mark and port-0 services, and real
+//! servers of one service with different methods (a service's forwarding
+//! method is one per [`ServiceSpec`]).
+//!
+//! Local addresses (`localAddresses`, DPVS's `--add-laddr`) are FULLNAT's:
+//! a service that has them serves FULLNAT (its real servers must be
+//! `fullnat`, or it has none yet), and each must be one of the host's own,
+//! which is checked when the config is applied (`reconcile::compile`),
+//! where the host's addresses are known.
 //!
 //! Methods: `masq` is IPVS NAT, which keeps the client's address (no
 //! masquerading: the real server must route its replies through Sluice);
@@ -120,6 +129,10 @@ pub struct VsSpec {
     /// The real servers (`-a`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_servers: Option<Vec<RealServerSpec>>,
+    /// FULLNAT local addresses (DPVS's `--add-laddr -z`), of the service's
+    /// family, each one of the host's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_addresses: Option<Vec<String>>,
     /// A health check of every real server (keepalived's `TCP_CHECK` /
     /// `HTTP_GET`), in [`CheckSpec`]'s shape:
     /// `{type: tcp, port: 80, interval: 6s, timeout: 3s, rise: 1, fall: 2}`.
@@ -278,6 +291,8 @@ pub struct VsDef {
     pub persistence: Option<(u32, Option<u8>)>,
     /// Real servers, in the object's order.
     pub real_servers: Vec<RsDef>,
+    /// FULLNAT local addresses, in the object's order.
+    pub local_addrs: Vec<IpAddr>,
     /// The health check of its real servers, if any.
     pub check: Option<ServiceCheck>,
 }
@@ -396,6 +411,7 @@ pub fn check(vs: &VirtualService) -> Result<VsDef, FieldError> {
         }
         real_servers.push(rs);
     }
+    let local_addrs = local_addresses(spec, v6, &real_servers)?;
     Ok(VsDef {
         ns,
         name,
@@ -404,8 +420,48 @@ pub fn check(vs: &VirtualService) -> Result<VsDef, FieldError> {
         flags,
         persistence,
         real_servers,
+        local_addrs,
         check: health_check(spec)?,
     })
+}
+
+/// The checked `localAddresses`: addresses of the service's family, each
+/// once, on a service whose real servers (if any yet) are all `fullnat`.
+fn local_addresses(spec: &VsSpec, v6: bool, rs: &[RsDef]) -> Result<Vec<IpAddr>, FieldError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (i, a) in spec.local_addresses.iter().flatten().enumerate() {
+        let f = format!("spec.localAddresses[{i}]");
+        let addr = parse_ip(a).map_err(|r| ferr(&f, r))?.to_ip();
+        if addr.is_ipv6() != v6 {
+            return Err(ferr(
+                f,
+                format!("{addr} is not of the service's address family"),
+            ));
+        }
+        if let Some(j) = out.iter().position(|o| *o == addr) {
+            return Err(ferr(
+                f,
+                format!("{addr} is listed twice (first at localAddresses[{j}])"),
+            ));
+        }
+        out.push(addr);
+    }
+    if let (Some(_), Some((i, r))) = (
+        out.first(),
+        rs.iter()
+            .enumerate()
+            .find(|(_, r)| r.method != Method::FullNat),
+    ) {
+        return Err(ferr(
+            format!("spec.realServers[{i}].method"),
+            format!(
+                "{} is {}, but the service has local addresses, which are FULLNAT's (use fullnat, or remove spec.localAddresses)",
+                rs_text(r),
+                r.method.as_str()
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// The checked `healthCheck` and its action (the action alone is refused,
@@ -669,7 +725,12 @@ impl VsDef {
             Front::Addr { proto, addr, port } => (proto, addr, port),
         };
         let mut methods = self.real_servers.iter().map(|r| r.method);
-        let method = methods.next().unwrap_or(Method::Masq);
+        // A service with local addresses and no real server yet is FULLNAT.
+        let method = methods.next().unwrap_or(if self.local_addrs.is_empty() {
+            Method::Masq
+        } else {
+            Method::FullNat
+        });
         for (i, rs) in self.real_servers.iter().enumerate() {
             if rs.method != method {
                 return Err(ferr(
@@ -719,9 +780,9 @@ impl VsDef {
             // IPVS has no traffic policies.
             short_circuit: None,
             forward,
-            // FULLNAT sources: the run-wide --snat-address set (per-service
-            // local addresses, DPVS's --add-laddr, are not in the object yet).
-            local_addrs: Vec::new(),
+            // FULLNAT sources: the object's local addresses, else the
+            // run-wide --snat-address set.
+            local_addrs: self.local_addrs.iter().map(|&a| Addr::from(a)).collect(),
         })
     }
 }
@@ -816,6 +877,44 @@ mod tests {
             );
             let s = def(&spec).expect(&spec).compile().expect(&spec);
             assert_eq!(s.forward, want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn local_addresses_are_fullnats_sources() {
+        let d = def("{address: 198.18.0.1, port: 80, localAddresses: [198.18.1.5, 198.18.1.6], realServers: [{address: 198.18.1.1, method: fullnat}]}").unwrap();
+        let s = d.compile().unwrap();
+        assert_eq!(s.forward, ForwardMethod::FullNat);
+        assert_eq!(
+            s.local_addrs,
+            vec![
+                Addr::from_v4([198, 18, 1, 5]),
+                Addr::from_v4([198, 18, 1, 6])
+            ]
+        );
+        // No real server yet: FULLNAT already, so the table accepts it.
+        let d =
+            def("{address: '2001:db8::1', port: 80, localAddresses: ['2001:db8:1::5']}").unwrap();
+        let s = d.compile().unwrap();
+        assert_eq!(s.forward, ForwardMethod::FullNat);
+        sluice_dataplane::service::ServiceTable::build(1, vec![s]).unwrap();
+        // Without them: no local addresses in the spec.
+        let d = def("{address: 198.18.0.1, port: 80, realServers: [{address: 198.18.1.1, method: fullnat}]}").unwrap();
+        assert!(d.compile().unwrap().local_addrs.is_empty());
+    }
+
+    #[test]
+    fn bad_local_addresses_name_the_field() {
+        let cases = [
+            ("{address: 198.18.0.1, port: 80, localAddresses: [bogus]}", "spec.localAddresses[0]", "bogus"),
+            ("{address: 198.18.0.1, port: 80, localAddresses: [198.18.1.5, '2001:db8::5']}", "spec.localAddresses[1]", "address family"),
+            ("{address: 198.18.0.1, port: 80, localAddresses: [198.18.1.5, 198.18.1.5]}", "spec.localAddresses[1]", "twice"),
+            ("{address: 198.18.0.1, port: 80, localAddresses: [198.18.1.5], realServers: [{address: 198.18.1.1, method: masq}]}", "spec.realServers[0].method", "FULLNAT"),
+        ];
+        for (spec, field, why) in cases {
+            let e = def(spec).expect_err(spec);
+            assert_eq!(e.field, field, "{spec}: {e:?}");
+            assert!(e.reason.contains(why), "{spec}: {e:?}");
         }
     }
 

@@ -73,9 +73,15 @@ pub enum Cmd {
     Save,
     /// `-Z`
     Zero,
+    /// DPVS's `--add-laddr`, `-P`
+    AddLaddr,
+    /// DPVS's `--del-laddr`, `-Q`
+    DelLaddr,
+    /// DPVS's `--get-laddr`, `-G`
+    GetLaddr,
 }
 
-const CMD_NAMES: [&str; 14] = [
+const CMD_NAMES: [&str; 17] = [
     "add-service",
     "edit-service",
     "delete-service",
@@ -90,6 +96,9 @@ const CMD_NAMES: [&str; 14] = [
     "restore",
     "save",
     "zero",
+    "add-laddr",
+    "del-laddr",
+    "get-laddr",
 ];
 
 /// Option indices (ipvsadm's `OPTC_*`).
@@ -133,9 +142,13 @@ pub mod opt {
     pub const K8S: usize = 34;
     /// Sluice's own `--health` (outside ipvsadm's table).
     pub const HEALTH: usize = 35;
+    /// DPVS's `-z` (`--laddr`), named `local-address` in its messages.
+    pub const LADDR: usize = 36;
+    /// DPVS's `-F` (`--ifname`).
+    pub const IFNAME: usize = 37;
 }
 
-const OPT_NAMES: [&str; 36] = [
+const OPT_NAMES: [&str; 38] = [
     "numeric",
     "connection",
     "service-address",
@@ -172,26 +185,34 @@ const OPT_NAMES: [&str; 36] = [
     "tun-remcsum",
     "k8s",
     "health",
+    "local-address",
+    "ifname",
 ];
 
 /// ipvsadm's `commands_v_options` (`+` compulsory, `x` illegal, `1`
-/// exclusive, `.` optional), one row per command; the last two columns
-/// are `--k8s` and `--health`, allowed with `-L` only.
-const TABLE: [&str; 14] = [
-    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxx",
-    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxx",
-    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    ".11xxxxxxxxx11.......xxxxxxx.xxxxx..",
-    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xx",
-    "xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxx.xxxxxxx.xxxx....xxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxx.xxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    ".xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+/// exclusive, `.` optional), one row per command; `--k8s` and `--health`
+/// (allowed with `-L` only) and DPVS's `-z` and `-F` (its local-address
+/// commands) are the last four columns. DPVS makes `-F` compulsory with
+/// `--add-laddr`/`--del-laddr`; Sluice needs no interface (the address is
+/// the host's, on whichever interface has it), so it is optional.
+const TABLE: [&str; 17] = [
+    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxxxx",
+    "xx+...xxxxxxxxxxxxxxx...xxxxxxxxxxxxxx",
+    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ".11xxxxxxxxx11.......xxxxxxx.xxxxx..xx",
+    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xxxx",
+    "xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx+xxx+....xxxxxxxxxxxxxxxxxx.....xxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxx.xxxxxxx.xxxx....xxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxx.xxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ".xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+.",
+    "xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+.",
+    "xx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 ];
 
 /// A virtual service as given (`-t`, `-u`, `--sctp-service`, `-f`).
@@ -258,6 +279,10 @@ pub struct Parsed {
     pub dest: Dest,
     /// `--set` values.
     pub timeouts: Option<(u32, u32, u32)>,
+    /// DPVS's `-z`: a local address.
+    pub laddr: Option<IpAddr>,
+    /// DPVS's `-F`: its interface.
+    pub ifname: Option<String>,
 }
 
 impl Parsed {
@@ -344,6 +369,12 @@ const LONG: &[(&str, Code, Arg)] = &[
     ("tun-remcsum", Code::Flag(opt::TUN_REMCSUM), Arg::None),
     ("k8s", Code::Flag(opt::K8S), Arg::None),
     ("health", Code::Flag(opt::HEALTH), Arg::None),
+    // DPVS's local addresses (FULLNAT).
+    ("add-laddr", Code::Cmd(Cmd::AddLaddr), Arg::None),
+    ("del-laddr", Code::Cmd(Cmd::DelLaddr), Arg::None),
+    ("get-laddr", Code::Cmd(Cmd::GetLaddr), Arg::None),
+    ("laddr", Code::Char('z'), Arg::Required),
+    ("ifname", Code::Char('F'), Arg::Required),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,9 +411,12 @@ fn short(c: char) -> Option<(Code, Arg)> {
         'd' => cmd(Cmd::DelDest),
         'R' => cmd(Cmd::Restore),
         'S' => cmd(Cmd::Save),
+        'P' => cmd(Cmd::AddLaddr),
+        'Q' => cmd(Cmd::DelLaddr),
+        'G' => cmd(Cmd::GetLaddr),
         'h' => Some((Code::Help, Arg::None)),
         'v' => Some((Code::Version, Arg::None)),
-        't' | 'u' | 'f' | 's' | 'M' | 'r' | 'w' | 'x' | 'y' | 'b' => {
+        't' | 'u' | 'f' | 's' | 'M' | 'r' | 'w' | 'x' | 'y' | 'b' | 'z' | 'F' => {
             Some((Code::Char(c), Arg::Required))
         }
         'p' => Some((Code::Char(c), Arg::Optional)),
@@ -520,6 +554,8 @@ pub fn parse(prog: &str, args: &[String], reading_stdin: bool) -> Result<Action,
             lower: 0,
         },
         timeouts: None,
+        laddr: None,
+        ifname: None,
     };
     if let Some(v) = &first.value {
         if v != "master" && v != "backup" {
@@ -652,6 +688,16 @@ fn option(p: &mut Parsed, o: Occ, flags_arg: &mut Option<String>) -> Result<(), 
             set(p, opt::LTHRESHOLD)?;
             p.dest.lower = number(&v, i32::MAX as u32)
                 .ok_or_else(|| fail2("illegal l_threshold specified"))?;
+        }
+        Code::Char('z') => {
+            set(p, opt::LADDR)?;
+            let (addr, _) =
+                parse_addr_port(&v, p.svc.proto).ok_or_else(|| fail2("illegal local address"))?;
+            p.laddr = Some(addr);
+        }
+        Code::Char('F') => {
+            set(p, opt::IFNAME)?;
+            p.ifname = Some(v);
         }
         Code::Char('c') => set(p, opt::CONNECTION)?,
         Code::Char('n') => set(p, opt::NUMERIC)?,
@@ -948,6 +994,20 @@ mod tests {
         assert!(p.svc.v6 && p.svc.fwmark == 7 && p.netmask == Some(Mask::V6(64)));
         let p = run("-A -t 198.18.0.1:http").unwrap();
         assert_eq!(p.svc.port, 80);
+        let p = run("--add-laddr -z 198.18.1.5 -t 198.18.0.1:80 -F back").unwrap();
+        assert_eq!(p.cmd, Cmd::AddLaddr);
+        assert_eq!(p.laddr, Some("198.18.1.5".parse().unwrap()));
+        assert_eq!(p.ifname.as_deref(), Some("back"));
+        let p = run("-Q -z 2001:db8::5 -u [2001:db8::1]:53").unwrap();
+        assert_eq!(
+            (p.cmd, p.laddr),
+            (Cmd::DelLaddr, Some("2001:db8::5".parse().unwrap()))
+        );
+        assert!(p.ifname.is_none());
+        let p = run("-G").unwrap();
+        assert!(p.cmd == Cmd::GetLaddr && !p.has(opt::SERVICE));
+        let p = run("--get-laddr -t 198.18.0.1:80").unwrap();
+        assert!(p.cmd == Cmd::GetLaddr && p.has(opt::SERVICE));
     }
 
     #[test]
@@ -998,6 +1058,16 @@ mod tests {
             ("-S -t 198.18.0.1:80", 2, "Illegal 'service-address' option with the 'save' command"),
             ("--start-daemon bogus", 2, "illegal start-daemon parameter specified"),
             ("-A -t 198.18.0.1:80 --k8s", 2, "Illegal 'k8s' option with the 'add-service' command"),
+            ("--add-laddr -t 198.18.0.1:80", 2, "You need to supply the 'local-address' option for the 'add-laddr' command"),
+            ("--add-laddr -z 198.18.1.5", 2, "You need to supply the 'service-address' option for the 'add-laddr' command"),
+            ("--del-laddr -t 198.18.0.1:80", 2, "You need to supply the 'local-address' option for the 'del-laddr' command"),
+            ("--add-laddr -z bogus -t 198.18.0.1:80", 2, "illegal local address"),
+            ("--add-laddr -z 198.18.1.5 -z 198.18.1.6 -t 198.18.0.1:80", 2, "multiple 'local-address' options specified"),
+            ("--add-laddr -z 198.18.1.5 -t 198.18.0.1:80 -r 198.18.1.1", 2, "Illegal 'real-server' option with the 'add-laddr' command"),
+            ("-G -z 198.18.1.5", 2, "Illegal 'local-address' option with the 'get-laddr' command"),
+            ("-G -n", 2, "Illegal 'numeric' option with the 'get-laddr' command"),
+            ("-A -t 198.18.0.1:80 -z 198.18.1.5", 2, "Illegal 'local-address' option with the 'add-service' command"),
+            ("-L -F back", 2, "Illegal 'ifname' option with the 'list' command"),
         ];
         for (line, code, msg) in cases {
             assert_eq!(err(line), (*code, (*msg).to_owned()), "{line}");

@@ -1,5 +1,7 @@
 //! ipvsadm 1.31's listings, byte for byte: `-L` (plain, `--thresholds`,
-//! `--persistent-conn`, `--tun-info`), `-S` rules, the header and titles,
+//! `--persistent-conn`, `--tun-info`), `-S` rules, DPVS's `-G` (local
+//! addresses, `ipvsadm.c` `list_laddrs_print_*` of iqiyi/dpvs's
+//! tools/ipvsadm), the header and titles,
 //! the truncation of IPv4 names (33 and 28 characters) and the sort order
 //! of `ipvs_cmp_services`/`ipvs_cmp_dests` with their `int` subtraction
 //! quirk, sorted by a top-down merge sort as glibc's `qsort` (`msort`) does,
@@ -202,6 +204,12 @@ pub fn service_entry(s: &IpvsService, f: Format, out: &mut String) {
     for d in dests {
         dest_entry(s, d, &name, f, out);
     }
+    if f.rule {
+        // DPVS's local addresses, restorable by -R after the service.
+        for l in &s.laddrs {
+            let _ = writeln!(out, "--add-laddr -z {} {name}", l.addr);
+        }
+    }
 }
 
 fn dest_entry(s: &IpvsService, d: &IpvsDest, svc_name: &str, f: Format, out: &mut String) {
@@ -237,11 +245,12 @@ fn dest_entry(s: &IpvsService, d: &IpvsDest, svc_name: &str, f: Format, out: &mu
             d.upper, d.lower, d.active, d.inactive
         )
     } else if f.persistent_conn {
-        // Persistence templates are not counted apart yet: 0.
+        // PersistConn: the server's templates, which the kernel counts
+        // apart from ActiveConn and InActConn.
         writeln!(
             out,
             "  -> {dname:<28} {:<9} {:<11} {:<10} {:<10}",
-            d.weight, 0, d.active, d.inactive
+            d.weight, d.persist, d.active, d.inactive
         )
     } else if f.tun_info {
         writeln!(
@@ -321,6 +330,43 @@ pub fn connections(conns: &[IpvsConn], f: Format) -> String {
             a(&c.virt),
             a(&c.dest)
         );
+    }
+    out
+}
+
+/// DPVS's `-G`: a title before the first service, then per service its
+/// address (always numeric, no protocol) and number of local addresses,
+/// and per local address its text, port conflicts and live flows
+/// (`list_laddrs_print_title`, `_service`, `_laddr`). CONFLICTS counts
+/// DPVS's ports fetched from its pool that were already in use; Sluice's
+/// allocator probes the flow table before it hands out a port
+/// (`dataplane/src/snat.rs`) and keeps no count per address: always 0.
+/// Services in ipvsadm's sort order (DPVS lists its table's order).
+pub fn laddrs(services: &[IpvsService]) -> String {
+    let mut out = String::new();
+    let mut v: Vec<&IpvsService> = services.iter().collect();
+    msort(&mut v, &|a, b| cmp_services(a, b));
+    for (i, s) in v.into_iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "VIP:VPORT", "TOTAL", "SNAT_IP", "CONFLICTS", "CONNS"
+            );
+        }
+        let vname = addr_port(s.addr, s.port, s.protocol, true);
+        let _ = writeln!(out, "{vname:<20} {:<8} ", s.laddrs.len());
+        for l in &s.laddrs {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "",
+                "",
+                l.addr.to_string(),
+                0,
+                l.conns
+            );
+        }
     }
     out
 }

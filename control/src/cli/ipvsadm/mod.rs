@@ -16,6 +16,12 @@
 //! would, changes nothing (ipvsadm itself would have applied the lines
 //! before it). Services from Kubernetes objects are listed and saved but
 //! cannot be changed here.
+//!
+//! DPVS's local-address commands (`--add-laddr`/`-P`, `--del-laddr`/`-Q`,
+//! `--get-laddr`/`-G`) edit and list a VirtualService's
+//! `spec.localAddresses`, its FULLNAT sources, with DPVS's messages
+//! ("Service not defined", "Local address already exists", "No such Local
+//! address"); the daemon refuses an address the host does not own.
 
 pub mod args;
 pub mod list;
@@ -30,7 +36,7 @@ use serde_json::{json, Value};
 use sluice_dataplane::service::SchedKind;
 use sluice_dataplane::types::proto;
 
-use self::args::{fail255, opt, Action, Cmd, Fail, Mask, Parsed};
+use self::args::{fail2, fail255, opt, Action, Cmd, Fail, Mask, Parsed};
 use self::list::Format;
 use crate::api::ipvs::IpvsService;
 use crate::api::ipvs_conns::{IpvsConnList, IpvsTimeouts};
@@ -50,7 +56,7 @@ const ZERO: &str = "/apis/sluice.dev/v1/ipvs/zero";
 /// `ipvsadm -h`.
 pub fn usage(prog: &str) -> String {
     format!(
-        "{VERSION}\nUsage:\n  {prog} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n  {prog} -D virtual-service\n  {prog} -C\n  {prog} -R\n  {prog} -S [-n]\n  {prog} -a|e virtual-service -r server-address [options]\n  {prog} -d virtual-service -r server-address\n  {prog} -L|l [virtual-service] [options]\n  {prog} -Z [virtual-service]\n  {prog} --set tcp tcpfin udp\n  {prog} -h\n\nSluice's own list options: --k8s (the object of each service), --health (each real server's check state).\nSluice serves these through its API (--api-socket PATH or SLUICE_SOCKET).\nSee the README section \"IPVS and ipvsadm\" for every option and its support.\n"
+        "{VERSION}\nUsage:\n  {prog} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n  {prog} -D virtual-service\n  {prog} -C\n  {prog} -R\n  {prog} -S [-n]\n  {prog} -a|e virtual-service -r server-address [options]\n  {prog} -d virtual-service -r server-address\n  {prog} -L|l [virtual-service] [options]\n  {prog} -Z [virtual-service]\n  {prog} --set tcp tcpfin udp\n  {prog} --add-laddr|--del-laddr -z local-address virtual-service [-F ifname]\n  {prog} --get-laddr|-G [virtual-service]\n  {prog} -h\n\nSluice's own list options: --k8s (the object of each service), --health (each real server's check state).\nSluice serves these through its API (--api-socket PATH or SLUICE_SOCKET).\nSee the README section \"IPVS and ipvsadm\" for every option and its support.\n"
     )
 }
 
@@ -115,6 +121,7 @@ fn run(prog: &str, p: &Parsed, socket: &Path) -> Result<String, Fail> {
             list(socket, &format_of(p), one)
         }
         Cmd::Save => list(socket, &format_of(p), None),
+        Cmd::GetLaddr => get_laddrs(p, socket),
         Cmd::Zero => zero(p, socket),
         Cmd::Timeout => {
             let (tcp, tcpfin, udp) = p.timeouts.unwrap_or_default();
@@ -160,7 +167,7 @@ fn restore(prog: &str, text: &str, socket: &Path) -> Result<String, Fail> {
     let mut m = Model::load(socket)?;
     for p in &lines {
         match p.cmd {
-            Cmd::List | Cmd::Save => return Err(not_yet("listing inside -R")),
+            Cmd::List | Cmd::Save | Cmd::GetLaddr => return Err(not_yet("listing inside -R")),
             Cmd::Zero | Cmd::Timeout | Cmd::StartDaemon | Cmd::StopDaemon => {
                 return run(prog, p, socket)
             }
@@ -261,6 +268,8 @@ fn view_at(socket: &Path, path: &str) -> Result<Vec<IpvsService>, Fail> {
 fn list(socket: &Path, f: &Format, one: Option<Front>) -> Result<String, Fail> {
     let services = if f.stats || f.rate {
         view_at(socket, &format!("{VIEW}?stats=true"))?
+    } else if f.persistent_conn {
+        view_at(socket, &format!("{VIEW}?templates=true"))?
     } else {
         view(socket)?
     };
@@ -275,6 +284,24 @@ fn list(socket: &Path, f: &Format, one: Option<Front>) -> Result<String, Fail> {
                 msg: "No such service".into(),
             }),
     }
+}
+
+/// DPVS's `-G [service]`: every service's local addresses, or one's
+/// ("Service not defined", exit 1, as DPVS's `list_laddrs`).
+fn get_laddrs(p: &Parsed, socket: &Path) -> Result<String, Fail> {
+    let services = view_at(socket, &format!("{VIEW}?laddrs=true"))?;
+    if !p.has(opt::SERVICE) {
+        return Ok(list::laddrs(&services));
+    }
+    let f = front_of(p);
+    services
+        .into_iter()
+        .find(|s| view_front(s) == f)
+        .map(|s| list::laddrs(&[s]))
+        .ok_or_else(|| Fail {
+            code: 1,
+            msg: "Service not defined".into(),
+        })
 }
 
 fn view_front(s: &IpvsService) -> Front {
@@ -464,9 +491,11 @@ impl Model {
                 check_service_opts(p)?;
                 let o = self.service(&f, "No such service")?;
                 let servers = o.spec.real_servers.take();
+                let laddrs = o.spec.local_addresses.take();
                 let mut spec = VsSpec::default();
                 set_service(&mut spec, p);
                 spec.real_servers = servers;
+                spec.local_addresses = laddrs;
                 o.spec = spec;
                 o.changed = true;
             }
@@ -476,8 +505,44 @@ impl Model {
             }
             Cmd::Flush => self.objs.iter_mut().for_each(|o| o.deleted = true),
             Cmd::AddDest | Cmd::EditDest | Cmd::DelDest => self.dest(p, &f)?,
+            Cmd::AddLaddr | Cmd::DelLaddr => self.laddr(p, &f)?,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// DPVS's `--add-laddr` / `--del-laddr` on `spec.localAddresses`
+    /// (whether the host owns the address, the daemon checks).
+    fn laddr(&mut self, p: &Parsed, f: &Front) -> Result<(), Fail> {
+        let Some(addr) = p.laddr else {
+            return Err(fail2("illegal local address"));
+        };
+        let o = self.service(f, "Service not defined")?;
+        let v6 = match f {
+            Front::Addr { addr, .. } => addr.is_ipv6(),
+            Front::Fwmark { v6, .. } => *v6,
+        };
+        if addr.is_ipv6() != v6 {
+            return Err(fail255(
+                "Operation not supported with specified address family",
+            ));
+        }
+        let list = o.spec.local_addresses.get_or_insert_with(Vec::new);
+        let at = list
+            .iter()
+            .position(|a| a.parse::<IpAddr>().ok() == Some(addr));
+        match (p.cmd, at) {
+            (Cmd::AddLaddr, Some(_)) => return Err(fail255("Local address already exists")),
+            (Cmd::AddLaddr, None) => list.push(addr.to_string()),
+            (_, Some(i)) => {
+                list.remove(i);
+            }
+            (_, None) => return Err(fail255("No such Local address")),
+        }
+        if list.is_empty() {
+            o.spec.local_addresses = None;
+        }
+        o.changed = true;
         Ok(())
     }
 

@@ -21,6 +21,7 @@ fn dest(addr: &str, port: u16, method: &str, weight: u32) -> IpvsDest {
         inactive: 0,
         stats: Default::default(),
         health: None,
+        persist: 0,
     }
 }
 
@@ -41,6 +42,7 @@ fn svc(protocol: u8, addr: &str, port: u16, sched: &str, dests: Vec<IpvsDest>) -
             name: "x".into(),
         },
         stats: Default::default(),
+        laddrs: Vec::new(),
     }
 }
 
@@ -451,6 +453,7 @@ fn conn(
         client: e(c),
         virt: e(v),
         dest: e(d),
+        template: false,
     }
 }
 
@@ -564,4 +567,244 @@ fn health_column_golden() {
     );
     // Without the flag the layout is ipvsadm's own, whatever the states.
     assert!(!list::list_all(&[s6, s4], numeric()).contains("Health"));
+}
+
+fn laddr(a: &str, conns: u32) -> crate::api::ipvs::IpvsLaddr {
+    crate::api::ipvs::IpvsLaddr {
+        addr: a.parse().unwrap(),
+        conns,
+    }
+}
+
+#[test]
+fn get_laddr_golden() {
+    let mut a = svc(
+        6,
+        "198.18.100.30",
+        80,
+        "rr",
+        vec![dest("198.18.1.11", 8080, "FullNat", 1)],
+    );
+    a.laddrs = vec![laddr("198.18.1.5", 12), laddr("198.18.1.6", 0)];
+    let b = svc(17, "198.18.100.31", 53, "rr", vec![]);
+    let mut c = svc(6, "2001:db8:100::30", 443, "rr", vec![]);
+    c.laddrs = vec![laddr("2001:db8:1:2:3:4:5:6", u32::MAX)];
+    // ipvsadm's service order whatever the order here.
+    assert_eq!(
+        list::laddrs(&[c.clone(), b, a.clone()]),
+        include_str!("golden/laddr.txt")
+    );
+    // One service: the title and its block; none at all: nothing.
+    let one = list::laddrs(std::slice::from_ref(&c));
+    let golden = include_str!("golden/laddr.txt");
+    assert_eq!(
+        one,
+        format!(
+            "{}{}",
+            golden.lines().next().unwrap().to_owned() + "\n",
+            &golden[golden.find("[2001").unwrap()..]
+        )
+    );
+    assert_eq!(list::laddrs(&[]), "");
+}
+
+#[test]
+fn connection_listing_with_templates_golden() {
+    let t = |p, expires, c, v, d| {
+        let mut x = conn(p, expires, "NONE", c, v, d);
+        x.template = true;
+        x
+    };
+    let rows = vec![
+        conn(
+            6,
+            899,
+            "ESTABLISHED",
+            ("198.18.0.2", 40000),
+            ("198.18.100.20", 80),
+            ("198.18.1.11", 8080),
+        ),
+        t(
+            6,
+            299,
+            ("198.18.0.0", 0),
+            ("198.18.100.20", 80),
+            ("198.18.1.11", 8080),
+        ),
+        t(
+            17,
+            10800,
+            ("2001:db8::", 0),
+            ("2001:db8::100", 53),
+            ("2001:db8:1::11", 53),
+        ),
+        // An FTP service's template carries no ports.
+        t(
+            6,
+            0,
+            ("198.18.0.7", 0),
+            ("198.18.100.21", 0),
+            ("198.18.1.12", 0),
+        ),
+    ];
+    assert_eq!(
+        list::connections(&rows, numeric()),
+        include_str!("golden/lnc_templates.txt")
+    );
+}
+
+#[test]
+fn persistent_conn_shows_the_template_count() {
+    let mut s = svc(
+        6,
+        "198.18.0.1",
+        80,
+        "wlc",
+        vec![dest("198.18.1.2", 80, "Masq", 2)],
+    );
+    s.dests[0].persist = 17;
+    s.dests[0].inactive = 3;
+    let f = Format {
+        persistent_conn: true,
+        ..numeric()
+    };
+    assert!(
+        list::list_one(&s, f).ends_with(
+            "  -> 198.18.1.2:80                2         17          0          3         \n"
+        ),
+        "{}",
+        list::list_one(&s, f)
+    );
+}
+
+/// A model with no object and no Kubernetes service, as `Model::load`
+/// would read an empty daemon.
+fn empty_model() -> super::Model {
+    super::Model {
+        objs: Vec::new(),
+        k8s: Vec::new(),
+    }
+}
+
+fn parsed(line: &str) -> args::Parsed {
+    let toks: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    match args::parse("ipvsadm", &toks, true) {
+        Ok(Action::Run(p)) => *p,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+/// The `-S` rules of what `m` holds, through the objects' own path: each
+/// object checked and compiled as the daemon would, built into a table and
+/// viewed as `GET /apis/sluice.dev/v1/ipvs` shows it.
+fn saved_rules(m: &super::Model) -> String {
+    use crate::config::virtual_service as vs;
+    let specs: Vec<_> = m
+        .objs
+        .iter()
+        .filter(|o| !o.deleted)
+        .map(|o| {
+            let mut obj: vs::VirtualService = serde_json::from_value(o.object.clone()).unwrap();
+            obj.spec = Some(o.spec.clone());
+            vs::check(&obj).unwrap().compile().unwrap()
+        })
+        .collect();
+    let table = sluice_dataplane::service::ServiceTable::build(1, specs).unwrap();
+    let views: Vec<IpvsService> = table
+        .services()
+        .map(crate::api::ipvs::service_view)
+        .collect();
+    let rule = Format {
+        rule: true,
+        numeric: true,
+        ..Format::default()
+    };
+    list::list_all(&views, rule)
+}
+
+const LADDR_RULES: &str = "-A -t 198.18.100.30:80 -s rr\n\
+     -a -t 198.18.100.30:80 -r 198.18.1.11:8080 --fullnat -w 1\n\
+     --add-laddr -z 198.18.1.5 -t 198.18.100.30:80\n\
+     --add-laddr -z 198.18.1.6 -t 198.18.100.30:80\n\
+     -A -t [2001:db8::30]:80 -s wlc\n\
+     --add-laddr -z 2001:db8:1::5 -t [2001:db8::30]:80\n";
+
+#[test]
+fn save_restore_round_trips_local_addresses() {
+    let mut m = empty_model();
+    for line in LADDR_RULES.lines() {
+        m.apply(&parsed(line))
+            .unwrap_or_else(|f| panic!("{line}: {f:?}"));
+    }
+    let spec = &m.objs[0].spec;
+    assert_eq!(
+        spec.local_addresses.as_deref(),
+        Some(&["198.18.1.5".to_owned(), "198.18.1.6".to_owned()][..])
+    );
+    assert_eq!(saved_rules(&m), LADDR_RULES);
+    // -E keeps them, as it keeps the real servers.
+    m.apply(&parsed("-E -t 198.18.100.30:80 -s rr")).unwrap();
+    assert_eq!(saved_rules(&m), LADDR_RULES);
+    // --del-laddr takes one away; the last one leaves no empty list.
+    m.apply(&parsed("--del-laddr -z 198.18.1.5 -t 198.18.100.30:80"))
+        .unwrap();
+    m.apply(&parsed("-Q -z 2001:db8:1::5 -t [2001:db8::30]:80"))
+        .unwrap();
+    assert_eq!(m.objs[1].spec.local_addresses, None);
+    assert_eq!(
+        saved_rules(&m),
+        "-A -t 198.18.100.30:80 -s rr\n\
+         -a -t 198.18.100.30:80 -r 198.18.1.11:8080 --fullnat -w 1\n\
+         --add-laddr -z 198.18.1.6 -t 198.18.100.30:80\n\
+         -A -t [2001:db8::30]:80 -s wlc\n"
+    );
+}
+
+#[test]
+fn bad_local_address_commands_fail_as_dpvs_and_change_nothing() {
+    let mut m = empty_model();
+    for line in LADDR_RULES.lines() {
+        m.apply(&parsed(line)).unwrap();
+    }
+    let before: Vec<_> = m.objs.iter().map(|o| o.spec.clone()).collect();
+    let cases: &[(&str, u8, &str)] = &[
+        (
+            "--add-laddr -z 198.18.1.5 -t 198.18.100.30:80",
+            255,
+            "Local address already exists",
+        ),
+        (
+            "--add-laddr -z 198.18.1.5 -t 198.18.100.99:80",
+            255,
+            "Service not defined",
+        ),
+        (
+            "--del-laddr -z 198.18.1.7 -t 198.18.100.30:80",
+            255,
+            "No such Local address",
+        ),
+        (
+            "--del-laddr -z 198.18.1.5 -u 198.18.100.30:80",
+            255,
+            "Service not defined",
+        ),
+        (
+            "--add-laddr -z 2001:db8:1::6 -t 198.18.100.30:80",
+            255,
+            "Operation not supported with specified address family",
+        ),
+    ];
+    for (line, code, msg) in cases {
+        let f = m.apply(&parsed(line)).expect_err(line);
+        assert_eq!((f.code, f.msg.as_str()), (*code, *msg), "{line}");
+    }
+    let after: Vec<_> = m.objs.iter().map(|o| o.spec.clone()).collect();
+    assert_eq!(before, after);
+    assert_eq!(saved_rules(&m), LADDR_RULES);
+    // A Kubernetes service cannot get one.
+    m.k8s.push(svc(6, "198.18.100.10", 80, "rr", vec![]));
+    let f = m
+        .apply(&parsed("--add-laddr -z 198.18.1.5 -t 198.18.100.10:80"))
+        .unwrap_err();
+    assert!(f.msg.contains("comes from Kubernetes Service"), "{f:?}");
 }
