@@ -16,6 +16,7 @@ fn main() {
     println!("cargo:rerun-if-changed={SRC}");
     println!("cargo:rerun-if-changed={HOST_SRC}");
     println!("cargo:rerun-if-changed=bpf/fastpath.h");
+    println!("cargo:rerun-if-changed=bpf/ranges.h");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CLANG");
 

@@ -153,24 +153,9 @@ static __always_inline void count(__u32 i)
 		__sync_fetch_and_add(v, 1);
 }
 
-const volatile __u8 service_ranges_on = 0;
-
-#define RANGE_DROP 1
-#define RANGE_REJECT 2
-
-/* The steering program's layout: prefix length over the IPv4-mapped form. */
-struct range_key {
-	__u32 prefixlen;
-	__u8 addr[16];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 262144 + 64);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct range_key);
-	__type(value, __u8);
-} service_ranges SEC(".maps");
+/* The steering program's trie layout (one per program object). */
+#define SERVICE_RANGES_MAX (262144 + 64)
+#include "ranges.h"
 
 static __always_inline int ours(struct bpf_sock_addr *ctx)
 {

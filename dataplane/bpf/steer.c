@@ -488,24 +488,8 @@ static __always_inline int is_lb_icmp_error(void *icmp, void *data_end, int v6)
  * prunes the block).
  * Keys: prefix length over the IPv4-mapped 128-bit form, then the address.
  */
-const volatile __u8 service_ranges_on = 0;
-
-#define MAX_SERVICE_RANGES (MAX_VIPS + 64)
-#define RANGE_DROP 1
-#define RANGE_REJECT 2
-
-struct range_key {
-	__u32 prefixlen;
-	__u8 addr[16];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, MAX_SERVICE_RANGES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct range_key);
-	__type(value, __u8);
-} service_ranges SEC(".maps");
+#define SERVICE_RANGES_MAX (MAX_VIPS + 64)
+#include "ranges.h"
 
 /* -1: not in a service range (or the rule is off); else the verdict.
  * `answerable`: a whole TCP/UDP/SCTP packet, which the workers can reject;

@@ -39,7 +39,7 @@ pub enum RangeClass {
 /// A trie entry's key: prefix length over the 128-bit form, address.
 pub type RangeKey = (u32, [u8; 16]);
 
-/// Capacity of the trie (`MAX_SERVICE_RANGES` in both programs): every
+/// Capacity of the trie (`SERVICE_RANGES_MAX`, which steer.c and host_sock.c set before they include `bpf/ranges.h`): every
 /// front end could be a ClusterIP, plus the ranges.
 pub const MAX_SERVICE_RANGES: usize = crate::steer::MAX_VIPS + 64;
 
