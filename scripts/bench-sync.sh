@@ -18,6 +18,8 @@
 #
 #   scripts/bench-sync.sh [N=10000] [CHANGES=40] [KIND=endpoint|service|rate]
 #
+# KEEP_LOG=FILE keeps the daemon's log there (the work dir is removed).
+#
 # Release build (cargo build --release --bins) first. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."

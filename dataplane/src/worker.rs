@@ -71,7 +71,8 @@ impl Shared {
         self.epoch.elapsed().as_secs() as u32
     }
 
-    /// Publishes a new snapshot; workers pick it up at their next burst.
+    /// Publishes a new snapshot; workers pick it up at their next loop
+    /// turn, idle ones woken by the doorbell.
     /// Its services' connection counts are recounted from the flow table
     /// first, so that a new table's least-connection schedulers start from
     /// the flows that exist (a no-op when no service counts them).

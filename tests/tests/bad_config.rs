@@ -102,3 +102,36 @@ fn flow_capacity_out_of_range_is_refused_at_start() {
         assert!(out.stderr.contains(&want), "no `{want}`: {out}");
     }
 }
+
+/// A slice naming a Service the file lacks (often a typo) is not an error,
+/// as in Kubernetes, but `sluice check` names it, with its line, and the
+/// Service it waits for.
+#[test]
+fn check_names_a_slice_that_waits_for_its_service() {
+    let text = format!(
+        "{}---\n{}",
+        config(80),
+        endpoint_slice(
+            "webb-1",
+            "webb",
+            &[("http", 8080, "TCP")],
+            &ready_backends(&[3])
+        )
+    );
+    let path = std::env::temp_dir().join(format!("sluice-waiting-{}.yaml", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let mut c = std::process::Command::new(sluice_tests::sluice_bin());
+    c.arg("check").arg("--config").arg(&path);
+    let out = sluice_tests::exec_timeout(c, Duration::from_secs(10));
+    let _ = std::fs::remove_file(&path);
+    assert!(out.success(), "a waiting slice is no error: {out}");
+    assert!(
+        out.stdout
+            .contains("note: EndpointSlice default/webb-1 waits for Service default/webb (line "),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("-> 2 backends"),
+        "web keeps its own: {out}"
+    );
+}

@@ -120,7 +120,7 @@ fn internal(msg: String) -> Status {
 }
 
 /// Commits `jobs` in arrival order, in groups of distinct objects.
-pub fn commit_all(r: &mut Reconciler, jobs: Vec<(Box<dyn Job>, Reply)>) {
+fn commit_all(r: &mut Reconciler, jobs: Vec<(Box<dyn Job>, Reply)>) {
     for group in groups(jobs) {
         commit_group(r, group);
     }
