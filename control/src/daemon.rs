@@ -224,17 +224,22 @@ pub enum RunError {
 /// [`RunError`] when it cannot start (bad config, no privileges, missing
 /// interface, XDP or AF_XDP failure, API socket).
 pub fn run(args: RunArgs) -> Result<(), RunError> {
-    // Validate the file before anything needs privileges, so that a config
-    // mistake is reported as such everywhere.
+    // Read and validate the file before anything needs privileges, so that
+    // a config mistake is reported as such everywhere; its objects are kept
+    // for the first commit ([`first_state`]), so a large file is parsed and
+    // checked once at start, not once here and again there.
     // Against this run's node-port range: the file may use a range wider
     // than the default one (`--nodeport-range`).
-    if let Some(path) = &args.config {
-        let ctx = CompileCtx {
-            nodeport_range: args.nodeport_range,
-            ..CompileCtx::default()
-        };
-        config::load_file_with(path, &ctx)?;
-    }
+    let file_objects = match &args.config {
+        Some(path) => {
+            let ctx = CompileCtx {
+                nodeport_range: args.nodeport_range,
+                ..CompileCtx::default()
+            };
+            source::file::read(path, &ctx)?
+        }
+        None => Vec::new(),
+    };
     args.api.check().map_err(RunError::Api)?;
     if let Some(b) = &args.bgp {
         b.check()?;
@@ -294,7 +299,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     };
     // The first state: the saved state with the file's objects applied on
     // top, compiled before anything is attached ([`first_state`]).
-    let (store, first) = first_state(&args, &host)?;
+    let (store, first) = first_state(&args, &host, file_objects)?;
     let (cfg, compiled) = first.output;
     // A whole compile always builds its steering sets.
     let first_steer = compiled.steer.clone().unwrap_or_default();
@@ -650,6 +655,7 @@ fn start_host_traffic(
 fn first_state(
     args: &RunArgs,
     host: &Host,
+    objects: Vec<serde_json::Value>,
 ) -> Result<
     (
         Store,
@@ -657,10 +663,6 @@ fn first_state(
     ),
     RunError,
 > {
-    let objects = match &args.config {
-        Some(path) => source::file::read(path, &host.ctx)?,
-        None => Vec::new(),
-    };
     let restored = match crate::persist::restore(&args.state_dir) {
         crate::persist::Restore::Restored(s) => Some(s),
         _ => None,
