@@ -20,6 +20,7 @@ pub mod port;
 pub mod prefetch;
 pub mod sched;
 pub mod service;
+pub mod shm;
 pub mod snat;
 pub mod steer;
 pub mod thp;
