@@ -18,6 +18,7 @@ pub mod host_sock;
 pub mod pipeline;
 pub mod port;
 pub mod prefetch;
+pub mod restore;
 pub mod sched;
 pub mod service;
 pub mod shm;
