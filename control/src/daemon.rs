@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// Where the applied object set is kept across restarts
     /// ([`crate::persist`]).
     pub state_dir: PathBuf,
+    /// The file the flow table lives in (`--flow-state`), re-attached at
+    /// start ([`sluice_dataplane::flow_table::state_file`]); None:
+    /// anonymous memory.
+    pub flow_state: Option<PathBuf>,
     /// Prometheus `/metrics` address.
     pub metrics_bind: SocketAddr,
     /// `/healthz` address.
@@ -121,6 +125,10 @@ pub struct RunArgs {
 /// Why `sluice run` could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The `--flow-state` file cannot be used (in use by another process,
+    /// or it cannot be created or mapped).
+    #[error("--flow-state: {0}")]
+    FlowState(#[from] sluice_dataplane::flow_table::state_file::StateFileError),
     /// A `--service-cidr` range holds a node address.
     #[error("{0}")]
     ServiceCidr(#[from] crate::service_cidr::ServiceCidrError),
@@ -365,7 +373,18 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     apply_steer(&mut steering, &first_steer, &host.masq.ports)?;
     let ports = open_ports(&links, workers, &mut steering)?;
 
-    let flows = FlowTable::with_capacities(args.flow_capacity, cap_v6, Timeouts::default());
+    let affinity = AffinityTable::new(args.affinity_capacity);
+    let (flows, epoch) = match &args.flow_state {
+        None => (
+            FlowTable::with_capacities(args.flow_capacity, cap_v6, Timeouts::default()),
+            None,
+        ),
+        Some(path) => {
+            let (flows, epoch) = open_flow_state(path, args.flow_capacity, cap_v6)?;
+            restore_flows(&compiled.snapshot, &flows, &affinity, epoch);
+            (flows, Some(epoch))
+        }
+    };
     info!(
         "flow table: {} IPv4 + {} IPv6 flows, {} MiB ({} B per IPv4 flow, {} B per IPv6 flow)",
         args.flow_capacity,
@@ -374,8 +393,12 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         FlowTable::BYTES_PER_FLOW_V4,
         FlowTable::BYTES_PER_FLOW_V6
     );
-    let affinity = AffinityTable::new(args.affinity_capacity);
-    let shared = Arc::new(Shared::new(compiled.snapshot, flows, affinity));
+    let mut shared = Shared::new(compiled.snapshot, flows, affinity);
+    if let Some(e) = epoch {
+        // The flows' clock continues the previous process's.
+        shared.epoch = sluice_dataplane::flow_table::state_file::epoch_instant(e);
+    }
+    let shared = Arc::new(shared);
     let dns = match args.dns {
         Some(addr) => {
             let server = DnsServer::spawn(addr, DnsZone::new(&args.cluster_domain, &cfg.dns)?)?;
@@ -546,6 +569,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     if let Some(h) = sweep {
         let _ = h.join();
     }
+    // Nothing writes the flows any more: the next start reports a clean
+    // stop (the flows stay, for a restart to re-attach).
+    shared.flows.mark_clean();
     // Sockets close before the program detaches.
     drop(workers_back);
     let parts = match Arc::try_unwrap(rec) {
@@ -620,6 +646,69 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     api::remove_socket(&args.api);
     info!("sluice stopped");
     Ok(())
+}
+
+/// Opens the `--flow-state` file ([`state_file::open`]) and logs how:
+/// re-attached (with what it kept), created, or discarded and why.
+/// Returns the table and its epoch (`CLOCK_MONOTONIC` ns).
+///
+/// [`state_file::open`]: sluice_dataplane::flow_table::state_file::open
+fn open_flow_state(
+    path: &std::path::Path,
+    v4: usize,
+    v6: usize,
+) -> Result<(FlowTable, u64), RunError> {
+    use sluice_dataplane::flow_table::state_file::{self, Outcome};
+    let o = state_file::open(path, v4, v6, Timeouts::default())?;
+    let p = path.display();
+    match &o.outcome {
+        Outcome::Created => info!("flow state {p}: new file"),
+        Outcome::Discarded(why) => {
+            warn!("flow state {p}: not re-attached ({why}); starting with no flows")
+        }
+        Outcome::Attached {
+            was_clean,
+            restored: r,
+        } => info!(
+            "flow state {p}: re-attached {} flows in {:?} (previous stop {}; dropped {} invalid, {} expired, {} duplicate, {} without index room)",
+            r.kept,
+            o.took,
+            if *was_clean { "clean" } else { "unclean: killed or crashed" },
+            r.invalid,
+            r.expired,
+            r.duplicate,
+            r.unindexed
+        ),
+    }
+    Ok((o.table, o.epoch_ns))
+}
+
+/// Binds re-attached flows to the first table (new service slots and
+/// backend ids, affinity; [`sluice_dataplane::restore`]) and recounts the
+/// least-connection schedulers' connections from them, before the first
+/// packet.
+fn restore_flows(
+    snap: &sluice_dataplane::pipeline::Snapshot,
+    flows: &FlowTable,
+    affinity: &AffinityTable,
+    epoch_ns: u64,
+) {
+    if flows.is_empty() {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let now =
+        (sluice_dataplane::shm::monotonic_ns().saturating_sub(epoch_ns) / 1_000_000_000) as u32;
+    let r = sluice_dataplane::restore::rebind(snap, flows, affinity, now);
+    snap.services.recount_connections(flows);
+    info!(
+        "flow state: {} flows bound to the first table in {:?} ({} removed: no service, {} removed: backend gone; {} affinity entries)",
+        r.kept,
+        t.elapsed(),
+        r.no_service,
+        r.no_backend,
+        r.affinity
+    );
 }
 
 /// The node-traffic socket programs, when `--host-traffic on`.

@@ -266,6 +266,12 @@ struct RunCmd {
     /// before the data path attaches.
     #[arg(long, default_value = sluice_control::persist::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Keep the connection table in this file (on tmpfs such as /dev/shm,
+    /// or hugetlbfs) so that established flows survive kill -9 and a
+    /// restart with the same flags: the next run re-attaches it. Default:
+    /// anonymous memory, lost with the process. README "Reliability".
+    #[arg(long)]
+    flow_state: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (kube-proxy's
     /// flag and default).
     #[arg(long, default_value = sluice_control::metrics::DEFAULT_METRICS_ADDR)]
@@ -590,6 +596,7 @@ fn main() -> ExitCode {
                     (None, false) => None,
                 },
                 state_dir: r.state_dir,
+                flow_state: r.flow_state,
                 metrics_bind: r.metrics_bind_address,
                 healthz_bind: r.healthz_bind_address,
                 bgp: r.bgp.map(|BgpDaemon::Bird| sluice_control::bgp::BgpOpts {

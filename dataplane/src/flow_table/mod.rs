@@ -215,6 +215,8 @@
 //! from the caller's monotonic clock, so tests run on a virtual clock.
 
 pub mod layout;
+#[cfg(not(all(test, feature = "loom")))]
+pub mod state_file;
 mod store;
 mod sync;
 
@@ -520,6 +522,9 @@ pub struct FlowTable {
     v4: Store4,
     v6: Store6,
     clock: AtomicU32,
+    /// The header of the file the records live in (`--flow-state`).
+    #[cfg(not(all(test, feature = "loom")))]
+    state: Option<state_file::StateHandle>,
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -600,7 +605,47 @@ impl FlowTable {
             v4: Store::new(v4, timeouts, seed),
             v6: Store::new(v6, timeouts, seed.map(|s| s.rotate_left(17) | 1)),
             clock: AtomicU32::new(0),
+            #[cfg(not(all(test, feature = "loom")))]
+            state: None,
         }
+    }
+
+    /// A table over stores built elsewhere ([`state_file`]).
+    #[cfg(not(all(test, feature = "loom")))]
+    fn from_stores(v4: Store4, v6: Store6, state: Option<state_file::StateHandle>) -> FlowTable {
+        FlowTable {
+            v4,
+            v6,
+            clock: AtomicU32::new(0),
+            state,
+        }
+    }
+
+    /// Whether the records live in a flow-state file
+    /// ([`state_file::open`]).
+    #[cfg(not(all(test, feature = "loom")))]
+    pub fn is_file_backed(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Marks the flow-state file closed in order (a no-op for a table in
+    /// anonymous memory). Call after the workers stopped.
+    #[cfg(not(all(test, feature = "loom")))]
+    pub fn mark_clean(&self) {
+        if let Some(s) = &self.state {
+            s.mark_clean();
+        }
+    }
+
+    /// Renumbers the flows a previous process left ([`state_file`]): for
+    /// every flow, `f(entry)` names its service slot and backend id in the
+    /// table now in service, or `None` to remove it (its service or
+    /// backend is gone). Returns `(kept, removed)`. Call once, before the
+    /// workers start.
+    pub fn rebind(&self, mut f: impl FnMut(&FlowEntry) -> Option<(u32, u32)>) -> (usize, usize) {
+        let (a, b) = self.v4.rebind(&mut f);
+        let (c, d) = self.v6.rebind(&mut f);
+        (a + c, b + d)
     }
 
     #[cfg(all(test, not(feature = "loom")))]

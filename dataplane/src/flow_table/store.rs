@@ -209,6 +209,45 @@ pub struct Record<const N: usize> {
     words: [AtomicU64; N],
 }
 
+// SAFETY: `#[repr(C)]` of std atomics only (loom's are not mapped): valid
+// for every bit pattern, no drop, every access atomic. What a mapped file
+// holds is validated before use (`Store::over`).
+#[cfg(not(all(test, feature = "loom")))]
+unsafe impl<const N: usize> crate::shm::Pod for Record<N> {}
+
+/// Where a store's records live: the heap, or (`--flow-state`) a mapped
+/// file that outlives the process.
+#[cfg(not(all(test, feature = "loom")))]
+type Records<const N: usize> = crate::shm::Region<Record<N>>;
+#[cfg(all(test, feature = "loom"))]
+type Records<const N: usize> = Box<[Record<N>]>;
+
+/// What [`Store::over`] made of the records a previous process left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Flows kept and indexed.
+    pub kept: usize,
+    /// Records that held no consistent committed flow (free, pending,
+    /// aborted, half-written, or bytes no layout produces).
+    pub invalid: usize,
+    /// Committed flows already past their timeout.
+    pub expired: usize,
+    /// Flows with a key another kept flow already holds.
+    pub duplicate: usize,
+    /// Flows for which the rebuilt index had no room.
+    pub unindexed: usize,
+}
+
+impl std::ops::AddAssign for Restored {
+    fn add_assign(&mut self, o: Restored) {
+        self.kept += o.kept;
+        self.invalid += o.invalid;
+        self.expired += o.expired;
+        self.duplicate += o.duplicate;
+        self.unindexed += o.unindexed;
+    }
+}
+
 impl<const N: usize> Record<N> {
     fn new() -> Self {
         Record {
@@ -285,7 +324,7 @@ pub struct Fresh<const N: usize> {
 
 /// The store of one layout.
 pub struct Store<L: Layout<N>, const N: usize> {
-    records: Box<[Record<N>]>,
+    records: Records<N>,
     buckets: Box<[Bucket]>,
     /// Free stack head: `aba counter:32 | (record + 1):32`; the link to the
     /// next free record is kept in the free record's first word.
@@ -313,17 +352,30 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
     /// allowed and holds nothing).
     pub fn new(capacity: usize, timeouts: Timeouts, seed: [u64; 4]) -> Self {
         let capacity = capacity.min(MAX_RECORDS);
-        let n_buckets = (capacity * SLOTS_PER_FLOW_X2)
-            .div_ceil(2 * BUCKET_SLOTS)
-            .max(1);
         // Huge pages: every packet reads these at a random place.
         let mut records = crate::thp::alloc_huge(capacity);
         records.extend((0..capacity).map(|_| Record::new()));
         let records: Box<[Record<N>]> = records.into_boxed_slice();
+        #[cfg(not(all(test, feature = "loom")))]
+        let records = crate::shm::Region::Heap(records);
+        let s = Self::around(records, timeouts, seed);
+        // Push in reverse so that record 0 is handed out first.
+        for ri in (0..capacity as u32).rev() {
+            s.release(ri);
+        }
+        s
+    }
+
+    /// A store over `records` with an empty index and an empty free stack.
+    fn around(records: Records<N>, timeouts: Timeouts, seed: [u64; 4]) -> Self {
+        let capacity = records.len();
+        let n_buckets = (capacity * SLOTS_PER_FLOW_X2)
+            .div_ceil(2 * BUCKET_SLOTS)
+            .max(1);
         let mut buckets = crate::thp::alloc_huge(n_buckets);
         buckets.extend((0..n_buckets).map(|_| Bucket(std::array::from_fn(|_| AtomicU32::new(0)))));
         let buckets: Box<[Bucket]> = buckets.into_boxed_slice();
-        let s = Store {
+        Store {
             records,
             buckets,
             free_head: AtomicU64::new(0),
@@ -335,12 +387,146 @@ impl<L: Layout<N>, const N: usize> Store<L, N> {
             seed,
             timeouts: LiveTimeouts::new(timeouts),
             _layout: PhantomData,
-        };
-        // Push in reverse so that record 0 is handed out first.
-        for ri in (0..capacity as u32).rev() {
+        }
+    }
+
+    /// A store over records in a mapped file (`capacity ≤ MAX_RECORDS`
+    /// records). `fresh`: the file was just created, every record is
+    /// freed. Otherwise the records are what a previous process left, at
+    /// any point of any operation (it may have been killed): each is kept
+    /// only if it holds a committed flow that a layout could have written
+    /// (its words unpack and pack back unchanged), not expired at `now`,
+    /// whose keys no other kept flow holds; everything else is freed.
+    /// The index is not in the file: it is rebuilt here from the kept
+    /// records (derived data, so a displacement cut short by the kill
+    /// cannot leave a stale or lost slot behind), and the free stack,
+    /// counters and clock hands start anew. Fast-path marks are cleared:
+    /// the XDP map they stood for died with the previous process.
+    ///
+    /// Call before any other thread sees the store.
+    #[cfg(not(all(test, feature = "loom")))]
+    pub fn over(
+        records: crate::shm::MappedSlice<Record<N>>,
+        fresh: bool,
+        timeouts: Timeouts,
+        seed: [u64; 4],
+        now: u32,
+    ) -> (Self, Restored) {
+        let s = Self::around(crate::shm::Region::Mapped(records), timeouts, seed);
+        let mut r = Restored::default();
+        let mut keep = Vec::new();
+        for ri in (0..s.records.len() as u32).rev() {
+            let rec = &s.records[ri as usize];
+            let m = rec.meta.load(Ordering::Relaxed);
+            match (!fresh).then(|| s.judge(rec, m, now)).flatten() {
+                Some(true) => {
+                    rec.meta.store(m & !FAST_BIT, Ordering::Relaxed);
+                    keep.push(ri);
+                    continue;
+                }
+                Some(false) => r.expired += 1,
+                None if !fresh && m_state(m) != ST_FREE => r.invalid += 1,
+                None => {}
+            }
+            rec.meta
+                .store(mk_meta(m_gen(m) | 1, ST_FREE, 0, 0, 0), Ordering::Relaxed);
             s.release(ri);
         }
-        s
+        for ri in keep.into_iter().rev() {
+            s.reindex(ri, now, &mut r);
+        }
+        (s, r)
+    }
+
+    /// Whether record `rec` (meta `m`) holds a consistent committed flow:
+    /// `Some(true)` live, `Some(false)` expired, `None` not a flow.
+    #[cfg(not(all(test, feature = "loom")))]
+    fn judge(&self, rec: &Record<N>, m: u64, now: u32) -> Option<bool> {
+        let pcode = m_proto(m);
+        if !is_committed(m) || !(1..=5).contains(&pcode) {
+            return None;
+        }
+        let w: [u64; N] = std::array::from_fn(|i| rec.words[i].load(Ordering::Relaxed));
+        let e = L::unpack(&w, super::layout::proto_of(pcode), m_backend(m));
+        if L::pack(&e) != Some(w) {
+            return None;
+        }
+        Some(!self.is_expired(m, now))
+    }
+
+    /// Indexes kept record `ri` under both its keys, or frees it (a
+    /// duplicate, or no room).
+    #[cfg(not(all(test, feature = "loom")))]
+    fn reindex(&self, ri: u32, now: u32, r: &mut Restored) {
+        let rec = &self.records[ri as usize];
+        let m = rec.meta.load(Ordering::Relaxed);
+        let w: [u64; N] = std::array::from_fn(|i| rec.words[i].load(Ordering::Relaxed));
+        let (ko, kr) = L::keys(&w, m_proto(m));
+        let (ho, hr) = (self.hashed(ko), self.hashed(kr));
+        let taken = |h: &Hashed<L::Key>| {
+            self.scan(h, ri, Ordering::Relaxed, false, |f| {
+                is_committed(f.meta).then_some(())
+            })
+            .is_some()
+        };
+        if taken(&ho) || taken(&hr) || ko == kr {
+            r.duplicate += 1;
+        } else if self.claim(&ho, ri, now) && self.claim(&hr, ri, now) {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            r.kept += 1;
+            return;
+        } else {
+            r.unindexed += 1;
+        }
+        rec.meta.store(
+            with_gen(with_state(m, ST_FREE), next_gen(m)),
+            Ordering::Relaxed,
+        );
+        self.unindex_keys(ri, &ho, &hr);
+        self.release(ri);
+    }
+
+    /// Rewrites the service and backend numbers of every committed flow by
+    /// `f(entry)`, or removes the flow when `f` says `None`; returns
+    /// `(rewritten or unchanged, removed)`. For the start, before any
+    /// other thread sees the store: the words are stored under the
+    /// seqlock's odd generation all the same.
+    pub fn rebind(
+        &self,
+        mut f: impl FnMut(&super::FlowEntry) -> Option<(u32, u32)>,
+    ) -> (usize, usize) {
+        let (mut kept, mut removed) = (0, 0);
+        for (ri, m, w) in self.each() {
+            let mut e = L::unpack(&w, super::layout::proto_of(m_proto(m)), m_backend(m));
+            let Some((svc, backend)) = f(&e) else {
+                removed += usize::from(self.remove_read(ri, m));
+                continue;
+            };
+            e.service = svc;
+            e.backend = backend;
+            let Some(nw) = L::pack(&e) else {
+                removed += usize::from(self.remove_read(ri, m));
+                continue;
+            };
+            let rec = &self.records[ri as usize];
+            let odd = with_gen(m, next_gen(m));
+            if rec
+                .meta
+                .compare_exchange(m, odd, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            fence(Ordering::Release);
+            for (a, v) in rec.words.iter().zip(nw) {
+                a.store(v, Ordering::Relaxed);
+            }
+            let back =
+                mk_meta(next_gen(odd), m_state(m), m_seen(m), m_proto(m), backend) | (m & FAST_BIT);
+            rec.meta.store(back, Ordering::Release);
+            kept += 1;
+        }
+        (kept, removed)
     }
 
     pub fn capacity(&self) -> usize {
