@@ -113,7 +113,7 @@ impl LockedFile {
     /// # Errors
     ///
     /// The system's error from `fstat`.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn byte_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
@@ -135,7 +135,7 @@ impl LockedFile {
     /// The system's error from `fstat` or `mmap` (an empty file cannot be
     /// mapped).
     pub fn map(&self) -> io::Result<Mapping> {
-        let len = usize::try_from(self.len()?)
+        let len = usize::try_from(self.byte_len()?)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         if len == 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
@@ -209,7 +209,7 @@ impl Mapping {
     pub fn slice<T: Pod>(self: &Arc<Self>, offset: usize, count: usize) -> Option<MappedSlice<T>> {
         let bytes = count.checked_mul(std::mem::size_of::<T>())?;
         let end = offset.checked_add(bytes)?;
-        if end > self.len || offset % std::mem::align_of::<T>() != 0 {
+        if end > self.len || !offset.is_multiple_of(std::mem::align_of::<T>()) {
             return None;
         }
         // The mapping is page-aligned, so an aligned offset is an aligned
@@ -311,7 +311,7 @@ mod tests {
             s[3].store(0xDEAD_BEEF, Ordering::Relaxed);
         }
         let f = LockedFile::open(&p).unwrap();
-        assert_eq!(f.len().unwrap(), 8192);
+        assert_eq!(f.byte_len().unwrap(), 8192);
         let m = Arc::new(f.map().unwrap());
         let s: MappedSlice<AtomicU64> = m.slice(4096, 4).unwrap();
         assert_eq!(s[3].load(Ordering::Relaxed), 0xDEAD_BEEF);

@@ -449,7 +449,7 @@ pub fn open(
         move |source| StateFileError::Shm(ShmError::Io { op, path, source })
     };
     let file = LockedFile::open(path)?;
-    let len = file.len().map_err(io("stat"))?;
+    let len = file.byte_len().map_err(io("stat"))?;
     let now_ns = crate::shm::monotonic_ns();
     let boot = boot_id();
     let want = |boot_id| Want {
